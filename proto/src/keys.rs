@@ -1,0 +1,114 @@
+//! The etcd key layout. Every key the switchboard reads or writes is built here.
+//!
+//! ```text
+//! <prefix>/ns/<ns>/routing             Routing (the only key sidecars watch)
+//! <prefix>/ns/<ns>/slots/<blue|green>  SlotRef
+//! <prefix>/ns/<ns>/manifests/<sha256>  Manifest, content-addressed
+//! <prefix>/ns/<ns>/chunks/<sha256>     chunk of consecutive items, content-addressed
+//! <prefix>/ns/<ns>/health/<sidecar-id> HealthRecord, bound to the sidecar's lease
+//! <prefix>/ns/<ns>/audit/<seq>         AuditRecord, hash-chained, seq zero-padded to 20 digits
+//! <prefix>/ns/<ns>/audit-head          AuditHead: the last seq and hash, compared in every audited txn
+//! <prefix>/coordinator/leader          leader election
+//! ```
+
+use crate::types::Slot;
+
+/// Builds keys under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// `prefix` is used as given, without a trailing `/` (`/switchboard`, `/sbtest-1234`).
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.trim_end_matches('/').to_string() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn ns(&self, ns: &str) -> String {
+        format!("{}/ns/{ns}", self.prefix)
+    }
+
+    pub fn routing(&self, ns: &str) -> String {
+        format!("{}/routing", self.ns(ns))
+    }
+
+    pub fn slot(&self, ns: &str, slot: Slot) -> String {
+        format!("{}/slots/{}", self.ns(ns), slot.as_str())
+    }
+
+    pub fn manifest(&self, ns: &str, hash: &str) -> String {
+        format!("{}/manifests/{hash}", self.ns(ns))
+    }
+
+    pub fn chunk(&self, ns: &str, hash: &str) -> String {
+        format!("{}/chunks/{hash}", self.ns(ns))
+    }
+
+    pub fn health(&self, ns: &str, sidecar_id: &str) -> String {
+        format!("{}/health/{sidecar_id}", self.ns(ns))
+    }
+
+    pub fn health_prefix(&self, ns: &str) -> String {
+        format!("{}/health/", self.ns(ns))
+    }
+
+    pub fn audit(&self, ns: &str, seq: u64) -> String {
+        format!("{}/audit/{seq:020}", self.ns(ns))
+    }
+
+    pub fn audit_prefix(&self, ns: &str) -> String {
+        format!("{}/audit/", self.ns(ns))
+    }
+
+    pub fn audit_head(&self, ns: &str) -> String {
+        format!("{}/audit-head", self.ns(ns))
+    }
+
+    pub fn leader(&self) -> String {
+        format!("{}/coordinator/leader", self.prefix)
+    }
+}
+
+/// Checks a namespace name: 1 to 64 of `a-z 0-9 - _ .`, not starting with a dot.
+pub fn validate_namespace(ns: &str) -> Result<(), String> {
+    if ns.is_empty() || ns.len() > 64 {
+        return Err(format!("namespace {ns:?} must be 1 to 64 characters long"));
+    }
+    if ns.starts_with('.') {
+        return Err(format!("namespace {ns:?} must not start with '.'"));
+    }
+    if let Some(bad) =
+        ns.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(*c)))
+    {
+        return Err(format!("namespace {ns:?} has the character {bad:?}; use a-z 0-9 - _ ."));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_stable() {
+        let keys = Keys::new("/sb/");
+        assert_eq!(keys.routing("cat"), "/sb/ns/cat/routing");
+        assert_eq!(keys.slot("cat", Slot::Green), "/sb/ns/cat/slots/green");
+        assert_eq!(keys.audit("cat", 7), "/sb/ns/cat/audit/00000000000000000007");
+        assert_eq!(keys.leader(), "/sb/coordinator/leader");
+    }
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert!(validate_namespace("catalog-prod").is_ok());
+        assert!(validate_namespace("").is_err());
+        assert!(validate_namespace("Cat").is_err());
+        assert!(validate_namespace("a/b").is_err());
+        assert!(validate_namespace(".x").is_err());
+    }
+}

@@ -1,0 +1,573 @@
+//! Metadata sets: item keys, canonical JSON, the content-addressed chunk format, manifests and
+//! their verification.
+//!
+//! A set is a sorted map from key to canonical JSON value. It is cut into chunks of consecutive
+//! items; a chunk is named by the SHA-256 of its bytes, so unchanged chunks are shared between
+//! versions and never uploaded twice. The checksum of a set is the SHA-256 of the item records
+//! of all its chunks in order, so verifying a set is one pass over its chunks.
+//!
+//! Chunk bytes: the magic `SBC1`, then per item `u32 LE key length, key, u32 LE value length,
+//! value`. Chunk boundaries are chosen by a hash of each key, so inserting or removing an item
+//! only changes the chunk that holds it, not every chunk after it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::types::{ChunkRef, Manifest};
+
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 512;
+/// Largest value, in bytes of canonical JSON.
+pub const MAX_ITEM_BYTES: usize = 1024 * 1024;
+/// Average chunk size the boundaries aim at.
+pub const TARGET_CHUNK_BYTES: usize = 64 * 1024;
+/// No chunk grows past this unless a single item needs it; with one item of `MAX_ITEM_BYTES`
+/// a chunk stays under etcd's 1.5 MiB request limit.
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024 + 4096;
+/// Version of the manifest document format.
+pub const MANIFEST_FORMAT: u32 = 1;
+const CHUNK_MAGIC: &[u8; 4] = b"SBC1";
+
+/// What is wrong with a key, an item, a chunk or a set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContractError {
+    #[error("key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    #[error("item {key:?} is {bytes} bytes of JSON, over the limit of {MAX_ITEM_BYTES}")]
+    ItemTooLarge { key: String, bytes: usize },
+    #[error("chunk {hash}: {reason}")]
+    CorruptChunk { hash: String, reason: String },
+    #[error("set does not match its manifest: {0}")]
+    ManifestMismatch(String),
+    #[error("manifest: {0}")]
+    InvalidManifest(String),
+}
+
+/// Checks a key against the contract: 1 to 512 bytes of `A-Z a-z 0-9 . _ - /`, no empty path
+/// segment and no `.` or `..` segment.
+pub fn validate_key(key: &str) -> Result<(), ContractError> {
+    let invalid = |reason: String| ContractError::InvalidKey { key: key.to_string(), reason };
+    if key.is_empty() {
+        return Err(invalid("is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(invalid(format!("is {} bytes long, over {MAX_KEY_BYTES}", key.len())));
+    }
+    if let Some(bad) =
+        key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
+    {
+        return Err(invalid(format!("has the character {bad:?}; keys use A-Z a-z 0-9 . _ - /")));
+    }
+    if key.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+        return Err(invalid("has an empty, '.' or '..' path segment".into()));
+    }
+    Ok(())
+}
+
+/// The canonical JSON of a value: object keys sorted, no white space. Independent of whether
+/// serde_json keeps insertion order, so every build of every part agrees.
+pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Serialising a string cannot fail.
+                out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+    }
+}
+
+/// A complete set in memory: keys in order, each with its canonical JSON value. Values are
+/// shared `Arc<[u8]>` so that serving one is a reference count, not a copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ItemSet {
+    items: BTreeMap<String, Arc<[u8]>>,
+    bytes: u64,
+}
+
+impl ItemSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an item from a parsed value, checking its key and size.
+    pub fn insert_value(
+        &mut self,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<(), ContractError> {
+        validate_key(key)?;
+        let json = canonical_json(value);
+        if json.len() > MAX_ITEM_BYTES {
+            return Err(ContractError::ItemTooLarge { key: key.to_string(), bytes: json.len() });
+        }
+        self.insert_raw(key.to_string(), json.into());
+        Ok(())
+    }
+
+    fn insert_raw(&mut self, key: String, value: Arc<[u8]>) {
+        self.bytes += (key.len() + value.len()) as u64;
+        if let Some(old) = self.items.insert(key.clone(), value) {
+            self.bytes -= (key.len() + old.len()) as u64;
+        }
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.items.contains_key(key)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Arc<[u8]>> {
+        self.items.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Bytes of keys and values.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<[u8]>)> {
+        self.items.iter()
+    }
+
+    /// Items whose key starts with `prefix`, in key order.
+    pub fn with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Arc<[u8]>)> + 'a {
+        self.items.range(prefix.to_string()..).take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// Cuts the set into chunks and describes it in a manifest.
+    pub fn to_chunks(&self) -> (Manifest, Vec<Chunk>) {
+        let mut chunks = Vec::new();
+        let mut checksum = Sha256::new();
+        let mut current = ChunkBuilder::default();
+        for (key, value) in &self.items {
+            let record_len = 8 + key.len() + value.len();
+            if current.items > 0 && current.body.len() + record_len > MAX_CHUNK_BYTES {
+                chunks.push(current.finish());
+            }
+            let record = current.push(key, value);
+            checksum.update(record);
+            if is_boundary(key, record_len) {
+                chunks.push(current.finish());
+            }
+        }
+        if current.items > 0 {
+            chunks.push(current.finish());
+        }
+        let checksum = hex::encode(checksum.finalize());
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            version: version_from_checksum(&checksum),
+            item_count: self.items.len() as u64,
+            bytes: self.bytes,
+            checksum,
+            chunks: chunks.iter().map(Chunk::to_ref).collect(),
+        };
+        (manifest, chunks)
+    }
+}
+
+/// A chunk boundary falls after an item with a probability proportional to its size, decided
+/// by the hash of its key alone, so boundaries do not move when other items change.
+fn is_boundary(key: &str, record_len: usize) -> bool {
+    let threshold = (u64::MAX / TARGET_CHUNK_BYTES as u64).saturating_mul(record_len as u64);
+    xxh3_64(key.as_bytes()) < threshold
+}
+
+/// The version id of a set: the first 16 hex digits of its checksum.
+pub fn version_from_checksum(checksum: &str) -> String {
+    checksum.chars().take(16).collect()
+}
+
+#[derive(Default)]
+struct ChunkBuilder {
+    body: Vec<u8>,
+    items: u64,
+    item_bytes: u64,
+}
+
+impl ChunkBuilder {
+    /// Appends one item and returns its record, which is what the set checksum covers.
+    fn push(&mut self, key: &str, value: &[u8]) -> &[u8] {
+        if self.body.is_empty() {
+            self.body.extend_from_slice(CHUNK_MAGIC);
+        }
+        let start = self.body.len();
+        self.body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.body.extend_from_slice(key.as_bytes());
+        self.body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.body.extend_from_slice(value);
+        self.items += 1;
+        self.item_bytes += (key.len() + value.len()) as u64;
+        &self.body[start..]
+    }
+
+    fn finish(&mut self) -> Chunk {
+        let builder = std::mem::take(self);
+        Chunk::from_parts(builder.body, builder.items, builder.item_bytes)
+    }
+}
+
+/// One chunk: its bytes and the SHA-256 that names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub hash: String,
+    pub data: Vec<u8>,
+    pub items: u64,
+    pub item_bytes: u64,
+}
+
+impl Chunk {
+    fn from_parts(data: Vec<u8>, items: u64, item_bytes: u64) -> Self {
+        Self { hash: sha256_hex(&data), data, items, item_bytes }
+    }
+
+    pub fn to_ref(&self) -> ChunkRef {
+        ChunkRef { hash: self.hash.clone(), items: self.items, bytes: self.item_bytes }
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Decodes a chunk that claims to be `expected_hash`, checking its hash, its framing, its keys
+/// and that its keys ascend. Returns the items in order.
+pub fn decode_chunk(
+    expected_hash: &str,
+    data: &[u8],
+) -> Result<Vec<(String, Arc<[u8]>)>, ContractError> {
+    let corrupt =
+        |reason: String| ContractError::CorruptChunk { hash: expected_hash.to_string(), reason };
+    let actual = sha256_hex(data);
+    if actual != expected_hash {
+        return Err(corrupt(format!("content hashes to {actual}")));
+    }
+    let body = data.strip_prefix(CHUNK_MAGIC).ok_or_else(|| corrupt("bad magic".into()))?;
+    let mut items = Vec::new();
+    let mut rest = body;
+    let mut previous: Option<&str> = None;
+    while !rest.is_empty() {
+        let (key_bytes, after_key) = take_field(rest).ok_or_else(|| corrupt("truncated key".into()))?;
+        let (value, after_value) =
+            take_field(after_key).ok_or_else(|| corrupt("truncated value".into()))?;
+        let key = std::str::from_utf8(key_bytes)
+            .map_err(|_| corrupt(format!("item {} has a key that is not UTF-8", items.len())))?;
+        validate_key(key).map_err(|e| corrupt(e.to_string()))?;
+        if value.len() > MAX_ITEM_BYTES {
+            return Err(corrupt(format!("item {key:?} is over {MAX_ITEM_BYTES} bytes")));
+        }
+        if previous.is_some_and(|p| p >= key) {
+            return Err(corrupt(format!("keys out of order at {key:?}")));
+        }
+        previous = Some(key);
+        items.push((key.to_string(), Arc::from(value)));
+        rest = after_value;
+    }
+    if items.is_empty() {
+        return Err(corrupt("holds no item".into()));
+    }
+    Ok(items)
+}
+
+fn take_field(input: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, rest) = input.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+impl Manifest {
+    /// The SHA-256 of the manifest's canonical JSON: its name in etcd and in routing.
+    pub fn hash(&self) -> String {
+        sha256_hex(&self.to_canonical_json())
+    }
+
+    pub fn to_canonical_json(&self) -> Vec<u8> {
+        // A manifest is plain data; serialising it to a Value cannot fail.
+        canonical_json(&serde_json::to_value(self).unwrap_or_default())
+    }
+
+    /// Parses a manifest and checks that it is internally consistent.
+    pub fn from_json(data: &[u8]) -> Result<Self, ContractError> {
+        let manifest: Manifest = serde_json::from_slice(data)
+            .map_err(|e| ContractError::InvalidManifest(format!("not a manifest: {e}")))?;
+        manifest.check_shape()?;
+        Ok(manifest)
+    }
+
+    fn check_shape(&self) -> Result<(), ContractError> {
+        let bad = |m: String| Err(ContractError::InvalidManifest(m));
+        if self.format != MANIFEST_FORMAT {
+            return bad(format!("format {} is not {MANIFEST_FORMAT}", self.format));
+        }
+        if !is_sha256_hex(&self.checksum) {
+            return bad(format!("checksum {:?} is not a SHA-256", self.checksum));
+        }
+        if self.version != version_from_checksum(&self.checksum) {
+            return bad(format!("version {:?} does not match the checksum", self.version));
+        }
+        if let Some(c) = self.chunks.iter().find(|c| !is_sha256_hex(&c.hash)) {
+            return bad(format!("chunk hash {:?} is not a SHA-256", c.hash));
+        }
+        let items: u64 = self.chunks.iter().map(|c| c.items).sum();
+        if items != self.item_count {
+            return bad(format!("chunks hold {items} items, manifest says {}", self.item_count));
+        }
+        if self.item_count == 0 {
+            return bad("the set is empty".into());
+        }
+        Ok(())
+    }
+}
+
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Rebuilds a set from its chunks, in manifest order, and verifies item count, byte count and
+/// checksum (invariant 1). `chunk_data` yields each chunk's bytes in the manifest's order.
+pub fn assemble_verified<'a>(
+    manifest: &Manifest,
+    chunk_data: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<ItemSet, ContractError> {
+    let mut verifier = SetVerifier::new(manifest);
+    let mut chunk_data = chunk_data.into_iter();
+    for chunk_ref in &manifest.chunks {
+        let data = chunk_data.next().ok_or_else(|| {
+            ContractError::ManifestMismatch(format!("chunk {} is missing", chunk_ref.hash))
+        })?;
+        verifier.add_chunk(data)?;
+    }
+    verifier.finish()
+}
+
+/// Verifies a set chunk by chunk, in manifest order, so that a caller can stream chunks in.
+pub struct SetVerifier<'m> {
+    manifest: &'m Manifest,
+    next_chunk: usize,
+    checksum: Sha256,
+    set: ItemSet,
+    last_key: Option<String>,
+}
+
+impl<'m> SetVerifier<'m> {
+    pub fn new(manifest: &'m Manifest) -> Self {
+        Self {
+            manifest,
+            next_chunk: 0,
+            checksum: Sha256::new(),
+            set: ItemSet::new(),
+            last_key: None,
+        }
+    }
+
+    /// Adds the next chunk in manifest order.
+    pub fn add_chunk(&mut self, data: &[u8]) -> Result<(), ContractError> {
+        let chunk_ref = self.manifest.chunks.get(self.next_chunk).ok_or_else(|| {
+            ContractError::ManifestMismatch("more chunks than the manifest lists".into())
+        })?;
+        let items = decode_chunk(&chunk_ref.hash, data)?;
+        if items.len() as u64 != chunk_ref.items {
+            return Err(ContractError::ManifestMismatch(format!(
+                "chunk {} holds {} items, the manifest says {}",
+                chunk_ref.hash,
+                items.len(),
+                chunk_ref.items
+            )));
+        }
+        if let (Some(last), Some((first, _))) = (&self.last_key, items.first())
+            && last >= first
+        {
+            return Err(ContractError::ManifestMismatch(format!(
+                "chunk {} starts at {first:?}, not after {last:?}",
+                chunk_ref.hash
+            )));
+        }
+        self.checksum.update(&data[CHUNK_MAGIC.len()..]);
+        self.last_key = items.last().map(|(k, _)| k.clone());
+        for (key, value) in items {
+            self.set.insert_raw(key, value);
+        }
+        self.next_chunk += 1;
+        Ok(())
+    }
+
+    /// Checks the totals against the manifest and returns the verified set.
+    pub fn finish(self) -> Result<ItemSet, ContractError> {
+        let mismatch = |m: String| Err(ContractError::ManifestMismatch(m));
+        if self.next_chunk != self.manifest.chunks.len() {
+            return mismatch(format!(
+                "{} of {} chunks were read",
+                self.next_chunk,
+                self.manifest.chunks.len()
+            ));
+        }
+        if self.set.len() as u64 != self.manifest.item_count {
+            return mismatch(format!(
+                "{} items, manifest says {}",
+                self.set.len(),
+                self.manifest.item_count
+            ));
+        }
+        if self.set.bytes() != self.manifest.bytes {
+            return mismatch(format!(
+                "{} bytes, manifest says {}",
+                self.set.bytes(),
+                self.manifest.bytes
+            ));
+        }
+        let checksum = hex::encode(self.checksum.finalize());
+        if checksum != self.manifest.checksum {
+            return mismatch(format!(
+                "checksum {checksum}, manifest says {}",
+                self.manifest.checksum
+            ));
+        }
+        Ok(self.set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn sample(n: usize) -> ItemSet {
+        let mut set = ItemSet::new();
+        for i in 0..n {
+            let value = json!({"id": i, "name": format!("table-{i}"), "pad": "x".repeat(900)});
+            set.insert_value(&format!("tables/t{i:05}"), &value).expect("valid item");
+        }
+        set
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_depth() {
+        let value = json!({"b": 1, "a": {"z": [true, null], "y": "s"}});
+        assert_eq!(canonical_json(&value), br#"{"a":{"y":"s","z":[true,null]},"b":1}"#);
+    }
+
+    #[test]
+    fn keys_follow_the_contract() {
+        assert!(validate_key("tables/sales/orders").is_ok());
+        assert!(validate_key("a.b_c-D/9").is_ok());
+        for bad in ["", "a b", "a//b", "/a", "a/", "a/../b", "ä", "a:b"] {
+            assert!(validate_key(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_key(&"k".repeat(513)).is_err());
+        assert!(validate_key(&"k".repeat(512)).is_ok());
+    }
+
+    #[test]
+    fn oversized_items_are_refused() {
+        let mut set = ItemSet::new();
+        let big = json!("x".repeat(MAX_ITEM_BYTES));
+        let err = set.insert_value("big", &big).expect_err("over the limit");
+        assert!(matches!(err, ContractError::ItemTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn chunks_round_trip_and_verify() {
+        let set = sample(1_000);
+        let (manifest, chunks) = set.to_chunks();
+        assert!(chunks.len() > 4, "1 MB should give several chunks, got {}", chunks.len());
+        assert_eq!(manifest.item_count, 1_000);
+        let back = assemble_verified(&manifest, chunks.iter().map(|c| c.data.as_slice()))
+            .expect("verifies");
+        assert_eq!(back, set);
+        let parsed = Manifest::from_json(&manifest.to_canonical_json()).expect("parses");
+        assert_eq!(parsed, manifest);
+    }
+
+    #[test]
+    fn same_content_gives_same_version_and_manifest() {
+        let (a, _) = sample(300).to_chunks();
+        let (b, _) = sample(300).to_chunks();
+        assert_eq!(a.hash(), b.hash());
+        assert_eq!(a.version, b.version);
+    }
+
+    #[test]
+    fn a_small_change_touches_few_chunks() {
+        let before = sample(2_000);
+        let mut after = before.clone();
+        after.insert_value("tables/t01000", &json!({"changed": true})).expect("valid");
+        after.insert_value("tables/t01000a", &json!({"new": true})).expect("valid");
+        let (m1, _) = before.to_chunks();
+        let (m2, _) = after.to_chunks();
+        let old: std::collections::HashSet<_> = m1.chunks.iter().map(|c| &c.hash).collect();
+        let new_chunks = m2.chunks.iter().filter(|c| !old.contains(&c.hash)).count();
+        assert!(new_chunks <= 2, "{new_chunks} chunks changed for one item");
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let (manifest, chunks) = sample(200).to_chunks();
+        let mut data: Vec<Vec<u8>> = chunks.iter().map(|c| c.data.clone()).collect();
+        let last = data[0].len() - 2;
+        data[0][last] ^= 1;
+        let err = assemble_verified(&manifest, data.iter().map(Vec::as_slice)).expect_err("bad");
+        assert!(matches!(err, ContractError::CorruptChunk { .. }), "{err}");
+
+        let mut wrong = manifest.clone();
+        wrong.item_count += 1;
+        let chunks_iter = chunks.iter().map(|c| c.data.as_slice());
+        assert!(assemble_verified(&wrong, chunks_iter).is_err());
+
+        let truncated = &chunks[..chunks.len() - 1];
+        assert!(assemble_verified(&manifest, truncated.iter().map(|c| c.data.as_slice())).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let hash = sha256_hex(&data);
+            let _ = decode_chunk(&hash, &data);
+            let mut framed = CHUNK_MAGIC.to_vec();
+            framed.extend_from_slice(&data);
+            let _ = decode_chunk(&sha256_hex(&framed), &framed);
+            let _ = Manifest::from_json(&data);
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The documents stored in etcd and exchanged as JSON: routing, slot records, manifests, sidecar
+//! health records, audit records and the status document that sbctl prints.
+
+use serde::{Deserialize, Serialize};
+
+/// One of the two full metadata sets a namespace keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Blue,
+    Green,
+}
+
+impl Slot {
+    pub const BOTH: [Slot; 2] = [Slot::Blue, Slot::Green];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::Blue => "blue",
+            Slot::Green => "green",
+        }
+    }
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::Blue => Slot::Green,
+            Slot::Green => Slot::Blue,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Slot::Blue => 0,
+            Slot::Green => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Slot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "blue" => Ok(Slot::Blue),
+            "green" => Ok(Slot::Green),
+            other => Err(format!("slot {other:?} is neither blue nor green")),
+        }
+    }
+}
+
+/// A slot and the exact set it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVersion {
+    pub slot: Slot,
+    pub version: String,
+    /// SHA-256 of the manifest document: what a sidecar loads and verifies.
+    pub manifest: String,
+}
+
+/// The canary: a share of consumers, chosen by bucket, served the other slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    pub slot: Slot,
+    pub version: String,
+    pub manifest: String,
+    /// Basis points of consumers on the canary, 0 to 10000.
+    pub weight_bp: u32,
+    /// The bucket seed of the staged version (invariant 4).
+    pub seed: u64,
+}
+
+/// Which set each consumer is served. Changed only by a transaction that compares its
+/// mod_revision and writes an audit record (invariant 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// Incremented by every routing change; every read answer names it.
+    pub epoch: u64,
+    pub active: SlotVersion,
+    pub canary: Option<Canary>,
+    /// What was active before the last flip, kept for rollback.
+    pub previous: Option<SlotVersion>,
+    /// The action that made this routing: flip, canary, rollback.
+    pub action: String,
+    pub by: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+impl Routing {
+    /// The sets in service: the active one, and the canary's while its weight is above zero.
+    pub fn in_service(&self) -> Vec<SlotVersion> {
+        let mut sets = vec![self.active.clone()];
+        if let Some(canary) = self.live_canary() {
+            sets.push(SlotVersion {
+                slot: canary.slot,
+                version: canary.version.clone(),
+                manifest: canary.manifest.clone(),
+            });
+        }
+        sets
+    }
+
+    /// The canary with a weight above zero, if any.
+    pub fn live_canary(&self) -> Option<&Canary> {
+        self.canary.as_ref().filter(|c| c.weight_bp > 0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Chunks are being uploaded: invisible to sidecars, and routing refuses to point at it.
+    Staging,
+    /// Every chunk was verified against the manifest from etcd itself.
+    Sealed,
+}
+
+/// What a slot holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRef {
+    pub version: String,
+    pub manifest: String,
+    pub state: SlotState,
+    pub item_count: u64,
+    pub bytes: u64,
+    pub checksum: String,
+    /// The bucket seed drawn when this version was staged.
+    pub seed: u64,
+    pub staged_by: String,
+    pub message: String,
+    pub at_ms: u64,
+}
+
+/// One chunk of a set: consecutive items in key order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub hash: String,
+    pub items: u64,
+    pub bytes: u64,
+}
+
+/// The complete description of a set. A pure function of its content, so the same items
+/// always give the same manifest, the same manifest hash and the same version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// Derived from the checksum.
+    pub version: String,
+    pub item_count: u64,
+    /// Bytes of keys and values, as stored.
+    pub bytes: u64,
+    /// SHA-256 over the canonical form of the sorted items.
+    pub checksum: String,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A sidecar's report of what it serves, bound to its lease so that it vanishes with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthRecord {
+    pub id: String,
+    pub namespace: String,
+    /// The routing epoch the sidecar serves; 0 before its first load.
+    pub epoch: u64,
+    pub serving: Vec<ServedSet>,
+    pub etcd_reachable: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServedSet {
+    pub slot: Slot,
+    pub version: String,
+    pub checksum: String,
+}
+
+/// The last record of a namespace's audit chain, compared in every audited transaction so that
+/// the chain never forks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// Who did what, when, why, with the evidence (invariant 8). `hash` covers every other field
+/// and the previous record's hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub namespace: String,
+    pub actor: String,
+    pub action: String,
+    pub reason: String,
+    pub detail: serde_json::Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The hash this record must carry: SHA-256 over the previous hash and the canonical JSON
+    /// of every field but `hash`.
+    pub fn compute_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let body = serde_json::json!({
+            "seq": self.seq,
+            "at_ms": self.at_ms,
+            "namespace": self.namespace,
+            "actor": self.actor,
+            "action": self.action,
+            "reason": self.reason,
+            "detail": self.detail,
+            "prev_hash": self.prev_hash,
+        });
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash.as_bytes());
+        hasher.update(crate::set::canonical_json(&body));
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// The status document: `sbctl status --json` prints it, the coordinator's HTTP API serves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NamespaceStatus {
+    pub namespace: String,
+    pub epoch: u64,
+    pub active: Option<StatusSlotVersion>,
+    pub canary: Option<StatusCanary>,
+    pub previous: Option<StatusSlotVersion>,
+    pub slots: StatusSlots,
+    pub sidecars: Vec<StatusSidecar>,
+    pub last_change: Option<StatusChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSlotVersion {
+    pub slot: Slot,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusCanary {
+    pub slot: Slot,
+    pub version: String,
+    pub percent: f64,
+    pub weight_bp: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSlots {
+    pub blue: Option<SlotRef>,
+    pub green: Option<SlotRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusSidecar {
+    pub id: String,
+    pub epoch: u64,
+    pub serving: Vec<ServedSet>,
+    pub etcd_reachable: bool,
+    pub at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub action: String,
+    pub by: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// The outcome of a routing change, returned to sbctl.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingChange {
+    pub namespace: String,
+    pub routing: Routing,
+    pub audit_seq: u64,
+}
+
+/// The outcome of sealing a slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealOutcome {
+    pub namespace: String,
+    pub slot: Slot,
+    pub version: String,
+    pub item_count: u64,
+    pub bytes: u64,
+}
+
+/// The audit trail and, when asked, the result of checking its chain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditTrail {
+    pub namespace: String,
+    pub records: Vec<AuditRecord>,
+    pub verified: Option<AuditVerification>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerification {
+    pub intact: bool,
+    /// The first record that does not match, with what is wrong with it.
+    pub first_bad_seq: Option<u64>,
+    pub problem: Option<String>,
+}
