@@ -1,1 +1,16 @@
-fn main() {}
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = switchboard_coordinator::Args::parse();
+    let shutdown = CancellationToken::new();
+    switchboard_coordinator::cancel_on_signal(shutdown.clone());
+    switchboard_coordinator::run(args, shutdown).await
+}

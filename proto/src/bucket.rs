@@ -38,7 +38,11 @@ mod tests {
             ("payments-api/instance-12", 12_345_678_901_234_567_890, 7653),
         ];
         for (consumer, seed, expected) in golden {
-            assert_eq!(bucket(consumer, *seed), *expected, "bucket({consumer:?}, {seed})");
+            assert_eq!(
+                bucket(consumer, *seed),
+                *expected,
+                "bucket({consumer:?}, {seed})"
+            );
         }
     }
 
@@ -48,7 +52,10 @@ mod tests {
         for n in 0..2_000 {
             let consumer = format!("consumer-{n}");
             if on_canary(&consumer, seed, 1_000) {
-                assert!(on_canary(&consumer, seed, 3_000), "{consumer} left the canary at 30%");
+                assert!(
+                    on_canary(&consumer, seed, 3_000),
+                    "{consumer} left the canary at 30%"
+                );
             }
         }
     }

@@ -22,7 +22,9 @@ pub struct Keys {
 impl Keys {
     /// `prefix` is used as given, without a trailing `/` (`/switchboard`, `/sbtest-1234`).
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.trim_end_matches('/').to_string() }
+        Self {
+            prefix: prefix.trim_end_matches('/').to_string(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -82,10 +84,13 @@ pub fn validate_namespace(ns: &str) -> Result<(), String> {
     if ns.starts_with('.') {
         return Err(format!("namespace {ns:?} must not start with '.'"));
     }
-    if let Some(bad) =
-        ns.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(*c)))
+    if let Some(bad) = ns
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(*c)))
     {
-        return Err(format!("namespace {ns:?} has the character {bad:?}; use a-z 0-9 - _ ."));
+        return Err(format!(
+            "namespace {ns:?} has the character {bad:?}; use a-z 0-9 - _ ."
+        ));
     }
     Ok(())
 }
@@ -99,7 +104,10 @@ mod tests {
         let keys = Keys::new("/sb/");
         assert_eq!(keys.routing("cat"), "/sb/ns/cat/routing");
         assert_eq!(keys.slot("cat", Slot::Green), "/sb/ns/cat/slots/green");
-        assert_eq!(keys.audit("cat", 7), "/sb/ns/cat/audit/00000000000000000007");
+        assert_eq!(
+            keys.audit("cat", 7),
+            "/sb/ns/cat/audit/00000000000000000007"
+        );
         assert_eq!(keys.leader(), "/sb/coordinator/leader");
     }
 

@@ -49,19 +49,31 @@ pub enum ContractError {
 /// Checks a key against the contract: 1 to 512 bytes of `A-Z a-z 0-9 . _ - /`, no empty path
 /// segment and no `.` or `..` segment.
 pub fn validate_key(key: &str) -> Result<(), ContractError> {
-    let invalid = |reason: String| ContractError::InvalidKey { key: key.to_string(), reason };
+    let invalid = |reason: String| ContractError::InvalidKey {
+        key: key.to_string(),
+        reason,
+    };
     if key.is_empty() {
         return Err(invalid("is empty".into()));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(invalid(format!("is {} bytes long, over {MAX_KEY_BYTES}", key.len())));
+        return Err(invalid(format!(
+            "is {} bytes long, over {MAX_KEY_BYTES}",
+            key.len()
+        )));
     }
-    if let Some(bad) =
-        key.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
+    if let Some(bad) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')))
     {
-        return Err(invalid(format!("has the character {bad:?}; keys use A-Z a-z 0-9 . _ - /")));
+        return Err(invalid(format!(
+            "has the character {bad:?}; keys use A-Z a-z 0-9 . _ - /"
+        )));
     }
-    if key.split('/').any(|segment| segment.is_empty() || segment == "." || segment == "..") {
+    if key
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
         return Err(invalid("has an empty, '.' or '..' path segment".into()));
     }
     Ok(())
@@ -129,7 +141,10 @@ impl ItemSet {
         validate_key(key)?;
         let json = canonical_json(value);
         if json.len() > MAX_ITEM_BYTES {
-            return Err(ContractError::ItemTooLarge { key: key.to_string(), bytes: json.len() });
+            return Err(ContractError::ItemTooLarge {
+                key: key.to_string(),
+                bytes: json.len(),
+            });
         }
         self.insert_raw(key.to_string(), json.into());
         Ok(())
@@ -172,7 +187,9 @@ impl ItemSet {
         &'a self,
         prefix: &'a str,
     ) -> impl Iterator<Item = (&'a String, &'a Arc<[u8]>)> + 'a {
-        self.items.range(prefix.to_string()..).take_while(move |(k, _)| k.starts_with(prefix))
+        self.items
+            .range(prefix.to_string()..)
+            .take_while(move |(k, _)| k.starts_with(prefix))
     }
 
     /// Cuts the set into chunks and describes it in a manifest.
@@ -233,9 +250,11 @@ impl ChunkBuilder {
             self.body.extend_from_slice(CHUNK_MAGIC);
         }
         let start = self.body.len();
-        self.body.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        self.body
+            .extend_from_slice(&(key.len() as u32).to_le_bytes());
         self.body.extend_from_slice(key.as_bytes());
-        self.body.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        self.body
+            .extend_from_slice(&(value.len() as u32).to_le_bytes());
         self.body.extend_from_slice(value);
         self.items += 1;
         self.item_bytes += (key.len() + value.len()) as u64;
@@ -259,11 +278,20 @@ pub struct Chunk {
 
 impl Chunk {
     fn from_parts(data: Vec<u8>, items: u64, item_bytes: u64) -> Self {
-        Self { hash: sha256_hex(&data), data, items, item_bytes }
+        Self {
+            hash: sha256_hex(&data),
+            data,
+            items,
+            item_bytes,
+        }
     }
 
     pub fn to_ref(&self) -> ChunkRef {
-        ChunkRef { hash: self.hash.clone(), items: self.items, bytes: self.item_bytes }
+        ChunkRef {
+            hash: self.hash.clone(),
+            items: self.items,
+            bytes: self.item_bytes,
+        }
     }
 }
 
@@ -271,31 +299,38 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// One item: its key and its canonical JSON value.
+pub type Item = (String, Arc<[u8]>);
+
 /// Decodes a chunk that claims to be `expected_hash`, checking its hash, its framing, its keys
 /// and that its keys ascend. Returns the items in order.
-pub fn decode_chunk(
-    expected_hash: &str,
-    data: &[u8],
-) -> Result<Vec<(String, Arc<[u8]>)>, ContractError> {
-    let corrupt =
-        |reason: String| ContractError::CorruptChunk { hash: expected_hash.to_string(), reason };
+pub fn decode_chunk(expected_hash: &str, data: &[u8]) -> Result<Vec<Item>, ContractError> {
+    let corrupt = |reason: String| ContractError::CorruptChunk {
+        hash: expected_hash.to_string(),
+        reason,
+    };
     let actual = sha256_hex(data);
     if actual != expected_hash {
         return Err(corrupt(format!("content hashes to {actual}")));
     }
-    let body = data.strip_prefix(CHUNK_MAGIC).ok_or_else(|| corrupt("bad magic".into()))?;
+    let body = data
+        .strip_prefix(CHUNK_MAGIC)
+        .ok_or_else(|| corrupt("bad magic".into()))?;
     let mut items = Vec::new();
     let mut rest = body;
     let mut previous: Option<&str> = None;
     while !rest.is_empty() {
-        let (key_bytes, after_key) = take_field(rest).ok_or_else(|| corrupt("truncated key".into()))?;
+        let (key_bytes, after_key) =
+            take_field(rest).ok_or_else(|| corrupt("truncated key".into()))?;
         let (value, after_value) =
             take_field(after_key).ok_or_else(|| corrupt("truncated value".into()))?;
         let key = std::str::from_utf8(key_bytes)
             .map_err(|_| corrupt(format!("item {} has a key that is not UTF-8", items.len())))?;
         validate_key(key).map_err(|e| corrupt(e.to_string()))?;
         if value.len() > MAX_ITEM_BYTES {
-            return Err(corrupt(format!("item {key:?} is over {MAX_ITEM_BYTES} bytes")));
+            return Err(corrupt(format!(
+                "item {key:?} is over {MAX_ITEM_BYTES} bytes"
+            )));
         }
         if previous.is_some_and(|p| p >= key) {
             return Err(corrupt(format!("keys out of order at {key:?}")));
@@ -344,14 +379,20 @@ impl Manifest {
             return bad(format!("checksum {:?} is not a SHA-256", self.checksum));
         }
         if self.version != version_from_checksum(&self.checksum) {
-            return bad(format!("version {:?} does not match the checksum", self.version));
+            return bad(format!(
+                "version {:?} does not match the checksum",
+                self.version
+            ));
         }
         if let Some(c) = self.chunks.iter().find(|c| !is_sha256_hex(&c.hash)) {
             return bad(format!("chunk hash {:?} is not a SHA-256", c.hash));
         }
         let items: u64 = self.chunks.iter().map(|c| c.items).sum();
         if items != self.item_count {
-            return bad(format!("chunks hold {items} items, manifest says {}", self.item_count));
+            return bad(format!(
+                "chunks hold {items} items, manifest says {}",
+                self.item_count
+            ));
         }
         if self.item_count == 0 {
             return bad("the set is empty".into());
@@ -361,7 +402,9 @@ impl Manifest {
 }
 
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Rebuilds a set from its chunks, in manifest order, and verifies item count, byte count and
@@ -477,7 +520,8 @@ mod tests {
         let mut set = ItemSet::new();
         for i in 0..n {
             let value = json!({"id": i, "name": format!("table-{i}"), "pad": "x".repeat(900)});
-            set.insert_value(&format!("tables/t{i:05}"), &value).expect("valid item");
+            set.insert_value(&format!("tables/t{i:05}"), &value)
+                .expect("valid item");
         }
         set
     }
@@ -485,7 +529,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_depth() {
         let value = json!({"b": 1, "a": {"z": [true, null], "y": "s"}});
-        assert_eq!(canonical_json(&value), br#"{"a":{"y":"s","z":[true,null]},"b":1}"#);
+        assert_eq!(
+            canonical_json(&value),
+            br#"{"a":{"y":"s","z":[true,null]},"b":1}"#
+        );
     }
 
     #[test]
@@ -511,7 +558,11 @@ mod tests {
     fn chunks_round_trip_and_verify() {
         let set = sample(1_000);
         let (manifest, chunks) = set.to_chunks();
-        assert!(chunks.len() > 4, "1 MB should give several chunks, got {}", chunks.len());
+        assert!(
+            chunks.len() > 4,
+            "1 MB should give several chunks, got {}",
+            chunks.len()
+        );
         assert_eq!(manifest.item_count, 1_000);
         let back = assemble_verified(&manifest, chunks.iter().map(|c| c.data.as_slice()))
             .expect("verifies");
@@ -532,8 +583,12 @@ mod tests {
     fn a_small_change_touches_few_chunks() {
         let before = sample(2_000);
         let mut after = before.clone();
-        after.insert_value("tables/t01000", &json!({"changed": true})).expect("valid");
-        after.insert_value("tables/t01000a", &json!({"new": true})).expect("valid");
+        after
+            .insert_value("tables/t01000", &json!({"changed": true}))
+            .expect("valid");
+        after
+            .insert_value("tables/t01000a", &json!({"new": true}))
+            .expect("valid");
         let (m1, _) = before.to_chunks();
         let (m2, _) = after.to_chunks();
         let old: std::collections::HashSet<_> = m1.chunks.iter().map(|c| &c.hash).collect();

@@ -1,1 +1,18 @@
-fn main() {}
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = switchboard_sidecar::Args::parse();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    let (http, grpc) = switchboard_sidecar::bind(&args).await?;
+    let shutdown = CancellationToken::new();
+    switchboard_sidecar::cancel_on_signal(shutdown.clone());
+    switchboard_sidecar::run(args, http, grpc, Some(metrics), shutdown).await
+}

@@ -1,0 +1,74 @@
+//! The coordinator's errors, and the one place that maps them to gRPC and HTTP status.
+//!
+//! sbctl maps gRPC codes to its exit codes: `Aborted` is a conflict (3), `FailedPrecondition`
+//! and `InvalidArgument` a refusal (4), `PermissionDenied` not permitted (5).
+
+/// An operation that failed, with a message a release manager can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// Routing or a slot changed underneath the caller: read status and retry.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is well-formed but the current state does not allow it.
+    #[error("{0}")]
+    Refused(String),
+    /// The request itself is invalid: bad namespace, weight, manifest or chunk.
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A record in etcd that does not parse or does not verify.
+    #[error("corrupt record {key} in etcd: {reason}")]
+    CorruptRecord { key: String, reason: String },
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd did not answer within {0:?}")]
+    EtcdTimeout(std::time::Duration),
+}
+
+pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;
+
+impl CoordinatorError {
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            CoordinatorError::Conflict(_) => Code::Aborted,
+            CoordinatorError::Refused(_) => Code::FailedPrecondition,
+            CoordinatorError::InvalidInput(_) => Code::InvalidArgument,
+            CoordinatorError::NotFound(_) => Code::NotFound,
+            CoordinatorError::CorruptRecord { .. } => Code::DataLoss,
+            CoordinatorError::Etcd(etcd_client::Error::GRpcStatus(status))
+                if status.code() == Code::ResourceExhausted =>
+            {
+                Code::ResourceExhausted
+            }
+            CoordinatorError::Etcd(_) | CoordinatorError::EtcdTimeout(_) => Code::Unavailable,
+        }
+    }
+
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self.grpc_code() {
+            tonic::Code::Aborted => StatusCode::CONFLICT,
+            tonic::Code::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
+            tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+            tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            tonic::Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
+            tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(error: CoordinatorError) -> Self {
+        // Errors are logged here, where they are handled, and not where they are passed up.
+        match error.grpc_code() {
+            tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Internal => {
+                tracing::error!(%error, "request failed")
+            }
+            _ => tracing::info!(%error, "request refused"),
+        }
+        tonic::Status::new(error.grpc_code(), error.to_string())
+    }
+}

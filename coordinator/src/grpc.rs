@@ -1,0 +1,304 @@
+//! The admin gRPC service: decodes requests, names the actor, delegates to `release`.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use switchboard_proto::pb::{self, admin_server::Admin};
+use switchboard_proto::{Slot, set::is_sha256_hex};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::release::{Actor, BeginStage, Releases};
+use crate::store::MAX_TXN_BYTES;
+
+/// Largest gRPC message accepted or sent: a chunk of up to about 1 MiB plus framing.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+pub struct AdminService {
+    releases: Releases,
+}
+
+impl AdminService {
+    pub fn new(releases: Releases) -> Self {
+        Self { releases }
+    }
+
+    pub fn into_server(self) -> pb::admin_server::AdminServer<Self> {
+        pb::admin_server::AdminServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// The caller's name as sbctl sends it. Without `--auth` (a later addition) it is a claim,
+/// recorded as given so that the audit trail says who asked.
+fn actor<T>(request: &Request<T>) -> Actor {
+    let claimed = request
+        .metadata()
+        .get("x-switchboard-actor")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
+        .filter(|s| !s.is_empty());
+    Actor {
+        name: claimed.unwrap_or_else(|| "anonymous".to_string()),
+    }
+}
+
+fn json_reply<T: serde::Serialize>(value: &T) -> Result<Response<pb::JsonReply>, Status> {
+    let json = serde_json::to_string(value)
+        .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?;
+    Ok(Response::new(pb::JsonReply { json }))
+}
+
+fn parse_slot(slot: &str) -> Result<Slot, Status> {
+    slot.parse()
+        .map_err(|e: String| Status::invalid_argument(e))
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let status = self.releases.status(&request.get_ref().namespace).await?;
+        json_reply(&status)
+    }
+
+    async fn begin_stage(
+        &self,
+        request: Request<pb::BeginStageRequest>,
+    ) -> Result<Response<pb::BeginStageReply>, Status> {
+        let actor = actor(&request);
+        let request = request.into_inner();
+        let outcome = self
+            .releases
+            .begin_stage(
+                &request.namespace,
+                request.manifest_json.as_bytes(),
+                &request.message,
+                &actor,
+            )
+            .await?;
+        let reply = match outcome {
+            BeginStage::Staging {
+                slot,
+                version,
+                missing_chunks,
+                slot_revision,
+            } => pb::BeginStageReply {
+                outcome: "staging".into(),
+                slot: slot.to_string(),
+                version,
+                missing_chunks,
+                slot_revision,
+            },
+            BeginStage::AlreadyStaged { slot, version } => pb::BeginStageReply {
+                outcome: "already_staged".into(),
+                slot: slot.to_string(),
+                version,
+                ..Default::default()
+            },
+            BeginStage::AlreadyActive { slot, version } => pb::BeginStageReply {
+                outcome: "already_active".into(),
+                slot: slot.to_string(),
+                version,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn upload_chunks(
+        &self,
+        request: Request<Streaming<pb::ChunkData>>,
+    ) -> Result<Response<pb::UploadChunksReply>, Status> {
+        let mut stream = request.into_inner();
+        let mut reply = pb::UploadChunksReply::default();
+        let mut namespace: Option<String> = None;
+        let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut batch_bytes = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if !is_sha256_hex(&chunk.hash) {
+                return Err(Status::invalid_argument(format!(
+                    "chunk name {:?} is not a SHA-256",
+                    chunk.hash
+                )));
+            }
+            match &namespace {
+                None => namespace = Some(chunk.namespace.clone()),
+                Some(ns) if *ns != chunk.namespace => {
+                    return Err(Status::invalid_argument(
+                        "one upload carries chunks of one namespace only",
+                    ));
+                }
+                Some(_) => {}
+            }
+            batch_bytes += chunk.data.len();
+            batch.push((chunk.hash, chunk.data));
+            // Verify and write in batches near etcd's request limit, so that memory stays
+            // bounded however large the set is.
+            if batch_bytes >= MAX_TXN_BYTES {
+                let ns = namespace.as_deref().unwrap_or_default();
+                reply.chunks_written += batch.len() as u64;
+                reply.bytes_written += self
+                    .releases
+                    .put_chunks(ns, std::mem::take(&mut batch))
+                    .await?;
+                batch_bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            let ns = namespace.as_deref().unwrap_or_default();
+            reply.chunks_written += batch.len() as u64;
+            reply.bytes_written += self.releases.put_chunks(ns, batch).await?;
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn seal(
+        &self,
+        request: Request<pb::SealRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = actor(&request);
+        let request = request.into_inner();
+        let slot = parse_slot(&request.slot)?;
+        let outcome = self
+            .releases
+            .seal(
+                &request.namespace,
+                slot,
+                &request.manifest_hash,
+                request.slot_revision,
+                &actor,
+            )
+            .await?;
+        json_reply(&outcome)
+    }
+
+    async fn get_manifest(
+        &self,
+        request: Request<pb::GetManifestRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let request = request.into_inner();
+        let slot = match request.slot.as_str() {
+            "" => None,
+            other => Some(parse_slot(other)?),
+        };
+        let manifest = self.releases.manifest(&request.namespace, slot).await?;
+        json_reply(&manifest)
+    }
+
+    type GetChunksStream = ChunkStream;
+
+    async fn get_chunks(
+        &self,
+        request: Request<pb::GetChunksRequest>,
+    ) -> Result<Response<Self::GetChunksStream>, Status> {
+        let request = request.into_inner();
+        let ns = request.namespace;
+        switchboard_proto::keys::validate_namespace(&ns).map_err(Status::invalid_argument)?;
+        if let Some(bad) = request.hashes.iter().find(|h| !is_sha256_hex(h)) {
+            return Err(Status::invalid_argument(format!(
+                "chunk name {bad:?} is not a SHA-256"
+            )));
+        }
+        let store = self.releases.store().clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Result<pb::ChunkData, Status>>(4);
+        // The task ends when the set is sent or when the client goes away (the send fails).
+        tokio::spawn(async move {
+            let sized: Vec<(String, u64)> = request
+                .hashes
+                .into_iter()
+                .map(|h| (h, 1024 * 1024))
+                .collect();
+            let mut chunks = Vec::new();
+            let result = store
+                .for_each_chunk(&ns, &sized, |hash, data| {
+                    chunks.push(pb::ChunkData {
+                        namespace: ns.clone(),
+                        hash: hash.to_string(),
+                        data: data.to_vec(),
+                    });
+                    Ok(())
+                })
+                .await;
+            match result {
+                Ok(()) => {
+                    for chunk in chunks {
+                        if sender.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(error) => {
+                    let _ = sender.send(Err(Status::from(error))).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn set_canary(
+        &self,
+        request: Request<pb::SetCanaryRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let change = self
+            .releases
+            .set_canary(
+                &r.namespace,
+                r.weight_bp,
+                r.expected_epoch,
+                &r.reason,
+                &actor,
+            )
+            .await?;
+        json_reply(&change)
+    }
+
+    async fn flip(
+        &self,
+        request: Request<pb::FlipRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let change = self
+            .releases
+            .flip(&r.namespace, r.expected_epoch, &r.reason, &actor)
+            .await?;
+        json_reply(&change)
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let change = self
+            .releases
+            .rollback(&r.namespace, r.expected_epoch, &r.reason, &actor)
+            .await?;
+        json_reply(&change)
+    }
+
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let r = request.into_inner();
+        let trail = self.releases.audit_trail(&r.namespace, r.verify).await?;
+        json_reply(&trail)
+    }
+}

@@ -1,0 +1,193 @@
+//! Switchboard's coordinator: the admin API through which sbctl stages metadata sets into
+//! etcd and changes routing. It keeps no state that etcd does not have: every decision is read
+//! from etcd and every change is one etcd transaction.
+//!
+//! Start-up wires the parts together in [`run`]; shutdown drains in the reverse order: stop
+//! accepting requests, let the ones in flight finish (at most `SHUTDOWN_GRACE`), then stop the
+//! `--dev` etcd.
+
+pub mod audit;
+pub mod dev_etcd;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod release;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use switchboard_proto::Keys;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How long requests in flight may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Switchboard coordinator: stages metadata sets into etcd and changes routing.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ETCD",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub etcd: Vec<String>,
+    /// Address of the admin gRPC API.
+    #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// Address of the JSON API, /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    pub http: SocketAddr,
+    /// Prefix of every etcd key.
+    #[arg(long, default_value = "/switchboard")]
+    pub prefix: String,
+    /// Start a private etcd child process (the `etcd` on PATH) and use it.
+    #[arg(long)]
+    pub dev: bool,
+    /// Where --dev keeps its etcd data.
+    #[arg(long, default_value = ".switchboard")]
+    pub state_dir: PathBuf,
+    /// Configuration file (reserved; no settings are read from it yet).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Connects to etcd. The connection is lazy: the coordinator starts while etcd is down and
+/// answers `Unavailable` until it is back. Requests that need a leader fail instead of hanging
+/// on a member cut off from the cluster.
+pub async fn connect_etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    etcd_client::Client::connect(endpoints, Some(options))
+        .await
+        .with_context(|| format!("cannot set up the etcd client for {}", endpoints.join(",")))
+}
+
+/// Runs the coordinator until `shutdown` is cancelled.
+pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(config) = &args.config {
+        anyhow::ensure!(
+            config.exists(),
+            "--config {} does not exist",
+            config.display()
+        );
+    }
+    let dev_etcd = if args.dev {
+        let endpoint = args.etcd.first().cloned().unwrap_or_default();
+        Some(dev_etcd::DevEtcd::start(&args.state_dir, &endpoint).await?)
+    } else {
+        None
+    };
+    let result = serve(&args, shutdown).await;
+    if let Some(dev_etcd) = dev_etcd {
+        dev_etcd.stop().await;
+    }
+    result
+}
+
+async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let client = connect_etcd(&args.etcd).await?;
+    let releases = release::Releases::new(store::Store::new(client, Keys::new(&args.prefix)));
+
+    let grpc_listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
+    let http_listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
+    tracing::info!(grpc = %args.listen, http = %args.http, etcd = %args.etcd.join(","), prefix = %args.prefix, "coordinator serving");
+    tracing::warn!(
+        "no --auth given: the coordinator is open, and every caller acts as an unauthenticated admin"
+    );
+
+    let grpc = serve_grpc(grpc_listener, releases.clone(), shutdown.clone());
+    let http = serve_http(
+        http_listener,
+        http::router(releases, metrics),
+        shutdown.clone(),
+    );
+    let (grpc, http) = tokio::join!(grpc, http);
+    grpc.context("admin gRPC server failed")?;
+    http.context("HTTP server failed")?;
+    Ok(())
+}
+
+/// Serves the admin API on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    releases: release::Releases,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .add_service(grpc::AdminService::new(releases).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    drain(server, shutdown).await
+}
+
+/// Serves HTTP on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`.
+pub async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let server = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    drain(
+        async { server.await.map_err(anyhow::Error::from) },
+        shutdown,
+    )
+    .await
+}
+
+async fn drain<E: Into<anyhow::Error>>(
+    server: impl Future<Output = Result<(), E>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(Into::into),
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!("requests still in flight after {SHUTDOWN_GRACE:?}; closing them");
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

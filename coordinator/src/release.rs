@@ -1,0 +1,736 @@
+//! The release operations: staging into the idle slot, sealing, canary, flip, rollback, status
+//! and the audit trail. Each change is one etcd transaction that compares the revisions it
+//! decided on (invariant 2) and writes its audit record (invariant 8).
+
+use std::collections::HashSet;
+
+use etcd_client::{Txn, TxnOp};
+use serde_json::json;
+use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier, decode_chunk, sha256_hex};
+use switchboard_proto::time::{now_ms, rfc3339_ms};
+use switchboard_proto::{
+    AuditHead, AuditRecord, AuditTrail, BUCKETS, Canary, Manifest, NamespaceStatus, Routing,
+    RoutingChange, SealOutcome, Slot, SlotRef, SlotState, SlotVersion, StatusCanary, StatusChange,
+    StatusSidecar, StatusSlotVersion, StatusSlots, keys::validate_namespace,
+};
+
+use crate::audit;
+use crate::error::{CoordinatorError, Result};
+use crate::store::{NamespaceState, Store, unchanged};
+
+/// How often a change is retried when only the audit head moved underneath it (another change
+/// to the same namespace that did not touch what this one decided on).
+const MAX_ATTEMPTS: usize = 8;
+
+/// Who asks, and why: recorded in the audit trail.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub name: String,
+}
+
+/// The outcome of `begin_stage`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BeginStage {
+    Staging {
+        slot: Slot,
+        version: String,
+        missing_chunks: Vec<String>,
+        slot_revision: i64,
+    },
+    AlreadyStaged {
+        slot: Slot,
+        version: String,
+    },
+    AlreadyActive {
+        slot: Slot,
+        version: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Releases {
+    store: Store,
+}
+
+/// A routing change decided on a namespace state: the new routing, what the txn must also
+/// compare, and the audit detail.
+struct Decision {
+    routing: Routing,
+    compare_slots: Vec<Slot>,
+    detail: serde_json::Value,
+}
+
+impl Releases {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Announces a set: picks the idle slot, marks it staging with this manifest, and returns
+    /// the chunks that etcd does not hold yet.
+    pub async fn begin_stage(
+        &self,
+        ns: &str,
+        manifest_json: &[u8],
+        message: &str,
+        actor: &Actor,
+    ) -> Result<BeginStage> {
+        check_namespace(ns)?;
+        let manifest = Manifest::from_json(manifest_json)
+            .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
+        if let Some(chunk) = manifest
+            .chunks
+            .iter()
+            .find(|c| c.bytes as usize > MAX_CHUNK_BYTES)
+        {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "manifest lists chunk {} of {} bytes, over the limit of {MAX_CHUNK_BYTES}",
+                chunk.hash, chunk.bytes
+            )));
+        }
+        let manifest_hash = manifest.hash();
+        let keys = self.store.keys().clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.store.read_namespace(ns).await?;
+            let slot = match &state.routing.value {
+                Some(routing) => {
+                    if routing.active.manifest == manifest_hash {
+                        return Ok(BeginStage::AlreadyActive {
+                            slot: routing.active.slot,
+                            version: manifest.version,
+                        });
+                    }
+                    let idle = routing.active.slot.other();
+                    if let Some(canary) = routing.live_canary() {
+                        return Err(CoordinatorError::Refused(format!(
+                            "slot {idle} of {ns} serves a {}% canary of version {}; set the canary to 0 or flip before staging",
+                            percent(canary.weight_bp),
+                            canary.version
+                        )));
+                    }
+                    idle
+                }
+                // Nothing serves yet: blue is the first slot.
+                None => Slot::Blue,
+            };
+            let current = state.slot(slot);
+            if let Some(slot_ref) = &current.value
+                && slot_ref.manifest == manifest_hash
+                && slot_ref.state == SlotState::Sealed
+            {
+                return Ok(BeginStage::AlreadyStaged {
+                    slot,
+                    version: manifest.version,
+                });
+            }
+            let slot_ref = SlotRef {
+                version: manifest.version.clone(),
+                manifest: manifest_hash.clone(),
+                state: SlotState::Staging,
+                item_count: manifest.item_count,
+                bytes: manifest.bytes,
+                checksum: manifest.checksum.clone(),
+                seed: rand::random(),
+                staged_by: actor.name.clone(),
+                message: message.to_string(),
+                at_ms: now_ms(),
+            };
+            // The slot must still be idle (routing unchanged) and nobody else may have begun
+            // staging into it since we read it.
+            let txn = Txn::new()
+                .when(vec![
+                    unchanged(keys.routing(ns), state.routing.mod_revision),
+                    unchanged(keys.slot(ns, slot), current.mod_revision),
+                ])
+                .and_then(vec![
+                    TxnOp::put(
+                        keys.manifest(ns, &manifest_hash),
+                        manifest.to_canonical_json(),
+                        None,
+                    ),
+                    TxnOp::put(keys.slot(ns, slot), to_json(&slot_ref), None),
+                ]);
+            let response = self.store.txn(txn).await?;
+            if !response.succeeded() {
+                continue;
+            }
+            let slot_revision = response.header().map_or(0, |h| h.revision());
+            let hashes: Vec<String> = unique(manifest.chunks.iter().map(|c| c.hash.clone()));
+            let missing_chunks = self.store.missing_chunks(ns, &hashes).await?;
+            tracing::info!(ns, %slot, version = %manifest.version, missing = missing_chunks.len(), total = hashes.len(), "staging begun");
+            return Ok(BeginStage::Staging {
+                slot,
+                version: manifest.version,
+                missing_chunks,
+                slot_revision,
+            });
+        }
+        Err(busy(ns))
+    }
+
+    /// Verifies and writes uploaded chunks. Each must hash to its name and decode cleanly.
+    pub async fn put_chunks(&self, ns: &str, chunks: Vec<(String, Vec<u8>)>) -> Result<u64> {
+        check_namespace(ns)?;
+        let mut bytes = 0;
+        for (hash, data) in &chunks {
+            if data.len() > MAX_CHUNK_BYTES {
+                return Err(CoordinatorError::InvalidInput(format!(
+                    "chunk {hash} is {} bytes, over the limit of {MAX_CHUNK_BYTES}",
+                    data.len()
+                )));
+            }
+            decode_chunk(hash, data).map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
+            bytes += data.len() as u64;
+        }
+        self.store.put_chunks(ns, &chunks).await?;
+        metrics::counter!("switchboard_chunks_uploaded_total").increment(chunks.len() as u64);
+        metrics::counter!("switchboard_chunk_bytes_uploaded_total").increment(bytes);
+        Ok(bytes)
+    }
+
+    /// Reads the whole set back from etcd, verifies it against its manifest, and seals the
+    /// slot together with its audit record.
+    pub async fn seal(
+        &self,
+        ns: &str,
+        slot: Slot,
+        manifest_hash: &str,
+        slot_revision: i64,
+        actor: &Actor,
+    ) -> Result<SealOutcome> {
+        check_namespace(ns)?;
+        let keys = self.store.keys().clone();
+        let manifest_key = keys.manifest(ns, manifest_hash);
+        let manifest_raw = self.store.get_raw(&manifest_key).await?.ok_or_else(|| {
+            CoordinatorError::Refused(format!("manifest {manifest_hash} is not staged in {ns}"))
+        })?;
+        let manifest =
+            Manifest::from_json(&manifest_raw).map_err(|e| CoordinatorError::CorruptRecord {
+                key: manifest_key.clone(),
+                reason: e.to_string(),
+            })?;
+        if sha256_hex(&manifest.to_canonical_json()) != manifest_hash {
+            return Err(CoordinatorError::CorruptRecord {
+                key: manifest_key,
+                reason: "content does not match its hash".into(),
+            });
+        }
+        self.verify_set(ns, &manifest).await?;
+
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.store.read_namespace(ns).await?;
+            let current = state.slot(slot);
+            let Some(slot_ref) = current.value.clone() else {
+                return Err(CoordinatorError::Conflict(format!(
+                    "slot {slot} of {ns} holds nothing to seal; run sbctl stage again"
+                )));
+            };
+            if current.mod_revision != slot_revision {
+                return Err(CoordinatorError::Conflict(format!(
+                    "slot {slot} of {ns} changed while staging: it now holds version {} ({:?}, staged by {} at {}); run sbctl stage again",
+                    slot_ref.version,
+                    slot_ref.state,
+                    slot_ref.staged_by,
+                    rfc3339_ms(slot_ref.at_ms)
+                )));
+            }
+            if slot_ref.manifest != manifest_hash {
+                return Err(CoordinatorError::Conflict(format!(
+                    "slot {slot} of {ns} is staging another manifest; run sbctl stage again"
+                )));
+            }
+            if let Some(routing) = &state.routing.value
+                && serves(routing, slot)
+            {
+                return Err(CoordinatorError::Refused(format!(
+                    "slot {slot} of {ns} serves traffic and cannot be sealed"
+                )));
+            }
+            let sealed = SlotRef {
+                state: SlotState::Sealed,
+                at_ms: now_ms(),
+                ..slot_ref
+            };
+            let head = state.audit_head.value.clone().unwrap_or_default();
+            let record = audit::next_record(
+                &head,
+                ns,
+                &actor.name,
+                "stage",
+                &sealed.message,
+                json!({
+                    "slot": slot,
+                    "version": sealed.version,
+                    "manifest": manifest_hash,
+                    "checksum": sealed.checksum,
+                    "items": sealed.item_count,
+                    "bytes": sealed.bytes,
+                }),
+            );
+            let mut operations = vec![TxnOp::put(keys.slot(ns, slot), to_json(&sealed), None)];
+            operations.extend(audit_ops(&keys, ns, &record));
+            let txn = Txn::new()
+                .when(vec![
+                    unchanged(keys.routing(ns), state.routing.mod_revision),
+                    unchanged(keys.slot(ns, slot), current.mod_revision),
+                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                ])
+                .and_then(operations);
+            if self.store.txn(txn).await?.succeeded() {
+                tracing::info!(ns, %slot, version = %sealed.version, actor = %actor.name, "slot sealed");
+                metrics::counter!("switchboard_stages_sealed_total").increment(1);
+                return Ok(SealOutcome {
+                    namespace: ns.to_string(),
+                    slot,
+                    version: sealed.version,
+                    item_count: sealed.item_count,
+                    bytes: sealed.bytes,
+                });
+            }
+        }
+        Err(busy(ns))
+    }
+
+    /// Reads every chunk of a manifest from etcd and checks the set it forms.
+    async fn verify_set(&self, ns: &str, manifest: &Manifest) -> Result<()> {
+        let chunks: Vec<(String, u64)> = manifest
+            .chunks
+            .iter()
+            .map(|c| (c.hash.clone(), c.bytes + 4 + 8 * c.items))
+            .collect();
+        let mut verifier = SetVerifier::new(manifest);
+        let invalid = |e: switchboard_proto::ContractError| {
+            CoordinatorError::Refused(format!("the staged set of {ns} does not verify: {e}"))
+        };
+        self.store
+            .for_each_chunk(ns, &chunks, |_, data| {
+                verifier.add_chunk(data).map_err(invalid)
+            })
+            .await?;
+        let set = verifier.finish().map_err(invalid)?;
+        for (key, value) in set.iter() {
+            serde_json::from_slice::<serde::de::IgnoredAny>(value).map_err(|e| {
+                CoordinatorError::Refused(format!("item {key:?} is not valid JSON: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    pub async fn set_canary(
+        &self,
+        ns: &str,
+        weight_bp: u32,
+        expected_epoch: u64,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<RoutingChange> {
+        if weight_bp > BUCKETS {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "canary weight {weight_bp} basis points is over {BUCKETS} (100%)"
+            )));
+        }
+        self.change_routing(
+            ns,
+            expected_epoch,
+            "canary",
+            reason,
+            actor,
+            |state, routing| {
+                let routing = routing.ok_or_else(|| nothing_active(ns))?;
+                let slot = routing.active.slot.other();
+                let target = sealed_target(ns, state, slot, &routing.active)?;
+                let canary = (weight_bp > 0).then(|| Canary {
+                    slot,
+                    version: target.version.clone(),
+                    manifest: target.manifest.clone(),
+                    weight_bp,
+                    seed: target.seed,
+                });
+                let detail = json!({
+                    "slot": slot,
+                    "version": target.version,
+                    "from_percent": routing.live_canary().map_or(0.0, |c| percent(c.weight_bp)),
+                    "to_percent": percent(weight_bp),
+                });
+                Ok(Decision {
+                    routing: Routing {
+                        canary,
+                        ..routing.clone()
+                    },
+                    compare_slots: vec![slot],
+                    detail,
+                })
+            },
+        )
+        .await
+    }
+
+    pub async fn flip(
+        &self,
+        ns: &str,
+        expected_epoch: u64,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<RoutingChange> {
+        self.change_routing(ns, expected_epoch, "flip", reason, actor, |state, routing| {
+            let (slot, previous) = match routing {
+                Some(routing) => (routing.active.slot.other(), Some(routing.active.clone())),
+                None => (first_slot_to_flip(ns, state)?, None),
+            };
+            let target = match &previous {
+                Some(active) => sealed_target(ns, state, slot, active)?,
+                None => sealed(ns, state, slot)?,
+            };
+            let active = SlotVersion {
+                slot,
+                version: target.version.clone(),
+                manifest: target.manifest.clone(),
+            };
+            let detail = json!({
+                "from": previous.as_ref().map(|p| json!({"slot": p.slot, "version": p.version})),
+                "to": {"slot": slot, "version": target.version},
+            });
+            let base = routing.cloned().unwrap_or_else(|| Routing {
+                epoch: 0,
+                active: active.clone(),
+                canary: None,
+                previous: None,
+                action: String::new(),
+                by: String::new(),
+                reason: String::new(),
+                at_ms: 0,
+            });
+            Ok(Decision {
+                routing: Routing { active, canary: None, previous, ..base },
+                compare_slots: vec![slot],
+                detail,
+            })
+        })
+        .await
+    }
+
+    pub async fn rollback(
+        &self,
+        ns: &str,
+        expected_epoch: u64,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<RoutingChange> {
+        self.change_routing(ns, expected_epoch, "rollback", reason, actor, |state, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            if let Some(canary) = routing.live_canary() {
+                let detail = json!({
+                    "kind": "canary",
+                    "canary": {"slot": canary.slot, "version": canary.version, "percent": percent(canary.weight_bp)},
+                    "to": {"slot": routing.active.slot, "version": routing.active.version},
+                });
+                return Ok(Decision {
+                    routing: Routing { canary: None, ..routing.clone() },
+                    compare_slots: vec![],
+                    detail,
+                });
+            }
+            let previous = routing.previous.clone().ok_or_else(|| {
+                CoordinatorError::Refused(format!(
+                    "nothing to roll back to in {ns}: no canary is live and no earlier version was active"
+                ))
+            })?;
+            let slot_ref = sealed(ns, state, previous.slot)?;
+            if slot_ref.manifest != previous.manifest {
+                return Err(CoordinatorError::Refused(format!(
+                    "cannot roll back {ns}: slot {} no longer holds the previous version {} but version {} (staged by {} at {}); flip to it or stage the previous version again",
+                    previous.slot,
+                    previous.version,
+                    slot_ref.version,
+                    slot_ref.staged_by,
+                    rfc3339_ms(slot_ref.at_ms)
+                )));
+            }
+            let detail = json!({
+                "kind": "flip",
+                "from": {"slot": routing.active.slot, "version": routing.active.version},
+                "to": {"slot": previous.slot, "version": previous.version},
+            });
+            Ok(Decision {
+                routing: Routing {
+                    active: previous.clone(),
+                    canary: None,
+                    previous: Some(routing.active.clone()),
+                    ..routing.clone()
+                },
+                compare_slots: vec![previous.slot],
+                detail,
+            })
+        })
+        .await
+    }
+
+    /// Applies a routing change decided on a consistent read, in one transaction that compares
+    /// routing, the slots the decision looked at and the audit head. A different epoch than
+    /// the caller decided on is a conflict that names what changed.
+    async fn change_routing(
+        &self,
+        ns: &str,
+        expected_epoch: u64,
+        action: &str,
+        reason: &str,
+        actor: &Actor,
+        decide: impl Fn(&NamespaceState, Option<&Routing>) -> Result<Decision>,
+    ) -> Result<RoutingChange> {
+        check_namespace(ns)?;
+        let keys = self.store.keys().clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.store.read_namespace(ns).await?;
+            if state.epoch() != expected_epoch {
+                return Err(conflict(ns, expected_epoch, state.routing.value.as_ref()));
+            }
+            let decision = decide(&state, state.routing.value.as_ref())?;
+            let routing = Routing {
+                epoch: state.epoch() + 1,
+                action: action.to_string(),
+                by: actor.name.clone(),
+                reason: reason.to_string(),
+                at_ms: now_ms(),
+                ..decision.routing
+            };
+            let head = state.audit_head.value.clone().unwrap_or_default();
+            let mut detail = decision.detail;
+            if let Some(object) = detail.as_object_mut() {
+                object.insert("epoch".into(), json!(routing.epoch));
+            }
+            let record = audit::next_record(&head, ns, &actor.name, action, reason, detail);
+            let mut compares = vec![
+                unchanged(keys.routing(ns), state.routing.mod_revision),
+                unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+            ];
+            for slot in decision.compare_slots {
+                compares.push(unchanged(
+                    keys.slot(ns, slot),
+                    state.slot(slot).mod_revision,
+                ));
+            }
+            let mut operations = vec![TxnOp::put(keys.routing(ns), to_json(&routing), None)];
+            operations.extend(audit_ops(&keys, ns, &record));
+            let txn = Txn::new().when(compares).and_then(operations);
+            if self.store.txn(txn).await?.succeeded() {
+                tracing::info!(ns, action, epoch = routing.epoch, actor = %actor.name, reason, "routing changed");
+                metrics::counter!("switchboard_routing_changes_total", "action" => action.to_string())
+                    .increment(1);
+                return Ok(RoutingChange {
+                    namespace: ns.to_string(),
+                    routing,
+                    audit_seq: record.seq,
+                });
+            }
+        }
+        Err(busy(ns))
+    }
+
+    pub async fn status(&self, ns: &str) -> Result<NamespaceStatus> {
+        check_namespace(ns)?;
+        let state = self.store.read_namespace(ns).await?;
+        let health = self.store.health_records(ns).await?;
+        let routing = state.routing.value.as_ref();
+        let mut sidecars: Vec<StatusSidecar> = health
+            .into_iter()
+            .map(|h| StatusSidecar {
+                id: h.id,
+                epoch: h.epoch,
+                serving: h.serving,
+                etcd_reachable: h.etcd_reachable,
+                at_ms: h.at_ms,
+            })
+            .collect();
+        sidecars.sort_by(|a, b| a.id.cmp(&b.id));
+        let slot_version = |sv: &SlotVersion| StatusSlotVersion {
+            slot: sv.slot,
+            version: sv.version.clone(),
+        };
+        Ok(NamespaceStatus {
+            namespace: ns.to_string(),
+            epoch: state.epoch(),
+            active: routing.map(|r| slot_version(&r.active)),
+            canary: routing
+                .and_then(|r| r.canary.as_ref())
+                .map(|c| StatusCanary {
+                    slot: c.slot,
+                    version: c.version.clone(),
+                    percent: percent(c.weight_bp),
+                    weight_bp: c.weight_bp,
+                }),
+            previous: routing.and_then(|r| r.previous.as_ref()).map(slot_version),
+            slots: StatusSlots {
+                blue: state.slot(Slot::Blue).value.clone(),
+                green: state.slot(Slot::Green).value.clone(),
+            },
+            sidecars,
+            last_change: routing.map(|r| StatusChange {
+                action: r.action.clone(),
+                by: r.by.clone(),
+                reason: r.reason.clone(),
+                at_ms: r.at_ms,
+            }),
+        })
+    }
+
+    /// The manifest of the active set, or of one slot.
+    pub async fn manifest(&self, ns: &str, slot: Option<Slot>) -> Result<Manifest> {
+        check_namespace(ns)?;
+        let state = self.store.read_namespace(ns).await?;
+        let hash = match slot {
+            None => state.routing.value.map(|r| r.active.manifest),
+            Some(slot) => state.slot(slot).value.clone().map(|s| s.manifest),
+        };
+        let hash = hash.ok_or_else(|| match slot {
+            None => CoordinatorError::NotFound(format!("nothing is active in {ns} yet")),
+            Some(slot) => CoordinatorError::NotFound(format!("slot {slot} of {ns} is empty")),
+        })?;
+        let key = self.store.keys().manifest(ns, &hash);
+        let raw =
+            self.store
+                .get_raw(&key)
+                .await?
+                .ok_or_else(|| CoordinatorError::CorruptRecord {
+                    key: key.clone(),
+                    reason: "missing".into(),
+                })?;
+        Manifest::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
+            key,
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn audit_trail(&self, ns: &str, verify: bool) -> Result<AuditTrail> {
+        check_namespace(ns)?;
+        let keys = self.store.keys();
+        let raw = self.store.get_prefix(&keys.audit_prefix(ns)).await?;
+        let head: Option<AuditHead> = self.store.get_json(&keys.audit_head(ns)).await?;
+        let (records, verification) = audit::verify_chain(&raw, head.as_ref());
+        Ok(AuditTrail {
+            namespace: ns.to_string(),
+            records,
+            verified: verify.then_some(verification),
+        })
+    }
+}
+
+fn audit_ops(keys: &switchboard_proto::Keys, ns: &str, record: &AuditRecord) -> [TxnOp; 2] {
+    let head = AuditHead {
+        seq: record.seq,
+        hash: record.hash.clone(),
+    };
+    [
+        TxnOp::put(keys.audit(ns, record.seq), to_json(record), None),
+        TxnOp::put(keys.audit_head(ns), to_json(&head), None),
+    ]
+}
+
+fn check_namespace(ns: &str) -> Result<()> {
+    validate_namespace(ns).map_err(CoordinatorError::InvalidInput)
+}
+
+/// Whether routing sends any consumer to `slot`.
+fn serves(routing: &Routing, slot: Slot) -> bool {
+    routing.active.slot == slot || routing.live_canary().is_some_and(|c| c.slot == slot)
+}
+
+fn sealed(ns: &str, state: &NamespaceState, slot: Slot) -> Result<SlotRef> {
+    match &state.slot(slot).value {
+        Some(slot_ref) if slot_ref.state == SlotState::Sealed => Ok(slot_ref.clone()),
+        Some(slot_ref) => Err(CoordinatorError::Refused(format!(
+            "slot {slot} of {ns} is not sealed: staging of version {} by {} began at {} and did not complete; run sbctl stage again",
+            slot_ref.version,
+            slot_ref.staged_by,
+            rfc3339_ms(slot_ref.at_ms)
+        ))),
+        None => Err(CoordinatorError::Refused(format!(
+            "slot {slot} of {ns} is empty; stage a version first"
+        ))),
+    }
+}
+
+/// The sealed slot a canary or flip would move consumers to, which must hold something other
+/// than the active version.
+fn sealed_target(
+    ns: &str,
+    state: &NamespaceState,
+    slot: Slot,
+    active: &SlotVersion,
+) -> Result<SlotRef> {
+    let slot_ref = sealed(ns, state, slot)?;
+    if slot_ref.manifest == active.manifest {
+        return Err(CoordinatorError::Refused(format!(
+            "slot {slot} of {ns} holds the active version {}; stage a new version first",
+            slot_ref.version
+        )));
+    }
+    Ok(slot_ref)
+}
+
+/// Before anything is active, the first flip goes to the most recently sealed slot.
+fn first_slot_to_flip(ns: &str, state: &NamespaceState) -> Result<Slot> {
+    let mut candidates: Vec<(u64, Slot)> = Slot::BOTH
+        .into_iter()
+        .filter_map(|slot| {
+            state
+                .slot(slot)
+                .value
+                .as_ref()
+                .map(|s| (u64::from(s.state == SlotState::Sealed), slot))
+        })
+        .collect();
+    candidates.sort_by_key(|(sealed, slot)| (*sealed, state.slot(*slot).mod_revision));
+    candidates.last().map(|(_, slot)| *slot).ok_or_else(|| {
+        CoordinatorError::Refused(format!("nothing is staged in {ns}; stage a version first"))
+    })
+}
+
+fn nothing_active(ns: &str) -> CoordinatorError {
+    CoordinatorError::Refused(format!(
+        "nothing is active in {ns} yet: stage a version and flip to make it live"
+    ))
+}
+
+fn conflict(ns: &str, expected_epoch: u64, routing: Option<&Routing>) -> CoordinatorError {
+    let now = match routing {
+        Some(r) => format!(
+            "epoch {} ({} by {} at {}{})",
+            r.epoch,
+            r.action,
+            r.by,
+            rfc3339_ms(r.at_ms),
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {:?}", r.reason)
+            }
+        ),
+        None => "epoch 0 (nothing active)".to_string(),
+    };
+    CoordinatorError::Conflict(format!(
+        "routing of {ns} changed underneath: expected epoch {expected_epoch}, now {now}; read `sbctl status {ns}` and retry"
+    ))
+}
+
+fn busy(ns: &str) -> CoordinatorError {
+    CoordinatorError::Conflict(format!(
+        "{ns} kept changing underneath this request; read `sbctl status {ns}` and retry"
+    ))
+}
+
+pub fn percent(weight_bp: u32) -> f64 {
+    f64::from(weight_bp) / 100.0
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // The records are plain data; serialising them cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    items.filter(|i| seen.insert(i.clone())).collect()
+}

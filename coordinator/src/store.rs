@@ -1,0 +1,269 @@
+//! Typed access to one namespace's records in etcd: reads at one revision, the transactions
+//! that change them, and chunk transfer in batches that respect etcd's request limits.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use serde::de::DeserializeOwned;
+use switchboard_proto::{AuditHead, HealthRecord, Keys, Routing, Slot, SlotRef};
+
+use crate::error::{CoordinatorError, Result};
+
+/// Most operations one transaction may carry; etcd refuses more than 128.
+pub const MAX_TXN_OPS: usize = 100;
+/// Most chunk bytes one request may carry; etcd refuses requests over 1.5 MiB.
+pub const MAX_TXN_BYTES: usize = 1024 * 1024 + 64 * 1024;
+/// Most chunk bytes one read may return, under the 4 MiB gRPC message limit.
+pub const MAX_READ_BYTES: u64 = 3 * 1024 * 1024;
+/// How long one etcd request may take before the caller gives up.
+pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A record and the revision at which it was last written (0: absent).
+#[derive(Clone, Debug)]
+pub struct Versioned<T> {
+    pub value: Option<T>,
+    pub mod_revision: i64,
+}
+
+impl<T> Versioned<T> {
+    fn absent() -> Self {
+        Self {
+            value: None,
+            mod_revision: 0,
+        }
+    }
+}
+
+/// Everything a routing or staging decision looks at, read at one etcd revision.
+#[derive(Clone, Debug)]
+pub struct NamespaceState {
+    pub routing: Versioned<Routing>,
+    pub slots: [Versioned<SlotRef>; 2],
+    pub audit_head: Versioned<AuditHead>,
+}
+
+impl NamespaceState {
+    pub fn slot(&self, slot: Slot) -> &Versioned<SlotRef> {
+        &self.slots[slot.index()]
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.routing.value.as_ref().map_or(0, |r| r.epoch)
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    keys: Keys,
+}
+
+/// Runs an etcd request under `ETCD_REQUEST_TIMEOUT`, so that a cut-off etcd becomes an error
+/// instead of a hung request.
+pub async fn with_timeout<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(ETCD_REQUEST_TIMEOUT, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(CoordinatorError::EtcdTimeout(ETCD_REQUEST_TIMEOUT)),
+    }
+}
+
+impl Store {
+    pub fn new(client: Client, keys: Keys) -> Self {
+        Self { client, keys }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        let mut client = self.client.clone();
+        with_timeout(client.txn(txn)).await
+    }
+
+    /// Reads routing, both slots and the audit head in one transaction, so that they are
+    /// consistent with each other.
+    pub async fn read_namespace(&self, ns: &str) -> Result<NamespaceState> {
+        let keys = [
+            self.keys.routing(ns),
+            self.keys.slot(ns, Slot::Blue),
+            self.keys.slot(ns, Slot::Green),
+            self.keys.audit_head(ns),
+        ];
+        let reads: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let response = self.txn(Txn::new().and_then(reads)).await?;
+        let mut gets = response.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+            _ => None,
+        });
+        let mut next = |key: &str| -> (Option<etcd_client::KeyValue>, String) {
+            (gets.next().flatten(), key.to_string())
+        };
+        Ok(NamespaceState {
+            routing: parse_versioned(next(&keys[0]))?,
+            slots: [
+                parse_versioned(next(&keys[1]))?,
+                parse_versioned(next(&keys[2]))?,
+            ],
+            audit_head: parse_versioned(next(&keys[3]))?,
+        })
+    }
+
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let mut client = self.client.clone();
+        let response = with_timeout(client.get(key, None)).await?;
+        match response.kvs().first() {
+            Some(kv) => parse_record(key, kv.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let mut client = self.client.clone();
+        let response = with_timeout(client.get(key, None)).await?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// All values under a prefix, in key order.
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut client = self.client.clone();
+        let response =
+            with_timeout(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    }
+
+    pub async fn health_records(&self, ns: &str) -> Result<Vec<HealthRecord>> {
+        let mut records = Vec::new();
+        for (key, value) in self.get_prefix(&self.keys.health_prefix(ns)).await? {
+            // A malformed health record is a broken sidecar, not a reason to fail status.
+            match serde_json::from_slice::<HealthRecord>(&value) {
+                Ok(record) => records.push(record),
+                Err(error) => tracing::warn!(%key, %error, "ignoring malformed health record"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// Which of `hashes` have no chunk in etcd yet.
+    pub async fn missing_chunks(&self, ns: &str, hashes: &[String]) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        for batch in hashes.chunks(MAX_TXN_OPS) {
+            let reads: Vec<TxnOp> = batch
+                .iter()
+                .map(|h| {
+                    let options = GetOptions::new().with_count_only();
+                    TxnOp::get(self.keys.chunk(ns, h), Some(options))
+                })
+                .collect();
+            let response = self.txn(Txn::new().and_then(reads)).await?;
+            for (hash, op) in batch.iter().zip(response.op_responses()) {
+                if let TxnOpResponse::Get(get) = op
+                    && get.count() == 0
+                {
+                    missing.push(hash.clone());
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Writes chunks in as few requests as etcd's limits allow. Chunks are content-addressed,
+    /// so writing one that exists already changes nothing but its revision.
+    pub async fn put_chunks(&self, ns: &str, chunks: &[(String, Vec<u8>)]) -> Result<()> {
+        let mut batch: Vec<TxnOp> = Vec::new();
+        let mut batch_bytes = 0;
+        for (hash, data) in chunks {
+            if !batch.is_empty()
+                && (batch.len() == MAX_TXN_OPS || batch_bytes + data.len() > MAX_TXN_BYTES)
+            {
+                self.txn(Txn::new().and_then(std::mem::take(&mut batch)))
+                    .await?;
+                batch_bytes = 0;
+            }
+            batch.push(TxnOp::put(self.keys.chunk(ns, hash), data.clone(), None));
+            batch_bytes += data.len();
+        }
+        if !batch.is_empty() {
+            self.txn(Txn::new().and_then(batch)).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads chunks in batches of bounded size; `sizes` are the expected byte counts from the
+    /// manifest, used only to size the batches. Calls `each` in the order given. A missing
+    /// chunk is an error naming it.
+    pub async fn for_each_chunk(
+        &self,
+        ns: &str,
+        hashes: &[(String, u64)],
+        mut each: impl FnMut(&str, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut start = 0;
+        while start < hashes.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < hashes.len()
+                && end - start < MAX_TXN_OPS
+                && (end == start || bytes + hashes[end].1 <= MAX_READ_BYTES)
+            {
+                bytes += hashes[end].1;
+                end += 1;
+            }
+            let batch = &hashes[start..end];
+            let reads: Vec<TxnOp> = batch
+                .iter()
+                .map(|(h, _)| TxnOp::get(self.keys.chunk(ns, h), None))
+                .collect();
+            let response = self.txn(Txn::new().and_then(reads)).await?;
+            for ((hash, _), op) in batch.iter().zip(response.op_responses()) {
+                let data = match op {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                    _ => None,
+                };
+                let data = data.ok_or_else(|| {
+                    CoordinatorError::Refused(format!(
+                        "chunk {hash} of namespace {ns} is missing from etcd; run sbctl stage again to upload it"
+                    ))
+                })?;
+                each(hash, &data)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// Compares that a key is still at the revision it was read at (0: still absent).
+pub fn unchanged(key: String, mod_revision: i64) -> Compare {
+    Compare::mod_revision(key, CompareOp::Equal, mod_revision)
+}
+
+fn parse_versioned<T: DeserializeOwned>(
+    (kv, key): (Option<etcd_client::KeyValue>, String),
+) -> Result<Versioned<T>> {
+    match kv {
+        None => Ok(Versioned::absent()),
+        Some(kv) => Ok(Versioned {
+            value: Some(parse_record(&key, kv.value())?),
+            mod_revision: kv.mod_revision(),
+        }),
+    }
+}
+
+pub fn parse_record<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T> {
+    serde_json::from_slice(value).map_err(|e| CoordinatorError::CorruptRecord {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,152 @@
+//! The sidecar's gRPC read API on localhost: the same reads as HTTP, a stream that announces
+//! version changes, and reports.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use switchboard_proto::pb::{self, reader_server::Reader};
+use tonic::{Request, Response, Status};
+
+use crate::serve::{ReadError, Served};
+use crate::snapshot::{Choice, Snapshot};
+
+pub struct ReaderService {
+    served: Arc<Served>,
+}
+
+impl ReaderService {
+    pub fn new(served: Arc<Served>) -> pb::reader_server::ReaderServer<Self> {
+        pb::reader_server::ReaderServer::new(Self { served })
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+impl From<ReadError> for Status {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::UnknownNamespace(_) | ReadError::UnknownKey { .. } => {
+                Status::not_found(error.to_string())
+            }
+            ReadError::NotLoaded(_) => Status::unavailable(error.to_string()),
+            ReadError::BadRequest(_) => Status::invalid_argument(error.to_string()),
+        }
+    }
+}
+
+fn served_of(namespace: &str, choice: &Choice<'_>) -> pb::Served {
+    pb::Served {
+        namespace: namespace.to_string(),
+        slot: choice.slot.to_string(),
+        version: choice.set.version.clone(),
+        epoch: choice.epoch,
+    }
+}
+
+fn json_text(value: &[u8]) -> String {
+    // Values were verified as JSON text when they were staged.
+    String::from_utf8_lossy(value).into_owned()
+}
+
+type ServedStream = Pin<Box<dyn Stream<Item = Result<pb::Served, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Reader for ReaderService {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetReply>, Status> {
+        let r = request.into_inner();
+        let snapshot = self.served.snapshot(&r.namespace)?;
+        let choice = snapshot.choose(self.served.consumer(Some(&r.consumer)));
+        let value = choice
+            .set
+            .items
+            .get(&r.key)
+            .ok_or_else(|| ReadError::UnknownKey {
+                namespace: r.namespace.clone(),
+                key: r.key.clone(),
+            })?;
+        Ok(Response::new(pb::GetReply {
+            served: Some(served_of(&r.namespace, &choice)),
+            value_json: json_text(value),
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
+        let r = request.into_inner();
+        let snapshot = self.served.snapshot(&r.namespace)?;
+        let choice = snapshot.choose(self.served.consumer(Some(&r.consumer)));
+        let items = choice
+            .set
+            .items
+            .with_prefix(&r.prefix)
+            .map(|(key, value)| pb::Item {
+                key: key.clone(),
+                value_json: json_text(value),
+            })
+            .collect();
+        Ok(Response::new(pb::ListReply {
+            served: Some(served_of(&r.namespace, &choice)),
+            items,
+        }))
+    }
+
+    type WatchVersionsStream = ServedStream;
+
+    async fn watch_versions(
+        &self,
+        request: Request<pb::WatchVersionsRequest>,
+    ) -> Result<Response<Self::WatchVersionsStream>, Status> {
+        let r = request.into_inner();
+        let namespace = self.served.namespace(&r.namespace)?.clone();
+        let consumer = self.served.consumer(Some(&r.consumer)).to_string();
+        let mut updates = namespace.subscribe();
+        let name = r.namespace;
+        let stream = async_stream(move |sender| async move {
+            let mut last: Option<pb::Served> = None;
+            loop {
+                let snapshot: Option<Arc<Snapshot>> = updates.borrow_and_update().clone();
+                if let Some(snapshot) = snapshot {
+                    let served = served_of(&name, &snapshot.choose(&consumer));
+                    if last.as_ref() != Some(&served) {
+                        if sender.send(Ok(served.clone())).await.is_err() {
+                            return;
+                        }
+                        last = Some(served);
+                    }
+                }
+                tokio::select! {
+                    changed = updates.changed() => if changed.is_err() { return },
+                    () = sender.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
+        let r = request.into_inner();
+        self.served
+            .report(&r.namespace, &r.version, r.ok, r.errors)?;
+        Ok(Response::new(pb::ReportReply { accepted: true }))
+    }
+}
+
+/// A stream fed by a task; the task ends when the client goes away (its send fails) or the
+/// namespace's snapshot channel closes at shutdown.
+fn async_stream<F, Fut>(produce: F) -> ServedStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Served, Status>>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(produce(sender));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}

@@ -1,0 +1,224 @@
+//! The sidecar's HTTP API on localhost: item reads, prefix reads, reports, health and status.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::serve::{ReadError, Served};
+use crate::snapshot::Choice;
+
+pub const CONSUMER_HEADER: &str = "x-switchboard-consumer";
+/// Largest report body accepted.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(served: Arc<Served>) -> Router {
+    Router::new()
+        .route("/v1/ns/{ns}/items/{*key}", get(get_item))
+        .route("/v1/ns/{ns}/items", get(list_items))
+        .route("/v1/ns/{ns}/report", post(report))
+        .route("/v1/status", get(status))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(served)
+}
+
+#[derive(Deserialize)]
+struct ReadParams {
+    consumer: Option<String>,
+    prefix: Option<String>,
+}
+
+fn consumer_of<'a>(headers: &'a HeaderMap, params: &'a ReadParams) -> Option<&'a str> {
+    headers
+        .get(CONSUMER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .or(params.consumer.as_deref())
+}
+
+impl IntoResponse for ReadError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ReadError::UnknownNamespace(_) | ReadError::UnknownKey { .. } => StatusCode::NOT_FOUND,
+            ReadError::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ReadError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        (status, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+fn served_headers(response: &mut Response, choice: &Choice<'_>) {
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-switchboard-slot",
+        HeaderValue::from_static(choice.slot.as_str()),
+    );
+    if let Ok(version) = HeaderValue::from_str(&choice.set.version) {
+        headers.insert("x-switchboard-version", version);
+    }
+    headers.insert("x-switchboard-epoch", HeaderValue::from(choice.epoch));
+}
+
+fn record_read(ns: &str, choice: &Choice<'_>, started: Instant) {
+    metrics::counter!("switchboard_sidecar_reads_total", "namespace" => ns.to_string(), "slot" => choice.slot.as_str(), "version" => choice.set.version.clone()).increment(1);
+    metrics::histogram!("switchboard_sidecar_read_seconds").record(started.elapsed().as_secs_f64());
+}
+
+async fn get_item(
+    State(served): State<Arc<Served>>,
+    Path((ns, key)): Path<(String, String)>,
+    Query(params): Query<ReadParams>,
+    headers: HeaderMap,
+) -> Result<Response, ReadError> {
+    let started = Instant::now();
+    let snapshot = served.snapshot(&ns)?;
+    let choice = snapshot.choose(served.consumer(consumer_of(&headers, &params)));
+    let mut response = match choice.set.items.get(&key) {
+        Some(value) => {
+            let mut response = Response::new(Body::from(bytes::Bytes::copy_from_slice(value)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        None => ReadError::UnknownKey {
+            namespace: ns.clone(),
+            key,
+        }
+        .into_response(),
+    };
+    served_headers(&mut response, &choice);
+    record_read(&ns, &choice, started);
+    Ok(response)
+}
+
+async fn list_items(
+    State(served): State<Arc<Served>>,
+    Path(ns): Path<String>,
+    Query(params): Query<ReadParams>,
+    headers: HeaderMap,
+) -> Result<Response, ReadError> {
+    let started = Instant::now();
+    let snapshot = served.snapshot(&ns)?;
+    let choice = snapshot.choose(served.consumer(consumer_of(&headers, &params)));
+    let prefix = params.prefix.as_deref().unwrap_or("");
+    // Values are already canonical JSON: the answer is assembled from them without parsing.
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(b"{\"slot\":\"");
+    body.extend_from_slice(choice.slot.as_str().as_bytes());
+    body.extend_from_slice(b"\",\"version\":");
+    body.extend_from_slice(json!(choice.set.version).to_string().as_bytes());
+    body.extend_from_slice(format!(",\"epoch\":{},\"items\":{{", choice.epoch).as_bytes());
+    for (i, (key, value)) in choice.set.items.with_prefix(prefix).enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json!(key).to_string().as_bytes());
+        body.push(b':');
+        body.extend_from_slice(value);
+    }
+    body.extend_from_slice(b"}}");
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    served_headers(&mut response, &choice);
+    record_read(&ns, &choice, started);
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct ReportBody {
+    version: String,
+    #[serde(default)]
+    ok: u64,
+    #[serde(default)]
+    errors: u64,
+}
+
+async fn report(
+    State(served): State<Arc<Served>>,
+    Path(ns): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ReadError> {
+    let report: ReportBody = serde_json::from_slice(&body).map_err(|e| {
+        ReadError::BadRequest(format!(
+            "report body must be {{\"version\": V, \"ok\": N, \"errors\": M}}: {e}"
+        ))
+    })?;
+    served.report(&ns, &report.version, report.ok, report.errors)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"accepted": true}))).into_response())
+}
+
+async fn readyz(State(served): State<Arc<Served>>) -> Response {
+    let mut waiting: Vec<&str> = served
+        .namespaces
+        .values()
+        .filter(|ns| ns.current().is_none())
+        .map(|ns| ns.name.as_str())
+        .collect();
+    waiting.sort_unstable();
+    if waiting.is_empty() {
+        (StatusCode::OK, Json(json!({"ready": true}))).into_response()
+    } else {
+        let body = json!({"ready": false, "not_loaded": waiting});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn status(State(served): State<Arc<Served>>) -> Json<serde_json::Value> {
+    let mut namespaces = serde_json::Map::new();
+    for (name, ns) in &served.namespaces {
+        let snapshot = ns.current();
+        let sync = ns.sync_state();
+        let loaded: Vec<_> = snapshot
+            .as_ref()
+            .map(|s| {
+                s.served_sets()
+                    .into_iter()
+                    .map(|(slot, set)| {
+                        json!({
+                            "slot": slot,
+                            "version": set.version,
+                            "checksum": set.checksum,
+                            "items": set.items.len(),
+                            "bytes": set.items.bytes(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        namespaces.insert(
+            name.clone(),
+            json!({
+                "epoch": snapshot.as_ref().map_or(0, |s| s.routing.epoch),
+                "active": snapshot.as_ref().map(|s| json!({"slot": s.routing.active.slot, "version": s.routing.active.version})),
+                "canary": snapshot.as_ref().and_then(|s| s.routing.live_canary()).map(|c| json!({"slot": c.slot, "version": c.version, "percent": f64::from(c.weight_bp) / 100.0})),
+                "loaded": loaded,
+                "etcd_reachable": sync.etcd_reachable,
+                "last_sync_ms": sync.last_sync_ms,
+                "last_error": sync.last_error,
+            }),
+        );
+    }
+    Json(json!({"id": served.id, "namespaces": namespaces}))
+}
+
+async fn render_metrics(State(served): State<Arc<Served>>) -> String {
+    served
+        .metrics
+        .as_ref()
+        .map(|m| m.render())
+        .unwrap_or_default()
+}

@@ -1,0 +1,211 @@
+//! Switchboard's sidecar: watches etcd read-only, holds the verified metadata sets of its
+//! namespaces in memory and serves them to the application on localhost, over HTTP and gRPC.
+//!
+//! Tasks and their owner: [`run`] starts one sync loop per namespace, the health publisher and
+//! the two servers, all stopped by one `CancellationToken`. Shutdown order: the servers stop
+//! accepting and drain (at most `SHUTDOWN_GRACE`), then the sync loops stop, then the health
+//! publisher revokes its lease so that `status` drops this sidecar at once.
+
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod loader;
+pub mod namespace;
+pub mod serve;
+pub mod snapshot;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use switchboard_proto::Keys;
+use switchboard_proto::keys::validate_namespace;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long reads in flight may take to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Switchboard sidecar: serves verified metadata sets from etcd on localhost.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Args {
+    /// A namespace to serve; repeat for more.
+    #[arg(long = "namespace", required = true)]
+    pub namespaces: Vec<String>,
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_ETCD",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    pub etcd: Vec<String>,
+    /// Address of the HTTP read API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub http: SocketAddr,
+    /// Address of the gRPC read API.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub grpc: SocketAddr,
+    /// This sidecar's id; the host name by default.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Directory for the last-known-good copy; `.switchboard/sidecar-<id>` by default.
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Prefix of every etcd key.
+    #[arg(long, default_value = "/switchboard")]
+    pub prefix: String,
+}
+
+impl Args {
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "sidecar".to_string())
+        })
+    }
+}
+
+/// Connects to etcd lazily: the sidecar starts and serves while etcd is down. Watches require
+/// a leader, so that a member cut off from its cluster fails the watch instead of leaving it
+/// silently stalled.
+pub async fn connect_etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    etcd_client::Client::connect(endpoints, Some(options))
+        .await
+        .with_context(|| format!("cannot set up the etcd client for {}", endpoints.join(",")))
+}
+
+/// Binds both listeners, so that a port in use is reported before anything starts.
+pub async fn bind(args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let http = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
+    let grpc = TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("cannot listen on {} (--grpc)", args.grpc))?;
+    Ok((http, grpc))
+}
+
+/// Runs the sidecar on pre-bound listeners until `shutdown` is cancelled.
+pub async fn run(
+    args: Args,
+    http_listener: TcpListener,
+    grpc_listener: TcpListener,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    for ns in &args.namespaces {
+        validate_namespace(ns).map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
+    }
+    let id = args.id();
+    let keys = Keys::new(&args.prefix);
+    let client = connect_etcd(&args.etcd).await?;
+    let namespaces: HashMap<String, Arc<namespace::Namespace>> = args
+        .namespaces
+        .iter()
+        .map(|name| (name.clone(), namespace::Namespace::new(name)))
+        .collect();
+    let health_dirty = Arc::new(Notify::new());
+
+    let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    for namespace in namespaces.values() {
+        let sync = sync::NamespaceSync {
+            client: client.clone(),
+            keys: keys.clone(),
+            namespace: namespace.clone(),
+            health_dirty: health_dirty.clone(),
+        };
+        tasks.spawn(sync.run(background.clone()));
+    }
+    let health = health::HealthPublisher {
+        client: client.clone(),
+        keys: keys.clone(),
+        id: id.clone(),
+        namespaces: namespaces.values().cloned().collect(),
+        dirty: health_dirty,
+    };
+    let health_stop = CancellationToken::new();
+    let health_task = tokio::spawn(health.run(health_stop.clone()));
+
+    let served = Arc::new(serve::Served {
+        id: id.clone(),
+        namespaces,
+        reports: serve::Reports::default(),
+        metrics,
+    });
+    tracing::info!(%id, http = %args.http, grpc = %args.grpc, etcd = %args.etcd.join(","), prefix = %args.prefix, namespaces = ?args.namespaces, "sidecar serving");
+
+    let http = axum::serve(http_listener, http::router(served.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(grpc::ReaderService::new(served))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let servers = async {
+        let (http, grpc) = tokio::join!(http, grpc);
+        http.context("HTTP server failed")?;
+        grpc.context("gRPC server failed")?;
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        result = &mut servers => result,
+        () = shutdown.cancelled() => {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("reads still in flight after {SHUTDOWN_GRACE:?}; closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
+    health_stop.cancel();
+    let _ = health_task.await;
+    tracing::info!("sidecar stopped");
+    result
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

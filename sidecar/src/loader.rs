@@ -1,0 +1,142 @@
+//! Loads a set from etcd by its manifest hash and verifies it before anyone may see it.
+//!
+//! Manifests and chunks are content-addressed and never change once written, so they need no
+//! revision pinning: what routing names at revision R is exactly what is read here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Txn, TxnOp, TxnOpResponse};
+use switchboard_proto::set::{SetVerifier, sha256_hex};
+use switchboard_proto::{Keys, Manifest};
+
+use crate::snapshot::LoadedSet;
+
+/// Most gets in one transaction (etcd allows 128).
+const MAX_TXN_OPS: usize = 100;
+/// Most chunk bytes asked for in one transaction, under the 4 MiB gRPC message limit.
+const MAX_READ_BYTES: u64 = 3 * 1024 * 1024;
+/// How long one etcd request may take.
+pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd did not answer within {ETCD_REQUEST_TIMEOUT:?}")]
+    Timeout,
+    #[error("{key} is missing from etcd")]
+    Missing { key: String },
+    #[error("{key} does not verify: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+pub async fn with_timeout<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, LoadError> {
+    match tokio::time::timeout(ETCD_REQUEST_TIMEOUT, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(LoadError::Timeout),
+    }
+}
+
+/// Reads the manifest named `manifest_hash` and every chunk it lists, and verifies item count,
+/// bytes and checksum.
+pub async fn load_set(
+    client: &Client,
+    keys: &Keys,
+    ns: &str,
+    manifest_hash: &str,
+) -> Result<LoadedSet, LoadError> {
+    let mut client = client.clone();
+    let manifest_key = keys.manifest(ns, manifest_hash);
+    let response = with_timeout(client.get(manifest_key.as_str(), None)).await?;
+    let raw = response
+        .kvs()
+        .first()
+        .map(|kv| kv.value().to_vec())
+        .ok_or_else(|| LoadError::Missing {
+            key: manifest_key.clone(),
+        })?;
+    let invalid = |reason: String| LoadError::Invalid {
+        key: manifest_key.clone(),
+        reason,
+    };
+    let manifest = Manifest::from_json(&raw).map_err(|e| invalid(e.to_string()))?;
+    if sha256_hex(&manifest.to_canonical_json()) != manifest_hash {
+        return Err(invalid("content does not match its hash".into()));
+    }
+
+    let mut verifier = SetVerifier::new(&manifest);
+    let chunks = &manifest.chunks;
+    let mut start = 0;
+    while start < chunks.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < chunks.len()
+            && end - start < MAX_TXN_OPS
+            && (end == start || bytes + chunks[end].bytes <= MAX_READ_BYTES)
+        {
+            bytes += chunks[end].bytes + 8 * chunks[end].items;
+            end += 1;
+        }
+        let reads: Vec<TxnOp> = chunks[start..end]
+            .iter()
+            .map(|c| TxnOp::get(keys.chunk(ns, &c.hash), None))
+            .collect();
+        let response = with_timeout(client.txn(Txn::new().and_then(reads))).await?;
+        for (chunk, op) in chunks[start..end].iter().zip(response.op_responses()) {
+            let key = keys.chunk(ns, &chunk.hash);
+            let data = match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            }
+            .ok_or_else(|| LoadError::Missing { key: key.clone() })?;
+            verifier.add_chunk(&data).map_err(|e| LoadError::Invalid {
+                key,
+                reason: e.to_string(),
+            })?;
+        }
+        start = end;
+    }
+    let items = verifier.finish().map_err(|e| invalid(e.to_string()))?;
+    Ok(LoadedSet {
+        manifest_hash: manifest_hash.to_string(),
+        version: manifest.version,
+        checksum: manifest.checksum,
+        items,
+    })
+}
+
+/// Keeps loaded sets by manifest hash, so that a routing change that only moves the canary
+/// weight reuses what is already in memory.
+#[derive(Default)]
+pub struct SetCache {
+    sets: std::collections::HashMap<String, Arc<LoadedSet>>,
+}
+
+impl SetCache {
+    pub async fn get_or_load(
+        &mut self,
+        client: &Client,
+        keys: &Keys,
+        ns: &str,
+        manifest_hash: &str,
+    ) -> Result<Arc<LoadedSet>, LoadError> {
+        if let Some(set) = self.sets.get(manifest_hash) {
+            return Ok(set.clone());
+        }
+        let started = std::time::Instant::now();
+        let set = Arc::new(load_set(client, keys, ns, manifest_hash).await?);
+        let seconds = started.elapsed().as_secs_f64();
+        tracing::info!(ns, version = %set.version, items = set.items.len(), bytes = set.items.bytes(), seconds, "set loaded and verified");
+        metrics::histogram!("switchboard_sidecar_set_load_seconds").record(seconds);
+        self.sets.insert(manifest_hash.to_string(), set.clone());
+        Ok(set)
+    }
+
+    /// Drops every set not in `keep`, so that memory holds only what is served.
+    pub fn retain(&mut self, keep: &[&str]) {
+        self.sets.retain(|hash, _| keep.contains(&hash.as_str()));
+    }
+}

@@ -1,0 +1,62 @@
+//! What a sidecar serves: per namespace, an immutable snapshot of routing and the verified
+//! sets it names, replaced whole on every change. A reader takes one snapshot per request, so
+//! one answer never mixes two versions.
+
+use std::sync::Arc;
+
+use switchboard_proto::bucket::on_canary;
+use switchboard_proto::{ItemSet, Routing, Slot};
+
+/// A set loaded from etcd and verified against its manifest (invariant 1).
+#[derive(Debug)]
+pub struct LoadedSet {
+    pub manifest_hash: String,
+    pub version: String,
+    pub checksum: String,
+    pub items: ItemSet,
+}
+
+/// Routing and every set it needs, all loaded.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub routing: Routing,
+    pub active: Arc<LoadedSet>,
+    /// The canary's set while its weight is above zero.
+    pub canary: Option<Arc<LoadedSet>>,
+}
+
+/// The set one consumer is served, and where it came from (invariant 6).
+pub struct Choice<'a> {
+    pub slot: Slot,
+    pub epoch: u64,
+    pub set: &'a Arc<LoadedSet>,
+}
+
+impl Snapshot {
+    /// Sticky, monotonic canary assignment (invariant 4).
+    pub fn choose(&self, consumer: &str) -> Choice<'_> {
+        if let (Some(canary), Some(set)) = (self.routing.live_canary(), &self.canary)
+            && on_canary(consumer, canary.seed, canary.weight_bp)
+        {
+            return Choice {
+                slot: canary.slot,
+                epoch: self.routing.epoch,
+                set,
+            };
+        }
+        Choice {
+            slot: self.routing.active.slot,
+            epoch: self.routing.epoch,
+            set: &self.active,
+        }
+    }
+
+    /// The sets served, with their slots.
+    pub fn served_sets(&self) -> Vec<(Slot, &Arc<LoadedSet>)> {
+        let mut sets = vec![(self.routing.active.slot, &self.active)];
+        if let (Some(canary), Some(set)) = (self.routing.live_canary(), &self.canary) {
+            sets.push((canary.slot, set));
+        }
+        sets
+    }
+}

@@ -1,0 +1,204 @@
+//! The per-namespace sync loop, in the linkerd style: initial load, watch, back off and
+//! recover, and publish a whole new snapshot only once every set it needs is verified.
+//!
+//! Only the routing key is watched: routing names the exact manifest of every set in service,
+//! and it only ever names sealed, verified manifests. Chunk uploads, other sidecars' health
+//! records and audit records never reach a sidecar's watch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions};
+use switchboard_proto::time::now_ms;
+use switchboard_proto::{Keys, Routing};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::loader::{LoadError, SetCache, with_timeout};
+use crate::namespace::Namespace;
+use crate::snapshot::Snapshot;
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("the watch stream ended")]
+    WatchEnded,
+    #[error("the watch was cancelled: {0}")]
+    WatchCancelled(String),
+    #[error("the watch fell behind compaction at revision {0}; reloading")]
+    Compacted(i64),
+}
+
+/// Everything one namespace's sync loop needs.
+pub struct NamespaceSync {
+    pub client: Client,
+    pub keys: Keys,
+    pub namespace: Arc<Namespace>,
+    /// Told whenever what this sidecar serves or its reachability changes.
+    pub health_dirty: Arc<Notify>,
+}
+
+impl NamespaceSync {
+    /// Runs until `shutdown`. Never returns an error: every failure is logged here, where it
+    /// is handled, and followed by a backed-off retry while the last snapshot keeps serving.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut cache = SetCache::default();
+        let mut backoff = BACKOFF_START;
+        loop {
+            let result = tokio::select! {
+                () = shutdown.cancelled() => return,
+                result = self.sync(&mut cache, &mut backoff) => result,
+            };
+            let error = match result {
+                Ok(()) => return,
+                Err(error) => error,
+            };
+            let ns = &self.namespace.name;
+            match &error {
+                SyncError::Compacted(_) => tracing::info!(ns, %error, "watch restarting"),
+                _ => {
+                    tracing::warn!(ns, %error, retry_in = ?backoff, "etcd sync failed; serving the last verified snapshot")
+                }
+            }
+            let reachable = matches!(error, SyncError::Compacted(_));
+            self.namespace.update_sync(|s| {
+                s.etcd_reachable = reachable;
+                s.last_error = Some(error.to_string());
+            });
+            self.health_dirty.notify_one();
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connected period: read routing, load it, then follow the watch from the next
+    /// revision until something breaks.
+    async fn sync(&self, cache: &mut SetCache, backoff: &mut Duration) -> Result<(), SyncError> {
+        let mut client = self.client.clone();
+        let key = self.keys.routing(&self.namespace.name);
+        let response = with_timeout(client.get(key.as_str(), None)).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        self.mark_synced();
+        match response.kvs().first() {
+            Some(kv) => self.apply(cache, kv.value()).await?,
+            None => {
+                tracing::info!(ns = %self.namespace.name, "no routing yet; waiting for the first flip")
+            }
+        }
+
+        let options = WatchOptions::new()
+            .with_start_revision(revision + 1)
+            .with_progress_notify();
+        let mut stream = client.watch(key.as_str(), Some(options)).await?;
+        *backoff = BACKOFF_START;
+        loop {
+            let Some(message) = stream.message().await? else {
+                return Err(SyncError::WatchEnded);
+            };
+            if message.canceled() {
+                if message.compact_revision() > 0 {
+                    return Err(SyncError::Compacted(message.compact_revision()));
+                }
+                return Err(SyncError::WatchCancelled(
+                    message.cancel_reason().to_string(),
+                ));
+            }
+            self.mark_synced();
+            // Only the newest routing matters: a sidecar that was busy loading skips straight
+            // to the latest state.
+            match message.events().last() {
+                Some(event) if event.event_type() == EventType::Put => {
+                    if let Some(kv) = event.kv() {
+                        self.apply(cache, kv.value()).await?;
+                    }
+                }
+                Some(_) => {
+                    tracing::warn!(ns = %self.namespace.name, "routing was deleted; serving the last snapshot")
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn mark_synced(&self) {
+        let was_reachable = self.namespace.sync_state().etcd_reachable;
+        self.namespace.update_sync(|s| {
+            s.etcd_reachable = true;
+            s.last_sync_ms = now_ms();
+        });
+        if !was_reachable {
+            self.health_dirty.notify_one();
+        }
+    }
+
+    /// Loads every set that `raw` routing needs and publishes the new snapshot. Routing or a
+    /// set that does not verify is logged and skipped: the last snapshot keeps serving until
+    /// routing names something valid. Only etcd failures are returned, to reconnect.
+    async fn apply(&self, cache: &mut SetCache, raw: &[u8]) -> Result<(), SyncError> {
+        let ns = &self.namespace.name;
+        let routing: Routing = match serde_json::from_slice(raw) {
+            Ok(routing) => routing,
+            Err(error) => {
+                let message = format!("routing of {ns} in etcd does not parse: {error}");
+                tracing::error!(ns, %error, "routing does not parse; serving the last snapshot");
+                self.namespace.update_sync(|s| s.last_error = Some(message));
+                return Ok(());
+            }
+        };
+        if self
+            .namespace
+            .current()
+            .is_some_and(|s| s.routing == routing)
+        {
+            return Ok(());
+        }
+        let load = async {
+            let active = cache
+                .get_or_load(&self.client, &self.keys, ns, &routing.active.manifest)
+                .await?;
+            let canary = match routing.live_canary() {
+                Some(canary) => Some(
+                    cache
+                        .get_or_load(&self.client, &self.keys, ns, &canary.manifest)
+                        .await?,
+                ),
+                None => None,
+            };
+            Ok::<_, LoadError>((active, canary))
+        };
+        let (active, canary) = match load.await {
+            Ok(sets) => sets,
+            Err(error @ LoadError::Invalid { .. }) | Err(error @ LoadError::Missing { .. }) => {
+                tracing::error!(ns, epoch = routing.epoch, %error, "routing names a set that does not verify; serving the last snapshot");
+                self.namespace
+                    .update_sync(|s| s.last_error = Some(error.to_string()));
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let keep: Vec<&str> = std::iter::once(active.manifest_hash.as_str())
+            .chain(canary.as_ref().map(|c| c.manifest_hash.as_str()))
+            .collect();
+        cache.retain(&keep);
+        let epoch = routing.epoch;
+        self.namespace.publish(Arc::new(Snapshot {
+            routing,
+            active,
+            canary,
+        }));
+        self.namespace.update_sync(|s| s.last_error = None);
+        self.health_dirty.notify_one();
+        metrics::gauge!("switchboard_sidecar_epoch", "namespace" => ns.clone()).set(epoch as f64);
+        tracing::info!(ns, epoch, "serving new routing");
+        Ok(())
+    }
+}
