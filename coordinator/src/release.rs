@@ -133,7 +133,7 @@ impl Releases {
                 item_count: manifest.item_count,
                 bytes: manifest.bytes,
                 checksum: manifest.checksum.clone(),
-                seed: rand::random(),
+                seed: switchboard_proto::bucket::seed_for_checksum(&manifest.checksum),
                 staged_by: actor.name.clone(),
                 message: message.to_string(),
                 at_ms: now_ms(),

@@ -15,6 +15,16 @@ pub fn bucket(consumer: &str, seed: u64) -> u32 {
     (xxh3_64_with_seed(consumer.as_bytes(), seed) % u64::from(BUCKETS)) as u32
 }
 
+/// The bucket seed of a version: the first 8 bytes of its checksum. Every new version gets a
+/// new seed, so a different share of consumers sees each new version first; staging the same
+/// content again gives the same seed, so re-staging after a crash keeps every assignment.
+pub fn seed_for_checksum(checksum: &str) -> u64 {
+    checksum
+        .get(..16)
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or(0)
+}
+
 /// Whether `consumer` is on a canary of `weight_bp` basis points drawn with `seed`.
 pub fn on_canary(consumer: &str, seed: u64, weight_bp: u32) -> bool {
     weight_bp > 0 && bucket(consumer, seed) < weight_bp
@@ -44,6 +54,13 @@ mod tests {
                 "bucket({consumer:?}, {seed})"
             );
         }
+    }
+
+    #[test]
+    fn seeds_come_from_the_checksum() {
+        let checksum = "00000000000000ff".to_string() + &"0".repeat(48);
+        assert_eq!(seed_for_checksum(&checksum), 255);
+        assert_eq!(seed_for_checksum("short"), 0);
     }
 
     #[test]

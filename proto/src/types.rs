@@ -129,7 +129,7 @@ pub struct SlotRef {
     pub item_count: u64,
     pub bytes: u64,
     pub checksum: String,
-    /// The bucket seed drawn when this version was staged.
+    /// The bucket seed of this version (`bucket::seed_for_checksum`).
     pub seed: u64,
     pub staged_by: String,
     pub message: String,
