@@ -1,1 +1,5 @@
-fn main() {}
+//! The `sbctl` binary: everything is in the library.
+
+fn main() -> std::process::ExitCode {
+    sbctl::main()
+}

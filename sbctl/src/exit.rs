@@ -1,0 +1,199 @@
+//! The one place that decides sbctl's exit codes: every error a command can meet becomes a
+//! [`CliError`], and [`CliError::exit_code`] maps it to the contract's codes.
+//!
+//! 0 done; 1 failed; 2 usage error; 3 conflict (routing changed underneath: read status and
+//! retry); 4 refused by validation, a gate or policy; 5 not permitted.
+
+use tonic::Code;
+
+use crate::source::SourceError;
+
+/// The command did what it was asked.
+pub const OK: u8 = 0;
+/// It failed: the coordinator is unreachable, a reply made no sense, a wait timed out.
+pub const FAILED: u8 = 1;
+/// The command line is wrong (clap exits with this code too).
+pub const USAGE: u8 = 2;
+/// Routing changed underneath: read status and retry.
+pub const CONFLICT: u8 = 3;
+/// Refused by validation, a gate or policy.
+pub const REFUSED: u8 = 4;
+/// Not permitted: authentication or role.
+pub const NOT_PERMITTED: u8 = 5;
+
+/// Everything that can stop a command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
+    /// Refused by validation before anything was asked of the coordinator.
+    #[error("{0}")]
+    Refused(String),
+    /// The local set could not be read or is invalid.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The coordinator answered an RPC with an error status.
+    #[error("{}", rpc_message(.rpc, .status, .coordinator))]
+    Rpc {
+        rpc: &'static str,
+        coordinator: String,
+        status: tonic::Status,
+    },
+    /// No connection to the coordinator could be made.
+    #[error("cannot reach the coordinator at {coordinator}: {reason}")]
+    Unreachable { coordinator: String, reason: String },
+    /// The coordinator's reply to an RPC does not make sense.
+    #[error("the coordinator's reply to {rpc} is not valid: {problem}")]
+    BadReply { rpc: &'static str, problem: String },
+    /// Anything else that failed (a wait that timed out, a broken audit chain, an I/O error).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => USAGE,
+            CliError::Source(e) if e.is_usage() => USAGE,
+            CliError::Source(_) | CliError::Refused(_) => REFUSED,
+            CliError::Rpc { status, .. } => exit_code_for_grpc(status.code()),
+            CliError::Unreachable { .. } | CliError::BadReply { .. } | CliError::Failed(_) => {
+                FAILED
+            }
+        }
+    }
+
+    /// Wraps an error status of the RPC `rpc`.
+    pub fn rpc(rpc: &'static str, coordinator: &str, status: tonic::Status) -> Self {
+        CliError::Rpc {
+            rpc,
+            coordinator: coordinator.to_string(),
+            status,
+        }
+    }
+
+    /// The gRPC code, when the coordinator answered with an error status.
+    pub fn grpc_code(&self) -> Option<Code> {
+        match self {
+            CliError::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+/// The exit code for a gRPC status code.
+pub fn exit_code_for_grpc(code: Code) -> u8 {
+    match code {
+        Code::Ok => OK,
+        Code::Aborted => CONFLICT,
+        Code::FailedPrecondition
+        | Code::InvalidArgument
+        | Code::ResourceExhausted
+        | Code::OutOfRange => REFUSED,
+        Code::PermissionDenied | Code::Unauthenticated => NOT_PERMITTED,
+        _ => FAILED,
+    }
+}
+
+/// The coordinator's status message is already a full sentence; print it as is. Transport
+/// failures get a sentence naming the coordinator.
+fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
+    let message = status.message().trim();
+    match status.code() {
+        Code::Unavailable => {
+            let reason = if message.is_empty() {
+                "unavailable"
+            } else {
+                message
+            };
+            format!("cannot reach the coordinator at {coordinator}: {reason}")
+        }
+        Code::DeadlineExceeded if message.is_empty() => {
+            format!("the coordinator at {coordinator} did not answer {rpc} in time")
+        }
+        code if message.is_empty() => format!("{rpc} failed: {code}"),
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_the_contract() {
+        let cases = [
+            (Code::Ok, 0),
+            (Code::Aborted, 3),
+            (Code::FailedPrecondition, 4),
+            (Code::InvalidArgument, 4),
+            (Code::ResourceExhausted, 4),
+            (Code::OutOfRange, 4),
+            (Code::PermissionDenied, 5),
+            (Code::Unauthenticated, 5),
+            (Code::Unavailable, 1),
+            (Code::NotFound, 1),
+            (Code::AlreadyExists, 1),
+            (Code::Internal, 1),
+            (Code::Unknown, 1),
+            (Code::Cancelled, 1),
+            (Code::DeadlineExceeded, 1),
+            (Code::Unimplemented, 1),
+            (Code::DataLoss, 1),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(exit_code_for_grpc(code), expected, "{code:?}");
+            let err = CliError::rpc("Flip", "http://c:7100", tonic::Status::new(code, "x"));
+            if code != Code::Ok {
+                assert_eq!(err.exit_code(), expected, "{code:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn coordinator_messages_are_printed_as_is() {
+        let status = tonic::Status::aborted("Routing changed: epoch is 8, not 7.");
+        let err = CliError::rpc("Flip", "http://c:7100", status);
+        assert_eq!(err.to_string(), "Routing changed: epoch is 8, not 7.");
+        assert_eq!(err.exit_code(), CONFLICT);
+    }
+
+    #[test]
+    fn unavailable_names_the_coordinator() {
+        let status = tonic::Status::unavailable("tcp connect error");
+        let err = CliError::rpc("Status", "http://127.0.0.1:9", status);
+        assert_eq!(
+            err.to_string(),
+            "cannot reach the coordinator at http://127.0.0.1:9: tcp connect error"
+        );
+        assert_eq!(err.exit_code(), FAILED);
+    }
+
+    #[test]
+    fn local_errors_have_their_codes() {
+        assert_eq!(CliError::Usage("x".into()).exit_code(), USAGE);
+        assert_eq!(CliError::Failed("x".into()).exit_code(), FAILED);
+        assert_eq!(CliError::Refused("x".into()).exit_code(), REFUSED);
+        let bad = CliError::BadReply {
+            rpc: "Status",
+            problem: "x".into(),
+        };
+        assert_eq!(bad.exit_code(), FAILED);
+        let unreachable = CliError::Unreachable {
+            coordinator: "u".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(unreachable.exit_code(), FAILED);
+        let missing = SourceError::NotFound {
+            path: "/nope".into(),
+        };
+        assert_eq!(CliError::from(missing).exit_code(), USAGE);
+        let invalid = SourceError::Invalid {
+            path: "/x".into(),
+            problems: vec![],
+        };
+        assert_eq!(CliError::from(invalid).exit_code(), REFUSED);
+    }
+}

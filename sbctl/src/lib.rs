@@ -1,0 +1,130 @@
+//! sbctl: the release manager's command line for Switchboard. It talks to the coordinator's
+//! admin gRPC API only, never to etcd.
+//!
+//! `main.rs` calls [`main`]; everything else is here so that it can be tested: [`cli`] is the
+//! command line, [`source`] reads a release from disk, [`plan`] diffs it against the active
+//! set, [`client`] talks to the coordinator, [`commands`] carries out each command, [`output`]
+//! prints, and [`exit`] decides every exit code.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod exit;
+pub mod output;
+pub mod plan;
+pub mod source;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use cli::{Cli, Command};
+pub use exit::CliError;
+
+/// Parses the command line, runs the command and returns its exit code. Usage errors are
+/// reported by clap (exit 2); every other error is printed as `error: <message>` on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ExitCode::from(run_to_exit_code(cli))
+}
+
+/// Runs a parsed command line on a fresh runtime, prints the error if any, and returns the
+/// exit code.
+pub fn run_to_exit_code(cli: Cli) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            output::note(&format!("error: cannot start the async runtime: {e}"));
+            return exit::FAILED;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            output::note(&format!("error: {e}"));
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let ctx = commands::Context {
+        connect: client::ConnectOptions {
+            coordinator: cli.coordinator,
+            token: cli.token,
+            actor: client::actor_name(cli.actor.as_deref()),
+        },
+        json: cli.json,
+    };
+    switchboard_proto::keys::validate_namespace(cli.command.namespace())
+        .map_err(CliError::Refused)?;
+    match cli.command {
+        Command::Status { namespace } => commands::status(&ctx, &namespace).await,
+        Command::Stage {
+            namespace,
+            path,
+            message,
+        } => commands::stage(&ctx, &namespace, &path, &message).await,
+        Command::Plan { namespace, path } => commands::plan(&ctx, &namespace, &path).await,
+        Command::Canary {
+            namespace,
+            weight_bp,
+            change,
+        } => commands::canary(&ctx, &namespace, weight_bp, &change).await,
+        Command::Flip {
+            namespace,
+            wait,
+            timeout,
+            change,
+        } => commands::flip(&ctx, &namespace, wait.then_some(timeout), &change).await,
+        Command::Rollback { namespace, change } => {
+            commands::rollback(&ctx, &namespace, &change).await
+        }
+        Command::Audit { namespace, verify } => commands::audit(&ctx, &namespace, verify).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut all = vec!["sbctl", "--coordinator", "http://127.0.0.1:1"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).expect("parses")
+    }
+
+    // Each of these fails before anything is sent: no coordinator is needed.
+
+    #[tokio::test]
+    async fn a_namespace_outside_the_contract_is_refused() {
+        let err = run(parse(&["status", "Bad/NS"]))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.exit_code(), exit::REFUSED);
+        assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stage_and_plan_check_the_source_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing").display().to_string();
+        std::fs::write(dir.path().join("broken.json"), "{").expect("write");
+        let broken = dir.path().display().to_string();
+        for command in ["stage", "plan"] {
+            let err = run(parse(&[command, "cat", &missing]))
+                .await
+                .expect_err("missing");
+            assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+            let err = run(parse(&[command, "cat", &broken]))
+                .await
+                .expect_err("broken");
+            assert_eq!(err.exit_code(), exit::REFUSED, "{err}");
+            assert!(err.to_string().contains("broken.json"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Helpers shared by the end-to-end tests: metadata sets written to temp dirs, and sbctl calls
+//! that return what the tests assert on.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use switchboard_tests::{SbctlRunner, TestEnv};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The sample catalog shipped in `deploy/examples/`.
+pub fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Writes `count` items under `dir`, each `{"generation": generation, "i": i, ...}` with about
+/// `pad` bytes of padding, so that every item says which set it came from.
+pub fn write_set(dir: &Path, generation: &str, count: usize, pad: usize) -> Result<PathBuf> {
+    let root = dir.join(generation);
+    std::fs::create_dir_all(root.join("items"))?;
+    for i in 0..count {
+        let value = json!({"generation": generation, "i": i, "pad": "x".repeat(pad)});
+        std::fs::write(root.join(format!("items/k{i:05}.json")), value.to_string())?;
+    }
+    Ok(root)
+}
+
+/// `sbctl stage`, returning the version id printed last.
+pub async fn stage(sbctl: &SbctlRunner, ns: &str, path: &str) -> Result<String> {
+    let output = sbctl.run(&["stage", ns, path, "-m", "test stage"]).await?.ensure_success()?;
+    let version = output.stdout.lines().last().unwrap_or_default().trim().to_string();
+    ensure!(version.len() == 16, "stage did not print a version id last:\n{output}");
+    Ok(version)
+}
+
+pub async fn status(sbctl: &SbctlRunner, ns: &str) -> Result<Value> {
+    sbctl.run_json(&["status", ns]).await
+}
+
+pub async fn epoch(sbctl: &SbctlRunner, ns: &str) -> Result<u64> {
+    status(sbctl, ns).await?["epoch"].as_u64().context("status has no epoch")
+}
+
+/// Stages `path` and flips to it; returns (version, epoch after the flip).
+pub async fn stage_and_flip(env: &TestEnv, ns: &str, path: &str) -> Result<(String, u64)> {
+    let sbctl = env.sbctl();
+    let version = stage(&sbctl, ns, path).await?;
+    sbctl.run(&["flip", ns]).await?.ensure_success()?;
+    Ok((version, epoch(&sbctl, ns).await?))
+}
+
+/// Number of chunk keys of a namespace in etcd, and the highest mod revision among them.
+pub async fn chunk_stats(env: &TestEnv, ns: &str) -> Result<(usize, i64)> {
+    let mut client = env.etcd_client().await?;
+    let prefix = format!("{}/ns/{ns}/chunks/", env.prefix());
+    let response = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()))
+        .await?;
+    let max = response.kvs().iter().map(|kv| kv.mod_revision()).max().unwrap_or(0);
+    Ok((response.kvs().len(), max))
+}
