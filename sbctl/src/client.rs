@@ -46,7 +46,25 @@ pub fn actor_name(as_name: Option<&str>) -> String {
         .map(str::to_string)
         .or_else(|| from_env("USER"))
         .or_else(|| from_env("LOGNAME"))
+        .or_else(login_name_of_this_process)
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The account name of this process's real uid, from `/proc/self/status` and `/etc/passwd`,
+/// for shells and CI jobs that set neither `USER` nor `LOGNAME`.
+fn login_name_of_this_process() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?;
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid).then(|| name.to_string())
+    })
 }
 
 /// The coordinator URL with a scheme: `host:port` is taken as `http://host:port`, and an

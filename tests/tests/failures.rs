@@ -56,13 +56,18 @@ async fn assert_interrupted_stage_is_harmless(
 
     let flip = runner.run(&["flip", NS]).await?;
     assert_eq!(flip.code, 4, "flip to an unsealed slot: {flip}");
-    assert!(flip.stderr.contains("not sealed") && flip.stderr.contains("stage"), "{flip}");
+    assert!(
+        flip.stderr.contains("not sealed") && flip.stderr.contains("stage"),
+        "{flip}"
+    );
     let canary = runner.run(&["canary", NS, "50"]).await?;
     assert_eq!(canary.code, 4, "canary of an unsealed slot: {canary}");
 
     let new_version = stage(&runner, NS, path).await?;
     runner.run(&["flip", NS]).await?.ensure_success()?;
-    sidecar.wait_for_epoch(NS, epoch(&runner, NS).await?, DEADLINE).await?;
+    sidecar
+        .wait_for_epoch(NS, epoch(&runner, NS).await?, DEADLINE)
+        .await?;
     let answer = sidecar.get_item(NS, "items/k00000", None).await?;
     assert_eq!(answer.version.as_deref(), Some(new_version.as_str()));
     assert_eq!(answer.body["generation"], "big");
@@ -75,8 +80,15 @@ async fn a_stage_whose_sbctl_is_killed_leaves_the_slot_unsealed() -> Result<()> 
     let env = TestEnv::start(&[NS]).await?;
     let sidecar = env.start_sidecar("sidecar-1").await?;
     let dir = tempfile::tempdir()?;
-    let (old, _) = stage_and_flip(&env, NS, &write_set(dir.path(), "small", 5, 10)?.display().to_string()).await?;
-    let big = write_set(dir.path(), "big", 3_000, 2_000)?.display().to_string();
+    let (old, _) = stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "small", 5, 10)?.display().to_string(),
+    )
+    .await?;
+    let big = write_set(dir.path(), "big", 3_000, 2_000)?
+        .display()
+        .to_string();
     let proxy = TcpProxy::start(env.coordinator.grpc_addr()).await?;
 
     let child = begin_slow_stage(&env, &proxy, &big).await?;
@@ -91,14 +103,26 @@ async fn a_stage_whose_coordinator_is_killed_leaves_the_slot_unsealed() -> Resul
     let env = TestEnv::start(&[NS]).await?;
     let sidecar = env.start_sidecar("sidecar-1").await?;
     let dir = tempfile::tempdir()?;
-    let (old, _) = stage_and_flip(&env, NS, &write_set(dir.path(), "small", 5, 10)?.display().to_string()).await?;
-    let big = write_set(dir.path(), "big", 3_000, 2_000)?.display().to_string();
+    let (old, _) = stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "small", 5, 10)?.display().to_string(),
+    )
+    .await?;
+    let big = write_set(dir.path(), "big", 3_000, 2_000)?
+        .display()
+        .to_string();
     let proxy = TcpProxy::start(env.coordinator.grpc_addr()).await?;
 
     let child = begin_slow_stage(&env, &proxy, &big).await?;
     env.coordinator.kill()?;
     let status = child.wait(DEADLINE).await?;
-    assert_ne!(status.code(), Some(0), "sbctl must fail when its coordinator dies:\n{}", child.log_tail(10));
+    assert_ne!(
+        status.code(),
+        Some(0),
+        "sbctl must fail when its coordinator dies:\n{}",
+        child.log_tail(10)
+    );
     proxy.set_delay(Duration::ZERO);
     env.coordinator.restart().await?;
     assert_interrupted_stage_is_harmless(&env, &sidecar, &old, &big).await
@@ -125,27 +149,93 @@ async fn bad_input_is_refused_naming_the_file_and_changes_nothing() -> Result<()
     };
     let ok = br#"{"fine": true}"#.to_vec();
     let cases: Vec<(String, i32, Vec<&str>)> = vec![
-        (case("malformed-json", &[("a.json", ok.clone()), ("tables/broken.json", b"{\"a\": [1, 2".to_vec())])?, 4, vec!["tables/broken.json"]),
-        (case("malformed-yaml", &[("a.json", ok.clone()), ("policy.yaml", b"key: [unclosed\n  - x: : y\n".to_vec())])?, 4, vec!["policy.yaml"]),
-        (case("duplicate", &[("same.json", ok.clone()), ("same.yaml", b"fine: true\n".to_vec())])?, 4, vec!["same.json", "same.yaml"]),
-        (case("bad-key", &[("a.json", ok.clone()), ("bad key!.json", ok.clone())])?, 4, vec!["bad key!.json"]),
-        (case("too-big", &[("a.json", ok.clone()), ("big.json", format!("\"{}\"", "x".repeat(1024 * 1024 + 10)).into_bytes())])?, 4, vec!["big.json"]),
+        (
+            case(
+                "malformed-json",
+                &[
+                    ("a.json", ok.clone()),
+                    ("tables/broken.json", b"{\"a\": [1, 2".to_vec()),
+                ],
+            )?,
+            4,
+            vec!["tables/broken.json"],
+        ),
+        (
+            case(
+                "malformed-yaml",
+                &[
+                    ("a.json", ok.clone()),
+                    ("policy.yaml", b"key: [unclosed\n  - x: : y\n".to_vec()),
+                ],
+            )?,
+            4,
+            vec!["policy.yaml"],
+        ),
+        (
+            case(
+                "duplicate",
+                &[
+                    ("same.json", ok.clone()),
+                    ("same.yaml", b"fine: true\n".to_vec()),
+                ],
+            )?,
+            4,
+            vec!["same.json", "same.yaml"],
+        ),
+        (
+            case(
+                "bad-key",
+                &[("a.json", ok.clone()), ("bad key!.json", ok.clone())],
+            )?,
+            4,
+            vec!["bad key!.json"],
+        ),
+        (
+            case(
+                "too-big",
+                &[
+                    ("a.json", ok.clone()),
+                    (
+                        "big.json",
+                        format!("\"{}\"", "x".repeat(1024 * 1024 + 10)).into_bytes(),
+                    ),
+                ],
+            )?,
+            4,
+            vec!["big.json"],
+        ),
         (case("empty", &[])?, 4, vec!["no item"]),
-        (dir.path().join("does-not-exist").display().to_string(), 2, vec!["does-not-exist"]),
+        (
+            dir.path().join("does-not-exist").display().to_string(),
+            2,
+            vec!["does-not-exist"],
+        ),
     ];
     for (path, code, mentions) in &cases {
         for command in ["stage", "plan"] {
             let output = runner.run(&[command, NS, path]).await?;
             assert_eq!(output.code, *code, "{command} {path}: {output}");
             for mention in mentions {
-                assert!(output.stderr.contains(mention), "{command} {path} should name {mention:?}: {output}");
+                assert!(
+                    output.stderr.contains(mention),
+                    "{command} {path} should name {mention:?}: {output}"
+                );
             }
         }
     }
-    assert_eq!(routing_and_slots(&runner).await?, before, "bad input changed the namespace");
+    assert_eq!(
+        routing_and_slots(&runner).await?,
+        before,
+        "bad input changed the namespace"
+    );
 
     // Bad arguments are usage errors.
-    for args in [vec!["canary", NS, "101"], vec!["canary", NS, "ten"], vec!["canary", NS, "1.234"], vec!["stage", NS]] {
+    for args in [
+        vec!["canary", NS, "101"],
+        vec!["canary", NS, "ten"],
+        vec!["canary", NS, "1.234"],
+        vec!["stage", NS],
+    ] {
         let output = runner.run(&args).await?;
         assert_eq!(output.code, 2, "{args:?}: {output}");
     }
@@ -165,6 +255,9 @@ async fn unreachable_coordinator_and_bad_namespace_are_clear_errors() -> Result<
     let nowhere = sbctl(&format!("http://127.0.0.1:{port}"));
     let output = nowhere.run(&["status", NS]).await?;
     assert_eq!(output.code, 1, "{output}");
-    assert!(output.stderr.contains("cannot reach the coordinator"), "{output}");
+    assert!(
+        output.stderr.contains("cannot reach the coordinator"),
+        "{output}"
+    );
     Ok(())
 }

@@ -27,13 +27,17 @@ async fn the_tour_stage_canary_flip_rollback_through_a_sidecar() -> Result<()> {
     let (v1, epoch1) = stage_and_flip(&env, NS, &example("catalog-v1")).await?;
     sidecar.wait_for_epoch(NS, epoch1, DEADLINE).await?;
     sidecar.wait_ready(DEADLINE).await?;
-    let answer = sidecar.get_item(NS, "schema_version", Some("app-1")).await?;
+    let answer = sidecar
+        .get_item(NS, "schema_version", Some("app-1"))
+        .await?;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body["version"], 191);
     assert_eq!(answer.version.as_deref(), Some(v1.as_str()));
     assert_eq!(answer.epoch, Some(epoch1));
 
-    let plan = sbctl.run_json(&["plan", NS, &example("catalog-v2")]).await?;
+    let plan = sbctl
+        .run_json(&["plan", NS, &example("catalog-v2")])
+        .await?;
     assert_eq!(plan["added"].as_array().map(Vec::len), Some(5), "{plan}");
     assert_eq!(plan["removed"].as_array().map(Vec::len), Some(2), "{plan}");
     assert_eq!(plan["changed"].as_array().map(Vec::len), Some(14), "{plan}");
@@ -47,12 +51,22 @@ async fn the_tour_stage_canary_flip_rollback_through_a_sidecar() -> Result<()> {
     // Some consumers get v2, the rest v1, and each answer's header matches its content.
     let mut seen = HashSet::new();
     for n in 0..200 {
-        let answer = sidecar.get_item(NS, "schema_version", Some(&format!("app-{n}"))).await?;
-        let expected = if answer.version.as_deref() == Some(v2.as_str()) { 192 } else { 191 };
+        let answer = sidecar
+            .get_item(NS, "schema_version", Some(&format!("app-{n}")))
+            .await?;
+        let expected = if answer.version.as_deref() == Some(v2.as_str()) {
+            192
+        } else {
+            191
+        };
         assert_eq!(answer.body["version"], expected, "app-{n}: {answer:?}");
         seen.insert(answer.version.context("no version header")?);
     }
-    assert_eq!(seen.len(), 2, "10% canary over 200 consumers should show both versions");
+    assert_eq!(
+        seen.len(),
+        2,
+        "10% canary over 200 consumers should show both versions"
+    );
 
     let status = status(&sbctl, NS).await?;
     assert_eq!(status["canary"]["percent"], 10.0, "{status}");
@@ -63,29 +77,56 @@ async fn the_tour_stage_canary_flip_rollback_through_a_sidecar() -> Result<()> {
     assert_eq!(sidecars.len(), 1, "{status}");
     assert_eq!(sidecars[0]["id"], "sidecar-1");
 
-    sbctl.run(&["flip", NS, "--wait", "--timeout", "20"]).await?.ensure_success()?;
+    sbctl
+        .run(&["flip", NS, "--wait", "--timeout", "20"])
+        .await?
+        .ensure_success()?;
     let flipped = epoch(&sbctl, NS).await?;
-    assert_eq!(sidecar.epoch(NS).await?, flipped, "flip --wait returned before the sidecar served");
-    let answer = sidecar.get_item(NS, "schema_version", Some("app-1")).await?;
-    assert_eq!((answer.body["version"].clone(), answer.version), (192.into(), Some(v2.clone())));
+    assert_eq!(
+        sidecar.epoch(NS).await?,
+        flipped,
+        "flip --wait returned before the sidecar served"
+    );
+    let answer = sidecar
+        .get_item(NS, "schema_version", Some("app-1"))
+        .await?;
+    assert_eq!(
+        (answer.body["version"].clone(), answer.version),
+        (192.into(), Some(v2.clone()))
+    );
 
     sbctl.run(&["rollback", NS]).await?.ensure_success()?;
     let rolled_back = epoch(&sbctl, NS).await?;
     sidecar.wait_for_epoch(NS, rolled_back, DEADLINE).await?;
-    let answer = sidecar.get_item(NS, "schema_version", Some("app-1")).await?;
-    assert_eq!((answer.body["version"].clone(), answer.version), (191.into(), Some(v1.clone())));
+    let answer = sidecar
+        .get_item(NS, "schema_version", Some("app-1"))
+        .await?;
+    assert_eq!(
+        (answer.body["version"].clone(), answer.version),
+        (191.into(), Some(v1.clone()))
+    );
 
     // Unknown keys are 404 and still say where the answer came from.
     let missing = sidecar.get_item(NS, "tables/no/such", None).await?;
     assert_eq!(missing.status, 404);
     assert!(missing.body["error"].is_string(), "{missing:?}");
 
-    let audit = sbctl.run(&["audit", NS, "--verify"]).await?.ensure_success()?;
+    let audit = sbctl
+        .run(&["audit", NS, "--verify"])
+        .await?
+        .ensure_success()?;
     assert!(audit.stdout.contains("intact"), "{audit}");
     let trail = sbctl.run_json(&["audit", NS]).await?;
-    let actions: Vec<&str> =
-        trail["records"].as_array().context("records")?.iter().filter_map(|r| r["action"].as_str()).collect();
-    assert_eq!(actions, ["stage", "flip", "stage", "canary", "flip", "rollback"]);
+    let actions: Vec<&str> = trail["records"]
+        .as_array()
+        .context("records")?
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        ["stage", "flip", "stage", "canary", "flip", "rollback"]
+    );
     Ok(())
 }
 
@@ -112,10 +153,15 @@ async fn canary_assignment_is_proportional_sticky_and_the_same_on_every_sidecar(
         for n in 0..10_000 {
             let consumer = format!("consumer-{n}");
             for (sidecar, set) in [(&first, &mut sets.0), (&second, &mut sets.1)] {
-                let answer = sidecar.get_item(NS, "items/k00000", Some(&consumer)).await?;
+                let answer = sidecar
+                    .get_item(NS, "items/k00000", Some(&consumer))
+                    .await?;
                 ensure!(answer.epoch == Some(epoch), "{consumer}: {answer:?}");
                 if answer.version.as_deref() == Some(canary_version.as_str()) {
-                    ensure!(answer.body["generation"] == "b", "{consumer}: header and body disagree");
+                    ensure!(
+                        answer.body["generation"] == "b",
+                        "{consumer}: header and body disagree"
+                    );
                     set.insert(n);
                 }
             }
@@ -125,12 +171,19 @@ async fn canary_assignment_is_proportional_sticky_and_the_same_on_every_sidecar(
     let (at_10, at_10_other) = on_canary("10").await?;
     assert_eq!(at_10, at_10_other, "two sidecars disagree at 10%");
     let share = at_10.len() as f64 / 100.0;
-    assert!((9.0..=11.0).contains(&share), "10% canary served {share}% of 10,000 consumers");
+    assert!(
+        (9.0..=11.0).contains(&share),
+        "10% canary served {share}% of 10,000 consumers"
+    );
 
     let (at_30, at_30_other) = on_canary("30").await?;
     assert_eq!(at_30, at_30_other, "two sidecars disagree at 30%");
     let left: Vec<_> = at_10.difference(&at_30).collect();
-    assert!(left.is_empty(), "{} consumers left the canary when it rose to 30%", left.len());
+    assert!(
+        left.is_empty(),
+        "{} consumers left the canary when it rose to 30%",
+        left.len()
+    );
     let share = at_30.len() as f64 / 100.0;
     assert!((29.0..=31.0).contains(&share), "30% canary served {share}%");
     Ok(())
@@ -160,15 +213,24 @@ async fn prefix_reads_never_mix_versions_during_flips() -> Result<()> {
             let mut mixed = Vec::new();
             let mut seen = HashSet::new();
             while !stop.load(Ordering::Relaxed) {
-                let (code, body) =
-                    sidecar.list_items(NS, "items/", Some(&format!("reader-{reader}"))).await?;
+                let (code, body) = sidecar
+                    .list_items(NS, "items/", Some(&format!("reader-{reader}")))
+                    .await?;
                 ensure!(code == 200, "prefix read answered {code}: {body}");
                 let items = body["items"].as_object().context("items")?;
                 ensure!(items.len() == 400, "{} items in one answer", items.len());
-                let generations: HashSet<&str> =
-                    items.values().filter_map(|v| v["generation"].as_str()).collect();
+                let generations: HashSet<&str> = items
+                    .values()
+                    .filter_map(|v| v["generation"].as_str())
+                    .collect();
                 let version = body["version"].as_str().unwrap_or_default();
-                let expected = if version == version_a { "a" } else if version == version_b { "b" } else { "?" };
+                let expected = if version == version_a {
+                    "a"
+                } else if version == version_b {
+                    "b"
+                } else {
+                    "?"
+                };
                 if generations.len() != 1 || !generations.contains(expected) {
                     mixed.push(format!("version {version}, generations {generations:?}"));
                 }
@@ -182,18 +244,33 @@ async fn prefix_reads_never_mix_versions_during_flips() -> Result<()> {
         for command in ["flip", "rollback"] {
             sbctl.run(&[command, NS]).await?.ensure_success()?;
             let epoch = epoch(&sbctl, NS).await?;
-            sidecar.wait_for_epoch(NS, epoch, DEADLINE).await.with_context(|| format!("round {round} {command}"))?;
+            sidecar
+                .wait_for_epoch(NS, epoch, DEADLINE)
+                .await
+                .with_context(|| format!("round {round} {command}"))?;
         }
     }
     stop.store(true, Ordering::Relaxed);
     let mut versions_seen = HashSet::new();
     for reader in readers {
         let (mixed, seen) = reader.await??;
-        assert!(mixed.is_empty(), "{} mixed answers, first: {}", mixed.len(), mixed[0]);
+        assert!(
+            mixed.is_empty(),
+            "{} mixed answers, first: {}",
+            mixed.len(),
+            mixed[0]
+        );
         versions_seen.extend(seen);
     }
-    assert!(answers.load(Ordering::Relaxed) > 20, "readers made too few reads to mean anything");
-    assert_eq!(versions_seen.len(), 2, "readers should have seen both versions: {versions_seen:?}");
+    assert!(
+        answers.load(Ordering::Relaxed) > 20,
+        "readers made too few reads to mean anything"
+    );
+    assert_eq!(
+        versions_seen.len(),
+        2,
+        "readers should have seen both versions: {versions_seen:?}"
+    );
     Ok(())
 }
 
@@ -204,17 +281,36 @@ async fn concurrent_routing_changes_exactly_one_wins() -> Result<()> {
     let env = TestEnv::start(&[NS]).await?;
     let sbctl = env.sbctl();
     let dir = tempfile::tempdir()?;
-    stage_and_flip(&env, NS, &write_set(dir.path(), "a", 10, 10)?.display().to_string()).await?;
-    stage(&sbctl, NS, &write_set(dir.path(), "b", 10, 10)?.display().to_string()).await?;
+    stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "b", 10, 10)?.display().to_string(),
+    )
+    .await?;
 
-    for (first, second) in [(["flip"], ["canary"]), (["canary"], ["rollback"]), (["flip"], ["flip"])] {
+    for (first, second) in [
+        (["flip"], ["canary"]),
+        (["canary"], ["rollback"]),
+        (["flip"], ["flip"]),
+    ] {
         let epoch = epoch(&sbctl, NS).await?.to_string();
         let command = |words: [&str; 1]| -> Vec<String> {
             let mut args = vec![words[0].to_string(), NS.to_string()];
             if words[0] == "canary" {
                 args.push("25".into());
             }
-            args.extend(["--expect-epoch".into(), epoch.clone(), "-m".into(), "race".into()]);
+            args.extend([
+                "--expect-epoch".into(),
+                epoch.clone(),
+                "-m".into(),
+                "race".into(),
+            ]);
             args
         };
         let (a, b) = (command(first), command(second));
@@ -226,17 +322,25 @@ async fn concurrent_routing_changes_exactly_one_wins() -> Result<()> {
         assert!(codes.contains(&0) && codes.contains(&3), "{one}\n{two}");
         let loser = if one.code == 3 { &one } else { &two };
         assert!(
-            loser.stderr.contains("changed underneath") && loser.stderr.contains(&format!("expected epoch {epoch}")),
+            loser.stderr.contains("changed underneath")
+                && loser.stderr.contains(&format!("expected epoch {epoch}")),
             "the loser should say what changed: {loser}"
         );
-        assert_eq!(crate::epoch(&sbctl, NS).await?, epoch.parse::<u64>()? + 1, "exactly one change");
+        assert_eq!(
+            crate::epoch(&sbctl, NS).await?,
+            epoch.parse::<u64>()? + 1,
+            "exactly one change"
+        );
         // Leave a state where every command applies again: no canary, green staged.
         let status = status(&sbctl, NS).await?;
         if !status["canary"].is_null() {
             sbctl.run(&["canary", NS, "0"]).await?.ensure_success()?;
         }
     }
-    let verify = sbctl.run(&["audit", NS, "--verify"]).await?.ensure_success()?;
+    let verify = sbctl
+        .run(&["audit", NS, "--verify"])
+        .await?
+        .ensure_success()?;
     assert!(verify.stdout.contains("intact"), "{verify}");
     Ok(())
 }
@@ -253,13 +357,25 @@ async fn staging_identical_content_is_a_no_op() -> Result<()> {
     let slots_before = status(&sbctl, NS).await?["slots"].clone();
 
     assert_eq!(stage(&sbctl, NS, &path).await?, version);
-    assert_eq!(chunk_stats(&env, NS).await?, (chunks, revision), "re-staging wrote chunks");
-    assert_eq!(status(&sbctl, NS).await?["slots"], slots_before, "re-staging changed a slot");
+    assert_eq!(
+        chunk_stats(&env, NS).await?,
+        (chunks, revision),
+        "re-staging wrote chunks"
+    );
+    assert_eq!(
+        status(&sbctl, NS).await?["slots"],
+        slots_before,
+        "re-staging changed a slot"
+    );
 
     // Once active, staging it again is still a no-op.
     sbctl.run(&["flip", NS]).await?.ensure_success()?;
     let again = sbctl.run(&["stage", NS, &path]).await?.ensure_success()?;
-    assert_eq!(again.stdout.lines().last(), Some(version.as_str()), "{again}");
+    assert_eq!(
+        again.stdout.lines().last(),
+        Some(version.as_str()),
+        "{again}"
+    );
     assert_eq!(chunk_stats(&env, NS).await?, (chunks, revision));
 
     // A one-item change uploads only the chunk that holds it.
@@ -267,7 +383,9 @@ async fn staging_identical_content_is_a_no_op() -> Result<()> {
     let copy = dir.path().join("catalog");
     copy_dir(std::path::Path::new(&path), &copy)?;
     std::fs::write(copy.join("schema_version.json"), r#"{"version": 999}"#)?;
-    let staged = sbctl.run_json(&["stage", NS, &copy.display().to_string()]).await?;
+    let staged = sbctl
+        .run_json(&["stage", NS, &copy.display().to_string()])
+        .await?;
     assert_eq!(staged["chunks_uploaded"], 1, "{staged}");
     Ok(())
 }
@@ -294,14 +412,23 @@ async fn sidecars_outlive_the_coordinator_and_resume_after_etcd_restarts() -> Re
     let sbctl = env.sbctl();
     let sidecar = env.start_sidecar("sidecar-1").await?;
     let dir = tempfile::tempdir()?;
-    let (version_a, epoch_a) =
-        stage_and_flip(&env, NS, &write_set(dir.path(), "a", 50, 100)?.display().to_string()).await?;
+    let (version_a, epoch_a) = stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 50, 100)?.display().to_string(),
+    )
+    .await?;
     sidecar.wait_for_epoch(NS, epoch_a, DEADLINE).await?;
 
     env.coordinator.kill()?;
     for n in 0..50 {
-        let answer = sidecar.get_item(NS, "items/k00001", Some(&format!("c{n}"))).await?;
-        assert_eq!((answer.status, answer.version.as_deref()), (200, Some(version_a.as_str())));
+        let answer = sidecar
+            .get_item(NS, "items/k00001", Some(&format!("c{n}")))
+            .await?;
+        assert_eq!(
+            (answer.status, answer.version.as_deref()),
+            (200, Some(version_a.as_str()))
+        );
     }
     env.coordinator.restart().await?;
 
@@ -312,12 +439,22 @@ async fn sidecars_outlive_the_coordinator_and_resume_after_etcd_restarts() -> Re
     })
     .await?;
     for n in 0..50 {
-        let answer = sidecar.get_item(NS, "items/k00001", Some(&format!("c{n}"))).await?;
-        assert_eq!((answer.status, answer.version.as_deref()), (200, Some(version_a.as_str())));
+        let answer = sidecar
+            .get_item(NS, "items/k00001", Some(&format!("c{n}")))
+            .await?;
+        assert_eq!(
+            (answer.status, answer.version.as_deref()),
+            (200, Some(version_a.as_str()))
+        );
     }
     env.etcd.restart().await?;
 
-    let version_b = stage(&sbctl, NS, &write_set(dir.path(), "b", 50, 100)?.display().to_string()).await?;
+    let version_b = stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "b", 50, 100)?.display().to_string(),
+    )
+    .await?;
     sbctl.run(&["flip", NS]).await?.ensure_success()?;
     let epoch_b = epoch(&sbctl, NS).await?;
     sidecar.wait_for_epoch(NS, epoch_b, DEADLINE).await?;

@@ -35,9 +35,21 @@ pub fn write_set(dir: &Path, generation: &str, count: usize, pad: usize) -> Resu
 
 /// `sbctl stage`, returning the version id printed last.
 pub async fn stage(sbctl: &SbctlRunner, ns: &str, path: &str) -> Result<String> {
-    let output = sbctl.run(&["stage", ns, path, "-m", "test stage"]).await?.ensure_success()?;
-    let version = output.stdout.lines().last().unwrap_or_default().trim().to_string();
-    ensure!(version.len() == 16, "stage did not print a version id last:\n{output}");
+    let output = sbctl
+        .run(&["stage", ns, path, "-m", "test stage"])
+        .await?
+        .ensure_success()?;
+    let version = output
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    ensure!(
+        version.len() == 16,
+        "stage did not print a version id last:\n{output}"
+    );
     Ok(version)
 }
 
@@ -46,7 +58,9 @@ pub async fn status(sbctl: &SbctlRunner, ns: &str) -> Result<Value> {
 }
 
 pub async fn epoch(sbctl: &SbctlRunner, ns: &str) -> Result<u64> {
-    status(sbctl, ns).await?["epoch"].as_u64().context("status has no epoch")
+    status(sbctl, ns).await?["epoch"]
+        .as_u64()
+        .context("status has no epoch")
 }
 
 /// Stages `path` and flips to it; returns (version, epoch after the flip).
@@ -62,8 +76,20 @@ pub async fn chunk_stats(env: &TestEnv, ns: &str) -> Result<(usize, i64)> {
     let mut client = env.etcd_client().await?;
     let prefix = format!("{}/ns/{ns}/chunks/", env.prefix());
     let response = client
-        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()))
+        .get(
+            prefix,
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
         .await?;
-    let max = response.kvs().iter().map(|kv| kv.mod_revision()).max().unwrap_or(0);
+    let max = response
+        .kvs()
+        .iter()
+        .map(|kv| kv.mod_revision())
+        .max()
+        .unwrap_or(0);
     Ok((response.kvs().len(), max))
 }
