@@ -30,6 +30,7 @@ for i in range(args.count):
         "columns": columns,
         "tags": [f"tag-{(i * 7) % 19}", f"tag-{(i * 3) % 23}"],
         "retention_days": 30 + i % 365,
+        "description": f"{domain} table {i} of the load-test catalog, owned by team-{i % 37}; " * 3,
         "revision": 2 if step and i % step == 0 else 1,
     }
     items[f"tables/{domain}/t{i:06d}"] = value

@@ -20,6 +20,12 @@ impl ReaderService {
         pb::reader_server::ReaderServer::new(Self { served })
             .max_encoding_message_size(64 * 1024 * 1024)
     }
+
+    /// The service itself, without the tonic server around it, for calling its methods directly.
+    #[cfg(test)]
+    pub(crate) fn unwrapped(served: Arc<Served>) -> Self {
+        Self { served }
+    }
 }
 
 impl From<ReadError> for Status {

@@ -15,6 +15,9 @@ pub mod serve;
 pub mod snapshot;
 pub mod sync;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -8,6 +8,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = switchboard_sidecar::Args::parse();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;

@@ -1,0 +1,1054 @@
+//! Unit tests of the sidecar's serving side: snapshots and the sticky canary choice, the HTTP
+//! router and the gRPC reader service, all in process, without etcd or sockets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use switchboard_proto::ItemSet;
+use switchboard_proto::bucket::on_canary;
+use switchboard_proto::set::canonical_json;
+use switchboard_proto::types::{Canary, Routing, Slot, SlotVersion};
+
+use crate::namespace::Namespace;
+use crate::serve::{Reports, Served};
+use crate::snapshot::{LoadedSet, Snapshot};
+
+const NS: &str = "catalog";
+const UNLOADED_NS: &str = "pending";
+const SEED: u64 = 0x5eed_1234_abcd_0042;
+const V1: &str = "1111aaaa2222bbbb";
+const V2: &str = "3333cccc4444dddd";
+
+/// A value whose JSON text needs escaping: quotes, backslashes, control characters, non-ASCII.
+fn tricky_value() -> Value {
+    json!({
+        "note": "say \"hi\" \\ back\\slash\nnew line\ttab",
+        "unicode": "ünïcødé – 中文 – 🚀",
+        "nested": {"z": [1, 2.5, -3, null, true], "a": "\u{0001}"},
+    })
+}
+
+/// The active set (v1) served from blue.
+fn v1_items() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "tables/sales/orders",
+            json!({"columns": ["id", "total"], "owner": "sales", "v": 1}),
+        ),
+        (
+            "tables/sales/customers",
+            json!({"columns": ["id", "name"], "v": 1}),
+        ),
+        ("tables/hr/people", tricky_value()),
+        ("tables-archive/old", json!({"archived": true})),
+        ("tags/pii", json!(["email", "phone"])),
+        ("policies/retention", json!(365)),
+    ]
+}
+
+/// The canary set (v2) served from green: changed values and one new item.
+fn v2_items() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "tables/sales/orders",
+            json!({"columns": ["id", "total", "currency"], "owner": "sales", "v": 2}),
+        ),
+        (
+            "tables/sales/customers",
+            json!({"columns": ["id", "name"], "v": 2}),
+        ),
+        ("tables/sales/returns", json!({"columns": ["id"], "v": 2})),
+        ("tables/hr/people", tricky_value()),
+        ("tags/pii", json!(["email"])),
+    ]
+}
+
+fn loaded(version: &str, items: &[(&str, Value)]) -> Arc<LoadedSet> {
+    let mut set = ItemSet::new();
+    for (key, value) in items {
+        set.insert_value(key, value).expect("test items are valid");
+    }
+    Arc::new(LoadedSet {
+        manifest_hash: format!("manifest-of-{version}"),
+        version: version.to_string(),
+        checksum: format!("checksum-of-{version}"),
+        items: set,
+    })
+}
+
+fn routing(epoch: u64, active: (Slot, &str), canary: Option<(Slot, &str, u32)>) -> Routing {
+    Routing {
+        epoch,
+        active: SlotVersion {
+            slot: active.0,
+            version: active.1.to_string(),
+            manifest: format!("manifest-of-{}", active.1),
+        },
+        canary: canary.map(|(slot, version, weight_bp)| Canary {
+            slot,
+            version: version.to_string(),
+            manifest: format!("manifest-of-{version}"),
+            weight_bp,
+            seed: SEED,
+        }),
+        previous: None,
+        action: "canary".to_string(),
+        by: "test".to_string(),
+        reason: "unit test".to_string(),
+        at_ms: 0,
+    }
+}
+
+/// v1 active on blue, v2 on green as a canary of `weight_bp` (the canary set is loaded even at
+/// weight 0, to check that the weight alone decides).
+fn canary_snapshot(epoch: u64, weight_bp: u32) -> Arc<Snapshot> {
+    Arc::new(Snapshot {
+        routing: routing(epoch, (Slot::Blue, V1), Some((Slot::Green, V2, weight_bp))),
+        active: loaded(V1, &v1_items()),
+        canary: Some(loaded(V2, &v2_items())),
+    })
+}
+
+/// After a flip: v2 active on green, no canary.
+fn flipped_snapshot(epoch: u64) -> Arc<Snapshot> {
+    Arc::new(Snapshot {
+        routing: routing(epoch, (Slot::Green, V2), None),
+        active: loaded(V2, &v2_items()),
+        canary: None,
+    })
+}
+
+fn consumers(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("consumer-{i}")).collect()
+}
+
+/// The first name `{stem}-{i}` whose canary membership at `weight_bp` is `want`.
+fn find_consumer(stem: &str, weight_bp: u32, want: bool) -> String {
+    (0..100_000)
+        .map(|i| format!("{stem}-{i}"))
+        .find(|c| on_canary(c, SEED, weight_bp) == want)
+        .expect("a 50% canary has consumers on both sides")
+}
+
+const WEIGHT: u32 = 5000;
+const EPOCH: u64 = 7;
+
+/// A sidecar serving `NS` (loaded with a live 50% canary) and `UNLOADED_NS` (never loaded).
+fn served_with_id(id: &str) -> Arc<Served> {
+    let loaded_ns = Namespace::new(NS);
+    loaded_ns.publish(canary_snapshot(EPOCH, WEIGHT));
+    let unloaded_ns = Namespace::new(UNLOADED_NS);
+    let namespaces: HashMap<String, Arc<Namespace>> = [loaded_ns, unloaded_ns]
+        .into_iter()
+        .map(|ns| (ns.name.clone(), ns))
+        .collect();
+    Arc::new(Served {
+        id: id.to_string(),
+        namespaces,
+        reports: Reports::default(),
+        metrics: None,
+    })
+}
+
+fn served() -> Arc<Served> {
+    served_with_id("sidecar-test")
+}
+
+/// What a consumer should be served from `canary_snapshot(EPOCH, WEIGHT)`.
+fn expected_for(consumer: &str) -> (Slot, &'static str, Vec<(&'static str, Value)>) {
+    if on_canary(consumer, SEED, WEIGHT) {
+        (Slot::Green, V2, v2_items())
+    } else {
+        (Slot::Blue, V1, v1_items())
+    }
+}
+
+mod snapshot {
+    use super::*;
+
+    #[test]
+    fn without_a_canary_everyone_gets_the_active_set() {
+        let snapshot = flipped_snapshot(3);
+        for consumer in consumers(2000) {
+            let choice = snapshot.choose(&consumer);
+            assert_eq!(choice.slot, Slot::Green, "{consumer}");
+            assert_eq!(choice.epoch, 3);
+            assert!(Arc::ptr_eq(choice.set, &snapshot.active), "{consumer}");
+        }
+        // The empty consumer too.
+        assert!(Arc::ptr_eq(snapshot.choose("").set, &snapshot.active));
+    }
+
+    #[test]
+    fn a_live_canary_takes_exactly_the_consumers_in_its_buckets() {
+        for weight_bp in [1, 100, 2500, 5000, 9999] {
+            let snapshot = canary_snapshot(9, weight_bp);
+            let canary_set = snapshot.canary.as_ref().expect("canary loaded");
+            let mut on = 0;
+            for consumer in consumers(4000) {
+                let choice = snapshot.choose(&consumer);
+                assert_eq!(choice.epoch, 9);
+                if on_canary(&consumer, SEED, weight_bp) {
+                    on += 1;
+                    assert_eq!(choice.slot, Slot::Green, "{consumer} at {weight_bp}");
+                    assert!(Arc::ptr_eq(choice.set, canary_set), "{consumer}");
+                    assert_eq!(choice.set.version, V2);
+                } else {
+                    assert_eq!(choice.slot, Slot::Blue, "{consumer} at {weight_bp}");
+                    assert!(Arc::ptr_eq(choice.set, &snapshot.active), "{consumer}");
+                    assert_eq!(choice.set.version, V1);
+                }
+            }
+            if (2500..=5000).contains(&weight_bp) {
+                // Not a vacuous comparison: both sides are populated.
+                assert!(
+                    on > 0 && on < 4000,
+                    "{on} of 4000 on a {weight_bp} bp canary"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_canary_takes_everyone() {
+        let snapshot = canary_snapshot(2, 10_000);
+        for consumer in consumers(2000) {
+            assert_eq!(snapshot.choose(&consumer).slot, Slot::Green, "{consumer}");
+        }
+    }
+
+    #[test]
+    fn raising_the_weight_only_adds_consumers() {
+        let low = canary_snapshot(1, 1000);
+        let high = canary_snapshot(2, 4000);
+        for consumer in consumers(4000) {
+            if low.choose(&consumer).slot == Slot::Green {
+                assert_eq!(high.choose(&consumer).slot, Slot::Green, "{consumer}");
+            }
+        }
+    }
+
+    #[test]
+    fn at_weight_zero_nobody_is_on_the_canary() {
+        // A canary of weight 0 in routing, even with its set loaded.
+        let zero = canary_snapshot(4, 0);
+        // No canary in routing, but a stale canary set in the snapshot.
+        let none = Arc::new(Snapshot {
+            routing: routing(4, (Slot::Blue, V1), None),
+            active: loaded(V1, &v1_items()),
+            canary: Some(loaded(V2, &v2_items())),
+        });
+        for snapshot in [&zero, &none] {
+            for consumer in consumers(2000) {
+                let choice = snapshot.choose(&consumer);
+                assert_eq!(choice.slot, Slot::Blue, "{consumer}");
+                assert!(Arc::ptr_eq(choice.set, &snapshot.active), "{consumer}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_live_canary_without_its_set_serves_the_active_set() {
+        let snapshot = Snapshot {
+            routing: routing(5, (Slot::Blue, V1), Some((Slot::Green, V2, 10_000))),
+            active: loaded(V1, &v1_items()),
+            canary: None,
+        };
+        for consumer in consumers(500) {
+            assert_eq!(snapshot.choose(&consumer).slot, Slot::Blue, "{consumer}");
+        }
+        assert_eq!(snapshot.served_sets().len(), 1);
+    }
+
+    #[test]
+    fn served_sets_list_the_canary_only_while_it_is_live() {
+        let summary = |snapshot: &Snapshot| -> Vec<(Slot, String)> {
+            snapshot
+                .served_sets()
+                .into_iter()
+                .map(|(slot, set)| (slot, set.version.clone()))
+                .collect()
+        };
+        assert_eq!(
+            summary(&canary_snapshot(1, 250)),
+            vec![(Slot::Blue, V1.to_string()), (Slot::Green, V2.to_string())]
+        );
+        assert_eq!(
+            summary(&canary_snapshot(1, 0)),
+            vec![(Slot::Blue, V1.to_string())]
+        );
+        assert_eq!(
+            summary(&flipped_snapshot(2)),
+            vec![(Slot::Green, V2.to_string())]
+        );
+        let live = canary_snapshot(1, 250);
+        let sets = live.served_sets();
+        assert!(Arc::ptr_eq(sets[0].1, &live.active));
+        assert!(Arc::ptr_eq(
+            sets[1].1,
+            live.canary.as_ref().expect("canary loaded")
+        ));
+    }
+}
+
+mod reports {
+    use super::*;
+
+    #[test]
+    fn counts_add_up_per_namespace_and_version() {
+        let reports = Reports::default();
+        reports.add("a", "v1", 3, 1);
+        reports.add("a", "v1", 2, 0);
+        reports.add("a", "v2", 0, 4);
+        reports.add("b", "v1", 1, 1);
+        let expected: BTreeMap<(String, String), (u64, u64)> = [
+            (("a".into(), "v1".into()), (5, 1)),
+            (("a".into(), "v2".into()), (0, 4)),
+            (("b".into(), "v1".into()), (1, 1)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(reports.snapshot(), expected);
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_overflowing() {
+        let reports = Reports::default();
+        let key = ("a".to_string(), "v1".to_string());
+        reports.add("a", "v1", u64::MAX, u64::MAX - 1);
+        assert_eq!(
+            reports.snapshot().get(&key),
+            Some(&(u64::MAX, u64::MAX - 1))
+        );
+        // u64::MAX + 1 and (u64::MAX - 1) + 2 stay at u64::MAX instead of wrapping to 0.
+        reports.add("a", "v1", 1, 2);
+        assert_eq!(reports.snapshot().get(&key), Some(&(u64::MAX, u64::MAX)));
+        reports.add("a", "v1", 7, 9);
+        assert_eq!(reports.snapshot().get(&key), Some(&(u64::MAX, u64::MAX)));
+    }
+}
+
+mod http {
+    use super::*;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    use crate::http::{CONSUMER_HEADER, router};
+
+    struct Answer {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    }
+
+    impl Answer {
+        fn json(&self) -> Value {
+            serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+                panic!(
+                    "body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&self.body)
+                )
+            })
+        }
+
+        fn header(&self, name: &str) -> &str {
+            self.headers
+                .get(name)
+                .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
+                .to_str()
+                .expect("header is text")
+        }
+
+        /// The slot, version and epoch headers.
+        fn served(&self) -> (String, String, String) {
+            (
+                self.header("x-switchboard-slot").to_string(),
+                self.header("x-switchboard-version").to_string(),
+                self.header("x-switchboard-epoch").to_string(),
+            )
+        }
+
+        fn error_text(&self) -> String {
+            self.json()["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no error text in {}", self.json()))
+                .to_string()
+        }
+    }
+
+    async fn call(app: &Router, request: Request<Body>) -> Answer {
+        let response = app
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router never fails");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body is readable")
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn get(app: &Router, uri: &str) -> Answer {
+        call(
+            app,
+            Request::get(uri)
+                .body(Body::empty())
+                .expect("valid request"),
+        )
+        .await
+    }
+
+    async fn get_as(app: &Router, uri: &str, consumer: &str) -> Answer {
+        let request = Request::get(uri)
+            .header(CONSUMER_HEADER, consumer)
+            .body(Body::empty())
+            .expect("valid request");
+        call(app, request).await
+    }
+
+    async fn post(app: &Router, uri: &str, body: impl Into<Body>) -> Answer {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .expect("valid request");
+        call(app, request).await
+    }
+
+    fn value_of(items: &[(&str, Value)], key: &str) -> Value {
+        items
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {key} in the fixture"))
+    }
+
+    fn expected_headers(consumer: &str) -> (String, String, String) {
+        let (slot, version, _) = expected_for(consumer);
+        (
+            slot.as_str().to_string(),
+            version.to_string(),
+            EPOCH.to_string(),
+        )
+    }
+
+    #[tokio::test]
+    async fn item_read_returns_canonical_json_and_the_served_headers() {
+        let app = router(served());
+        let consumer = find_consumer("app", WEIGHT, false);
+        let answer = get_as(&app, "/v1/ns/catalog/items/tables/sales/orders", &consumer).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.body,
+            canonical_json(&value_of(&v1_items(), "tables/sales/orders"))
+        );
+        assert_eq!(answer.header("content-type"), "application/json");
+        assert_eq!(
+            answer.served(),
+            ("blue".to_string(), V1.to_string(), EPOCH.to_string())
+        );
+
+        // A value that needs escaping comes back byte for byte, and parses to the original.
+        let answer = get_as(&app, "/v1/ns/catalog/items/tables/hr/people", &consumer).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body, canonical_json(&tricky_value()));
+        assert_eq!(answer.json(), tricky_value());
+    }
+
+    #[tokio::test]
+    async fn the_consumer_header_and_query_parameter_choose_canary_or_baseline() {
+        let app = router(served());
+        let on = find_consumer("app", WEIGHT, true);
+        let off = find_consumer("app", WEIGHT, false);
+        for consumer in [&on, &off] {
+            let (slot, version, items) = expected_for(consumer);
+            let expected_value = canonical_json(&value_of(&items, "tables/sales/orders"));
+            let by_header =
+                get_as(&app, "/v1/ns/catalog/items/tables/sales/orders", consumer).await;
+            let by_query = get(
+                &app,
+                &format!("/v1/ns/catalog/items/tables/sales/orders?consumer={consumer}"),
+            )
+            .await;
+            for answer in [&by_header, &by_query] {
+                assert_eq!(answer.status, StatusCode::OK, "{consumer}");
+                assert_eq!(answer.served(), expected_headers(consumer), "{consumer}");
+                assert_eq!(answer.header("x-switchboard-slot"), slot.as_str());
+                assert_eq!(answer.header("x-switchboard-version"), version);
+                assert_eq!(answer.body, expected_value, "{consumer}");
+            }
+        }
+        // The canary-only item exists for a canary consumer and not for the others.
+        let answer = get_as(&app, "/v1/ns/catalog/items/tables/sales/returns", &on).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let answer = get_as(&app, "/v1/ns/catalog/items/tables/sales/returns", &off).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(answer.served(), expected_headers(&off));
+
+        // Many consumers, each consistent with the bucket hash.
+        for consumer in consumers(64) {
+            let answer = get_as(&app, "/v1/ns/catalog/items/tags/pii", &consumer).await;
+            assert_eq!(answer.served(), expected_headers(&consumer), "{consumer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_consumer_the_sidecar_id_is_the_consumer() {
+        for want in [true, false] {
+            let id = find_consumer("sidecar", WEIGHT, want);
+            let app = router(served_with_id(&id));
+            let answer = get(&app, "/v1/ns/catalog/items/tables/sales/orders").await;
+            assert_eq!(answer.status, StatusCode::OK);
+            let expected_slot = if want { "green" } else { "blue" };
+            assert_eq!(answer.header("x-switchboard-slot"), expected_slot, "{id}");
+            assert_eq!(answer.served(), expected_headers(&id));
+            // An empty consumer is no consumer.
+            let answer = get_as(&app, "/v1/ns/catalog/items/tables/sales/orders", "").await;
+            assert_eq!(answer.header("x-switchboard-slot"), expected_slot, "{id}");
+            let answer = get(&app, "/v1/ns/catalog/items/tables/sales/orders?consumer=").await;
+            assert_eq!(answer.header("x-switchboard-slot"), expected_slot, "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_and_namespaces_are_404_with_a_json_error() {
+        let app = router(served());
+        let answer = get(&app, "/v1/ns/catalog/items/tables/sales/nope").await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert!(answer.error_text().contains("tables/sales/nope"));
+        assert_eq!(answer.header("content-type"), "application/json");
+
+        let answer = get(&app, "/v1/ns/elsewhere/items/tables/sales/orders").await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert!(answer.error_text().contains("elsewhere"));
+
+        let answer = get(&app, "/v1/ns/elsewhere/items?prefix=tables/").await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert!(answer.error_text().contains("elsewhere"));
+    }
+
+    #[tokio::test]
+    async fn an_unloaded_namespace_is_503_until_its_first_snapshot() {
+        let served = served();
+        let app = router(served.clone());
+        for uri in [
+            "/v1/ns/pending/items/tables/sales/orders",
+            "/v1/ns/pending/items?prefix=tables/",
+            "/v1/ns/pending/items",
+        ] {
+            let answer = get(&app, uri).await;
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+            assert!(answer.error_text().contains(UNLOADED_NS), "{uri}");
+        }
+        served.namespaces[UNLOADED_NS].publish(flipped_snapshot(1));
+        let answer = get(&app, "/v1/ns/pending/items/tables/sales/orders").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            answer.served(),
+            ("green".to_string(), V2.to_string(), "1".to_string())
+        );
+    }
+
+    /// Checks a list answer against the set the consumer should get.
+    fn check_list(answer: &Answer, consumer: &str, prefix: &str) {
+        assert_eq!(answer.status, StatusCode::OK, "{consumer} {prefix:?}");
+        assert_eq!(answer.header("content-type"), "application/json");
+        let (slot, version, items) = expected_for(consumer);
+        let body = answer.json();
+        assert_eq!(body["slot"], json!(slot.as_str()));
+        assert_eq!(body["version"], json!(version));
+        assert_eq!(body["epoch"], json!(EPOCH));
+        assert_eq!(
+            body.as_object().map(|o| o.len()),
+            Some(4),
+            "exactly slot, version, epoch, items: {body}"
+        );
+        assert_eq!(answer.served(), expected_headers(consumer));
+        let expected: serde_json::Map<String, Value> = items
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, value)| (key.to_string(), value))
+            .collect();
+        assert!(
+            !expected.is_empty(),
+            "the fixture has items under {prefix:?}"
+        );
+        assert_eq!(
+            body["items"],
+            Value::Object(expected),
+            "{consumer} {prefix:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn prefix_reads_return_exactly_the_prefixed_items_from_one_set() {
+        let app = router(served());
+        let on = find_consumer("app", WEIGHT, true);
+        let off = find_consumer("app", WEIGHT, false);
+        for consumer in [&on, &off] {
+            let answer = get_as(&app, "/v1/ns/catalog/items?prefix=tables/", consumer).await;
+            check_list(&answer, consumer, "tables/");
+            // "tables-archive/old" shares the letters but not the prefix.
+            assert!(answer.json()["items"].get("tables-archive/old").is_none());
+            // The value that needs escaping survives the assembly of the answer.
+            assert_eq!(answer.json()["items"]["tables/hr/people"], tricky_value());
+
+            let answer = get(
+                &app,
+                &format!("/v1/ns/catalog/items?prefix=tables/sales/&consumer={consumer}"),
+            )
+            .await;
+            check_list(&answer, consumer, "tables/sales/");
+
+            // Empty and missing prefixes return everything.
+            let answer = get_as(&app, "/v1/ns/catalog/items?prefix=", consumer).await;
+            check_list(&answer, consumer, "");
+            let answer = get_as(&app, "/v1/ns/catalog/items", consumer).await;
+            check_list(&answer, consumer, "");
+        }
+        // A prefix matching nothing gives an empty object, still valid JSON.
+        let answer = get_as(&app, "/v1/ns/catalog/items?prefix=nothing/", &off).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.json()["items"], json!({}));
+    }
+
+    #[tokio::test]
+    async fn readiness_waits_for_every_namespace_and_health_is_always_ok() {
+        let served = served();
+        let app = router(served.clone());
+        let answer = get(&app, "/healthz").await;
+        assert_eq!(answer.status, StatusCode::OK);
+
+        let answer = get(&app, "/readyz").await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.json()["not_loaded"], json!([UNLOADED_NS]));
+        assert_eq!(answer.json()["ready"], json!(false));
+
+        served.namespaces[UNLOADED_NS].publish(flipped_snapshot(1));
+        let answer = get(&app, "/readyz").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.json()["ready"], json!(true));
+        let answer = get(&app, "/healthz").await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn status_names_the_sidecar_and_each_namespace_epoch_and_sets() {
+        let app = router(served_with_id("sidecar-status"));
+        let answer = get(&app, "/v1/status").await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let body = answer.json();
+        assert_eq!(body["id"], json!("sidecar-status"));
+
+        let catalog = &body["namespaces"][NS];
+        assert_eq!(catalog["epoch"], json!(EPOCH));
+        let loaded: Vec<(Value, Value, Value)> = catalog["loaded"]
+            .as_array()
+            .expect("loaded is a list")
+            .iter()
+            .map(|s| {
+                (
+                    s["slot"].clone(),
+                    s["version"].clone(),
+                    s["checksum"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            loaded,
+            vec![
+                (json!("blue"), json!(V1), json!(format!("checksum-of-{V1}"))),
+                (
+                    json!("green"),
+                    json!(V2),
+                    json!(format!("checksum-of-{V2}"))
+                ),
+            ]
+        );
+        assert_eq!(catalog["loaded"][0]["items"], json!(v1_items().len()));
+        assert_eq!(catalog["canary"]["percent"], json!(50.0));
+
+        let pending = &body["namespaces"][UNLOADED_NS];
+        assert_eq!(pending["epoch"], json!(0));
+        assert_eq!(pending["loaded"], json!([]));
+    }
+
+    #[tokio::test]
+    async fn reports_are_accepted_and_counted() {
+        let served = served();
+        let app = router(served.clone());
+        let answer = post(
+            &app,
+            "/v1/ns/catalog/report",
+            r#"{"version": "1111aaaa2222bbbb", "ok": 5, "errors": 2}"#,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED);
+        let answer = post(
+            &app,
+            "/v1/ns/catalog/report",
+            r#"{"version": "1111aaaa2222bbbb", "ok": 1}"#,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            served
+                .reports
+                .snapshot()
+                .get(&(NS.to_string(), V1.to_string())),
+            Some(&(6, 2))
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_reports_are_refused_and_not_counted() {
+        let served = served();
+        let app = router(served.clone());
+
+        for body in [
+            "not json",
+            r#"{"ok": 1}"#,
+            r#"{"version": "v", "ok": -1}"#,
+            r#"{"version": 7}"#,
+        ] {
+            let answer = post(&app, "/v1/ns/catalog/report", body).await;
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+            let error = answer.error_text();
+            assert!(
+                error.contains(r#"{"version": V, "ok": N, "errors": M}"#),
+                "the error names the expected shape: {error}"
+            );
+        }
+
+        let answer = post(
+            &app,
+            "/v1/ns/catalog/report",
+            r#"{"version": "", "ok": 1, "errors": 0}"#,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(answer.error_text().contains("version"));
+
+        let answer = post(
+            &app,
+            "/v1/ns/catalog/report",
+            format!(r#"{{"version": "{}", "ok": 1}}"#, "v".repeat(65)),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+
+        let answer = post(
+            &app,
+            "/v1/ns/elsewhere/report",
+            r#"{"version": "v1", "ok": 1, "errors": 0}"#,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert!(answer.error_text().contains("elsewhere"));
+
+        assert!(served.reports.snapshot().is_empty());
+    }
+
+    /// A valid report padded with spaces to exactly `len` bytes.
+    fn padded_report(len: usize) -> Vec<u8> {
+        let mut body = br#"{"version": "v1", "ok": 1, "errors": 0"#.to_vec();
+        body.resize(len - 1, b' ');
+        body.push(b'}');
+        body
+    }
+
+    #[tokio::test]
+    async fn report_bodies_over_64_kib_are_413() {
+        let served = served();
+        let app = router(served.clone());
+        let limit = 64 * 1024;
+
+        let answer = post(&app, "/v1/ns/catalog/report", padded_report(limit + 1)).await;
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(served.reports.snapshot().is_empty());
+
+        // Without a known length up front (a streamed body), the limit still holds.
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = padded_report(limit + 1)
+            .chunks(4096)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
+        let streamed = Body::from_stream(futures::stream::iter(chunks));
+        let answer = post(&app, "/v1/ns/catalog/report", streamed).await;
+        assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(served.reports.snapshot().is_empty());
+
+        // Exactly at the limit is accepted.
+        let answer = post(&app, "/v1/ns/catalog/report", padded_report(limit)).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            served
+                .reports
+                .snapshot()
+                .get(&(NS.to_string(), "v1".to_string())),
+            Some(&(1, 0))
+        );
+    }
+}
+
+mod grpc {
+    use super::*;
+
+    use std::time::Duration;
+
+    use switchboard_proto::pb::{self, reader_server::Reader};
+    use tokio_stream::StreamExt;
+    use tonic::{Code, Request};
+
+    use crate::grpc::ReaderService;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    fn pb_served(slot: Slot, version: &str, epoch: u64) -> pb::Served {
+        pb::Served {
+            namespace: NS.to_string(),
+            slot: slot.as_str().to_string(),
+            version: version.to_string(),
+            epoch,
+        }
+    }
+
+    fn get_request(namespace: &str, key: &str, consumer: &str) -> Request<pb::GetRequest> {
+        Request::new(pb::GetRequest {
+            namespace: namespace.to_string(),
+            key: key.to_string(),
+            consumer: consumer.to_string(),
+        })
+    }
+
+    #[tokio::test]
+    async fn get_returns_the_value_and_where_it_came_from() {
+        let service = ReaderService::unwrapped(served());
+        for want in [true, false] {
+            let consumer = find_consumer("app", WEIGHT, want);
+            let (slot, version, items) = expected_for(&consumer);
+            let reply = service
+                .get(get_request(NS, "tables/hr/people", &consumer))
+                .await
+                .expect("the item exists")
+                .into_inner();
+            assert_eq!(reply.served, Some(pb_served(slot, version, EPOCH)));
+            let expected = items
+                .iter()
+                .find(|(k, _)| *k == "tables/hr/people")
+                .map(|(_, v)| v.clone())
+                .expect("in the fixture");
+            assert_eq!(
+                reply.value_json.as_bytes(),
+                canonical_json(&expected).as_slice()
+            );
+            let parsed: Value = serde_json::from_str(&reply.value_json).expect("value is JSON");
+            assert_eq!(parsed, expected);
+        }
+        // An empty consumer is the sidecar's id.
+        for want in [true, false] {
+            let id = find_consumer("sidecar", WEIGHT, want);
+            let service = ReaderService::unwrapped(served_with_id(&id));
+            let reply = service
+                .get(get_request(NS, "tags/pii", ""))
+                .await
+                .expect("the item exists")
+                .into_inner();
+            let (slot, version, _) = expected_for(&id);
+            assert_eq!(reply.served, Some(pb_served(slot, version, EPOCH)), "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn get_maps_read_errors_to_status_codes() {
+        let service = ReaderService::unwrapped(served());
+        let status = service
+            .get(get_request(NS, "tables/sales/nope", "a"))
+            .await
+            .expect_err("unknown key");
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains("tables/sales/nope"));
+
+        let status = service
+            .get(get_request("elsewhere", "tags/pii", "a"))
+            .await
+            .expect_err("unknown namespace");
+        assert_eq!(status.code(), Code::NotFound);
+
+        let status = service
+            .get(get_request(UNLOADED_NS, "tags/pii", "a"))
+            .await
+            .expect_err("not loaded");
+        assert_eq!(status.code(), Code::Unavailable);
+
+        let status = service
+            .list(Request::new(pb::ListRequest {
+                namespace: UNLOADED_NS.to_string(),
+                prefix: String::new(),
+                consumer: String::new(),
+            }))
+            .await
+            .expect_err("not loaded");
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn list_returns_the_prefixed_items_in_key_order() {
+        let service = ReaderService::unwrapped(served());
+        for want in [true, false] {
+            let consumer = find_consumer("app", WEIGHT, want);
+            let (slot, version, items) = expected_for(&consumer);
+            for prefix in ["tables/", "tables/sales/", ""] {
+                let reply = service
+                    .list(Request::new(pb::ListRequest {
+                        namespace: NS.to_string(),
+                        prefix: prefix.to_string(),
+                        consumer: consumer.clone(),
+                    }))
+                    .await
+                    .expect("loaded namespace")
+                    .into_inner();
+                assert_eq!(reply.served, Some(pb_served(slot, version, EPOCH)));
+                let expected: BTreeMap<String, Value> = items
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect();
+                let got_keys: Vec<&str> = reply.items.iter().map(|i| i.key.as_str()).collect();
+                let expected_keys: Vec<&str> = expected.keys().map(String::as_str).collect();
+                assert_eq!(got_keys, expected_keys, "{consumer} {prefix:?}");
+                for item in &reply.items {
+                    let parsed: Value =
+                        serde_json::from_str(&item.value_json).expect("value is JSON");
+                    assert_eq!(Some(&parsed), expected.get(&item.key), "{}", item.key);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_versions_announces_the_current_version_then_each_change() {
+        let served = served();
+        let service = ReaderService::unwrapped(served.clone());
+        let consumer = find_consumer("app", WEIGHT, false);
+        let mut stream = service
+            .watch_versions(Request::new(pb::WatchVersionsRequest {
+                namespace: NS.to_string(),
+                consumer: consumer.clone(),
+            }))
+            .await
+            .expect("known namespace")
+            .into_inner();
+        let first = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("the current version comes at once")
+            .expect("stream open")
+            .expect("no error");
+        assert_eq!(first, pb_served(Slot::Blue, V1, EPOCH));
+
+        served.namespaces[NS].publish(flipped_snapshot(EPOCH + 1));
+        let second = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("the flip is announced")
+            .expect("stream open")
+            .expect("no error");
+        assert_eq!(second, pb_served(Slot::Green, V2, EPOCH + 1));
+    }
+
+    #[tokio::test]
+    async fn watch_versions_on_an_unloaded_namespace_starts_at_the_first_load() {
+        let served = served();
+        let service = ReaderService::unwrapped(served.clone());
+        let mut stream = service
+            .watch_versions(Request::new(pb::WatchVersionsRequest {
+                namespace: UNLOADED_NS.to_string(),
+                consumer: String::new(),
+            }))
+            .await
+            .expect("known namespace")
+            .into_inner();
+        served.namespaces[UNLOADED_NS].publish(flipped_snapshot(3));
+        let first = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("the first load is announced")
+            .expect("stream open")
+            .expect("no error");
+        assert_eq!(
+            first,
+            pb::Served {
+                namespace: UNLOADED_NS.to_string(),
+                slot: "green".to_string(),
+                version: V2.to_string(),
+                epoch: 3,
+            }
+        );
+
+        let status = service
+            .watch_versions(Request::new(pb::WatchVersionsRequest {
+                namespace: "elsewhere".to_string(),
+                consumer: String::new(),
+            }))
+            .await
+            .err()
+            .expect("unknown namespace");
+        assert_eq!(status.code(), Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn reports_are_accepted_and_counted() {
+        let served = served();
+        let service = ReaderService::unwrapped(served.clone());
+        let reply = service
+            .report(Request::new(pb::ReportRequest {
+                namespace: NS.to_string(),
+                version: V2.to_string(),
+                ok: 10,
+                errors: 3,
+            }))
+            .await
+            .expect("accepted")
+            .into_inner();
+        assert!(reply.accepted);
+        assert_eq!(
+            served
+                .reports
+                .snapshot()
+                .get(&(NS.to_string(), V2.to_string())),
+            Some(&(10, 3))
+        );
+
+        let status = service
+            .report(Request::new(pb::ReportRequest {
+                namespace: NS.to_string(),
+                version: String::new(),
+                ok: 1,
+                errors: 0,
+            }))
+            .await
+            .expect_err("empty version");
+        assert_eq!(status.code(), Code::InvalidArgument);
+
+        let status = service
+            .report(Request::new(pb::ReportRequest {
+                namespace: "elsewhere".to_string(),
+                version: V2.to_string(),
+                ok: 1,
+                errors: 0,
+            }))
+            .await
+            .expect_err("unknown namespace");
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(served.reports.snapshot().len(), 1);
+    }
+}

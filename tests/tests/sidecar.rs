@@ -1,0 +1,206 @@
+//! End-to-end tests of the sidecar's other faces: its gRPC API, its reports, the coordinator's
+//! HTTP status, and corrupt data in etcd, which must never be served.
+
+mod common;
+
+use anyhow::{Context, Result};
+use common::*;
+use switchboard_proto::pb::{self, reader_client::ReaderClient};
+use switchboard_tests::{TestEnv, wait_until};
+use tokio_stream::StreamExt;
+
+const NS: &str = "catalog";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_reads_announce_version_changes_and_take_reports() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let sidecar = env.start_sidecar("sidecar-1").await?;
+    let (v1, epoch1) = stage_and_flip(&env, NS, &example("catalog-v1")).await?;
+    sidecar.wait_for_epoch(NS, epoch1, DEADLINE).await?;
+
+    let mut reader = ReaderClient::connect(sidecar.grpc_url()).await?;
+    let get = reader
+        .get(pb::GetRequest {
+            namespace: NS.into(),
+            key: "schema_version".into(),
+            consumer: "app-1".into(),
+        })
+        .await?
+        .into_inner();
+    let served = get.served.context("no served")?;
+    assert_eq!(
+        (served.version.as_str(), served.epoch, served.slot.as_str()),
+        (v1.as_str(), epoch1, "blue")
+    );
+    let value: serde_json::Value = serde_json::from_str(&get.value_json)?;
+    assert_eq!(value["version"], 191);
+
+    let list = reader
+        .list(pb::ListRequest {
+            namespace: NS.into(),
+            prefix: "owners/".into(),
+            consumer: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert!(!list.items.is_empty() && list.items.iter().all(|i| i.key.starts_with("owners/")));
+
+    let missing = reader
+        .get(pb::GetRequest {
+            namespace: NS.into(),
+            key: "no/such/key".into(),
+            consumer: String::new(),
+        })
+        .await
+        .expect_err("unknown key");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    let mut versions = reader
+        .watch_versions(pb::WatchVersionsRequest {
+            namespace: NS.into(),
+            consumer: "app-1".into(),
+        })
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, versions.next())
+        .await?
+        .context("stream ended")??;
+    assert_eq!(first.version, v1);
+    let v2 = stage(&sbctl, NS, &example("catalog-v2")).await?;
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    let next = tokio::time::timeout(DEADLINE, versions.next())
+        .await?
+        .context("stream ended")??;
+    assert_eq!(
+        (next.version.as_str(), next.slot.as_str()),
+        (v2.as_str(), "green")
+    );
+
+    let accepted = reader
+        .report(pb::ReportRequest {
+            namespace: NS.into(),
+            version: v2.clone(),
+            ok: 10,
+            errors: 1,
+        })
+        .await?
+        .into_inner();
+    assert!(accepted.accepted);
+    let (code, _) = sidecar.report(NS, &v2, 5, 0).await?;
+    assert_eq!(code, 202);
+
+    // The coordinator's HTTP API serves the same status document as sbctl --json.
+    let (code, status) = env
+        .coordinator
+        .get_json(&format!("/v1/ns/{NS}/status"))
+        .await?;
+    assert_eq!(code, 200);
+    assert_eq!(status["active"]["version"], v2.as_str());
+    assert_eq!(status["sidecars"][0]["id"], "sidecar-1");
+    Ok(())
+}
+
+/// Invariants 1 and 7: a corrupt chunk or garbage routing in etcd is refused by the sidecar,
+/// which keeps serving its last verified snapshot and says why in its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_data_in_etcd_is_never_served() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let sidecar = env.start_sidecar("sidecar-1").await?;
+    let dir = tempfile::tempdir()?;
+    let (version_a, epoch_a) = stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 100, 100)?.display().to_string(),
+    )
+    .await?;
+    sidecar.wait_for_epoch(NS, epoch_a, DEADLINE).await?;
+    stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "b", 100, 100)?.display().to_string(),
+    )
+    .await?;
+
+    // Flip one byte of one chunk of the staged set, behind the coordinator's back.
+    let mut client = env.etcd_client().await?;
+    let manifest = sbctl.run_json(&["status", NS]).await?["slots"]["green"]["manifest"]
+        .as_str()
+        .context("green manifest")?
+        .to_string();
+    let raw = client.get(env.keys().manifest(NS, &manifest), None).await?;
+    let manifest: switchboard_proto::Manifest =
+        serde_json::from_slice(raw.kvs().first().context("manifest missing")?.value())?;
+    let chunk_key = env.keys().chunk(NS, &manifest.chunks[0].hash);
+    let mut chunk = client
+        .get(chunk_key.as_str(), None)
+        .await?
+        .kvs()
+        .first()
+        .context("chunk")?
+        .value()
+        .to_vec();
+    let last = chunk.len() - 2;
+    chunk[last] ^= 0x01;
+    client.put(chunk_key.as_str(), chunk, None).await?;
+
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    let bad_epoch = epoch(&sbctl, NS).await?;
+    wait_until(
+        DEADLINE,
+        "the sidecar reports the corrupt chunk",
+        async || {
+            let status = sidecar.status().await?;
+            let error = status["namespaces"][NS]["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok(error.contains(&manifest.chunks[0].hash))
+        },
+    )
+    .await?;
+    let answer = sidecar.get_item(NS, "items/k00001", None).await?;
+    assert_eq!(
+        answer.version.as_deref(),
+        Some(version_a.as_str()),
+        "served a corrupt set"
+    );
+    assert_eq!(
+        (answer.epoch, answer.body["generation"].as_str()),
+        (Some(epoch_a), Some("a"))
+    );
+    assert!(sidecar.epoch(NS).await? < bad_epoch);
+
+    // Garbage routing: refused the same way.
+    client
+        .put(env.keys().routing(NS), b"{not json".to_vec(), None)
+        .await?;
+    wait_until(
+        DEADLINE,
+        "the sidecar reports unparsable routing",
+        async || {
+            let status = sidecar.status().await?;
+            Ok(status["namespaces"][NS]["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("does not parse"))
+        },
+    )
+    .await?;
+    let answer = sidecar.get_item(NS, "items/k00001", None).await?;
+    assert_eq!(
+        (answer.status, answer.version.as_deref()),
+        (200, Some(version_a.as_str()))
+    );
+    assert!(
+        sidecar.process().is_running(),
+        "the sidecar must not die on bad input"
+    );
+
+    // The coordinator names the corrupt record instead of failing obscurely.
+    let status = sbctl.run(&["status", NS]).await?;
+    assert_eq!(status.code, 1, "{status}");
+    assert!(status.stderr.contains("routing"), "{status}");
+    Ok(())
+}
