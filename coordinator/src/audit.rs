@@ -3,6 +3,8 @@
 
 use switchboard_proto::{AuditHead, AuditRecord, AuditVerification, time::now_ms};
 
+use crate::error::{CoordinatorError, Result};
+
 /// The next record of a chain whose last record is `head`.
 pub fn next_record(
     head: &AuditHead,
@@ -11,9 +13,16 @@ pub fn next_record(
     action: &str,
     reason: &str,
     detail: serde_json::Value,
-) -> AuditRecord {
+) -> Result<AuditRecord> {
+    let seq = head
+        .seq
+        .checked_add(1)
+        .ok_or_else(|| CoordinatorError::CorruptRecord {
+            key: format!("{namespace}/audit-head"),
+            reason: "its seq cannot grow any further".into(),
+        })?;
     let mut record = AuditRecord {
-        seq: head.seq + 1,
+        seq,
         at_ms: now_ms(),
         namespace: namespace.to_string(),
         actor: actor.to_string(),
@@ -24,7 +33,7 @@ pub fn next_record(
         hash: String::new(),
     };
     record.hash = record.compute_hash();
-    record
+    Ok(record)
 }
 
 /// Checks a chain given as (key, raw value) pairs in key order, against the head record.
@@ -60,6 +69,9 @@ pub fn verify_chain(
         previous_hash = record.hash.clone();
         records.push(record);
     }
+    if problem.is_none() && head.is_none() && !raw.is_empty() {
+        problem = Some((1, "the audit head is missing while records exist".into()));
+    }
     if problem.is_none()
         && let Some(head) = head
         && (head.seq != raw.len() as u64 || head.hash != previous_hash)
@@ -90,7 +102,8 @@ mod tests {
         let mut head = AuditHead::default();
         let mut raw = Vec::new();
         for i in 0..n {
-            let record = next_record(&head, "ns", "alice", "flip", "why", json!({"i": i}));
+            let record =
+                next_record(&head, "ns", "alice", "flip", "why", json!({"i": i})).expect("record");
             head = AuditHead {
                 seq: record.seq,
                 hash: record.hash.clone(),
@@ -121,6 +134,13 @@ mod tests {
         let (_, verdict) = verify_chain(&raw, Some(&head));
         assert!(!verdict.intact);
         assert_eq!(verdict.first_bad_seq, Some(3));
+    }
+
+    #[test]
+    fn a_missing_head_is_caught() {
+        let (raw, _) = chain(2);
+        let (_, verdict) = verify_chain(&raw, None);
+        assert!(!verdict.intact);
     }
 
     #[test]

@@ -42,6 +42,13 @@ impl CoordinatorError {
             {
                 Code::ResourceExhausted
             }
+            // etcd refused the request itself (too large, too many operations): retrying the
+            // same request cannot help, so it is a refusal and not an outage.
+            CoordinatorError::Etcd(etcd_client::Error::GRpcStatus(status))
+                if status.code() == Code::InvalidArgument =>
+            {
+                Code::InvalidArgument
+            }
             CoordinatorError::Etcd(_) | CoordinatorError::EtcdTimeout(_) => Code::Unavailable,
         }
     }
@@ -69,6 +76,12 @@ impl From<CoordinatorError> for tonic::Status {
             }
             _ => tracing::info!(%error, "request refused"),
         }
-        tonic::Status::new(error.grpc_code(), error.to_string())
+        let message = match error.grpc_code() {
+            // sbctl tells the coordinator being down from the coordinator's etcd being down
+            // by this wording.
+            tonic::Code::Unavailable => format!("the coordinator cannot reach etcd: {error}"),
+            _ => error.to_string(),
+        };
+        tonic::Status::new(error.grpc_code(), message)
     }
 }

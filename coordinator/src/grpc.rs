@@ -3,8 +3,9 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use switchboard_proto::Slot;
 use switchboard_proto::pb::{self, admin_server::Admin};
-use switchboard_proto::{Slot, set::is_sha256_hex};
+use switchboard_proto::set::{MAX_CHUNK_BYTES, is_sha256_hex};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::release::{Actor, BeginStage, Releases};
@@ -12,6 +13,10 @@ use crate::store::MAX_TXN_BYTES;
 
 /// Largest gRPC message accepted or sent: a chunk of up to about 1 MiB plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Most chunks one GetChunks request may ask for.
+pub const MAX_CHUNKS_PER_READ: usize = 10_000;
+/// Chunks read from etcd before they are sent on.
+const CHUNKS_PER_BATCH: usize = 4;
 
 pub struct AdminService {
     releases: Releases,
@@ -92,12 +97,14 @@ impl Admin for AdminService {
                 version,
                 missing_chunks,
                 slot_revision,
+                replaced_version,
             } => pb::BeginStageReply {
                 outcome: "staging".into(),
                 slot: slot.to_string(),
                 version,
                 missing_chunks,
                 slot_revision,
+                replaced_version: replaced_version.unwrap_or_default(),
             },
             BeginStage::AlreadyStaged { slot, version } => pb::BeginStageReply {
                 outcome: "already_staged".into(),
@@ -210,36 +217,41 @@ impl Admin for AdminService {
                 "chunk name {bad:?} is not a SHA-256"
             )));
         }
+        if request.hashes.len() > MAX_CHUNKS_PER_READ {
+            return Err(Status::invalid_argument(format!(
+                "{} chunks asked for in one request; at most {MAX_CHUNKS_PER_READ}",
+                request.hashes.len()
+            )));
+        }
         let store = self.releases.store().clone();
         let (sender, receiver) = tokio::sync::mpsc::channel::<Result<pb::ChunkData, Status>>(4);
-        // The task ends when the set is sent or when the client goes away (the send fails).
+        // Reads a few chunks at a time and sends them before reading more, so that memory
+        // stays bounded; the task ends when the chunks are sent or the client goes away.
         tokio::spawn(async move {
-            let sized: Vec<(String, u64)> = request
-                .hashes
-                .into_iter()
-                .map(|h| (h, 1024 * 1024))
-                .collect();
-            let mut chunks = Vec::new();
-            let result = store
-                .for_each_chunk(&ns, &sized, |hash, data| {
-                    chunks.push(pb::ChunkData {
-                        namespace: ns.clone(),
-                        hash: hash.to_string(),
-                        data: data.to_vec(),
-                    });
-                    Ok(())
-                })
-                .await;
-            match result {
-                Ok(()) => {
-                    for chunk in chunks {
-                        if sender.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(error) => {
+            for batch in request.hashes.chunks(CHUNKS_PER_BATCH) {
+                let sized: Vec<(String, u64)> = batch
+                    .iter()
+                    .map(|h| (h.clone(), MAX_CHUNK_BYTES as u64))
+                    .collect();
+                let mut chunks = Vec::with_capacity(batch.len());
+                let result = store
+                    .for_each_chunk(&ns, &sized, |hash, data| {
+                        chunks.push(pb::ChunkData {
+                            namespace: ns.clone(),
+                            hash: hash.to_string(),
+                            data: data.to_vec(),
+                        });
+                        Ok(())
+                    })
+                    .await;
+                if let Err(error) = result {
                     let _ = sender.send(Err(Status::from(error))).await;
+                    return;
+                }
+                for chunk in chunks {
+                    if sender.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
@@ -260,6 +272,7 @@ impl Admin for AdminService {
                 &r.namespace,
                 r.weight_bp,
                 r.expected_epoch,
+                &r.expected_version,
                 &r.reason,
                 &actor,
             )
@@ -275,7 +288,13 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let change = self
             .releases
-            .flip(&r.namespace, r.expected_epoch, &r.reason, &actor)
+            .flip(
+                &r.namespace,
+                r.expected_epoch,
+                &r.expected_version,
+                &r.reason,
+                &actor,
+            )
             .await?;
         json_reply(&change)
     }

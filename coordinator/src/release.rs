@@ -16,7 +16,7 @@ use switchboard_proto::{
 
 use crate::audit;
 use crate::error::{CoordinatorError, Result};
-use crate::store::{NamespaceState, Store, unchanged};
+use crate::store::{NamespaceState, Store, absent, unchanged};
 
 /// How often a change is retried when only the audit head moved underneath it (another change
 /// to the same namespace that did not touch what this one decided on).
@@ -36,6 +36,8 @@ pub enum BeginStage {
         version: String,
         missing_chunks: Vec<String>,
         slot_revision: i64,
+        /// The sealed version overwritten in the idle slot (after a flip, the rollback target).
+        replaced_version: Option<String>,
     },
     AlreadyStaged {
         slot: Slot,
@@ -81,16 +83,6 @@ impl Releases {
         check_namespace(ns)?;
         let manifest = Manifest::from_json(manifest_json)
             .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
-        if let Some(chunk) = manifest
-            .chunks
-            .iter()
-            .find(|c| c.bytes as usize > MAX_CHUNK_BYTES)
-        {
-            return Err(CoordinatorError::InvalidInput(format!(
-                "manifest lists chunk {} of {} bytes, over the limit of {MAX_CHUNK_BYTES}",
-                chunk.hash, chunk.bytes
-            )));
-        }
         let manifest_hash = manifest.hash();
         let keys = self.store.keys().clone();
         for _ in 0..MAX_ATTEMPTS {
@@ -105,6 +97,12 @@ impl Releases {
                     }
                     let idle = routing.active.slot.other();
                     if let Some(canary) = routing.live_canary() {
+                        if canary.manifest == manifest_hash {
+                            return Ok(BeginStage::AlreadyStaged {
+                                slot: idle,
+                                version: manifest.version,
+                            });
+                        }
                         return Err(CoordinatorError::Refused(format!(
                             "slot {idle} of {ns} serves a {}% canary of version {}; set the canary to 0 or flip before staging",
                             percent(canary.weight_bp),
@@ -161,11 +159,17 @@ impl Releases {
             let hashes: Vec<String> = unique(manifest.chunks.iter().map(|c| c.hash.clone()));
             let missing_chunks = self.store.missing_chunks(ns, &hashes).await?;
             tracing::info!(ns, %slot, version = %manifest.version, missing = missing_chunks.len(), total = hashes.len(), "staging begun");
+            let replaced_version = current
+                .value
+                .as_ref()
+                .filter(|s| s.state == SlotState::Sealed)
+                .map(|s| s.version.clone());
             return Ok(BeginStage::Staging {
                 slot,
                 version: manifest.version,
                 missing_chunks,
                 slot_revision,
+                replaced_version,
             });
         }
         Err(busy(ns))
@@ -254,7 +258,7 @@ impl Releases {
                 at_ms: now_ms(),
                 ..slot_ref
             };
-            let head = state.audit_head.value.clone().unwrap_or_default();
+            let head = self.audit_head(ns, &state).await?;
             let record = audit::next_record(
                 &head,
                 ns,
@@ -269,7 +273,7 @@ impl Releases {
                     "items": sealed.item_count,
                     "bytes": sealed.bytes,
                 }),
-            );
+            )?;
             let mut operations = vec![TxnOp::put(keys.slot(ns, slot), to_json(&sealed), None)];
             operations.extend(audit_ops(&keys, ns, &record));
             let txn = Txn::new()
@@ -277,6 +281,7 @@ impl Releases {
                     unchanged(keys.routing(ns), state.routing.mod_revision),
                     unchanged(keys.slot(ns, slot), current.mod_revision),
                     unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                    absent(keys.audit(ns, record.seq)),
                 ])
                 .and_then(operations);
             if self.store.txn(txn).await?.succeeded() {
@@ -294,14 +299,15 @@ impl Releases {
         Err(busy(ns))
     }
 
-    /// Reads every chunk of a manifest from etcd and checks the set it forms.
+    /// Reads every chunk of a manifest from etcd and checks the set it forms, one batch of
+    /// chunks in memory at a time.
     async fn verify_set(&self, ns: &str, manifest: &Manifest) -> Result<()> {
         let chunks: Vec<(String, u64)> = manifest
             .chunks
             .iter()
-            .map(|c| (c.hash.clone(), c.bytes + 4 + 8 * c.items))
+            .map(|c| (c.hash.clone(), c.stored_len()))
             .collect();
-        let mut verifier = SetVerifier::new(manifest);
+        let mut verifier = SetVerifier::verify_only(manifest);
         let invalid = |e: switchboard_proto::ContractError| {
             CoordinatorError::Refused(format!("the staged set of {ns} does not verify: {e}"))
         };
@@ -310,20 +316,17 @@ impl Releases {
                 verifier.add_chunk(data).map_err(invalid)
             })
             .await?;
-        let set = verifier.finish().map_err(invalid)?;
-        for (key, value) in set.iter() {
-            serde_json::from_slice::<serde::de::IgnoredAny>(value).map_err(|e| {
-                CoordinatorError::Refused(format!("item {key:?} is not valid JSON: {e}"))
-            })?;
-        }
+        verifier.finish().map_err(invalid)?;
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn set_canary(
         &self,
         ns: &str,
         weight_bp: u32,
         expected_epoch: u64,
+        expected_version: &str,
         reason: &str,
         actor: &Actor,
     ) -> Result<RoutingChange> {
@@ -342,6 +345,7 @@ impl Releases {
                 let routing = routing.ok_or_else(|| nothing_active(ns))?;
                 let slot = routing.active.slot.other();
                 let target = sealed_target(ns, state, slot, &routing.active)?;
+                check_expected_version(ns, slot, &target, expected_version)?;
                 let canary = (weight_bp > 0).then(|| Canary {
                     slot,
                     version: target.version.clone(),
@@ -372,6 +376,7 @@ impl Releases {
         &self,
         ns: &str,
         expected_epoch: u64,
+        expected_version: &str,
         reason: &str,
         actor: &Actor,
     ) -> Result<RoutingChange> {
@@ -384,6 +389,7 @@ impl Releases {
                 Some(active) => sealed_target(ns, state, slot, active)?,
                 None => sealed(ns, state, slot)?,
             };
+            check_expected_version(ns, slot, &target, expected_version)?;
             let active = SlotVersion {
                 slot,
                 version: target.version.clone(),
@@ -488,23 +494,32 @@ impl Releases {
                 return Err(conflict(ns, expected_epoch, state.routing.value.as_ref()));
             }
             let decision = decide(&state, state.routing.value.as_ref())?;
+            let epoch =
+                state
+                    .epoch()
+                    .checked_add(1)
+                    .ok_or_else(|| CoordinatorError::CorruptRecord {
+                        key: keys.routing(ns),
+                        reason: "the epoch cannot grow any further".into(),
+                    })?;
             let routing = Routing {
-                epoch: state.epoch() + 1,
+                epoch,
                 action: action.to_string(),
                 by: actor.name.clone(),
                 reason: reason.to_string(),
                 at_ms: now_ms(),
                 ..decision.routing
             };
-            let head = state.audit_head.value.clone().unwrap_or_default();
+            let head = self.audit_head(ns, &state).await?;
             let mut detail = decision.detail;
             if let Some(object) = detail.as_object_mut() {
                 object.insert("epoch".into(), json!(routing.epoch));
             }
-            let record = audit::next_record(&head, ns, &actor.name, action, reason, detail);
+            let record = audit::next_record(&head, ns, &actor.name, action, reason, detail)?;
             let mut compares = vec![
                 unchanged(keys.routing(ns), state.routing.mod_revision),
                 unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                absent(keys.audit(ns, record.seq)),
             ];
             for slot in decision.compare_slots {
                 compares.push(unchanged(
@@ -527,6 +542,27 @@ impl Releases {
             }
         }
         Err(busy(ns))
+    }
+
+    /// The head the next audit record follows. A missing head with records present means the
+    /// trail was tampered with or half restored: no record may be written until it is repaired,
+    /// or the next one would overwrite evidence.
+    async fn audit_head(&self, ns: &str, state: &NamespaceState) -> Result<AuditHead> {
+        if let Some(head) = &state.audit_head.value {
+            return Ok(head.clone());
+        }
+        if self
+            .store
+            .has_any(&self.store.keys().audit_prefix(ns))
+            .await?
+        {
+            return Err(CoordinatorError::CorruptRecord {
+                key: self.store.keys().audit_head(ns),
+                reason: "missing while the audit trail has records; restore it before any change"
+                    .into(),
+            });
+        }
+        Ok(AuditHead::default())
     }
 
     pub async fn status(&self, ns: &str) -> Result<NamespaceStatus> {
@@ -686,6 +722,19 @@ fn first_slot_to_flip(ns: &str, state: &NamespaceState) -> Result<Slot> {
     candidates.last().map(|(_, slot)| *slot).ok_or_else(|| {
         CoordinatorError::Refused(format!("nothing is staged in {ns}; stage a version first"))
     })
+}
+
+/// Refuses a change whose caller decided on another version than the target slot now holds.
+fn check_expected_version(ns: &str, slot: Slot, target: &SlotRef, expected: &str) -> Result<()> {
+    if expected.is_empty() || target.version == expected {
+        return Ok(());
+    }
+    Err(CoordinatorError::Conflict(format!(
+        "slot {slot} of {ns} changed underneath: it now holds version {} (staged by {} at {}), not the version {expected} this change was decided on; read `sbctl status {ns}` and retry",
+        target.version,
+        target.staged_by,
+        rfc3339_ms(target.at_ms)
+    )))
 }
 
 fn nothing_active(ns: &str) -> CoordinatorError {

@@ -143,6 +143,16 @@ impl Store {
             .collect())
     }
 
+    /// Whether any key exists under `prefix`.
+    pub async fn has_any(&self, prefix: &str) -> Result<bool> {
+        let mut client = self.client.clone();
+        let options = GetOptions::new().with_prefix().with_count_only();
+        Ok(with_timeout(client.get(prefix, Some(options)))
+            .await?
+            .count()
+            > 0)
+    }
+
     pub async fn health_records(&self, ns: &str) -> Result<Vec<HealthRecord>> {
         let mut records = Vec::new();
         for (key, value) in self.get_prefix(&self.keys.health_prefix(ns)).await? {
@@ -242,6 +252,11 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Compares that a key does not exist: records that must never be overwritten.
+pub fn absent(key: String) -> Compare {
+    Compare::version(key, CompareOp::Equal, 0)
 }
 
 /// Compares that a key is still at the revision it was read at (0: still absent).

@@ -27,6 +27,8 @@ pub const TARGET_CHUNK_BYTES: usize = 64 * 1024;
 /// No chunk grows past this unless a single item needs it; with one item of `MAX_ITEM_BYTES`
 /// a chunk stays under etcd's 1.5 MiB request limit.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024 + 4096;
+/// Largest manifest document: it must fit in one etcd request with room to spare.
+pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// Version of the manifest document format.
 pub const MANIFEST_FORMAT: u32 = 1;
 const CHUNK_MAGIC: &[u8; 4] = b"SBC1";
@@ -364,6 +366,12 @@ impl Manifest {
 
     /// Parses a manifest and checks that it is internally consistent.
     pub fn from_json(data: &[u8]) -> Result<Self, ContractError> {
+        if data.len() > MAX_MANIFEST_BYTES {
+            return Err(ContractError::InvalidManifest(format!(
+                "{} bytes, over the limit of {MAX_MANIFEST_BYTES}: the set has too many chunks for one manifest",
+                data.len()
+            )));
+        }
         let manifest: Manifest = serde_json::from_slice(data)
             .map_err(|e| ContractError::InvalidManifest(format!("not a manifest: {e}")))?;
         manifest.check_shape()?;
@@ -384,20 +392,60 @@ impl Manifest {
                 self.version
             ));
         }
-        if let Some(c) = self.chunks.iter().find(|c| !is_sha256_hex(&c.hash)) {
-            return bad(format!("chunk hash {:?} is not a SHA-256", c.hash));
+        // Every number here comes from outside: bound each chunk, then add with checks, so
+        // that no later arithmetic on them can overflow.
+        let (mut items, mut bytes) = (0u64, 0u64);
+        for c in &self.chunks {
+            if !is_sha256_hex(&c.hash) {
+                return bad(format!("chunk hash {:?} is not a SHA-256", c.hash));
+            }
+            let smallest = c.items.checked_mul(2);
+            if c.items == 0
+                || smallest.is_none_or(|min| c.bytes < min)
+                || c.bytes > MAX_CHUNK_BYTES as u64
+            {
+                return bad(format!(
+                    "chunk {} claims {} items in {} bytes, which no valid chunk holds",
+                    c.hash, c.items, c.bytes
+                ));
+            }
+            items = items
+                .checked_add(c.items)
+                .ok_or_else(|| overflow("item count"))?;
+            bytes = bytes
+                .checked_add(c.bytes)
+                .ok_or_else(|| overflow("byte count"))?;
         }
-        let items: u64 = self.chunks.iter().map(|c| c.items).sum();
         if items != self.item_count {
             return bad(format!(
                 "chunks hold {items} items, manifest says {}",
                 self.item_count
             ));
         }
+        if bytes != self.bytes {
+            return bad(format!(
+                "chunks hold {bytes} bytes, manifest says {}",
+                self.bytes
+            ));
+        }
         if self.item_count == 0 {
             return bad("the set is empty".into());
         }
         Ok(())
+    }
+}
+
+fn overflow(what: &str) -> ContractError {
+    ContractError::InvalidManifest(format!("the {what} overflows"))
+}
+
+impl ChunkRef {
+    /// The chunk's size in etcd: the magic, and per item two length fields, its key and value.
+    /// Exact for a chunk that verifies; bounded for any manifest that passed `from_json`.
+    pub fn stored_len(&self) -> u64 {
+        (CHUNK_MAGIC.len() as u64)
+            .saturating_add(self.bytes)
+            .saturating_add(self.items.saturating_mul(8))
     }
 }
 
@@ -430,17 +478,31 @@ pub struct SetVerifier<'m> {
     next_chunk: usize,
     checksum: Sha256,
     set: ItemSet,
+    /// Item and byte counts, kept also when the items themselves are not.
+    counted: (u64, u64),
+    keep_items: bool,
     last_key: Option<String>,
 }
 
 impl<'m> SetVerifier<'m> {
+    /// A verifier that assembles the set.
     pub fn new(manifest: &'m Manifest) -> Self {
         Self {
             manifest,
             next_chunk: 0,
             checksum: Sha256::new(),
             set: ItemSet::new(),
+            counted: (0, 0),
+            keep_items: true,
             last_key: None,
+        }
+    }
+
+    /// A verifier that checks the set without keeping it, so memory stays at one chunk.
+    pub fn verify_only(manifest: &'m Manifest) -> Self {
+        Self {
+            keep_items: false,
+            ..Self::new(manifest)
         }
     }
 
@@ -449,6 +511,14 @@ impl<'m> SetVerifier<'m> {
         let chunk_ref = self.manifest.chunks.get(self.next_chunk).ok_or_else(|| {
             ContractError::ManifestMismatch("more chunks than the manifest lists".into())
         })?;
+        if data.len() as u64 != chunk_ref.stored_len() {
+            return Err(ContractError::ManifestMismatch(format!(
+                "chunk {} is {} bytes, the manifest says {}",
+                chunk_ref.hash,
+                data.len(),
+                chunk_ref.stored_len()
+            )));
+        }
         let items = decode_chunk(&chunk_ref.hash, data)?;
         if items.len() as u64 != chunk_ref.items {
             return Err(ContractError::ManifestMismatch(format!(
@@ -466,16 +536,30 @@ impl<'m> SetVerifier<'m> {
                 chunk_ref.hash
             )));
         }
+        // Values are served as JSON text without parsing, so each must be JSON (invariant 7).
+        for (key, value) in &items {
+            serde_json::from_slice::<serde::de::IgnoredAny>(value).map_err(|e| {
+                ContractError::CorruptChunk {
+                    hash: chunk_ref.hash.clone(),
+                    reason: format!("item {key:?} is not valid JSON: {e}"),
+                }
+            })?;
+        }
         self.checksum.update(&data[CHUNK_MAGIC.len()..]);
         self.last_key = items.last().map(|(k, _)| k.clone());
         for (key, value) in items {
-            self.set.insert_raw(key, value);
+            self.counted.0 += 1;
+            self.counted.1 += (key.len() + value.len()) as u64;
+            if self.keep_items {
+                self.set.insert_raw(key, value);
+            }
         }
         self.next_chunk += 1;
         Ok(())
     }
 
-    /// Checks the totals against the manifest and returns the verified set.
+    /// Checks the totals against the manifest and returns the verified set (empty for a
+    /// `verify_only` verifier).
     pub fn finish(self) -> Result<ItemSet, ContractError> {
         let mismatch = |m: String| Err(ContractError::ManifestMismatch(m));
         if self.next_chunk != self.manifest.chunks.len() {
@@ -485,17 +569,16 @@ impl<'m> SetVerifier<'m> {
                 self.manifest.chunks.len()
             ));
         }
-        if self.set.len() as u64 != self.manifest.item_count {
+        let (items, bytes) = self.counted;
+        if items != self.manifest.item_count {
             return mismatch(format!(
-                "{} items, manifest says {}",
-                self.set.len(),
+                "{items} items, manifest says {}",
                 self.manifest.item_count
             ));
         }
-        if self.set.bytes() != self.manifest.bytes {
+        if bytes != self.manifest.bytes {
             return mismatch(format!(
-                "{} bytes, manifest says {}",
-                self.set.bytes(),
+                "{bytes} bytes, manifest says {}",
                 self.manifest.bytes
             ));
         }
@@ -614,7 +697,65 @@ mod tests {
         assert!(assemble_verified(&manifest, truncated.iter().map(|c| c.data.as_slice())).is_err());
     }
 
+    #[test]
+    fn manifests_with_impossible_numbers_are_refused() {
+        let (manifest, _) = sample(50).to_chunks();
+        let mut huge = manifest.clone();
+        huge.chunks[0].items = u64::MAX / 2 + 1;
+        huge.item_count = huge
+            .chunks
+            .iter()
+            .fold(0u64, |a, c| a.wrapping_add(c.items));
+        assert!(Manifest::from_json(&huge.to_canonical_json()).is_err());
+        let mut lying = manifest.clone();
+        lying.chunks[0].bytes = u64::MAX;
+        assert!(Manifest::from_json(&lying.to_canonical_json()).is_err());
+        let mut off_by_one = manifest;
+        off_by_one.bytes += 1;
+        assert!(Manifest::from_json(&off_by_one.to_canonical_json()).is_err());
+    }
+
+    #[test]
+    fn non_json_values_do_not_verify() {
+        let mut builder = ChunkBuilder::default();
+        builder.push("a", b"{not json");
+        let chunk = builder.finish();
+        let set_checksum = hex::encode(Sha256::digest(&chunk.data[CHUNK_MAGIC.len()..]));
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            version: version_from_checksum(&set_checksum),
+            item_count: 1,
+            bytes: chunk.item_bytes,
+            checksum: set_checksum,
+            chunks: vec![chunk.to_ref()],
+        };
+        let err = assemble_verified(&manifest, [chunk.data.as_slice()]).expect_err("not JSON");
+        assert!(err.to_string().contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn verify_only_checks_without_keeping_items() {
+        let (manifest, chunks) = sample(300).to_chunks();
+        let mut verifier = SetVerifier::verify_only(&manifest);
+        for chunk in &chunks {
+            verifier.add_chunk(&chunk.data).expect("verifies");
+        }
+        assert!(verifier.finish().expect("verifies").is_empty());
+    }
+
     proptest! {
+        #[test]
+        fn manifests_with_arbitrary_numbers_never_panic(items in any::<u64>(), bytes in any::<u64>(), count in any::<u64>(), total in any::<u64>()) {
+            let (mut manifest, _) = sample(3).to_chunks();
+            manifest.chunks[0].items = items;
+            manifest.chunks[0].bytes = bytes;
+            manifest.item_count = count;
+            manifest.bytes = total;
+            if let Ok(parsed) = Manifest::from_json(&manifest.to_canonical_json()) {
+                let _ = parsed.chunks.iter().map(ChunkRef::stored_len).sum::<u64>();
+            }
+        }
+
         #[test]
         fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let hash = sha256_hex(&data);

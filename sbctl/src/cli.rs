@@ -137,6 +137,10 @@ pub struct ChangeArgs {
     /// Change only if routing is still at epoch N (default: the epoch read just before).
     #[arg(long, value_name = "N")]
     pub expect_epoch: Option<u64>,
+    /// Move consumers only to version V: refused if the staged slot holds another (default: the
+    /// version it held when read just before). Ignored by rollback.
+    #[arg(long, value_name = "V")]
+    pub expect_version: Option<String>,
 }
 
 impl Command {

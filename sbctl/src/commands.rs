@@ -90,7 +90,14 @@ pub async fn stage(
         bytes: manifest.bytes,
         chunks_total: manifest.chunks.len() as u64,
         chunks_uploaded: 0,
+        replaced_version: Some(begun.replaced_version.clone()).filter(|v| !v.is_empty()),
     };
+    if let Some(replaced) = &report.replaced_version {
+        output::note(&format!(
+            "note: staging into slot {slot} replaces the sealed version {replaced} it held; \
+             after this, `sbctl rollback {namespace}` cannot return to {replaced}"
+        ));
+    }
     match begun.outcome.as_str() {
         "already_active" | "already_staged" => return print_stage(ctx, &report),
         "staging" => {}
@@ -227,6 +234,31 @@ async fn expected_epoch(
     }
 }
 
+/// The epoch and the target version a canary or flip is decided against: what the caller
+/// pinned, else what status shows now. The target is the slot that is not active; before the
+/// first flip nothing is pinned, since nobody is served yet.
+async fn expected_epoch_and_version(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    change: &ChangeArgs,
+) -> Result<(u64, String), CliError> {
+    if let (Some(epoch), Some(version)) = (change.expect_epoch, &change.expect_version) {
+        return Ok((epoch, version.clone()));
+    }
+    let status = coordinator.status(namespace).await?.document;
+    let staged = status.active.as_ref().and_then(|active| {
+        let target = match active.slot.other() {
+            Slot::Blue => status.slots.blue.as_ref(),
+            Slot::Green => status.slots.green.as_ref(),
+        };
+        target.map(|slot| slot.version.clone())
+    });
+    Ok((
+        change.expect_epoch.unwrap_or(status.epoch),
+        change.expect_version.clone().or(staged).unwrap_or_default(),
+    ))
+}
+
 /// `sbctl canary NS PERCENT [-m REASON] [--expect-epoch N]`
 pub async fn canary(
     ctx: &Context,
@@ -235,13 +267,15 @@ pub async fn canary(
     change: &ChangeArgs,
 ) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
-    let expected_epoch = expected_epoch(&mut coordinator, namespace, change).await?;
+    let (expected_epoch, expected_version) =
+        expected_epoch_and_version(&mut coordinator, namespace, change).await?;
     let reply = coordinator
         .set_canary(SetCanaryRequest {
             namespace: namespace.to_string(),
             weight_bp,
             expected_epoch,
             reason: change.reason.clone(),
+            expected_version,
         })
         .await?;
     ctx.print(&reply, output::render_routing_change)
@@ -255,12 +289,14 @@ pub async fn flip(
     change: &ChangeArgs,
 ) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
-    let expected_epoch = expected_epoch(&mut coordinator, namespace, change).await?;
+    let (expected_epoch, expected_version) =
+        expected_epoch_and_version(&mut coordinator, namespace, change).await?;
     let reply = coordinator
         .flip(FlipRequest {
             namespace: namespace.to_string(),
             expected_epoch,
             reason: change.reason.clone(),
+            expected_version,
         })
         .await?;
     ctx.print(&reply, output::render_routing_change)?;

@@ -102,6 +102,7 @@ pub fn exit_code_for_grpc(code: Code) -> u8 {
 fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
     let message = status.message().trim();
     match status.code() {
+        Code::Unavailable if message.starts_with("the coordinator ") => message.to_string(),
         Code::Unavailable => {
             let reason = if message.is_empty() {
                 "unavailable"

@@ -332,6 +332,8 @@ pub struct StageReport {
     pub bytes: u64,
     pub chunks_total: u64,
     pub chunks_uploaded: u64,
+    /// The sealed version the idle slot held before this stage overwrote it.
+    pub replaced_version: Option<String>,
 }
 
 /// The human text of `sbctl stage`; the version id is the last line.
@@ -588,6 +590,7 @@ mod tests {
             bytes: 1_234_567,
             chunks_total: 40,
             chunks_uploaded: 3,
+            replaced_version: None,
         };
         let text = render_stage(&report);
         assert_eq!(

@@ -112,6 +112,7 @@ impl Reader for ReaderService {
         let consumer = self.served.consumer(Some(&r.consumer)).to_string();
         let mut updates = namespace.subscribe();
         let name = r.namespace;
+        let shutdown = self.served.shutdown.clone();
         let stream = async_stream(move |sender| async move {
             let mut last: Option<pb::Served> = None;
             loop {
@@ -128,6 +129,7 @@ impl Reader for ReaderService {
                 tokio::select! {
                     changed = updates.changed() => if changed.is_err() { return },
                     () = sender.closed() => return,
+                    () = shutdown.cancelled() => return,
                 }
             }
         });
@@ -145,8 +147,7 @@ impl Reader for ReaderService {
     }
 }
 
-/// A stream fed by a task; the task ends when the client goes away (its send fails) or the
-/// namespace's snapshot channel closes at shutdown.
+/// A stream fed by a task; the task ends when the client goes away or the sidecar shuts down.
 fn async_stream<F, Fut>(produce: F) -> ServedStream
 where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Served, Status>>) -> Fut,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -28,8 +29,22 @@ pub fn router(served: Arc<Served>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(served)
+}
+
+/// Every error answer is a JSON body `{"error": ...}`, including axum's own rejections.
+fn json_error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+fn rejected(rejection: impl IntoResponse + std::fmt::Display) -> Response {
+    let message = rejection.to_string();
+    json_error(rejection.into_response().status(), message)
 }
 
 #[derive(Deserialize)]
@@ -42,6 +57,7 @@ fn consumer_of<'a>(headers: &'a HeaderMap, params: &'a ReadParams) -> Option<&'a
     headers
         .get(CONSUMER_HEADER)
         .and_then(|v| v.to_str().ok())
+        .filter(|c| !c.is_empty())
         .or(params.consumer.as_deref())
 }
 
@@ -53,6 +69,12 @@ impl IntoResponse for ReadError {
             ReadError::BadRequest(_) => StatusCode::BAD_REQUEST,
         };
         (status, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+impl From<ReadError> for Response {
+    fn from(error: ReadError) -> Self {
+        error.into_response()
     }
 }
 
@@ -76,9 +98,11 @@ fn record_read(ns: &str, choice: &Choice<'_>, started: Instant) {
 async fn get_item(
     State(served): State<Arc<Served>>,
     Path((ns, key)): Path<(String, String)>,
-    Query(params): Query<ReadParams>,
+    query: Result<Query<ReadParams>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Response, ReadError> {
+) -> Result<Response, Response> {
+    // A query that does not parse is a JSON 400 like every other error.
+    let Query(params) = query.map_err(rejected)?;
     let started = Instant::now();
     let snapshot = served.snapshot(&ns)?;
     let choice = snapshot.choose(served.consumer(consumer_of(&headers, &params)));
@@ -105,9 +129,11 @@ async fn get_item(
 async fn list_items(
     State(served): State<Arc<Served>>,
     Path(ns): Path<String>,
-    Query(params): Query<ReadParams>,
+    query: Result<Query<ReadParams>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Response, ReadError> {
+) -> Result<Response, Response> {
+    // A query that does not parse is a JSON 400 like every other error.
+    let Query(params) = query.map_err(rejected)?;
     let started = Instant::now();
     let snapshot = served.snapshot(&ns)?;
     let choice = snapshot.choose(served.consumer(consumer_of(&headers, &params)));
@@ -150,8 +176,9 @@ struct ReportBody {
 async fn report(
     State(served): State<Arc<Served>>,
     Path(ns): Path<String>,
-    body: axum::body::Bytes,
-) -> Result<Response, ReadError> {
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, Response> {
+    let body = body.map_err(rejected)?;
     let report: ReportBody = serde_json::from_slice(&body).map_err(|e| {
         ReadError::BadRequest(format!(
             "report body must be {{\"version\": V, \"ok\": N, \"errors\": M}}: {e}"

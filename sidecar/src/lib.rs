@@ -81,6 +81,23 @@ impl Args {
     }
 }
 
+/// A sidecar id names its health record in etcd: 1 to 128 of `A-Z a-z 0-9 . _ -`. Two sidecars
+/// must not share one, or they overwrite each other's record; give each a distinct `--id` when
+/// several run on one host.
+pub fn validate_sidecar_id(id: &str) -> anyhow::Result<()> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    anyhow::ensure!(
+        valid,
+        "--id {id:?} must be 1 to 128 of A-Z a-z 0-9 . _ - (not starting with '.')"
+    );
+    Ok(())
+}
+
 /// Connects to etcd lazily: the sidecar starts and serves while etcd is down. Watches require
 /// a leader, so that a member cut off from its cluster fails the watch instead of leaving it
 /// silently stalled.
@@ -118,6 +135,7 @@ pub async fn run(
         validate_namespace(ns).map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
     }
     let id = args.id();
+    validate_sidecar_id(&id)?;
     let keys = Keys::new(&args.prefix);
     let client = connect_etcd(&args.etcd).await?;
     let namespaces: HashMap<String, Arc<namespace::Namespace>> = args
@@ -153,6 +171,7 @@ pub async fn run(
         namespaces,
         reports: serve::Reports::default(),
         metrics,
+        shutdown: shutdown.clone(),
     });
     tracing::info!(%id, http = %args.http, grpc = %args.grpc, etcd = %args.etcd.join(","), prefix = %args.prefix, namespaces = ?args.namespaces, "sidecar serving");
 

@@ -75,9 +75,9 @@ pub async fn load_set(
         let mut bytes = 0;
         while end < chunks.len()
             && end - start < MAX_TXN_OPS
-            && (end == start || bytes + chunks[end].bytes <= MAX_READ_BYTES)
+            && (end == start || bytes + chunks[end].stored_len() <= MAX_READ_BYTES)
         {
-            bytes += chunks[end].bytes + 8 * chunks[end].items;
+            bytes += chunks[end].stored_len();
             end += 1;
         }
         let reads: Vec<TxnOp> = chunks[start..end]

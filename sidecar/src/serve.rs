@@ -51,6 +51,8 @@ pub struct Served {
     pub namespaces: HashMap<String, Arc<Namespace>>,
     pub reports: Reports,
     pub metrics: Option<PrometheusHandle>,
+    /// Cancelled at shutdown; ends the streams that would otherwise outlive the servers.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Served {
@@ -69,6 +71,7 @@ impl Served {
 
     /// The consumer a read is for: the one named, else this sidecar's id.
     pub fn consumer<'a>(&'a self, named: Option<&'a str>) -> &'a str {
+        // An empty name counts as no name.
         named.filter(|c| !c.is_empty()).unwrap_or(&self.id)
     }
 

@@ -148,6 +148,7 @@ fn served_with_id(id: &str) -> Arc<Served> {
         namespaces,
         reports: Reports::default(),
         metrics: None,
+        shutdown: tokio_util::sync::CancellationToken::new(),
     })
 }
 

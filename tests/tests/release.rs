@@ -463,3 +463,93 @@ async fn sidecars_outlive_the_coordinator_and_resume_after_etcd_restarts() -> Re
     assert_eq!(answer.body["generation"], "b");
     Ok(())
 }
+
+/// A flip decided on one staged version never moves consumers to another that was staged into
+/// the same slot in between (staging does not change the epoch, so the epoch alone cannot
+/// tell).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_never_moves_consumers_to_a_version_restaged_since_it_was_decided() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let dir = tempfile::tempdir()?;
+    stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    let seen = stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "b", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    let epoch_seen = epoch(&sbctl, NS).await?.to_string();
+
+    // Someone else restages the idle slot; sbctl says what it replaced.
+    let other = sbctl
+        .run(&[
+            "stage",
+            NS,
+            &write_set(dir.path(), "c", 10, 10)?.display().to_string(),
+        ])
+        .await?
+        .ensure_success()?;
+    assert!(
+        other.stderr.contains(&seen),
+        "stage should name the version it replaced: {other}"
+    );
+
+    for command in [vec!["flip", NS], vec!["canary", NS, "10"]] {
+        let mut args = command.clone();
+        args.extend(["--expect-epoch", &epoch_seen, "--expect-version", &seen]);
+        let output = sbctl.run(&args).await?;
+        assert_eq!(output.code, 3, "{output}");
+        assert!(
+            output.stderr.contains("changed underneath") && output.stderr.contains(&seen),
+            "{output}"
+        );
+    }
+    assert_eq!(
+        epoch(&sbctl, NS).await?.to_string(),
+        epoch_seen,
+        "nothing may have changed"
+    );
+    Ok(())
+}
+
+/// Invariant 8: audit records are never overwritten. With the audit head removed behind the
+/// coordinator's back, changes are refused and verification names the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_audit_head_blocks_changes_instead_of_overwriting_records() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let dir = tempfile::tempdir()?;
+    stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "b", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    let before = sbctl.run_json(&["audit", NS]).await?;
+
+    let mut client = env.etcd_client().await?;
+    client.delete(env.keys().audit_head(NS), None).await?;
+    let flip = sbctl.run(&["flip", NS]).await?;
+    assert_eq!(flip.code, 1, "{flip}");
+    assert!(flip.stderr.contains("audit-head"), "{flip}");
+    let verify = sbctl.run(&["audit", NS, "--verify"]).await?;
+    assert_eq!(verify.code, 1, "{verify}");
+    assert_eq!(
+        sbctl.run_json(&["audit", NS]).await?["records"],
+        before["records"],
+        "records changed"
+    );
+    Ok(())
+}
