@@ -6,6 +6,7 @@
 //! accepting and drain (at most `SHUTDOWN_GRACE`), then the sync loops stop, then the health
 //! publisher revokes its lease so that `status` drops this sidecar at once.
 
+pub mod cache;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -60,7 +61,8 @@ pub struct Args {
     /// This sidecar's id; the host name by default.
     #[arg(long)]
     pub id: Option<String>,
-    /// Directory for the last-known-good copy; `.switchboard/sidecar-<id>` by default.
+    /// Directory for the verified last-known-good copy of every namespace, served at start
+    /// until etcd answers; `.switchboard/sidecar-<id>` by default.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Prefix of every etcd key.
@@ -144,10 +146,23 @@ pub async fn run(
         .map(|name| (name.clone(), namespace::Namespace::new(name)))
         .collect();
     let health_dirty = Arc::new(Notify::new());
+    let cache = cache::DiskCache::new(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!(".switchboard/sidecar-{id}"))),
+    );
+    for namespace in namespaces.values() {
+        serve_last_known_good(&cache, namespace).await;
+    }
 
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
     for namespace in namespaces.values() {
+        tasks.spawn(cache::keep_written(
+            cache.clone(),
+            namespace.clone(),
+            background.clone(),
+        ));
         let sync = sync::NamespaceSync {
             client: client.clone(),
             keys: keys.clone(),
@@ -210,6 +225,33 @@ pub async fn run(
     let _ = health_task.await;
     tracing::info!("sidecar stopped");
     result
+}
+
+/// Publishes the verified last-known-good copy of a namespace, if there is one, so that reads
+/// are answered before etcd is (invariant 5). A copy that does not verify is refused: the
+/// namespace answers 503 until etcd provides a snapshot.
+async fn serve_last_known_good(cache: &cache::DiskCache, namespace: &Arc<namespace::Namespace>) {
+    let (reader, name) = (cache.clone(), namespace.name.clone());
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || reader.read(&name)).await {
+        Ok(Ok(Some(snapshot))) => {
+            let epoch = snapshot.routing.epoch;
+            namespace.publish(Arc::new(snapshot));
+            namespace.update_sync(|s| {
+                s.source = namespace::Source::Disk;
+                s.disk_copy_epoch = Some(epoch);
+            });
+            tracing::info!(ns = %namespace.name, epoch, path = %cache.path(&namespace.name).display(), seconds = started.elapsed().as_secs_f64(), "serving the last-known-good copy until etcd answers");
+        }
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => {
+            tracing::error!(ns = %namespace.name, %error, "refusing the last-known-good copy");
+            namespace.update_sync(|s| s.disk_copy_error = Some(error.to_string()));
+        }
+        Err(error) => {
+            tracing::error!(ns = %namespace.name, %error, "reading the last-known-good copy failed")
+        }
+    }
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.

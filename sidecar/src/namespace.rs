@@ -7,9 +7,27 @@ use tokio::sync::watch;
 
 use crate::snapshot::Snapshot;
 
+/// Where the snapshot being served came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Nothing is served yet.
+    #[default]
+    None,
+    /// The last-known-good copy on disk, until etcd answers.
+    Disk,
+    /// etcd.
+    Etcd,
+}
+
 /// How the namespace's sync with etcd is going, for `/v1/status` and the health record.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SyncState {
+    pub source: Source,
+    /// The epoch of the last-known-good copy on disk, once one is written or read.
+    pub disk_copy_epoch: Option<u64>,
+    /// Why the last-known-good copy found at start was refused.
+    pub disk_copy_error: Option<String>,
     pub etcd_reachable: bool,
     /// When the sidecar last had a confirmed view of routing, Unix ms; 0: never.
     pub last_sync_ms: u64,

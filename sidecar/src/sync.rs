@@ -159,6 +159,10 @@ impl NamespaceSync {
             .current()
             .is_some_and(|s| s.routing == routing)
         {
+            // Same routing names the same verified manifests: what is served (perhaps from the
+            // disk copy) is exactly what etcd has.
+            self.namespace
+                .update_sync(|s| s.source = crate::namespace::Source::Etcd);
             return Ok(());
         }
         let load = async {
@@ -195,7 +199,10 @@ impl NamespaceSync {
             active,
             canary,
         }));
-        self.namespace.update_sync(|s| s.last_error = None);
+        self.namespace.update_sync(|s| {
+            s.last_error = None;
+            s.source = crate::namespace::Source::Etcd;
+        });
         self.health_dirty.notify_one();
         metrics::gauge!("switchboard_sidecar_epoch", "namespace" => ns.clone()).set(epoch as f64);
         tracing::info!(ns, epoch, "serving new routing");
