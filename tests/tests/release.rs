@@ -294,10 +294,14 @@ async fn concurrent_routing_changes_exactly_one_wins() -> Result<()> {
     )
     .await?;
 
+    // Both commands of a pair are valid on the state they start from, so whichever the
+    // coordinator decides first wins, and the other must lose with a conflict. The last pair
+    // has something to roll back to, because the pair before it flipped.
     for (first, second) in [
         (["flip"], ["canary"]),
-        (["canary"], ["rollback"]),
+        (["canary"], ["canary"]),
         (["flip"], ["flip"]),
+        (["rollback"], ["flip"]),
     ] {
         let epoch = epoch(&sbctl, NS).await?.to_string();
         let command = |words: [&str; 1]| -> Vec<String> {
