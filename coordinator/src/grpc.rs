@@ -3,12 +3,13 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use switchboard_proto::Slot;
 use switchboard_proto::pb::{self, admin_server::Admin};
 use switchboard_proto::set::{MAX_CHUNK_BYTES, is_sha256_hex};
+use switchboard_proto::{Policy, Slot};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::release::{Actor, BeginStage, Releases};
+use crate::routing::ChangeRequest;
 use crate::store::MAX_TXN_BYTES;
 
 /// Largest gRPC message accepted or sent: a chunk of up to about 1 MiB plus framing.
@@ -50,6 +51,23 @@ fn actor<T>(request: &Request<T>) -> Actor {
         .filter(|s| !s.is_empty());
     Actor {
         name: claimed.unwrap_or_else(|| "anonymous".to_string()),
+    }
+}
+
+fn change_request<'a>(
+    ns: &'a str,
+    expected_epoch: u64,
+    action: &'a str,
+    reason: &'a str,
+    actor: &'a Actor,
+) -> ChangeRequest<'a> {
+    ChangeRequest {
+        ns,
+        expected_epoch,
+        action,
+        reason,
+        actor,
+        fence: None,
     }
 }
 
@@ -269,12 +287,9 @@ impl Admin for AdminService {
         let change = self
             .releases
             .set_canary(
-                &r.namespace,
+                change_request(&r.namespace, r.expected_epoch, "canary", &r.reason, &actor),
                 r.weight_bp,
-                r.expected_epoch,
                 &r.expected_version,
-                &r.reason,
-                &actor,
             )
             .await?;
         json_reply(&change)
@@ -289,11 +304,8 @@ impl Admin for AdminService {
         let change = self
             .releases
             .flip(
-                &r.namespace,
-                r.expected_epoch,
+                change_request(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor),
                 &r.expected_version,
-                &r.reason,
-                &actor,
             )
             .await?;
         json_reply(&change)
@@ -307,9 +319,85 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let change = self
             .releases
-            .rollback(&r.namespace, r.expected_epoch, &r.reason, &actor)
+            .rollback(change_request(
+                &r.namespace,
+                r.expected_epoch,
+                "rollback",
+                &r.reason,
+                &actor,
+            ))
             .await?;
         json_reply(&change)
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let policy = self.releases.policy(&request.get_ref().namespace).await?;
+        json_reply(&policy)
+    }
+
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let policy: Policy = serde_json::from_str(&r.policy_json)
+            .map_err(|e| Status::invalid_argument(format!("policy_json is not a policy: {e}")))?;
+        let stored = self
+            .releases
+            .set_policy(&r.namespace, policy, &r.reason, &actor)
+            .await?;
+        json_reply(&stored)
+    }
+
+    async fn rollout(
+        &self,
+        request: Request<pb::RolloutRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = actor(&request);
+        let r = request.into_inner();
+        let releases = &self.releases;
+        let change =
+            |action| change_request(&r.namespace, r.expected_epoch, action, &r.reason, &actor);
+        let rollout = match r.action.as_str() {
+            "start" => {
+                releases
+                    .start_rollout(
+                        change("rollout"),
+                        &r.steps_bp,
+                        r.interval_seconds,
+                        &r.expected_version,
+                    )
+                    .await?;
+                releases.current_rollout(&r.namespace).await?
+            }
+            "abort" => {
+                // Abort decides on the current epoch: aborting is always safe to apply.
+                let epoch = releases.status(&r.namespace).await?.epoch;
+                let abort = change_request(&r.namespace, epoch, "rollout-abort", &r.reason, &actor);
+                releases.abort_rollout(abort).await?;
+                releases.current_rollout(&r.namespace).await?
+            }
+            "pause" => {
+                releases
+                    .pause_rollout(&r.namespace, true, &r.reason, &actor)
+                    .await?
+            }
+            "resume" => {
+                releases
+                    .pause_rollout(&r.namespace, false, &r.reason, &actor)
+                    .await?
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "rollout action {other:?} is not start, pause, resume or abort"
+                )));
+            }
+        };
+        json_reply(&rollout)
     }
 
     async fn audit(

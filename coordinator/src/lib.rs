@@ -11,7 +11,10 @@ pub mod dev_etcd;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod judge;
+pub mod leader;
 pub mod release;
+pub mod routing;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -54,6 +57,9 @@ pub struct Args {
     /// Where --dev keeps its etcd data.
     #[arg(long, default_value = ".switchboard")]
     pub state_dir: PathBuf,
+    /// This replica's name in leader elections and in status; host name and port by default.
+    #[arg(long)]
+    pub id: Option<String>,
     /// Configuration file (reserved; no settings are read from it yet).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -100,7 +106,12 @@ async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let client = connect_etcd(&args.etcd).await?;
-    let releases = release::Releases::new(store::Store::new(client, Keys::new(&args.prefix)));
+    let keys = Keys::new(&args.prefix);
+    let releases = release::Releases::new(store::Store::new(client.clone(), keys.clone()));
+    let id = args.id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}:{}", host.trim(), args.listen.port())
+    });
 
     let grpc_listener = TcpListener::bind(args.listen)
         .await
@@ -110,9 +121,20 @@ async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
     tracing::info!(grpc = %args.listen, http = %args.http, etcd = %args.etcd.join(","), prefix = %args.prefix, "coordinator serving");
     tracing::warn!(
-        "no --auth given: the coordinator is open, and every caller acts as an unauthenticated admin"
+        "authentication is not built yet: the coordinator is open, and callers name themselves"
     );
 
+    // The leader's loops stop after the servers: a change accepted before shutdown is still
+    // judged, and the lease is revoked last so another replica takes over at once.
+    let loops = CancellationToken::new();
+    let leader = tokio::spawn(leader::run(
+        client,
+        keys,
+        id.clone(),
+        releases.clone(),
+        loops.clone(),
+    ));
+    tracing::info!(%id, "campaigning for leadership");
     let grpc = serve_grpc(grpc_listener, releases.clone(), shutdown.clone());
     let http = serve_http(
         http_listener,
@@ -120,6 +142,8 @@ async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let (grpc, http) = tokio::join!(grpc, http);
+    loops.cancel();
+    let _ = leader.await;
     grpc.context("admin gRPC server failed")?;
     http.context("HTTP server failed")?;
     Ok(())

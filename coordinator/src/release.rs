@@ -9,9 +9,9 @@ use serde_json::json;
 use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier, decode_chunk, sha256_hex};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
-    AuditHead, AuditRecord, AuditTrail, BUCKETS, Canary, Manifest, NamespaceStatus, Routing,
-    RoutingChange, SealOutcome, Slot, SlotRef, SlotState, SlotVersion, StatusCanary, StatusChange,
-    StatusSidecar, StatusSlotVersion, StatusSlots, keys::validate_namespace,
+    AuditHead, AuditRecord, AuditTrail, Manifest, NamespaceStatus, Routing, SealOutcome, Slot,
+    SlotRef, SlotState, SlotVersion, StatusCanary, StatusChange, StatusSidecar, StatusSlotVersion,
+    StatusSlots, keys::validate_namespace,
 };
 
 use crate::audit;
@@ -20,7 +20,7 @@ use crate::store::{NamespaceState, Store, absent, unchanged};
 
 /// How often a change is retried when only the audit head moved underneath it (another change
 /// to the same namespace that did not touch what this one decided on).
-const MAX_ATTEMPTS: usize = 8;
+pub(crate) const MAX_ATTEMPTS: usize = 8;
 
 /// Who asks, and why: recorded in the audit trail.
 #[derive(Clone, Debug)]
@@ -52,14 +52,6 @@ pub enum BeginStage {
 #[derive(Clone)]
 pub struct Releases {
     store: Store,
-}
-
-/// A routing change decided on a namespace state: the new routing, what the txn must also
-/// compare, and the audit detail.
-struct Decision {
-    routing: Routing,
-    compare_slots: Vec<Slot>,
-    detail: serde_json::Value,
 }
 
 impl Releases {
@@ -109,6 +101,15 @@ impl Releases {
                             canary.version
                         )));
                     }
+                    if let (Some(previous), Some(until)) = (routing.baking(), routing.bake_until_ms)
+                        && previous.slot == idle
+                    {
+                        return Err(CoordinatorError::Refused(format!(
+                            "slot {idle} of {ns} holds version {}, kept hot for an automatic flip-back until the bake time ends at {}; stage after that, or end it now with `sbctl rollback {ns}` or a shorter `sbctl policy set {ns} --bake`",
+                            previous.version,
+                            rfc3339_ms(until)
+                        )));
+                    }
                     idle
                 }
                 // Nothing serves yet: blue is the first slot.
@@ -150,6 +151,8 @@ impl Releases {
                         None,
                     ),
                     TxnOp::put(keys.slot(ns, slot), to_json(&slot_ref), None),
+                    // Registers the namespace for the leader's loops.
+                    TxnOp::put(keys.namespace_marker(ns), Vec::new(), None),
                 ]);
             let response = self.store.txn(txn).await?;
             if !response.succeeded() {
@@ -321,233 +324,10 @@ impl Releases {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub async fn set_canary(
-        &self,
-        ns: &str,
-        weight_bp: u32,
-        expected_epoch: u64,
-        expected_version: &str,
-        reason: &str,
-        actor: &Actor,
-    ) -> Result<RoutingChange> {
-        if weight_bp > BUCKETS {
-            return Err(CoordinatorError::InvalidInput(format!(
-                "canary weight {weight_bp} basis points is over {BUCKETS} (100%)"
-            )));
-        }
-        self.change_routing(
-            ns,
-            expected_epoch,
-            "canary",
-            reason,
-            actor,
-            |state, routing| {
-                let routing = routing.ok_or_else(|| nothing_active(ns))?;
-                let slot = routing.active.slot.other();
-                let target = sealed_target(ns, state, slot, &routing.active)?;
-                check_expected_version(ns, slot, &target, expected_version)?;
-                let canary = (weight_bp > 0).then(|| Canary {
-                    slot,
-                    version: target.version.clone(),
-                    manifest: target.manifest.clone(),
-                    weight_bp,
-                    seed: target.seed,
-                });
-                let detail = json!({
-                    "slot": slot,
-                    "version": target.version,
-                    "from_percent": routing.live_canary().map_or(0.0, |c| percent(c.weight_bp)),
-                    "to_percent": percent(weight_bp),
-                });
-                Ok(Decision {
-                    routing: Routing {
-                        canary,
-                        ..routing.clone()
-                    },
-                    compare_slots: vec![slot],
-                    detail,
-                })
-            },
-        )
-        .await
-    }
-
-    pub async fn flip(
-        &self,
-        ns: &str,
-        expected_epoch: u64,
-        expected_version: &str,
-        reason: &str,
-        actor: &Actor,
-    ) -> Result<RoutingChange> {
-        self.change_routing(ns, expected_epoch, "flip", reason, actor, |state, routing| {
-            let (slot, previous) = match routing {
-                Some(routing) => (routing.active.slot.other(), Some(routing.active.clone())),
-                None => (first_slot_to_flip(ns, state)?, None),
-            };
-            let target = match &previous {
-                Some(active) => sealed_target(ns, state, slot, active)?,
-                None => sealed(ns, state, slot)?,
-            };
-            check_expected_version(ns, slot, &target, expected_version)?;
-            let active = SlotVersion {
-                slot,
-                version: target.version.clone(),
-                manifest: target.manifest.clone(),
-            };
-            let detail = json!({
-                "from": previous.as_ref().map(|p| json!({"slot": p.slot, "version": p.version})),
-                "to": {"slot": slot, "version": target.version},
-            });
-            let base = routing.cloned().unwrap_or_else(|| Routing {
-                epoch: 0,
-                active: active.clone(),
-                canary: None,
-                previous: None,
-                action: String::new(),
-                by: String::new(),
-                reason: String::new(),
-                at_ms: 0,
-            });
-            Ok(Decision {
-                routing: Routing { active, canary: None, previous, ..base },
-                compare_slots: vec![slot],
-                detail,
-            })
-        })
-        .await
-    }
-
-    pub async fn rollback(
-        &self,
-        ns: &str,
-        expected_epoch: u64,
-        reason: &str,
-        actor: &Actor,
-    ) -> Result<RoutingChange> {
-        self.change_routing(ns, expected_epoch, "rollback", reason, actor, |state, routing| {
-            let routing = routing.ok_or_else(|| nothing_active(ns))?;
-            if let Some(canary) = routing.live_canary() {
-                let detail = json!({
-                    "kind": "canary",
-                    "canary": {"slot": canary.slot, "version": canary.version, "percent": percent(canary.weight_bp)},
-                    "to": {"slot": routing.active.slot, "version": routing.active.version},
-                });
-                return Ok(Decision {
-                    routing: Routing { canary: None, ..routing.clone() },
-                    compare_slots: vec![],
-                    detail,
-                });
-            }
-            let previous = routing.previous.clone().ok_or_else(|| {
-                CoordinatorError::Refused(format!(
-                    "nothing to roll back to in {ns}: no canary is live and no earlier version was active"
-                ))
-            })?;
-            let slot_ref = sealed(ns, state, previous.slot)?;
-            if slot_ref.manifest != previous.manifest {
-                return Err(CoordinatorError::Refused(format!(
-                    "cannot roll back {ns}: slot {} no longer holds the previous version {} but version {} (staged by {} at {}); flip to it or stage the previous version again",
-                    previous.slot,
-                    previous.version,
-                    slot_ref.version,
-                    slot_ref.staged_by,
-                    rfc3339_ms(slot_ref.at_ms)
-                )));
-            }
-            let detail = json!({
-                "kind": "flip",
-                "from": {"slot": routing.active.slot, "version": routing.active.version},
-                "to": {"slot": previous.slot, "version": previous.version},
-            });
-            Ok(Decision {
-                routing: Routing {
-                    active: previous.clone(),
-                    canary: None,
-                    previous: Some(routing.active.clone()),
-                    ..routing.clone()
-                },
-                compare_slots: vec![previous.slot],
-                detail,
-            })
-        })
-        .await
-    }
-
-    /// Applies a routing change decided on a consistent read, in one transaction that compares
-    /// routing, the slots the decision looked at and the audit head. A different epoch than
-    /// the caller decided on is a conflict that names what changed.
-    async fn change_routing(
-        &self,
-        ns: &str,
-        expected_epoch: u64,
-        action: &str,
-        reason: &str,
-        actor: &Actor,
-        decide: impl Fn(&NamespaceState, Option<&Routing>) -> Result<Decision>,
-    ) -> Result<RoutingChange> {
-        check_namespace(ns)?;
-        let keys = self.store.keys().clone();
-        for _ in 0..MAX_ATTEMPTS {
-            let state = self.store.read_namespace(ns).await?;
-            if state.epoch() != expected_epoch {
-                return Err(conflict(ns, expected_epoch, state.routing.value.as_ref()));
-            }
-            let decision = decide(&state, state.routing.value.as_ref())?;
-            let epoch =
-                state
-                    .epoch()
-                    .checked_add(1)
-                    .ok_or_else(|| CoordinatorError::CorruptRecord {
-                        key: keys.routing(ns),
-                        reason: "the epoch cannot grow any further".into(),
-                    })?;
-            let routing = Routing {
-                epoch,
-                action: action.to_string(),
-                by: actor.name.clone(),
-                reason: reason.to_string(),
-                at_ms: now_ms(),
-                ..decision.routing
-            };
-            let head = self.audit_head(ns, &state).await?;
-            let mut detail = decision.detail;
-            if let Some(object) = detail.as_object_mut() {
-                object.insert("epoch".into(), json!(routing.epoch));
-            }
-            let record = audit::next_record(&head, ns, &actor.name, action, reason, detail)?;
-            let mut compares = vec![
-                unchanged(keys.routing(ns), state.routing.mod_revision),
-                unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
-                absent(keys.audit(ns, record.seq)),
-            ];
-            for slot in decision.compare_slots {
-                compares.push(unchanged(
-                    keys.slot(ns, slot),
-                    state.slot(slot).mod_revision,
-                ));
-            }
-            let mut operations = vec![TxnOp::put(keys.routing(ns), to_json(&routing), None)];
-            operations.extend(audit_ops(&keys, ns, &record));
-            let txn = Txn::new().when(compares).and_then(operations);
-            if self.store.txn(txn).await?.succeeded() {
-                tracing::info!(ns, action, epoch = routing.epoch, actor = %actor.name, reason, "routing changed");
-                metrics::counter!("switchboard_routing_changes_total", "action" => action.to_string())
-                    .increment(1);
-                return Ok(RoutingChange {
-                    namespace: ns.to_string(),
-                    routing,
-                    audit_seq: record.seq,
-                });
-            }
-        }
-        Err(busy(ns))
-    }
-
     /// The head the next audit record follows. A missing head with records present means the
     /// trail was tampered with or half restored: no record may be written until it is repaired,
     /// or the next one would overwrite evidence.
-    async fn audit_head(&self, ns: &str, state: &NamespaceState) -> Result<AuditHead> {
+    pub(crate) async fn audit_head(&self, ns: &str, state: &NamespaceState) -> Result<AuditHead> {
         if let Some(head) = &state.audit_head.value {
             return Ok(head.clone());
         }
@@ -578,6 +358,7 @@ impl Releases {
                 serving: h.serving,
                 etcd_reachable: h.etcd_reachable,
                 at_ms: h.at_ms,
+                reports: h.reports,
             })
             .collect();
         sidecars.sort_by(|a, b| a.id.cmp(&b.id));
@@ -609,6 +390,10 @@ impl Releases {
                 reason: r.reason.clone(),
                 at_ms: r.at_ms,
             }),
+            bake_until_ms: routing.and_then(|r| r.bake_until_ms),
+            policy: state.policy(),
+            rollout: state.rollout.value.clone(),
+            leader: self.store.leader_name().await,
         })
     }
 
@@ -653,7 +438,11 @@ impl Releases {
     }
 }
 
-fn audit_ops(keys: &switchboard_proto::Keys, ns: &str, record: &AuditRecord) -> [TxnOp; 2] {
+pub(crate) fn audit_ops(
+    keys: &switchboard_proto::Keys,
+    ns: &str,
+    record: &AuditRecord,
+) -> [TxnOp; 2] {
     let head = AuditHead {
         seq: record.seq,
         hash: record.hash.clone(),
@@ -664,107 +453,16 @@ fn audit_ops(keys: &switchboard_proto::Keys, ns: &str, record: &AuditRecord) -> 
     ]
 }
 
-fn check_namespace(ns: &str) -> Result<()> {
+pub(crate) fn check_namespace(ns: &str) -> Result<()> {
     validate_namespace(ns).map_err(CoordinatorError::InvalidInput)
 }
 
 /// Whether routing sends any consumer to `slot`.
-fn serves(routing: &Routing, slot: Slot) -> bool {
+pub(crate) fn serves(routing: &Routing, slot: Slot) -> bool {
     routing.active.slot == slot || routing.live_canary().is_some_and(|c| c.slot == slot)
 }
 
-fn sealed(ns: &str, state: &NamespaceState, slot: Slot) -> Result<SlotRef> {
-    match &state.slot(slot).value {
-        Some(slot_ref) if slot_ref.state == SlotState::Sealed => Ok(slot_ref.clone()),
-        Some(slot_ref) => Err(CoordinatorError::Refused(format!(
-            "slot {slot} of {ns} is not sealed: staging of version {} by {} began at {} and did not complete; run sbctl stage again",
-            slot_ref.version,
-            slot_ref.staged_by,
-            rfc3339_ms(slot_ref.at_ms)
-        ))),
-        None => Err(CoordinatorError::Refused(format!(
-            "slot {slot} of {ns} is empty; stage a version first"
-        ))),
-    }
-}
-
-/// The sealed slot a canary or flip would move consumers to, which must hold something other
-/// than the active version.
-fn sealed_target(
-    ns: &str,
-    state: &NamespaceState,
-    slot: Slot,
-    active: &SlotVersion,
-) -> Result<SlotRef> {
-    let slot_ref = sealed(ns, state, slot)?;
-    if slot_ref.manifest == active.manifest {
-        return Err(CoordinatorError::Refused(format!(
-            "slot {slot} of {ns} holds the active version {}; stage a new version first",
-            slot_ref.version
-        )));
-    }
-    Ok(slot_ref)
-}
-
-/// Before anything is active, the first flip goes to the most recently sealed slot.
-fn first_slot_to_flip(ns: &str, state: &NamespaceState) -> Result<Slot> {
-    let mut candidates: Vec<(u64, Slot)> = Slot::BOTH
-        .into_iter()
-        .filter_map(|slot| {
-            state
-                .slot(slot)
-                .value
-                .as_ref()
-                .map(|s| (u64::from(s.state == SlotState::Sealed), slot))
-        })
-        .collect();
-    candidates.sort_by_key(|(sealed, slot)| (*sealed, state.slot(*slot).mod_revision));
-    candidates.last().map(|(_, slot)| *slot).ok_or_else(|| {
-        CoordinatorError::Refused(format!("nothing is staged in {ns}; stage a version first"))
-    })
-}
-
-/// Refuses a change whose caller decided on another version than the target slot now holds.
-fn check_expected_version(ns: &str, slot: Slot, target: &SlotRef, expected: &str) -> Result<()> {
-    if expected.is_empty() || target.version == expected {
-        return Ok(());
-    }
-    Err(CoordinatorError::Conflict(format!(
-        "slot {slot} of {ns} changed underneath: it now holds version {} (staged by {} at {}), not the version {expected} this change was decided on; read `sbctl status {ns}` and retry",
-        target.version,
-        target.staged_by,
-        rfc3339_ms(target.at_ms)
-    )))
-}
-
-fn nothing_active(ns: &str) -> CoordinatorError {
-    CoordinatorError::Refused(format!(
-        "nothing is active in {ns} yet: stage a version and flip to make it live"
-    ))
-}
-
-fn conflict(ns: &str, expected_epoch: u64, routing: Option<&Routing>) -> CoordinatorError {
-    let now = match routing {
-        Some(r) => format!(
-            "epoch {} ({} by {} at {}{})",
-            r.epoch,
-            r.action,
-            r.by,
-            rfc3339_ms(r.at_ms),
-            if r.reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {:?}", r.reason)
-            }
-        ),
-        None => "epoch 0 (nothing active)".to_string(),
-    };
-    CoordinatorError::Conflict(format!(
-        "routing of {ns} changed underneath: expected epoch {expected_epoch}, now {now}; read `sbctl status {ns}` and retry"
-    ))
-}
-
-fn busy(ns: &str) -> CoordinatorError {
+pub(crate) fn busy(ns: &str) -> CoordinatorError {
     CoordinatorError::Conflict(format!(
         "{ns} kept changing underneath this request; read `sbctl status {ns}` and retry"
     ))
@@ -774,12 +472,12 @@ pub fn percent(weight_bp: u32) -> f64 {
     f64::from(weight_bp) / 100.0
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // The records are plain data; serialising them cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
+pub(crate) fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
     let mut seen = HashSet::new();
     items.filter(|i| seen.insert(i.clone())).collect()
 }

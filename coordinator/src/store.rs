@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::de::DeserializeOwned;
-use switchboard_proto::{AuditHead, HealthRecord, Keys, Routing, Slot, SlotRef};
+use switchboard_proto::{AuditHead, HealthRecord, Keys, Policy, Rollout, Routing, Slot, SlotRef};
 
 use crate::error::{CoordinatorError, Result};
 
@@ -40,6 +40,8 @@ pub struct NamespaceState {
     pub routing: Versioned<Routing>,
     pub slots: [Versioned<SlotRef>; 2],
     pub audit_head: Versioned<AuditHead>,
+    pub policy: Versioned<Policy>,
+    pub rollout: Versioned<Rollout>,
 }
 
 impl NamespaceState {
@@ -49,6 +51,16 @@ impl NamespaceState {
 
     pub fn epoch(&self) -> u64 {
         self.routing.value.as_ref().map_or(0, |r| r.epoch)
+    }
+
+    /// The namespace's policy, or the defaults when none was set.
+    pub fn policy(&self) -> Policy {
+        self.policy.value.clone().unwrap_or_default()
+    }
+
+    /// The rollout while it is running or paused.
+    pub fn active_rollout(&self) -> Option<&Rollout> {
+        self.rollout.value.as_ref().filter(|r| r.is_active())
     }
 }
 
@@ -91,23 +103,32 @@ impl Store {
             self.keys.slot(ns, Slot::Blue),
             self.keys.slot(ns, Slot::Green),
             self.keys.audit_head(ns),
+            self.keys.policy(ns),
+            self.keys.rollout(ns),
         ];
         let reads: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
         let response = self.txn(Txn::new().and_then(reads)).await?;
-        let mut gets = response.op_responses().into_iter().map(|r| match r {
-            TxnOpResponse::Get(get) => get.kvs().first().cloned(),
-            _ => None,
-        });
-        let mut next = |key: &str| -> (Option<etcd_client::KeyValue>, String) {
-            (gets.next().flatten(), key.to_string())
+        let mut found: Vec<Option<etcd_client::KeyValue>> = response
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+                _ => None,
+            })
+            .collect();
+        found.resize(keys.len(), None);
+        let mut next = found.into_iter().zip(keys.iter());
+        let mut take = || {
+            next.next()
+                .map(|(kv, key)| (kv, key.clone()))
+                .unwrap_or((None, String::new()))
         };
         Ok(NamespaceState {
-            routing: parse_versioned(next(&keys[0]))?,
-            slots: [
-                parse_versioned(next(&keys[1]))?,
-                parse_versioned(next(&keys[2]))?,
-            ],
-            audit_head: parse_versioned(next(&keys[3]))?,
+            routing: parse_versioned(take())?,
+            slots: [parse_versioned(take())?, parse_versioned(take())?],
+            audit_head: parse_versioned(take())?,
+            policy: parse_versioned(take())?,
+            rollout: parse_versioned(take())?,
         })
     }
 
@@ -141,6 +162,37 @@ impl Store {
                 )
             })
             .collect())
+    }
+
+    /// The id of the coordinator replica currently elected leader, if any.
+    pub async fn leader_name(&self) -> Option<String> {
+        let mut client = self.client.clone();
+        let response = with_timeout(client.leader(self.keys.leader())).await.ok()?;
+        response
+            .kv()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    }
+
+    /// The namespaces that were ever staged into.
+    pub async fn namespaces(&self) -> Result<Vec<String>> {
+        let prefix = self.keys.namespaces_prefix();
+        let mut client = self.client.clone();
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let response = with_timeout(client.get(prefix.as_str(), Some(options))).await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                std::str::from_utf8(kv.key())
+                    .ok()?
+                    .strip_prefix(&prefix)
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Whether any key exists under `prefix`.

@@ -8,6 +8,9 @@
 //! <prefix>/ns/<ns>/health/<sidecar-id> HealthRecord, bound to the sidecar's lease
 //! <prefix>/ns/<ns>/audit/<seq>         AuditRecord, hash-chained, seq zero-padded to 20 digits
 //! <prefix>/ns/<ns>/audit-head          AuditHead: the last seq and hash, compared in every audited txn
+//! <prefix>/ns/<ns>/policy              Policy of the health judge
+//! <prefix>/ns/<ns>/rollout             Rollout: the steps of an automatic canary
+//! <prefix>/namespaces/<ns>             marks a namespace that exists, for the leader's loops
 //! <prefix>/coordinator/leader          leader election
 //! ```
 
@@ -71,6 +74,24 @@ impl Keys {
         format!("{}/audit-head", self.ns(ns))
     }
 
+    pub fn policy(&self, ns: &str) -> String {
+        format!("{}/policy", self.ns(ns))
+    }
+
+    pub fn rollout(&self, ns: &str) -> String {
+        format!("{}/rollout", self.ns(ns))
+    }
+
+    /// The registry of namespaces, so the leader's loops find them without a scan of chunks.
+    pub fn namespace_marker(&self, ns: &str) -> String {
+        format!("{}/namespaces/{ns}", self.prefix)
+    }
+
+    pub fn namespaces_prefix(&self) -> String {
+        format!("{}/namespaces/", self.prefix)
+    }
+
+    /// The election name; candidates' keys live under it.
     pub fn leader(&self) -> String {
         format!("{}/coordinator/leader", self.prefix)
     }

@@ -5,6 +5,7 @@
 //! and on nothing of each other, so anything two of them must agree on lives here.
 
 pub mod bucket;
+pub mod judge;
 pub mod keys;
 pub mod set;
 pub mod time;

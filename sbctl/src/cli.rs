@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::client::DEFAULT_COORDINATOR;
 
@@ -105,6 +105,55 @@ pub enum Command {
         #[command(flatten)]
         change: ChangeArgs,
     },
+    /// Raise the staged version's canary step by step while the health judge passes, or
+    /// pause, resume or abort the rollout under way.
+    #[command(group(
+        ArgGroup::new("action")
+            .required(true)
+            .args(["steps", "pause", "resume", "abort"])
+    ))]
+    Rollout {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// Start a rollout through these canary percentages: strictly ascending, each above 0
+        /// and at most 100, two decimals allowed (1,5,25,50,100); 100 ends it with a flip.
+        #[arg(long, value_name = "PERCENTS", value_parser = parse_steps, requires = "interval")]
+        steps: Option<Steps>,
+        /// Whole seconds between steps, at least 1 (required with --steps).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval, requires = "steps")]
+        interval: Option<u64>,
+        /// Hold the rollout at its current step.
+        #[arg(long)]
+        pause: bool,
+        /// Let a paused rollout step on again.
+        #[arg(long)]
+        resume: bool,
+        /// Stop the rollout and end its canary: everyone back on the active version.
+        #[arg(long)]
+        abort: bool,
+        /// Why, recorded in the audit trail.
+        #[arg(
+            short = 'm',
+            long = "message",
+            visible_alias = "reason",
+            default_value = "",
+            hide_default_value = true
+        )]
+        reason: String,
+        /// Start only if routing is still at epoch N (default: the epoch read just before).
+        #[arg(long, value_name = "N", conflicts_with_all = ["pause", "resume", "abort"])]
+        expect_epoch: Option<u64>,
+        /// Roll out only version V: refused if the staged slot holds another (default: the
+        /// version it held when read just before).
+        #[arg(long, value_name = "V", conflicts_with_all = ["pause", "resume", "abort"])]
+        expect_version: Option<String>,
+    },
+    /// The health judge's policy of a namespace: show it, or change some of its settings.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Routing, epoch, both slots with their versions, live sidecars with their epochs.
     Status {
         /// The namespace.
@@ -120,6 +169,121 @@ pub enum Command {
         #[arg(long)]
         verify: bool,
     },
+}
+
+/// `sbctl policy ...`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Each setting with its value, and whether it is the default.
+    Show {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+    },
+    /// Change the settings given and keep the others; at least one is needed.
+    Set {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        #[command(flatten)]
+        settings: PolicySettings,
+        /// Why, recorded in the audit trail.
+        #[arg(
+            short = 'm',
+            long = "message",
+            visible_alias = "reason",
+            default_value = "",
+            hide_default_value = true
+        )]
+        reason: String,
+    },
+}
+
+/// The settings `sbctl policy set` changes; those not given keep their current values.
+#[derive(Clone, Debug, Default, PartialEq, Args)]
+pub struct PolicySettings {
+    /// Highest tolerated error rate of a new version, 0 to 1: a fraction (0.05) or a
+    /// percentage (5%).
+    #[arg(
+        long,
+        value_name = "RATE",
+        value_parser = parse_rate,
+        allow_negative_numbers = true
+    )]
+    pub max_error_rate: Option<f64>,
+    /// Fewest outcomes of the new version in the window before the judge decides (at least 1).
+    #[arg(long, value_name = "N")]
+    pub min_requests: Option<u64>,
+    /// The window the judge sums outcomes over, 1 to 86400 seconds.
+    #[arg(long = "window", value_name = "SECONDS")]
+    pub window_seconds: Option<u64>,
+    /// How long after a flip the previous set stays hot and the judge can flip back, at most 7
+    /// days.
+    #[arg(long = "bake", value_name = "SECONDS")]
+    pub bake_seconds: Option<u64>,
+}
+
+/// The flags of [`PolicySettings`], in the order they are checked and listed.
+pub const POLICY_FLAGS: [&str; 4] = ["--max-error-rate", "--min-requests", "--window", "--bake"];
+
+/// The steps of a rollout, in exact basis points, strictly ascending, each in (0, 10000].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Steps(pub Vec<u32>);
+
+/// What `sbctl rollout` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloutAction {
+    Start {
+        steps_bp: Vec<u32>,
+        interval_seconds: u64,
+    },
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutAction {
+    /// The `action` of the `Rollout` RPC.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RolloutAction::Start { .. } => "start",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Abort => "abort",
+        }
+    }
+
+    /// The action of the flags clap accepted (it enforces exactly one of them, and `--interval`
+    /// with `--steps`); a combination clap would refuse is a usage error here too.
+    pub fn from_flags(
+        steps: Option<Steps>,
+        interval: Option<u64>,
+        pause: bool,
+        resume: bool,
+        abort: bool,
+    ) -> Result<Self, String> {
+        let chosen = [steps.is_some(), pause, resume, abort]
+            .iter()
+            .filter(|&&b| b)
+            .count();
+        if chosen != 1 {
+            return Err(
+                "give exactly one of --steps (with --interval), --pause, --resume or --abort"
+                    .into(),
+            );
+        }
+        match (steps, interval) {
+            (Some(Steps(steps_bp)), Some(interval_seconds)) => Ok(RolloutAction::Start {
+                steps_bp,
+                interval_seconds,
+            }),
+            (Some(_), None) => Err("--steps needs --interval SECONDS".into()),
+            (None, Some(_)) => Err("--interval goes with --steps".into()),
+            (None, None) if pause => Ok(RolloutAction::Pause),
+            (None, None) if resume => Ok(RolloutAction::Resume),
+            (None, None) => Ok(RolloutAction::Abort),
+        }
+    }
 }
 
 /// What every routing change takes besides its target.
@@ -152,6 +316,10 @@ impl Command {
             | Command::Canary { namespace, .. }
             | Command::Flip { namespace, .. }
             | Command::Rollback { namespace, .. }
+            | Command::Rollout { namespace, .. }
+            | Command::Policy {
+                command: PolicyCommand::Show { namespace } | PolicyCommand::Set { namespace, .. },
+            }
             | Command::Status { namespace }
             | Command::Audit { namespace, .. } => namespace,
         }
@@ -203,6 +371,97 @@ pub fn parse_percent(text: &str) -> Result<u32, String> {
         return Err(over());
     }
     Ok(basis_points)
+}
+
+/// The steps of a rollout: comma-separated percentages as [`parse_percent`] reads them,
+/// strictly ascending, each above 0 and at most 100, in exact basis points.
+pub fn parse_steps(text: &str) -> Result<Steps, String> {
+    let example = "like 1,5,25,50,100";
+    if text.trim().is_empty() {
+        return Err(format!(
+            "no steps given: list canary percentages separated by commas, {example}"
+        ));
+    }
+    let mut steps: Vec<u32> = Vec::new();
+    for item in text.split(',') {
+        if item.trim().is_empty() {
+            return Err(format!(
+                "{text:?} has an empty step: list canary percentages separated by commas, \
+                 {example}"
+            ));
+        }
+        let bp = parse_percent(item)?;
+        if bp == 0 {
+            return Err(format!(
+                "step {:?} is 0%: every step must serve the canary to someone",
+                item.trim()
+            ));
+        }
+        if let Some(&last) = steps.last() {
+            if bp == last {
+                return Err(format!(
+                    "step {} is given twice: steps must rise strictly, {example}",
+                    crate::output::percent(bp)
+                ));
+            }
+            if bp < last {
+                return Err(format!(
+                    "step {} comes after {}: steps must rise strictly, {example}",
+                    crate::output::percent(bp),
+                    crate::output::percent(last)
+                ));
+            }
+        }
+        steps.push(bp);
+    }
+    Ok(Steps(steps))
+}
+
+/// The interval between rollout steps: whole seconds, at least 1.
+pub fn parse_interval(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} is not a whole number of seconds"));
+    }
+    let seconds: u64 = trimmed
+        .parse()
+        .map_err(|_| format!("{text:?} is too many seconds"))?;
+    if seconds == 0 {
+        return Err("the interval between steps must be at least 1 second".into());
+    }
+    Ok(seconds)
+}
+
+/// An error rate: a fraction like `0.05`, or a percentage like `5%` (0.05). Plain decimal
+/// notation only; the range (0 to 1) is checked by `Policy::validate`, so that the message
+/// names the setting.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let trimmed = text.trim();
+    let (number, is_percent) = match trimmed.strip_suffix('%') {
+        Some(number) => (number.trim_end(), true),
+        None => (trimmed, false),
+    };
+    let unsigned = number.strip_prefix('-').unwrap_or(number);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let plain = !(whole.is_empty() && fraction.is_empty())
+        && digits(whole)
+        && digits(fraction)
+        && !unsigned.ends_with('.');
+    if !plain {
+        return Err(format!(
+            "{text:?} is not an error rate: use a fraction like 0.05 or a percentage like 5%"
+        ));
+    }
+    // Shifting the decimal point in the text keeps `0.3%` exactly the double nearest 0.003.
+    let decimal = if is_percent {
+        format!("{number}e-2")
+    } else {
+        number.to_string()
+    };
+    decimal
+        .parse::<f64>()
+        .map_err(|_| format!("{text:?} is not an error rate"))
 }
 
 /// A positive number of seconds, with decimals allowed.
@@ -300,6 +559,249 @@ mod tests {
         assert!(parse_seconds("-1").is_err());
         assert!(parse_seconds("soon").is_err());
         assert!(parse_seconds("inf").is_err());
+    }
+
+    #[test]
+    fn steps_become_exact_basis_points() {
+        let cases: [(&str, &[u32]); 7] = [
+            ("1,5,25,50,100", &[100, 500, 2500, 5000, 10_000]),
+            ("100", &[10_000]),
+            ("0.01,0.5,12.34,99.99", &[1, 50, 1234, 9999]),
+            ("0.29,0.57,1.15", &[29, 57, 115]),
+            (" 1 , 5% ,25 ", &[100, 500, 2500]),
+            ("2.5,2.51", &[250, 251]),
+            ("10", &[1000]),
+        ];
+        for (text, bp) in cases {
+            assert_eq!(parse_steps(text), Ok(Steps(bp.to_vec())), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn bad_steps_are_refused_clearly() {
+        let cases = [
+            ("", "no steps"),
+            (" ", "no steps"),
+            ("1,,5", "empty step"),
+            ("1,5,", "empty step"),
+            (",1", "empty step"),
+            ("0,5", "0%"),
+            ("0.00,5", "0%"),
+            ("5,1", "step 1% comes after 5%"),
+            ("1,25,5", "step 5% comes after 25%"),
+            ("5,5", "step 5% is given twice"),
+            ("5,5.0", "step 5% is given twice"),
+            ("1,100.01", "over 100"),
+            ("1,101", "over 100"),
+            ("1,1.234", "two decimals"),
+            ("-1,5", "not a percentage"),
+            ("1;5", "not a percentage"),
+            ("abc", "not a percentage"),
+        ];
+        for (text, needle) in cases {
+            let err = parse_steps(text).expect_err(text);
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn intervals_are_whole_seconds_from_1() {
+        assert_eq!(parse_interval("1"), Ok(1));
+        assert_eq!(parse_interval(" 300 "), Ok(300));
+        for text in ["0", "", "-1", "1.5", "5s", "abc", "99999999999999999999999"] {
+            assert!(parse_interval(text).is_err(), "{text:?}");
+        }
+        assert!(
+            parse_interval("0")
+                .expect_err("0")
+                .contains("at least 1 second")
+        );
+    }
+
+    #[test]
+    fn error_rates_are_fractions_or_percentages() {
+        let cases = [
+            ("0.05", 0.05),
+            ("5%", 0.05),
+            ("5 %", 0.05),
+            ("0.3%", 0.003),
+            ("12.5%", 0.125),
+            ("100%", 1.0),
+            ("0", 0.0),
+            ("1", 1.0),
+            (".5", 0.5),
+            // Out of range, but a number: Policy::validate names the flag.
+            ("5", 5.0),
+            ("-0.1", -0.1),
+        ];
+        for (text, rate) in cases {
+            assert_eq!(parse_rate(text), Ok(rate), "{text:?}");
+        }
+        for text in [
+            "", "%", "abc", "nan", "inf", "1e-2", "5.", "0.05%%", "1,5", "+1",
+        ] {
+            let err = parse_rate(text).expect_err(text);
+            assert!(err.contains("not an error rate"), "{text:?}: {err}");
+        }
+    }
+
+    fn try_parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sbctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn rollout_takes_exactly_one_action() {
+        let cli = try_parse(&[
+            "rollout",
+            "cat",
+            "--steps",
+            "1,5,25,50,100",
+            "--interval",
+            "300",
+            "-m",
+            "go",
+            "--expect-epoch",
+            "7",
+            "--expect-version",
+            "abcd",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Rollout {
+                steps,
+                interval,
+                pause,
+                resume,
+                abort,
+                reason,
+                expect_epoch,
+                expect_version,
+                ..
+            } => {
+                assert_eq!(reason, "go");
+                assert_eq!(expect_epoch, Some(7));
+                assert_eq!(expect_version.as_deref(), Some("abcd"));
+                assert_eq!(
+                    RolloutAction::from_flags(steps, interval, pause, resume, abort),
+                    Ok(RolloutAction::Start {
+                        steps_bp: vec![100, 500, 2500, 5000, 10_000],
+                        interval_seconds: 300
+                    })
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for (flag, action) in [
+            ("--pause", RolloutAction::Pause),
+            ("--resume", RolloutAction::Resume),
+            ("--abort", RolloutAction::Abort),
+        ] {
+            let cli = try_parse(&["rollout", "cat", flag, "-m", "why"]).expect("parses");
+            let Command::Rollout {
+                steps,
+                interval,
+                pause,
+                resume,
+                abort,
+                ..
+            } = cli.command
+            else {
+                panic!("not rollout");
+            };
+            let parsed = RolloutAction::from_flags(steps, interval, pause, resume, abort);
+            assert_eq!(
+                parsed.as_ref().map(RolloutAction::as_str),
+                Ok(flag.trim_start_matches('-'))
+            );
+            assert_eq!(parsed, Ok(action));
+        }
+        for args in [
+            &["rollout", "cat"][..],
+            &["rollout", "cat", "--steps", "1,5"],
+            &["rollout", "cat", "--interval", "5"],
+            &["rollout", "cat", "--pause", "--abort"],
+            &["rollout", "cat", "--pause", "--resume"],
+            &[
+                "rollout",
+                "cat",
+                "--steps",
+                "1,5",
+                "--interval",
+                "5",
+                "--abort",
+            ],
+            &["rollout", "cat", "--steps", "5,1", "--interval", "5"],
+            &["rollout", "cat", "--steps", "1,5", "--interval", "0"],
+            &["rollout", "cat", "--pause", "--expect-epoch", "3"],
+            &["rollout", "cat", "--abort", "--expect-version", "v"],
+        ] {
+            let err = try_parse(args).expect_err("usage error");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        assert!(RolloutAction::from_flags(None, None, false, false, false).is_err());
+        assert!(RolloutAction::from_flags(None, None, true, false, true).is_err());
+        assert!(RolloutAction::from_flags(None, Some(5), true, false, false).is_err());
+        assert!(
+            RolloutAction::from_flags(Some(Steps(vec![100])), None, false, false, false).is_err()
+        );
+    }
+
+    #[test]
+    fn policy_set_reads_each_flag() {
+        let cli = try_parse(&[
+            "policy",
+            "set",
+            "cat",
+            "--max-error-rate",
+            "2.5%",
+            "--min-requests",
+            "1000",
+            "--window",
+            "120",
+            "--bake",
+            "600",
+            "-m",
+            "stricter",
+        ])
+        .expect("parses");
+        assert_eq!(cli.command.namespace(), "cat");
+        match cli.command {
+            Command::Policy {
+                command:
+                    PolicyCommand::Set {
+                        settings, reason, ..
+                    },
+            } => {
+                assert_eq!(
+                    settings,
+                    PolicySettings {
+                        max_error_rate: Some(0.025),
+                        min_requests: Some(1000),
+                        window_seconds: Some(120),
+                        bake_seconds: Some(600),
+                    }
+                );
+                assert_eq!(reason, "stricter");
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = try_parse(&["policy", "show", "cat", "--json"]).expect("parses");
+        assert!(cli.json);
+        assert_eq!(cli.command.namespace(), "cat");
+        for args in [
+            &["policy", "set", "cat", "--max-error-rate", "abc"][..],
+            &["policy", "set", "cat", "--min-requests", "-1"],
+            &["policy", "set", "cat", "--window", "1.5"],
+            &["policy", "set", "cat", "--bake", "soon"],
+            &["policy", "cat"],
+            &["policy", "show"],
+        ] {
+            let err = try_parse(args).expect_err("usage error");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        // A bad form names the flag (clap's message).
+        let err = try_parse(&["policy", "set", "cat", "--window", "1.5"]).expect_err("bad");
+        assert!(err.to_string().contains("--window"), "{err}");
     }
 
     #[test]

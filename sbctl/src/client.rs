@@ -9,10 +9,12 @@ use serde::de::DeserializeOwned;
 use switchboard_proto::pb::admin_client::AdminClient;
 use switchboard_proto::pb::{
     AuditRequest, BeginStageReply, BeginStageRequest, ChunkData, FlipRequest, GetChunksRequest,
-    GetManifestRequest, JsonReply, RollbackRequest, SealRequest, SetCanaryRequest, StatusRequest,
-    UploadChunksReply,
+    GetManifestRequest, JsonReply, RollbackRequest, RolloutRequest, SealRequest, SetCanaryRequest,
+    SetPolicyRequest, StatusRequest, UploadChunksReply,
 };
-use switchboard_proto::{AuditTrail, Manifest, NamespaceStatus, RoutingChange, SealOutcome};
+use switchboard_proto::{
+    AuditTrail, Manifest, NamespaceStatus, Policy, Rollout, RoutingChange, SealOutcome,
+};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
@@ -289,6 +291,44 @@ impl Coordinator {
             .await
             .map_err(|s| self.error("Rollback", s))?;
         Reply::decode("Rollback", reply.into_inner())
+    }
+
+    /// The health judge's policy of a namespace.
+    pub async fn get_policy(&mut self, namespace: &str) -> Result<Reply<Policy>, CliError> {
+        let request = self.request(StatusRequest {
+            namespace: namespace.to_string(),
+        });
+        let reply = self
+            .client
+            .get_policy(request)
+            .await
+            .map_err(|s| self.error("GetPolicy", s))?;
+        Reply::decode("GetPolicy", reply.into_inner())
+    }
+
+    /// Replaces the policy; the reply is the policy as stored.
+    pub async fn set_policy(
+        &mut self,
+        request: SetPolicyRequest,
+    ) -> Result<Reply<Policy>, CliError> {
+        let request = self.request(request);
+        let reply = self
+            .client
+            .set_policy(request)
+            .await
+            .map_err(|s| self.error("SetPolicy", s))?;
+        Reply::decode("SetPolicy", reply.into_inner())
+    }
+
+    /// Starts, pauses, resumes or aborts a rollout; the reply is the rollout as it now is.
+    pub async fn rollout(&mut self, request: RolloutRequest) -> Result<Reply<Rollout>, CliError> {
+        let request = self.request(request);
+        let reply = self
+            .client
+            .rollout(request)
+            .await
+            .map_err(|s| self.error("Rollout", s))?;
+        Reply::decode("Rollout", reply.into_inner())
     }
 
     pub async fn audit(

@@ -6,15 +6,17 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use switchboard_proto::pb::{
-    BeginStageRequest, ChunkData, FlipRequest, RollbackRequest, SealRequest, SetCanaryRequest,
+    BeginStageRequest, ChunkData, FlipRequest, RollbackRequest, RolloutRequest, SealRequest,
+    SetCanaryRequest, SetPolicyRequest,
 };
-use switchboard_proto::{AuditTrail, NamespaceStatus, RoutingChange, Slot};
+use switchboard_proto::time::now_ms;
+use switchboard_proto::{AuditTrail, NamespaceStatus, Policy, RoutingChange, Slot};
 use tonic::Code;
 
-use crate::cli::ChangeArgs;
+use crate::cli::{ChangeArgs, POLICY_FLAGS, PolicySettings, RolloutAction};
 use crate::client::{ConnectOptions, Coordinator, Reply};
 use crate::exit::CliError;
-use crate::output::{self, PlanReport, StageReport};
+use crate::output::{self, PlanReport, StageReport, WaitReport};
 use crate::{plan, source};
 
 /// How often `flip --wait` reads the status.
@@ -46,7 +48,8 @@ impl Context {
 pub async fn status(ctx: &Context, namespace: &str) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
     let reply = coordinator.status(namespace).await?;
-    ctx.print(&reply, output::render_status)
+    let now = now_ms();
+    ctx.print(&reply, |status| output::render_status(status, now))
 }
 
 /// `sbctl stage NS PATH [-m MESSAGE]`
@@ -282,6 +285,10 @@ pub async fn canary(
 }
 
 /// `sbctl flip NS [--wait] [--timeout SECONDS] [-m REASON] [--expect-epoch N]`
+///
+/// With `--wait`, the human text of the change comes first, then a progress bar of the
+/// sidecars on the new epoch; `--json` prints one document at the end, the change plus
+/// `"wait"`, also when the wait fails (the flip was made either way).
 pub async fn flip(
     ctx: &Context,
     namespace: &str,
@@ -299,65 +306,86 @@ pub async fn flip(
             expected_version,
         })
         .await?;
-    ctx.print(&reply, output::render_routing_change)?;
-    match wait {
-        Some(timeout) => {
-            wait_for_epoch(
-                &mut coordinator,
-                namespace,
-                reply.document.routing.epoch,
-                timeout,
-            )
-            .await
-        }
-        None => Ok(()),
+    let Some(timeout) = wait else {
+        return ctx.print(&reply, output::render_routing_change);
+    };
+    if !ctx.json {
+        output::print_text(&output::render_routing_change(&reply.document))?;
     }
+    let epoch = reply.document.routing.epoch;
+    let (report, waited) = wait_for_epoch(&mut coordinator, namespace, epoch, timeout).await;
+    if ctx.json {
+        output::print_json(&output::flip_wait_document(&reply.json, &report))?;
+    } else if waited.is_ok() {
+        output::print_text(&output::render_wait(&report))?;
+    }
+    waited
 }
 
-/// Polls the status until every live sidecar serves `epoch` or later.
+/// Polls the status until every live sidecar serves `epoch` or later, showing a progress bar
+/// on stderr (hidden, and silent, when stderr is not a terminal). Returns where the wait
+/// ended, and the error if it did not converge.
 async fn wait_for_epoch(
     coordinator: &mut Coordinator,
     namespace: &str,
     epoch: u64,
     timeout: Duration,
-) -> Result<(), CliError> {
+) -> (WaitReport, Result<(), CliError>) {
     let deadline = Instant::now() + timeout;
-    let mut last_progress = None;
-    loop {
+    let bar = epoch_bar(epoch);
+    let mut report = WaitReport {
+        epoch,
+        converged: false,
+        sidecars: 0,
+        behind: Vec::new(),
+    };
+    let result = loop {
         match coordinator.status(namespace).await {
             Ok(reply) => {
                 let progress = epoch_progress(&reply.document, epoch);
-                if progress.total == 0 {
-                    output::note(&format!(
-                        "no live sidecars in {namespace}: nothing to wait for"
-                    ));
-                    return Ok(());
-                }
-                if last_progress != Some((progress.on_epoch, progress.total)) {
-                    output::note(&format!(
-                        "{}/{} sidecars on epoch {epoch}",
-                        progress.on_epoch, progress.total
-                    ));
-                    last_progress = Some((progress.on_epoch, progress.total));
-                }
+                report.sidecars = progress.total;
+                report.behind = progress.behind.iter().map(|b| b.id.clone()).collect();
+                bar.set_length(progress.total as u64);
+                bar.set_position(progress.on_epoch as u64);
+                // With no live sidecars there is nothing to wait for: `render_wait` says so.
                 if progress.behind.is_empty() {
-                    return Ok(());
+                    report.converged = true;
+                    break Ok(());
                 }
                 if Instant::now() >= deadline {
-                    return Err(CliError::Failed(format!(
+                    let behind: Vec<String> = progress
+                        .behind
+                        .iter()
+                        .map(|b| format!("{} (epoch {})", b.id, b.epoch))
+                        .collect();
+                    break Err(CliError::Failed(format!(
                         "timed out after {} waiting for the sidecars of {namespace} to serve \
                          epoch {epoch}; not yet: {}",
                         seconds(timeout),
-                        progress.behind.join(", ")
+                        behind.join(", ")
                     )));
                 }
             }
             // The coordinator may be failing over; keep trying until the deadline.
             Err(e) if e.grpc_code() == Some(Code::Unavailable) && Instant::now() < deadline => {}
-            Err(e) => return Err(e),
+            Err(e) => break Err(e),
         }
         tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    };
+    bar.finish_and_clear();
+    (report, result)
+}
+
+/// A `k/n` bar of the sidecars on `epoch`, on stderr; hidden when stderr is not a terminal.
+fn epoch_bar(epoch: u64) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("sidecars on epoch {prefix} {bar:40} {pos}/{len}")
+    {
+        bar.set_style(style);
     }
+    bar.set_prefix(epoch.to_string());
+    bar
 }
 
 fn seconds(d: Duration) -> String {
@@ -369,22 +397,32 @@ fn seconds(d: Duration) -> String {
     }
 }
 
+/// A live sidecar that does not serve the awaited epoch yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Behind {
+    pub id: String,
+    pub epoch: u64,
+}
+
 /// How far the live sidecars are from serving an epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EpochProgress {
     pub on_epoch: usize,
     pub total: usize,
-    /// The sidecars not there yet, as `id (epoch N)`.
-    pub behind: Vec<String>,
+    /// The sidecars not there yet, with the epoch each serves.
+    pub behind: Vec<Behind>,
 }
 
 /// Which live sidecars of a status serve `epoch` or a later one.
 pub fn epoch_progress(status: &NamespaceStatus, epoch: u64) -> EpochProgress {
-    let behind: Vec<String> = status
+    let behind: Vec<Behind> = status
         .sidecars
         .iter()
         .filter(|s| s.epoch < epoch)
-        .map(|s| format!("{} (epoch {})", s.id, s.epoch))
+        .map(|s| Behind {
+            id: s.id.clone(),
+            epoch: s.epoch,
+        })
         .collect();
     EpochProgress {
         on_epoch: status.sidecars.len() - behind.len(),
@@ -405,6 +443,170 @@ pub async fn rollback(ctx: &Context, namespace: &str, change: &ChangeArgs) -> Re
         })
         .await?;
     ctx.print(&reply, output::render_routing_change)
+}
+
+/// `sbctl policy show NS`
+pub async fn policy_show(ctx: &Context, namespace: &str) -> Result<(), CliError> {
+    let mut coordinator = ctx.coordinator().await?;
+    let reply = coordinator.get_policy(namespace).await?;
+    ctx.print(&reply, |policy| {
+        output::render_policy(namespace, policy, None)
+    })
+}
+
+/// `sbctl policy set NS [--max-error-rate F] [--min-requests N] [--window SECONDS] [--bake
+/// SECONDS] [-m REASON]`: reads the current policy, changes only the settings given, and
+/// stores the result.
+pub async fn policy_set(
+    ctx: &Context,
+    namespace: &str,
+    settings: &PolicySettings,
+    reason: &str,
+) -> Result<(), CliError> {
+    check_policy_settings(settings)?;
+    let mut coordinator = ctx.coordinator().await?;
+    let current = coordinator.get_policy(namespace).await?.document;
+    let policy = merge_policy(&current, settings)?;
+    let policy_json = serde_json::to_string(&policy)
+        .map_err(|e| CliError::Failed(format!("cannot write the policy as JSON: {e}")))?;
+    let reply = coordinator
+        .set_policy(SetPolicyRequest {
+            namespace: namespace.to_string(),
+            policy_json,
+            reason: reason.to_string(),
+        })
+        .await?;
+    ctx.print(&reply, |stored| {
+        output::render_policy(namespace, stored, Some(&current))
+    })
+}
+
+/// The settings given on the command line, applied to `base`.
+fn apply_settings(base: &Policy, settings: &PolicySettings) -> Policy {
+    Policy {
+        max_error_rate: settings.max_error_rate.unwrap_or(base.max_error_rate),
+        min_requests: settings.min_requests.unwrap_or(base.min_requests),
+        window_seconds: settings.window_seconds.unwrap_or(base.window_seconds),
+        bake_seconds: settings.bake_seconds.unwrap_or(base.bake_seconds),
+    }
+}
+
+/// `base` with the one setting of `flag` taken from `from`.
+fn with_setting(base: &Policy, from: &Policy, flag: &str) -> Policy {
+    let mut policy = base.clone();
+    match flag {
+        "--max-error-rate" => policy.max_error_rate = from.max_error_rate,
+        "--min-requests" => policy.min_requests = from.min_requests,
+        "--window" => policy.window_seconds = from.window_seconds,
+        _ => policy.bake_seconds = from.bake_seconds,
+    }
+    policy
+}
+
+/// The flags of the settings given.
+fn given_flags(settings: &PolicySettings) -> Vec<&'static str> {
+    let given = [
+        settings.max_error_rate.is_some(),
+        settings.min_requests.is_some(),
+        settings.window_seconds.is_some(),
+        settings.bake_seconds.is_some(),
+    ];
+    POLICY_FLAGS
+        .iter()
+        .zip(given)
+        .filter(|(_, given)| *given)
+        .map(|(flag, _)| *flag)
+        .collect()
+}
+
+/// Checks the command line of `policy set` before anything is asked: at least one setting,
+/// and each value valid (`Policy::validate`). Either failure is a usage error naming the flag.
+pub fn check_policy_settings(settings: &PolicySettings) -> Result<(), CliError> {
+    let given = given_flags(settings);
+    if given.is_empty() {
+        return Err(CliError::Usage(format!(
+            "policy set needs at least one setting to change: {}",
+            POLICY_FLAGS.join(", ")
+        )));
+    }
+    let defaults = Policy::default();
+    let wanted = apply_settings(&defaults, settings);
+    for flag in given {
+        // Each setting alone among the defaults, so that the error belongs to this flag.
+        if let Err(problem) = with_setting(&defaults, &wanted, flag).validate() {
+            let hint = match settings.max_error_rate {
+                Some(r) if flag == "--max-error-rate" && r > 1.0 && r <= 100.0 => {
+                    format!(" (for a percentage, write {r}%)")
+                }
+                _ => String::new(),
+            };
+            return Err(CliError::Usage(format!("{flag}: {problem}{hint}")));
+        }
+    }
+    Ok(())
+}
+
+/// The current policy with the settings given changed, checked whole. A setting that was
+/// not given and is out of range in the stored policy is the coordinator's fault, named
+/// with the flag that replaces it.
+pub fn merge_policy(current: &Policy, settings: &PolicySettings) -> Result<Policy, CliError> {
+    check_policy_settings(settings)?;
+    let merged = apply_settings(current, settings);
+    if let Err(problem) = merged.validate() {
+        let defaults = Policy::default();
+        let flag = POLICY_FLAGS
+            .iter()
+            .find(|flag| with_setting(&defaults, &merged, flag).validate().is_err());
+        let fix = match flag {
+            Some(flag) => format!("; give {flag} as well to replace it"),
+            None => String::new(),
+        };
+        return Err(CliError::BadReply {
+            rpc: "GetPolicy",
+            problem: format!("the current policy is not valid: {problem}{fix}"),
+        });
+    }
+    Ok(merged)
+}
+
+/// `sbctl rollout NS --steps P,P,... --interval SECONDS [-m REASON] [--expect-epoch N]
+/// [--expect-version V]`, or `sbctl rollout NS --pause | --resume | --abort [-m REASON]`.
+pub async fn rollout(
+    ctx: &Context,
+    namespace: &str,
+    action: &RolloutAction,
+    change: &ChangeArgs,
+) -> Result<(), CliError> {
+    let mut coordinator = ctx.coordinator().await?;
+    let request = match action {
+        RolloutAction::Start {
+            steps_bp,
+            interval_seconds,
+        } => {
+            let (expected_epoch, expected_version) =
+                expected_epoch_and_version(&mut coordinator, namespace, change).await?;
+            RolloutRequest {
+                namespace: namespace.to_string(),
+                action: action.as_str().to_string(),
+                steps_bp: steps_bp.clone(),
+                interval_seconds: *interval_seconds,
+                expected_epoch,
+                expected_version,
+                reason: change.reason.clone(),
+            }
+        }
+        RolloutAction::Pause | RolloutAction::Resume | RolloutAction::Abort => RolloutRequest {
+            namespace: namespace.to_string(),
+            action: action.as_str().to_string(),
+            reason: change.reason.clone(),
+            ..RolloutRequest::default()
+        },
+    };
+    let reply = coordinator.rollout(request).await?;
+    let now = now_ms();
+    ctx.print(&reply, |rollout| {
+        output::render_rollout(namespace, rollout, now)
+    })
 }
 
 /// `sbctl audit NS [--verify]`
@@ -494,9 +696,14 @@ mod tests {
                     serving: vec![],
                     etcd_reachable: true,
                     at_ms: 0,
+                    reports: vec![],
                 })
                 .collect(),
             last_change: None,
+            bake_until_ms: None,
+            policy: Policy::default(),
+            rollout: None,
+            leader: None,
         }
     }
 
@@ -508,11 +715,222 @@ mod tests {
             EpochProgress {
                 on_epoch: 2,
                 total: 3,
-                behind: vec!["b (epoch 4)".into()]
+                behind: vec![Behind {
+                    id: "b".into(),
+                    epoch: 4
+                }]
             }
         );
         let none = epoch_progress(&status_with(&[]), 5);
         assert_eq!(none.total, 0);
+    }
+
+    fn settings() -> PolicySettings {
+        PolicySettings::default()
+    }
+
+    fn usage_message(result: Result<(), CliError>) -> String {
+        let err = result.expect_err("usage error");
+        assert_eq!(err.exit_code(), crate::exit::USAGE, "{err}");
+        err.to_string()
+    }
+
+    #[test]
+    fn policy_set_needs_a_setting() {
+        let message = usage_message(check_policy_settings(&settings()));
+        for flag in POLICY_FLAGS {
+            assert!(message.contains(flag), "{message}");
+        }
+        let err = merge_policy(&Policy::default(), &settings()).expect_err("no flag");
+        assert_eq!(err.exit_code(), crate::exit::USAGE);
+    }
+
+    #[test]
+    fn policy_set_changes_only_the_settings_given() {
+        let current = Policy {
+            max_error_rate: 0.02,
+            min_requests: 1000,
+            window_seconds: 120,
+            bake_seconds: 600,
+        };
+        let cases = [
+            (
+                PolicySettings {
+                    max_error_rate: Some(0.1),
+                    ..settings()
+                },
+                Policy {
+                    max_error_rate: 0.1,
+                    ..current.clone()
+                },
+            ),
+            (
+                PolicySettings {
+                    min_requests: Some(1),
+                    ..settings()
+                },
+                Policy {
+                    min_requests: 1,
+                    ..current.clone()
+                },
+            ),
+            (
+                PolicySettings {
+                    window_seconds: Some(86_400),
+                    ..settings()
+                },
+                Policy {
+                    window_seconds: 86_400,
+                    ..current.clone()
+                },
+            ),
+            (
+                PolicySettings {
+                    bake_seconds: Some(0),
+                    ..settings()
+                },
+                Policy {
+                    bake_seconds: 0,
+                    ..current.clone()
+                },
+            ),
+            (
+                PolicySettings {
+                    max_error_rate: Some(0.0),
+                    min_requests: Some(50),
+                    window_seconds: Some(1),
+                    bake_seconds: Some(7 * 86_400),
+                },
+                Policy {
+                    max_error_rate: 0.0,
+                    min_requests: 50,
+                    window_seconds: 1,
+                    bake_seconds: 7 * 86_400,
+                },
+            ),
+        ];
+        for (given, expected) in cases {
+            assert_eq!(
+                merge_policy(&current, &given).expect("valid"),
+                expected,
+                "{given:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_percent_form_is_the_same_rate() {
+        let rate = crate::cli::parse_rate("5%").expect("parses");
+        let given = PolicySettings {
+            max_error_rate: Some(rate),
+            ..settings()
+        };
+        let merged = merge_policy(&Policy::default(), &given).expect("valid");
+        assert_eq!(merged.max_error_rate, 0.05);
+        assert_eq!(merged, Policy::default());
+    }
+
+    #[test]
+    fn invalid_values_name_their_flag() {
+        let cases = [
+            (
+                PolicySettings {
+                    max_error_rate: Some(1.5),
+                    ..settings()
+                },
+                "--max-error-rate",
+            ),
+            (
+                PolicySettings {
+                    max_error_rate: Some(-0.01),
+                    ..settings()
+                },
+                "--max-error-rate",
+            ),
+            (
+                PolicySettings {
+                    max_error_rate: Some(f64::NAN),
+                    ..settings()
+                },
+                "--max-error-rate",
+            ),
+            (
+                PolicySettings {
+                    min_requests: Some(0),
+                    ..settings()
+                },
+                "--min-requests",
+            ),
+            (
+                PolicySettings {
+                    window_seconds: Some(0),
+                    ..settings()
+                },
+                "--window",
+            ),
+            (
+                PolicySettings {
+                    window_seconds: Some(86_401),
+                    ..settings()
+                },
+                "--window",
+            ),
+            (
+                PolicySettings {
+                    bake_seconds: Some(7 * 86_400 + 1),
+                    ..settings()
+                },
+                "--bake",
+            ),
+            // Valid settings beside a bad one: the bad one is named.
+            (
+                PolicySettings {
+                    max_error_rate: Some(0.1),
+                    min_requests: Some(10),
+                    window_seconds: Some(30),
+                    bake_seconds: Some(u64::MAX),
+                },
+                "--bake",
+            ),
+        ];
+        for (given, flag) in cases {
+            let message = usage_message(check_policy_settings(&given));
+            assert!(
+                message.starts_with(&format!("{flag}: ")),
+                "{given:?}: {message}"
+            );
+            let others = POLICY_FLAGS.iter().filter(|f| **f != flag);
+            for other in others {
+                assert!(!message.contains(other), "{given:?}: {message}");
+            }
+            let err = merge_policy(&Policy::default(), &given).expect_err("invalid");
+            assert_eq!(err.exit_code(), crate::exit::USAGE);
+        }
+        let message = usage_message(check_policy_settings(&PolicySettings {
+            max_error_rate: Some(5.0),
+            ..settings()
+        }));
+        assert!(message.contains("write 5%"), "{message}");
+    }
+
+    #[test]
+    fn a_bad_stored_setting_is_the_coordinators_fault() {
+        let stored = Policy {
+            window_seconds: 0,
+            ..Policy::default()
+        };
+        let given = PolicySettings {
+            bake_seconds: Some(60),
+            ..settings()
+        };
+        let err = merge_policy(&stored, &given).expect_err("stored policy invalid");
+        assert_eq!(err.exit_code(), crate::exit::FAILED);
+        assert!(err.to_string().contains("give --window"), "{err}");
+        let fixed = PolicySettings {
+            window_seconds: Some(60),
+            ..given
+        };
+        assert!(merge_policy(&stored, &fixed).is_ok());
     }
 
     fn record(seq: u64, prev: &str, hash: &str) -> AuditRecord {

@@ -111,6 +111,18 @@ fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
             };
             format!("cannot reach the coordinator at {coordinator}: {reason}")
         }
+        // An older coordinator answers RPCs it does not know with Unimplemented.
+        Code::Unimplemented => {
+            let detail = if message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({message})")
+            };
+            format!(
+                "the coordinator at {coordinator} does not implement {rpc}{detail}: it is older \
+                 than this sbctl"
+            )
+        }
         Code::DeadlineExceeded if message.is_empty() => {
             format!("the coordinator at {coordinator} did not answer {rpc} in time")
         }
@@ -151,6 +163,37 @@ mod tests {
                 assert_eq!(err.exit_code(), expected, "{code:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_policy_and_rollout_rpcs_map_like_the_others() {
+        let cases = [
+            // A rollout already running, no sealed version staged, a policy out of range.
+            (Code::FailedPrecondition, REFUSED),
+            (Code::InvalidArgument, REFUSED),
+            // Routing changed between the status read and the start.
+            (Code::Aborted, CONFLICT),
+            (Code::PermissionDenied, NOT_PERMITTED),
+            (Code::NotFound, FAILED),
+            (Code::Unavailable, FAILED),
+        ];
+        for rpc in ["GetPolicy", "SetPolicy", "Rollout"] {
+            for (code, expected) in cases {
+                let err = CliError::rpc(rpc, "http://c:7100", tonic::Status::new(code, "why"));
+                assert_eq!(err.exit_code(), expected, "{rpc} {code:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_coordinator_is_named_as_such() {
+        let err = CliError::rpc("Rollout", "http://c:7100", tonic::Status::unimplemented(""));
+        assert_eq!(
+            err.to_string(),
+            "the coordinator at http://c:7100 does not implement Rollout: it is older than this \
+             sbctl"
+        );
+        assert_eq!(err.exit_code(), FAILED);
     }
 
     #[test]

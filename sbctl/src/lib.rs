@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use cli::{Cli, Command};
+pub use cli::{Cli, Command, PolicyCommand, RolloutAction};
 pub use exit::CliError;
 
 /// Parses the command line, runs the command and returns its exit code. Usage errors are
@@ -85,6 +85,37 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             commands::rollback(&ctx, &namespace, &change).await
         }
         Command::Audit { namespace, verify } => commands::audit(&ctx, &namespace, verify).await,
+        Command::Policy {
+            command: PolicyCommand::Show { namespace },
+        } => commands::policy_show(&ctx, &namespace).await,
+        Command::Policy {
+            command:
+                PolicyCommand::Set {
+                    namespace,
+                    settings,
+                    reason,
+                },
+        } => commands::policy_set(&ctx, &namespace, &settings, &reason).await,
+        Command::Rollout {
+            namespace,
+            steps,
+            interval,
+            pause,
+            resume,
+            abort,
+            reason,
+            expect_epoch,
+            expect_version,
+        } => {
+            let action = RolloutAction::from_flags(steps, interval, pause, resume, abort)
+                .map_err(CliError::Usage)?;
+            let change = cli::ChangeArgs {
+                reason,
+                expect_epoch,
+                expect_version,
+            };
+            commands::rollout(&ctx, &namespace, &action, &change).await
+        }
     }
 }
 
@@ -107,6 +138,23 @@ mod tests {
             .expect_err("refused");
         assert_eq!(err.exit_code(), exit::REFUSED);
         assert!(err.to_string().contains("namespace"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn policy_set_checks_its_settings_first() {
+        let err = run(parse(&["policy", "set", "cat"]))
+            .await
+            .expect_err("no setting");
+        assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+        let err = run(parse(&["policy", "set", "cat", "--bake", "999999999"]))
+            .await
+            .expect_err("bake too long");
+        assert_eq!(err.exit_code(), exit::USAGE, "{err}");
+        assert!(err.to_string().starts_with("--bake: "), "{err}");
+        let err = run(parse(&["policy", "show", "Bad/NS"]))
+            .await
+            .expect_err("namespace");
+        assert_eq!(err.exit_code(), exit::REFUSED, "{err}");
     }
 
     #[tokio::test]

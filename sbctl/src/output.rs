@@ -6,10 +6,11 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use serde::Serialize;
+use switchboard_proto::judge::Counts;
 use switchboard_proto::time::rfc3339_ms;
 use switchboard_proto::{
-    AuditRecord, AuditTrail, NamespaceStatus, RoutingChange, Slot, SlotRef, SlotState, SlotVersion,
-    StatusSidecar,
+    AuditRecord, AuditTrail, NamespaceStatus, Policy, Rollout, RolloutState, RoutingChange, Slot,
+    SlotRef, SlotState, SlotVersion, StatusSidecar, VersionReports,
 };
 
 use crate::exit::CliError;
@@ -81,12 +82,73 @@ pub fn time(at_ms: u64) -> String {
     }
 }
 
+/// A configured rate as a percentage with at most four decimals: 0.05 is `5%`, 0.0125 is
+/// `1.25%`.
+pub fn rate(fraction: f64) -> String {
+    let text = format!("{:.4}", fraction * 100.0);
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}%")
+}
+
+/// An observed error rate, to two decimals like the judge's evidence: `0.25%`.
+pub fn observed_rate(fraction: f64) -> String {
+    format!("{:.2}%", fraction * 100.0)
+}
+
+/// A duration in at most two units: `45s`, `4m 10s`, `1h 2m`, `2d 3h`.
+pub fn short_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let Some(first) = parts.iter().position(|(n, _)| *n > 0) else {
+        return "0s".to_string();
+    };
+    parts[first..]
+        .iter()
+        .take(2)
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A number of seconds: `60s`, and beside it the readable form from a minute up: `300s (5m)`.
+pub fn seconds_text(seconds: u64) -> String {
+    if seconds < 60 {
+        format!("{seconds}s")
+    } else {
+        format!(
+            "{seconds}s ({})",
+            short_duration(seconds.saturating_mul(1000))
+        )
+    }
+}
+
+/// When `at_ms` is, seen from `now_ms`: `in 4m 10s`, `3s ago`, `now`.
+pub fn relative(at_ms: u64, now_ms: u64) -> String {
+    if at_ms.abs_diff(now_ms) < 1000 {
+        "now".to_string()
+    } else if at_ms > now_ms {
+        format!("in {}", short_duration(at_ms - now_ms))
+    } else {
+        format!("{} ago", short_duration(now_ms - at_ms))
+    }
+}
+
 fn slot_version(slot: Slot, version: &str) -> String {
     format!("{slot} {version}")
 }
 
-/// The human text of `sbctl status`.
-pub fn render_status(status: &NamespaceStatus) -> String {
+/// The human text of `sbctl status`; `now_ms` places the bake's end and the next rollout step.
+pub fn render_status(status: &NamespaceStatus, now_ms: u64) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "namespace  {}", status.namespace);
     let _ = writeln!(out, "epoch      {}", status.epoch);
@@ -108,6 +170,33 @@ pub fn render_status(status: &NamespaceStatus) -> String {
         .as_ref()
         .map(|p| slot_version(p.slot, &p.version));
     let _ = writeln!(out, "previous   {}", previous.as_deref().unwrap_or("none"));
+    if let Some(until) = status.bake_until_ms {
+        let _ = writeln!(
+            out,
+            "bake until {} ({}): the previous set stays hot and the judge can flip back",
+            time(until),
+            relative(until, now_ms)
+        );
+    }
+    let _ = writeln!(out, "policy     {}", render_policy_line(&status.policy));
+    if let Some(rollout) = &status.rollout {
+        let _ = writeln!(
+            out,
+            "rollout    {}  {}  step {}",
+            state_text(rollout.state),
+            slot_version(rollout.slot, &rollout.version),
+            render_steps(rollout)
+        );
+        let _ = writeln!(out, "           next {}", render_next(rollout, now_ms));
+        if !rollout.note.is_empty() {
+            let _ = writeln!(out, "           note: {}", rollout.note);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "leader     {}",
+        status.leader.as_deref().unwrap_or("none elected")
+    );
 
     let _ = writeln!(out, "\nslots");
     for slot in Slot::BOTH {
@@ -139,6 +228,9 @@ pub fn render_status(status: &NamespaceStatus) -> String {
     }
     for sidecar in &status.sidecars {
         let _ = writeln!(out, "  {}", render_sidecar(sidecar, status.epoch));
+        if !sidecar.reports.is_empty() {
+            let _ = writeln!(out, "    reports  {}", render_reports(&sidecar.reports));
+        }
     }
 
     match &status.last_change {
@@ -156,6 +248,171 @@ pub fn render_status(status: &NamespaceStatus) -> String {
             out.push('\n');
         }
         None => out.push_str("\nlast change  none\n"),
+    }
+    out
+}
+
+/// What applications reported through a sidecar, per version: `aaaa: 1200 ok/3 errors
+/// (0.25%)`.
+pub fn render_reports(reports: &[VersionReports]) -> String {
+    reports
+        .iter()
+        .map(|r| {
+            let counts = Counts {
+                ok: r.ok,
+                errors: r.errors,
+            };
+            format!(
+                "{}: {} ok/{} errors ({})",
+                r.version,
+                r.ok,
+                r.errors,
+                observed_rate(counts.error_rate())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The settings of a policy, as `(flag name, value text)`, in [`crate::cli::POLICY_FLAGS`]
+/// order.
+fn policy_settings(policy: &Policy) -> [(&'static str, String); 4] {
+    [
+        ("max-error-rate", rate(policy.max_error_rate)),
+        ("min-requests", policy.min_requests.to_string()),
+        ("window", seconds_text(policy.window_seconds)),
+        ("bake", seconds_text(policy.bake_seconds)),
+    ]
+}
+
+/// A policy on one line, for `sbctl status`: the settings, then which differ from the
+/// defaults.
+pub fn render_policy_line(policy: &Policy) -> String {
+    let settings = policy_settings(policy);
+    let defaults = policy_settings(&Policy::default());
+    let line = settings
+        .iter()
+        .map(|(name, value)| format!("{name} {value}"))
+        .collect::<Vec<_>>()
+        .join("  ");
+    let changed: Vec<&str> = settings
+        .iter()
+        .zip(&defaults)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0)
+        .collect();
+    if changed.is_empty() {
+        format!("{line}  (the defaults)")
+    } else {
+        format!("{line}  (not default: {})", changed.join(", "))
+    }
+}
+
+/// The human text of `sbctl policy show` and `policy set`: each setting with its value and
+/// whether it is the default; with `previous`, what each changed setting was.
+pub fn render_policy(namespace: &str, policy: &Policy, previous: Option<&Policy>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "policy of {namespace}");
+    let settings = policy_settings(policy);
+    let defaults = policy_settings(&Policy::default());
+    let before = previous.map(policy_settings);
+    for (i, (name, value)) in settings.iter().enumerate() {
+        let default = &defaults[i].1;
+        let mut line = if value == default {
+            format!("  {name:<16}{value:<14}default")
+        } else {
+            format!("  {name:<16}{value:<14}not the default ({default})")
+        };
+        if let Some((_, was)) = before.as_ref().map(|b| &b[i]).filter(|b| &b.1 != value) {
+            let _ = write!(line, ", was {was}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+fn state_text(state: RolloutState) -> &'static str {
+    match state {
+        RolloutState::Running => "running",
+        RolloutState::Paused => "paused",
+        RolloutState::Done => "done",
+        RolloutState::Aborted => "aborted",
+        RolloutState::RolledBack => "rolled back",
+    }
+}
+
+/// `2/5: 1%  [5%]  25%  50%  100%`, the current step in brackets.
+fn render_steps(rollout: &Rollout) -> String {
+    let steps = rollout
+        .steps_bp
+        .iter()
+        .enumerate()
+        .map(|(i, &bp)| {
+            if i == rollout.step {
+                format!("[{}]", percent(bp))
+            } else {
+                percent(bp)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("  ");
+    format!(
+        "{}/{}: {steps}",
+        rollout.step.saturating_add(1),
+        rollout.steps_bp.len()
+    )
+}
+
+/// The next step and when it is due (an interval after the current one was applied).
+fn render_next(rollout: &Rollout, now_ms: u64) -> String {
+    let Some(next) = rollout.next_weight_bp() else {
+        return match rollout.state {
+            RolloutState::Running | RolloutState::Paused => "none: this is the last step".into(),
+            state => format!("none: the rollout is {}", state_text(state)),
+        };
+    };
+    let next = if next >= 10_000 {
+        format!("{} (flip)", percent(next))
+    } else {
+        percent(next)
+    };
+    match rollout.state {
+        RolloutState::Running => {
+            let due = rollout
+                .step_at_ms
+                .saturating_add(rollout.interval_seconds.saturating_mul(1000));
+            format!("{next} due {} ({})", time(due), relative(due, now_ms))
+        }
+        RolloutState::Paused => format!("{next} once resumed"),
+        state => format!("none: the rollout is {}", state_text(state)),
+    }
+}
+
+/// The human text of `sbctl rollout`: state, version, the steps with the current one marked,
+/// the next step and when it is due, and the note.
+pub fn render_rollout(namespace: &str, rollout: &Rollout, now_ms: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "rollout of {namespace}: {}", state_text(rollout.state));
+    let _ = writeln!(
+        out,
+        "version    {}",
+        slot_version(rollout.slot, &rollout.version)
+    );
+    let _ = writeln!(out, "step       {}", render_steps(rollout));
+    let _ = writeln!(out, "interval   {}", seconds_text(rollout.interval_seconds));
+    let _ = writeln!(out, "next       {}", render_next(rollout, now_ms));
+    let _ = writeln!(
+        out,
+        "started    by {} at {}",
+        if rollout.started_by.is_empty() {
+            "-"
+        } else {
+            &rollout.started_by
+        },
+        time(rollout.started_at_ms)
+    );
+    if !rollout.note.is_empty() {
+        let _ = writeln!(out, "note       {}", rollout.note);
     }
     out
 }
@@ -252,6 +509,49 @@ pub fn render_routing_change(change: &RoutingChange) -> String {
     );
     let _ = writeln!(out, "audit      record {}", change.audit_seq);
     out
+}
+
+/// How `flip --wait` ended; the `wait` member of its `--json` document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WaitReport {
+    pub epoch: u64,
+    /// Every live sidecar serves `epoch` or a later one.
+    pub converged: bool,
+    /// Live sidecars at the last status read.
+    pub sidecars: usize,
+    /// The ids of those not on `epoch` yet.
+    pub behind: Vec<String>,
+}
+
+/// The one `--json` document of `flip --wait`: the coordinator's routing change as it came,
+/// plus `"wait"`.
+pub fn flip_wait_document(change: &serde_json::Value, wait: &WaitReport) -> serde_json::Value {
+    let wait = serde_json::json!({
+        "epoch": wait.epoch,
+        "converged": wait.converged,
+        "sidecars": wait.sidecars,
+        "behind": wait.behind,
+    });
+    match change {
+        serde_json::Value::Object(map) => {
+            let mut map = map.clone();
+            map.insert("wait".to_string(), wait);
+            serde_json::Value::Object(map)
+        }
+        other => serde_json::json!({ "change": other, "wait": wait }),
+    }
+}
+
+/// The human line after `flip --wait` converged.
+pub fn render_wait(wait: &WaitReport) -> String {
+    if wait.sidecars == 0 {
+        format!("no live sidecars to wait for at epoch {}", wait.epoch)
+    } else {
+        format!(
+            "all {} live sidecars serve epoch {}",
+            wait.sidecars, wait.epoch
+        )
+    }
 }
 
 /// One line of `sbctl audit`: seq, time, actor, action, reason, detail.
@@ -448,9 +748,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn status_shows_routing_slots_and_sidecars() {
-        let status = NamespaceStatus {
+    const T0: u64 = 1_795_000_000_000;
+
+    fn status() -> NamespaceStatus {
+        NamespaceStatus {
             namespace: "catalog".into(),
             epoch: 7,
             active: Some(StatusSlotVersion {
@@ -479,6 +780,7 @@ mod tests {
                     }],
                     etcd_reachable: true,
                     at_ms: 1_795_000_000_000,
+                    reports: vec![],
                 },
                 StatusSidecar {
                     id: "host-b".into(),
@@ -486,6 +788,7 @@ mod tests {
                     serving: vec![],
                     etcd_reachable: false,
                     at_ms: 0,
+                    reports: vec![],
                 },
             ],
             last_change: Some(StatusChange {
@@ -494,8 +797,16 @@ mod tests {
                 reason: "first step".into(),
                 at_ms: 1_795_000_000_000,
             }),
-        };
-        let text = render_status(&status);
+            bake_until_ms: None,
+            policy: Policy::default(),
+            rollout: None,
+            leader: None,
+        }
+    }
+
+    #[test]
+    fn status_shows_routing_slots_and_sidecars() {
+        let text = render_status(&status(), T0);
         for needle in [
             "namespace  catalog",
             "epoch      7",
@@ -512,6 +823,223 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+        // Absent: no bake, no rollout, no reports; the policy and the leader always show.
+        for needle in [
+            "policy     max-error-rate 5%  min-requests 200  window 120s (2m)  bake 300s (5m)  (the defaults)",
+            "leader     none elected",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        for absent in ["bake until", "rollout", "reports"] {
+            assert!(!text.contains(absent), "{absent:?} in\n{text}");
+        }
+    }
+
+    fn rollout(state: RolloutState, step: usize) -> Rollout {
+        Rollout {
+            slot: Slot::Green,
+            version: "bbbb".into(),
+            steps_bp: vec![100, 500, 2500, 5000, 10_000],
+            interval_seconds: 300,
+            step,
+            state,
+            started_by: "alice".into(),
+            started_at_ms: T0 - 600_000,
+            step_at_ms: T0 - 50_000,
+            note: "judge: error rate 0.10% is within the policy's 5.00%".into(),
+        }
+    }
+
+    #[test]
+    fn status_shows_bake_policy_rollout_leader_and_reports() {
+        let mut status = status();
+        status.bake_until_ms = Some(T0 + 250_000);
+        status.policy = Policy {
+            min_requests: 1000,
+            bake_seconds: 600,
+            ..Policy::default()
+        };
+        status.rollout = Some(rollout(RolloutState::Running, 1));
+        status.leader = Some("coordinator-2".into());
+        status.sidecars[0].reports = vec![
+            VersionReports {
+                version: "aaaa".into(),
+                ok: 1197,
+                errors: 3,
+            },
+            VersionReports {
+                version: "bbbb".into(),
+                ok: 0,
+                errors: 0,
+            },
+        ];
+        let text = render_status(&status, T0);
+        for needle in [
+            "bake until 2026-11-18T11:10:50.000Z (in 4m 10s)",
+            "policy     max-error-rate 5%  min-requests 1000  window 120s (2m)  bake 600s (10m)  (not default: min-requests, bake)",
+            "rollout    running  green bbbb  step 2/5: 1%  [5%]  25%  50%  100%",
+            "           next 25% due 2026-11-18T11:10:50.000Z (in 4m 10s)",
+            "           note: judge: error rate 0.10% is within the policy's 5.00%",
+            "leader     coordinator-2",
+            "  host-a  epoch 7 (current)",
+            "    reports  aaaa: 1197 ok/3 errors (0.25%), bbbb: 0 ok/0 errors (0.00%)",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        // Reports belong to the sidecar above them; host-b reported nothing.
+        let host_a = text.find("host-a").expect("host-a");
+        let reports = text.find("    reports").expect("reports");
+        let host_b = text.find("host-b").expect("host-b");
+        assert!(host_a < reports && reports < host_b, "{text}");
+        assert_eq!(text.matches("reports").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn rollouts_mark_the_current_step_and_when_the_next_is_due() {
+        let text = render_rollout("catalog", &rollout(RolloutState::Running, 1), T0);
+        assert_eq!(
+            text,
+            "rollout of catalog: running\n\
+             version    green bbbb\n\
+             step       2/5: 1%  [5%]  25%  50%  100%\n\
+             interval   300s (5m)\n\
+             next       25% due 2026-11-18T11:10:50.000Z (in 4m 10s)\n\
+             started    by alice at 2026-11-18T10:56:40.000Z\n\
+             note       judge: error rate 0.10% is within the policy's 5.00%\n"
+        );
+        // The step before the flip: the next one is the flip, overdue by now.
+        let late = render_rollout("catalog", &rollout(RolloutState::Running, 3), T0 + 400_000);
+        assert!(
+            late.contains("step       4/5: 1%  5%  25%  [50%]  100%"),
+            "{late}"
+        );
+        assert!(
+            late.contains("next       100% (flip) due 2026-11-18T11:10:50.000Z (2m 30s ago)"),
+            "{late}"
+        );
+        let paused = render_rollout("catalog", &rollout(RolloutState::Paused, 0), T0);
+        assert!(
+            paused.starts_with("rollout of catalog: paused\n"),
+            "{paused}"
+        );
+        assert!(paused.contains("[1%]  5%"), "{paused}");
+        assert!(paused.contains("next       5% once resumed"), "{paused}");
+        let done = render_rollout("catalog", &rollout(RolloutState::Done, 4), T0);
+        assert!(done.contains("[100%]"), "{done}");
+        assert!(
+            done.contains("next       none: the rollout is done"),
+            "{done}"
+        );
+        let rolled_back = render_rollout("catalog", &rollout(RolloutState::RolledBack, 2), T0);
+        assert!(
+            rolled_back.starts_with("rollout of catalog: rolled back"),
+            "{rolled_back}"
+        );
+        assert!(rolled_back.contains("next       none: the rollout is rolled back"));
+        let mut last = rollout(RolloutState::Running, 1);
+        last.steps_bp = vec![100, 500];
+        last.note = String::new();
+        let text = render_rollout("catalog", &last, T0);
+        assert!(
+            text.contains("next       none: this is the last step"),
+            "{text}"
+        );
+        assert!(!text.contains("note"), "{text}");
+    }
+
+    #[test]
+    fn policies_say_which_settings_are_defaults() {
+        let policy = Policy {
+            max_error_rate: 0.025,
+            bake_seconds: 600,
+            ..Policy::default()
+        };
+        assert_eq!(
+            render_policy("catalog", &policy, None),
+            "policy of catalog\n  \
+             max-error-rate  2.5%          not the default (5%)\n  \
+             min-requests    200           default\n  \
+             window          120s (2m)     default\n  \
+             bake            600s (10m)    not the default (300s (5m))\n"
+        );
+        let text = render_policy("catalog", &policy, Some(&Policy::default()));
+        assert!(
+            text.contains("max-error-rate  2.5%          not the default (5%), was 5%\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("min-requests    200           default\n"),
+            "{text}"
+        );
+        let defaults = render_policy("catalog", &Policy::default(), None);
+        assert_eq!(defaults.matches("  default\n").count(), 4, "{defaults}");
+    }
+
+    #[test]
+    fn durations_and_rates_read_well() {
+        assert_eq!(short_duration(0), "0s");
+        assert_eq!(short_duration(999), "0s");
+        assert_eq!(short_duration(45_000), "45s");
+        assert_eq!(short_duration(250_000), "4m 10s");
+        assert_eq!(short_duration(300_000), "5m");
+        assert_eq!(short_duration(3_720_000), "1h 2m");
+        assert_eq!(short_duration(3_605_000), "1h");
+        assert_eq!(
+            short_duration(2 * 86_400_000 + 3 * 3_600_000 + 5_000),
+            "2d 3h"
+        );
+        assert_eq!(relative(T0 + 500, T0), "now");
+        assert_eq!(relative(T0 + 90_000, T0), "in 1m 30s");
+        assert_eq!(relative(T0, T0 + 3_000), "3s ago");
+        assert_eq!(seconds_text(59), "59s");
+        assert_eq!(seconds_text(86_400), "86400s (1d)");
+        assert_eq!(rate(0.05), "5%");
+        assert_eq!(rate(0.07), "7%");
+        assert_eq!(rate(0.0125), "1.25%");
+        assert_eq!(rate(0.0), "0%");
+        assert_eq!(rate(1.0), "100%");
+        assert_eq!(rate(0.000_01), "0.001%");
+        assert_eq!(observed_rate(1.0 / 3.0), "33.33%");
+    }
+
+    #[test]
+    fn flip_wait_json_is_the_change_plus_wait() {
+        let change = json!({"namespace": "catalog", "routing": {"epoch": 8}, "audit_seq": 12});
+        let wait = WaitReport {
+            epoch: 8,
+            converged: false,
+            sidecars: 3,
+            behind: vec!["host-b".into(), "host-c".into()],
+        };
+        assert_eq!(
+            flip_wait_document(&change, &wait),
+            json!({
+                "namespace": "catalog",
+                "routing": {"epoch": 8},
+                "audit_seq": 12,
+                "wait": {"epoch": 8, "converged": false, "sidecars": 3, "behind": ["host-b", "host-c"]}
+            })
+        );
+        let done = WaitReport {
+            epoch: 8,
+            converged: true,
+            sidecars: 3,
+            behind: vec![],
+        };
+        let document = flip_wait_document(&change, &done);
+        assert_eq!(
+            document["wait"],
+            json!({"epoch": 8, "converged": true, "sidecars": 3, "behind": []})
+        );
+        assert_eq!(render_wait(&done), "all 3 live sidecars serve epoch 8");
+        let nobody = WaitReport {
+            sidecars: 0,
+            ..done
+        };
+        assert_eq!(
+            render_wait(&nobody),
+            "no live sidecars to wait for at epoch 8"
+        );
     }
 
     #[test]
@@ -533,6 +1061,7 @@ mod tests {
                     seed: 9,
                 }),
                 previous: None,
+                bake_until_ms: None,
                 action: "canary".into(),
                 by: "alice".into(),
                 reason: "".into(),

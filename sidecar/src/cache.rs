@@ -2,6 +2,10 @@
 //! cache directory, and a sidecar that starts serves it, after verifying it, until etcd
 //! answers. The data plane does not depend on the control plane being up.
 //!
+//! Only the sets consumers are served are stored: not the previous set a snapshot holds during
+//! the bake time after a flip. A copy whose routing names a bake is read back without it, and
+//! the sync loop loads it from etcd once etcd answers.
+//!
 //! One file per namespace, `<cache-dir>/<ns>.lkg`:
 //! `SBLKG1\n`, a u32 LE length and a JSON header (routing, and per set the manifest hash named
 //! by routing and the manifest of the chunks that follow), then each set's chunks as u32 LE
@@ -196,6 +200,8 @@ fn decode(namespace: &str, data: &[u8]) -> Result<Snapshot, String> {
         routing,
         active,
         canary,
+        // Not stored: see the module documentation.
+        previous: None,
     })
 }
 
@@ -290,6 +296,7 @@ mod tests {
                 seed: 7,
             }),
             previous: None,
+            bake_until_ms: None,
             action: "canary".into(),
             by: "test".into(),
             reason: String::new(),
@@ -299,6 +306,7 @@ mod tests {
             routing,
             active,
             canary: Some(canary),
+            previous: None,
         }
     }
 
@@ -348,6 +356,55 @@ mod tests {
         std::fs::write(&path, &good).expect("write");
         assert!(cache.read("catalog").is_ok());
         assert!(cache.read("catalog").expect("ok").is_some());
+    }
+
+    #[test]
+    fn a_baking_snapshot_is_stored_without_its_previous_set_and_reads_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = DiskCache::new(dir.path().to_path_buf());
+        let (active, previous) = (loaded("new"), loaded("old"));
+        let routing = Routing {
+            epoch: 12,
+            active: SlotVersion {
+                slot: Slot::Green,
+                version: active.version.clone(),
+                manifest: active.manifest_hash.clone(),
+            },
+            canary: None,
+            previous: Some(SlotVersion {
+                slot: Slot::Blue,
+                version: previous.version.clone(),
+                manifest: previous.manifest_hash.clone(),
+            }),
+            bake_until_ms: Some(1_800_000_000_000),
+            action: "flip".into(),
+            by: "test".into(),
+            reason: String::new(),
+            at_ms: 0,
+        };
+        let original = Snapshot {
+            routing,
+            active,
+            canary: None,
+            previous: Some(previous),
+        };
+        let bytes = cache.write("catalog", &original).expect("written");
+        // The file holds one set, not two.
+        let single = Snapshot {
+            previous: None,
+            routing: original.routing.clone(),
+            active: original.active.clone(),
+            canary: None,
+        };
+        let other = DiskCache::new(dir.path().join("single"));
+        assert_eq!(other.write("catalog", &single).expect("written"), bytes);
+
+        let back = cache.read("catalog").expect("reads").expect("present");
+        assert_eq!(back.routing, original.routing);
+        assert!(back.routing.baking().is_some());
+        assert_eq!(back.active.items, original.active.items);
+        assert!(back.previous.is_none());
+        assert!(back.canary.is_none());
     }
 
     #[test]

@@ -36,6 +36,7 @@ impl From<ReadError> for Status {
             }
             ReadError::NotLoaded(_) => Status::unavailable(error.to_string()),
             ReadError::BadRequest(_) => Status::invalid_argument(error.to_string()),
+            ReadError::UnknownVersion { .. } => Status::failed_precondition(error.to_string()),
         }
     }
 }

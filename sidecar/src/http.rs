@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::serve::{ReadError, Served};
 use crate::snapshot::Choice;
+use crate::telemetry;
 
 pub const CONSUMER_HEADER: &str = "x-switchboard-consumer";
 /// Largest report body accepted.
@@ -67,8 +68,17 @@ impl IntoResponse for ReadError {
             ReadError::UnknownNamespace(_) | ReadError::UnknownKey { .. } => StatusCode::NOT_FOUND,
             ReadError::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ReadError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ReadError::UnknownVersion { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        (status, Json(json!({"error": self.to_string()}))).into_response()
+        let mut body = json!({"error": self.to_string()});
+        if let ReadError::UnknownVersion {
+            version, accepted, ..
+        } = self
+        {
+            body["version"] = json!(version);
+            body["accepted_versions"] = json!(accepted);
+        }
+        (status, Json(body)).into_response()
     }
 }
 
@@ -91,8 +101,8 @@ fn served_headers(response: &mut Response, choice: &Choice<'_>) {
 }
 
 fn record_read(ns: &str, choice: &Choice<'_>, started: Instant) {
-    metrics::counter!("switchboard_sidecar_reads_total", "namespace" => ns.to_string(), "slot" => choice.slot.as_str(), "version" => choice.set.version.clone()).increment(1);
-    metrics::histogram!("switchboard_sidecar_read_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!(telemetry::READS, "namespace" => ns.to_string(), "slot" => choice.slot.as_str(), "version" => choice.set.version.clone()).increment(1);
+    metrics::histogram!(telemetry::READ_SECONDS).record(started.elapsed().as_secs_f64());
 }
 
 async fn get_item(
@@ -239,16 +249,23 @@ async fn status(State(served): State<Arc<Served>>) -> Json<serde_json::Value> {
                 "disk_copy_error": sync.disk_copy_error,
                 "last_sync_ms": sync.last_sync_ms,
                 "last_error": sync.last_error,
+                "baking": snapshot.as_ref().and_then(|s| s.baking()).map(|(previous, until_ms, held)| json!({
+                    "slot": previous.slot,
+                    "version": previous.version,
+                    "until_ms": until_ms,
+                    "loaded": held.is_some(),
+                })),
+                "reports": ns.reports(),
             }),
         );
     }
-    Json(json!({"id": served.id, "namespaces": namespaces}))
+    Json(json!({"id": served.id, "started_at_ms": served.started_at_ms, "namespaces": namespaces}))
 }
 
 async fn render_metrics(State(served): State<Arc<Served>>) -> String {
-    served
-        .metrics
-        .as_ref()
-        .map(|m| m.render())
-        .unwrap_or_default()
+    let Some(handle) = served.metrics.as_ref() else {
+        return String::new();
+    };
+    telemetry::update_gauges(&served, switchboard_proto::time::now_ms());
+    handle.render()
 }

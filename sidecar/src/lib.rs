@@ -12,9 +12,11 @@ pub mod health;
 pub mod http;
 pub mod loader;
 pub mod namespace;
+pub mod reports;
 pub mod serve;
 pub mod snapshot;
 pub mod sync;
+pub mod telemetry;
 
 #[cfg(test)]
 mod tests;
@@ -138,6 +140,9 @@ pub async fn run(
     }
     let id = args.id();
     validate_sidecar_id(&id)?;
+    // The origin of the report counts in the health records: a new value tells the judge that
+    // this sidecar's counts started again from zero.
+    let started_at_ms = switchboard_proto::time::now_ms();
     let keys = Keys::new(&args.prefix);
     let client = connect_etcd(&args.etcd).await?;
     let namespaces: HashMap<String, Arc<namespace::Namespace>> = args
@@ -146,6 +151,7 @@ pub async fn run(
         .map(|name| (name.clone(), namespace::Namespace::new(name)))
         .collect();
     let health_dirty = Arc::new(Notify::new());
+    let reports_changed = Arc::new(Notify::new());
     let cache = cache::DiskCache::new(
         args.cache_dir
             .clone()
@@ -157,6 +163,9 @@ pub async fn run(
 
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
+    if let Some(handle) = &metrics {
+        tasks.spawn(telemetry::keep_up(handle.clone(), background.clone()));
+    }
     for namespace in namespaces.values() {
         tasks.spawn(cache::keep_written(
             cache.clone(),
@@ -176,7 +185,9 @@ pub async fn run(
         keys: keys.clone(),
         id: id.clone(),
         namespaces: namespaces.values().cloned().collect(),
+        started_at_ms,
         dirty: health_dirty,
+        reports_changed: reports_changed.clone(),
     };
     let health_stop = CancellationToken::new();
     let health_task = tokio::spawn(health.run(health_stop.clone()));
@@ -184,7 +195,8 @@ pub async fn run(
     let served = Arc::new(serve::Served {
         id: id.clone(),
         namespaces,
-        reports: serve::Reports::default(),
+        started_at_ms,
+        reports_changed,
         metrics,
         shutdown: shutdown.clone(),
     });

@@ -130,13 +130,25 @@ impl SetCache {
         let set = Arc::new(load_set(client, keys, ns, manifest_hash).await?);
         let seconds = started.elapsed().as_secs_f64();
         tracing::info!(ns, version = %set.version, items = set.items.len(), bytes = set.items.bytes(), seconds, "set loaded and verified");
-        metrics::histogram!("switchboard_sidecar_set_load_seconds").record(seconds);
+        metrics::histogram!(crate::telemetry::SET_LOAD_SECONDS).record(seconds);
         self.sets.insert(manifest_hash.to_string(), set.clone());
         Ok(set)
     }
 
-    /// Drops every set not in `keep`, so that memory holds only what is served.
+    /// Drops every set not in `keep`, so that memory holds only what is served or kept hot for
+    /// a flip back.
     pub fn retain(&mut self, keep: &[&str]) {
         self.sets.retain(|hash, _| keep.contains(&hash.as_str()));
+    }
+
+    /// Puts a set in as if it had been loaded, so that tests need no etcd.
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, set: Arc<LoadedSet>) {
+        self.sets.insert(set.manifest_hash.clone(), set);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn holds(&self, manifest_hash: &str) -> bool {
+        self.sets.contains_key(manifest_hash)
     }
 }

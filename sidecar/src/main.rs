@@ -11,7 +11,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = switchboard_sidecar::Args::parse();
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    // Real Prometheus histograms for the latencies, with buckets from 50 µs for reads.
+    let metrics = switchboard_sidecar::telemetry::prometheus_builder()?.install_recorder()?;
+    switchboard_sidecar::telemetry::describe();
     let (http, grpc) = switchboard_sidecar::bind(&args).await?;
     let shutdown = CancellationToken::new();
     switchboard_sidecar::cancel_on_signal(shutdown.clone());

@@ -1,11 +1,16 @@
-//! The per-namespace handle shared by the sync loop (its only writer) and the servers.
+//! The per-namespace handle shared by the sync loop (its only writer), the servers and the
+//! health publisher.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use serde::Serialize;
+use switchboard_proto::VersionReports;
 use tokio::sync::watch;
 
+use crate::reports::{Refused, Reports};
 use crate::snapshot::Snapshot;
+use crate::telemetry;
 
 /// Where the snapshot being served came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -38,6 +43,8 @@ pub struct Namespace {
     pub name: String,
     snapshot: watch::Sender<Option<Arc<Snapshot>>>,
     sync: Mutex<SyncState>,
+    /// The versions served recently and the outcomes reported for them.
+    reports: Mutex<Reports>,
 }
 
 impl Namespace {
@@ -46,6 +53,7 @@ impl Namespace {
             name: name.to_string(),
             snapshot: watch::Sender::new(None),
             sync: Mutex::new(SyncState::default()),
+            reports: Mutex::new(Reports::default()),
         })
     }
 
@@ -58,8 +66,39 @@ impl Namespace {
         self.snapshot.subscribe()
     }
 
+    /// Serves `snapshot` from now on, and notes the versions it serves: reports for them are
+    /// accepted from now until 10 minutes after they stop being served.
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        let versions: Vec<&str> = snapshot
+            .served_sets()
+            .into_iter()
+            .map(|(_, set)| set.version.as_str())
+            .collect();
+        self.lock_reports().note_served(&versions, Instant::now());
         self.snapshot.send_replace(Some(snapshot));
+        metrics::counter!(telemetry::SNAPSHOT_SWAPS, "namespace" => self.name.clone()).increment(1);
+    }
+
+    /// Counts outcomes reported for `version`, if reports for it are accepted now. Returns
+    /// whether a count changed.
+    pub fn report(&self, version: &str, ok: u64, errors: u64) -> Result<bool, Refused> {
+        self.lock_reports().add(version, ok, errors, Instant::now())
+    }
+
+    /// Cumulative outcomes per version, for the health record.
+    pub fn reports(&self) -> Vec<VersionReports> {
+        self.lock_reports().published()
+    }
+
+    /// Changes whenever `reports()` does.
+    pub fn reports_generation(&self) -> u64 {
+        self.lock_reports().generation()
+    }
+
+    /// The counts stay consistent even if a holder of the lock panicked: every update is a
+    /// single saturating addition.
+    fn lock_reports(&self) -> MutexGuard<'_, Reports> {
+        self.reports.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn sync_state(&self) -> SyncState {

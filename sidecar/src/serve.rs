@@ -1,12 +1,17 @@
 //! What the HTTP and gRPC read servers share: the namespaces served, lookups, and reports.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
 
 use crate::namespace::Namespace;
 use crate::snapshot::Snapshot;
+use crate::telemetry;
+
+/// Longest version a report may name.
+pub const MAX_VERSION_LEN: usize = 64;
 
 /// Why a read could not be answered; the servers map it to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -19,29 +24,23 @@ pub enum ReadError {
     UnknownKey { namespace: String, key: String },
     #[error("{0}")]
     BadRequest(String),
+    /// A report for a version this sidecar neither serves nor served in the last 10 minutes.
+    #[error(
+        "version {version:?} is not served by this sidecar in namespace {namespace:?}, nor was it in the last 10 minutes; {}",
+        accepted_list(.accepted)
+    )]
+    UnknownVersion {
+        namespace: String,
+        version: String,
+        accepted: Vec<String>,
+    },
 }
 
-/// Outcome counts that applications reported, per namespace and version.
-#[derive(Default)]
-pub struct Reports {
-    counts: Mutex<BTreeMap<(String, String), (u64, u64)>>,
-}
-
-impl Reports {
-    pub fn add(&self, namespace: &str, version: &str, ok: u64, errors: u64) {
-        if let Ok(mut counts) = self.counts.lock() {
-            let entry = counts
-                .entry((namespace.to_string(), version.to_string()))
-                .or_default();
-            entry.0 = entry.0.saturating_add(ok);
-            entry.1 = entry.1.saturating_add(errors);
-        }
-        metrics::counter!("switchboard_sidecar_reports_ok_total", "namespace" => namespace.to_string(), "version" => version.to_string()).increment(ok);
-        metrics::counter!("switchboard_sidecar_reports_errors_total", "namespace" => namespace.to_string(), "version" => version.to_string()).increment(errors);
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<(String, String), (u64, u64)> {
-        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
+fn accepted_list(accepted: &[String]) -> String {
+    if accepted.is_empty() {
+        "no version is accepted yet".to_string()
+    } else {
+        format!("reports are accepted for {}", accepted.join(", "))
     }
 }
 
@@ -49,7 +48,11 @@ impl Reports {
 pub struct Served {
     pub id: String,
     pub namespaces: HashMap<String, Arc<Namespace>>,
-    pub reports: Reports,
+    /// When this sidecar started, Unix ms.
+    pub started_at_ms: u64,
+    /// Told whenever an accepted report changed a count; the health publisher writes the new
+    /// counts soon after.
+    pub reports_changed: Arc<Notify>,
     pub metrics: Option<PrometheusHandle>,
     /// Cancelled at shutdown; ends the streams that would otherwise outlive the servers.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -75,6 +78,8 @@ impl Served {
         named.filter(|c| !c.is_empty()).unwrap_or(&self.id)
     }
 
+    /// Counts outcomes an application saw with `version`, which this sidecar must serve now or
+    /// have served in the last 10 minutes.
     pub fn report(
         &self,
         namespace: &str,
@@ -82,13 +87,23 @@ impl Served {
         ok: u64,
         errors: u64,
     ) -> Result<(), ReadError> {
-        self.namespace(namespace)?;
-        if version.is_empty() || version.len() > 64 {
-            return Err(ReadError::BadRequest(
-                "version must be 1 to 64 characters".into(),
-            ));
+        let ns = self.namespace(namespace)?;
+        if version.is_empty() || version.len() > MAX_VERSION_LEN {
+            return Err(ReadError::BadRequest(format!(
+                "version must be 1 to {MAX_VERSION_LEN} characters"
+            )));
         }
-        self.reports.add(namespace, version, ok, errors);
+        let changed =
+            ns.report(version, ok, errors)
+                .map_err(|refused| ReadError::UnknownVersion {
+                    namespace: namespace.to_string(),
+                    version: version.to_string(),
+                    accepted: refused.accepted,
+                })?;
+        telemetry::record_report(namespace, version, ok, errors);
+        if changed {
+            self.reports_changed.notify_one();
+        }
         Ok(())
     }
 }

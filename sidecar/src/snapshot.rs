@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use switchboard_proto::bucket::on_canary;
-use switchboard_proto::{ItemSet, Routing, Slot};
+use switchboard_proto::{ItemSet, Routing, Slot, SlotVersion};
 
 /// A set loaded from etcd and verified against its manifest (invariant 1).
 #[derive(Debug)]
@@ -23,6 +23,11 @@ pub struct Snapshot {
     pub active: Arc<LoadedSet>,
     /// The canary's set while its weight is above zero.
     pub canary: Option<Arc<LoadedSet>>,
+    /// The previous set while the bake time after a flip runs (`Routing::baking`), held loaded
+    /// and verified so that a flip back is served at once. No consumer is ever served it from
+    /// this snapshot: `choose` and `served_sets` ignore it. `None` when routing names no bake,
+    /// or when the set could not be loaded (it is then loaded on the flip back, if one comes).
+    pub previous: Option<Arc<LoadedSet>>,
 }
 
 /// The set one consumer is served, and where it came from (invariant 6).
@@ -49,6 +54,18 @@ impl Snapshot {
             epoch: self.routing.epoch,
             set: &self.active,
         }
+    }
+
+    /// The previous set routing keeps hot during the bake time, with the end of the bake and
+    /// the set if it is held.
+    pub fn baking(&self) -> Option<(&SlotVersion, u64, Option<&Arc<LoadedSet>>)> {
+        let previous = self.routing.baking()?;
+        let until_ms = self.routing.bake_until_ms.unwrap_or(0);
+        let held = self
+            .previous
+            .as_ref()
+            .filter(|set| set.manifest_hash == previous.manifest);
+        Some((previous, until_ms, held))
     }
 
     /// The sets served, with their slots.

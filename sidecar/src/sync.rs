@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::loader::{LoadError, SetCache, with_timeout};
 use crate::namespace::Namespace;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{LoadedSet, Snapshot};
+use crate::telemetry;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub(crate) enum SyncError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("etcd: {0}")]
@@ -143,7 +144,12 @@ impl NamespaceSync {
     /// Loads every set that `raw` routing needs and publishes the new snapshot. Routing or a
     /// set that does not verify is logged and skipped: the last snapshot keeps serving until
     /// routing names something valid. Only etcd failures are returned, to reconnect.
-    async fn apply(&self, cache: &mut SetCache, raw: &[u8]) -> Result<(), SyncError> {
+    ///
+    /// During the bake time after a flip the previous set is loaded too and held, not served,
+    /// so that a flip back needs no load. It is not needed to serve: if it does not verify the
+    /// new snapshot goes out without it, and if etcd fails while loading it the snapshot goes
+    /// out first and the reconnect tries again.
+    pub(crate) async fn apply(&self, cache: &mut SetCache, raw: &[u8]) -> Result<(), SyncError> {
         let ns = &self.namespace.name;
         let routing: Routing = match serde_json::from_slice(raw) {
             Ok(routing) => routing,
@@ -154,16 +160,41 @@ impl NamespaceSync {
                 return Ok(());
             }
         };
-        if self
-            .namespace
-            .current()
-            .is_some_and(|s| s.routing == routing)
+        if let Some(current) = self.namespace.current()
+            && current.routing == routing
         {
             // Same routing names the same verified manifests: what is served (perhaps from the
             // disk copy) is exactly what etcd has.
             self.namespace
                 .update_sync(|s| s.source = crate::namespace::Source::Etcd);
-            return Ok(());
+            if routing.baking().is_none() || current.previous.is_some() {
+                return Ok(());
+            }
+            // The served sets are right, but the baking set is not held yet: the disk copy does
+            // not keep it, or an earlier load of it failed.
+            return match self.load_previous(cache, &routing).await {
+                Ok(Some(previous)) => {
+                    self.retain(
+                        cache,
+                        &current.active,
+                        current.canary.as_ref(),
+                        Some(&previous),
+                    );
+                    self.swap(Snapshot {
+                        routing,
+                        active: current.active.clone(),
+                        canary: current.canary.clone(),
+                        previous: Some(previous),
+                    });
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(error) => self.previous_not_held(
+                    routing.epoch,
+                    routing.baking().map(|p| p.version.as_str()),
+                    error,
+                ),
+            };
         }
         let load = async {
             let active = cache
@@ -189,23 +220,96 @@ impl NamespaceSync {
             }
             Err(error) => return Err(error.into()),
         };
-        let keep: Vec<&str> = std::iter::once(active.manifest_hash.as_str())
-            .chain(canary.as_ref().map(|c| c.manifest_hash.as_str()))
-            .collect();
-        cache.retain(&keep);
-        let epoch = routing.epoch;
-        self.namespace.publish(Arc::new(Snapshot {
+        let previous = self.load_previous(cache, &routing).await;
+        let held = previous.as_ref().ok().cloned().flatten();
+        let (epoch, baking) = (routing.epoch, routing.baking().map(|p| p.version.clone()));
+        self.retain(cache, &active, canary.as_ref(), held.as_ref());
+        self.swap(Snapshot {
             routing,
             active,
             canary,
-        }));
+            previous: held,
+        });
+        match previous {
+            Ok(_) => Ok(()),
+            // Serving the new routing did not wait for the baking set.
+            Err(error) => self.previous_not_held(epoch, baking.as_deref(), error),
+        }
+    }
+
+    /// Loads the previous set while routing names a bake.
+    async fn load_previous(
+        &self,
+        cache: &mut SetCache,
+        routing: &Routing,
+    ) -> Result<Option<Arc<LoadedSet>>, LoadError> {
+        match routing.baking() {
+            Some(previous) => cache
+                .get_or_load(
+                    &self.client,
+                    &self.keys,
+                    &self.namespace.name,
+                    &previous.manifest,
+                )
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Handles a failed load of the previous set, after the snapshot went out without it. A set
+    /// that does not verify is logged and left out (the flip back would load it, and refuse it,
+    /// like any other set); an etcd failure reconnects, and the reconnect tries again.
+    fn previous_not_held(
+        &self,
+        epoch: u64,
+        version: Option<&str>,
+        error: LoadError,
+    ) -> Result<(), SyncError> {
+        let ns = &self.namespace.name;
+        let version = version.unwrap_or_default();
+        match error {
+            LoadError::Invalid { .. } | LoadError::Missing { .. } => {
+                tracing::warn!(ns, epoch, version, %error, "the previous set does not verify; it is not held for a flip back");
+                self.namespace
+                    .update_sync(|s| s.last_error = Some(error.to_string()));
+                Ok(())
+            }
+            error => {
+                tracing::warn!(ns, epoch, version, %error, "the previous set could not be loaded; serving the new routing without it until etcd answers again");
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Drops from memory every set the next snapshot does not hold.
+    fn retain(
+        &self,
+        cache: &mut SetCache,
+        active: &Arc<LoadedSet>,
+        canary: Option<&Arc<LoadedSet>>,
+        previous: Option<&Arc<LoadedSet>>,
+    ) {
+        let keep: Vec<&str> = std::iter::once(active)
+            .chain(canary)
+            .chain(previous)
+            .map(|set| set.manifest_hash.as_str())
+            .collect();
+        cache.retain(&keep);
+    }
+
+    /// Publishes a whole new snapshot.
+    fn swap(&self, snapshot: Snapshot) {
+        let ns = &self.namespace.name;
+        let epoch = snapshot.routing.epoch;
+        let baking = snapshot.previous.as_ref().map(|p| p.version.clone());
+        self.namespace.publish(Arc::new(snapshot));
         self.namespace.update_sync(|s| {
             s.last_error = None;
             s.source = crate::namespace::Source::Etcd;
         });
         self.health_dirty.notify_one();
-        metrics::gauge!("switchboard_sidecar_epoch", "namespace" => ns.clone()).set(epoch as f64);
-        tracing::info!(ns, epoch, "serving new routing");
-        Ok(())
+        metrics::gauge!(telemetry::EPOCH, "namespace" => ns.clone()).set(epoch as f64);
+        tracing::info!(ns, epoch, holding_previous = ?baking, "serving new routing");
     }
 }

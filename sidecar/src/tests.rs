@@ -10,8 +10,10 @@ use switchboard_proto::bucket::on_canary;
 use switchboard_proto::set::canonical_json;
 use switchboard_proto::types::{Canary, Routing, Slot, SlotVersion};
 
+use tokio::sync::Notify;
+
 use crate::namespace::Namespace;
-use crate::serve::{Reports, Served};
+use crate::serve::Served;
 use crate::snapshot::{LoadedSet, Snapshot};
 
 const NS: &str = "catalog";
@@ -93,6 +95,7 @@ fn routing(epoch: u64, active: (Slot, &str), canary: Option<(Slot, &str, u32)>) 
             seed: SEED,
         }),
         previous: None,
+        bake_until_ms: None,
         action: "canary".to_string(),
         by: "test".to_string(),
         reason: "unit test".to_string(),
@@ -107,6 +110,7 @@ fn canary_snapshot(epoch: u64, weight_bp: u32) -> Arc<Snapshot> {
         routing: routing(epoch, (Slot::Blue, V1), Some((Slot::Green, V2, weight_bp))),
         active: loaded(V1, &v1_items()),
         canary: Some(loaded(V2, &v2_items())),
+        previous: None,
     })
 }
 
@@ -116,6 +120,33 @@ fn flipped_snapshot(epoch: u64) -> Arc<Snapshot> {
         routing: routing(epoch, (Slot::Green, V2), None),
         active: loaded(V2, &v2_items()),
         canary: None,
+        previous: None,
+    })
+}
+
+const BAKE_UNTIL_MS: u64 = 1_800_000_000_000;
+
+/// After a flip from v1 (blue) to v2 (green), while the bake time runs.
+fn baking_routing(epoch: u64) -> Routing {
+    Routing {
+        previous: Some(SlotVersion {
+            slot: Slot::Blue,
+            version: V1.to_string(),
+            manifest: format!("manifest-of-{V1}"),
+        }),
+        bake_until_ms: Some(BAKE_UNTIL_MS),
+        action: "flip".to_string(),
+        ..routing(epoch, (Slot::Green, V2), None)
+    }
+}
+
+/// v2 served from green, v1 held for a flip back.
+fn baking_snapshot(epoch: u64) -> Arc<Snapshot> {
+    Arc::new(Snapshot {
+        routing: baking_routing(epoch),
+        active: loaded(V2, &v2_items()),
+        canary: None,
+        previous: Some(loaded(V1, &v1_items())),
     })
 }
 
@@ -133,6 +164,7 @@ fn find_consumer(stem: &str, weight_bp: u32, want: bool) -> String {
 
 const WEIGHT: u32 = 5000;
 const EPOCH: u64 = 7;
+const STARTED_AT_MS: u64 = 1_700_000_000_000;
 
 /// A sidecar serving `NS` (loaded with a live 50% canary) and `UNLOADED_NS` (never loaded).
 fn served_with_id(id: &str) -> Arc<Served> {
@@ -146,7 +178,8 @@ fn served_with_id(id: &str) -> Arc<Served> {
     Arc::new(Served {
         id: id.to_string(),
         namespaces,
-        reports: Reports::default(),
+        started_at_ms: STARTED_AT_MS,
+        reports_changed: Arc::new(Notify::new()),
         metrics: None,
         shutdown: tokio_util::sync::CancellationToken::new(),
     })
@@ -239,6 +272,7 @@ mod snapshot {
             routing: routing(4, (Slot::Blue, V1), None),
             active: loaded(V1, &v1_items()),
             canary: Some(loaded(V2, &v2_items())),
+            previous: None,
         });
         for snapshot in [&zero, &none] {
             for consumer in consumers(2000) {
@@ -255,6 +289,7 @@ mod snapshot {
             routing: routing(5, (Slot::Blue, V1), Some((Slot::Green, V2, 10_000))),
             active: loaded(V1, &v1_items()),
             canary: None,
+            previous: None,
         };
         for consumer in consumers(500) {
             assert_eq!(snapshot.choose(&consumer).slot, Slot::Blue, "{consumer}");
@@ -293,40 +328,198 @@ mod snapshot {
     }
 }
 
+/// The counts reported for `version` in namespace `ns`, as the health record publishes them.
+fn counts(served: &Served, ns: &str, version: &str) -> Option<(u64, u64)> {
+    served.namespaces[ns]
+        .reports()
+        .into_iter()
+        .find(|r| r.version == version)
+        .map(|r| (r.ok, r.errors))
+}
+
+/// Whether no namespace has counted anything.
+fn no_reports(served: &Served) -> bool {
+    served.namespaces.values().all(|ns| ns.reports().is_empty())
+}
+
 mod reports {
     use super::*;
 
+    use std::time::{Duration, Instant};
+
+    use switchboard_proto::VersionReports;
+
+    use crate::reports::{ACCEPT_FOR, RECENT_VERSIONS, Refused, Reports};
+
+    fn published(reports: &Reports) -> Vec<(String, u64, u64)> {
+        reports
+            .published()
+            .into_iter()
+            .map(
+                |VersionReports {
+                     version,
+                     ok,
+                     errors,
+                 }| (version, ok, errors),
+            )
+            .collect()
+    }
+
     #[test]
-    fn counts_add_up_per_namespace_and_version() {
-        let reports = Reports::default();
-        reports.add("a", "v1", 3, 1);
-        reports.add("a", "v1", 2, 0);
-        reports.add("a", "v2", 0, 4);
-        reports.add("b", "v1", 1, 1);
-        let expected: BTreeMap<(String, String), (u64, u64)> = [
-            (("a".into(), "v1".into()), (5, 1)),
-            (("a".into(), "v2".into()), (0, 4)),
-            (("b".into(), "v1".into()), (1, 1)),
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(reports.snapshot(), expected);
+    fn counts_add_up_per_version_for_the_versions_served() {
+        let now = Instant::now();
+        let mut reports = Reports::default();
+        reports.note_served(&["v1", "v2"], now);
+        assert_eq!(reports.add("v1", 3, 1, now), Ok(true));
+        assert_eq!(reports.add("v1", 2, 0, now), Ok(true));
+        assert_eq!(reports.add("v2", 0, 4, now), Ok(true));
+        assert_eq!(
+            published(&reports),
+            vec![("v1".into(), 5, 1), ("v2".into(), 0, 4)]
+        );
+    }
+
+    #[test]
+    fn only_versions_with_outcomes_are_published() {
+        let now = Instant::now();
+        let mut reports = Reports::default();
+        reports.note_served(&["v1", "v2"], now);
+        let generation = reports.generation();
+        // An empty report is accepted but changes nothing, so nothing needs writing.
+        assert_eq!(reports.add("v2", 0, 0, now), Ok(false));
+        assert_eq!(reports.generation(), generation);
+        assert!(published(&reports).is_empty());
+        assert_eq!(reports.add("v2", 1, 0, now), Ok(true));
+        assert_ne!(reports.generation(), generation);
+        assert_eq!(published(&reports), vec![("v2".into(), 1, 0)]);
     }
 
     #[test]
     fn counts_saturate_instead_of_overflowing() {
-        let reports = Reports::default();
-        let key = ("a".to_string(), "v1".to_string());
-        reports.add("a", "v1", u64::MAX, u64::MAX - 1);
+        let now = Instant::now();
+        let mut reports = Reports::default();
+        reports.note_served(&["v1"], now);
+        assert_eq!(reports.add("v1", u64::MAX, u64::MAX - 1, now), Ok(true));
         assert_eq!(
-            reports.snapshot().get(&key),
-            Some(&(u64::MAX, u64::MAX - 1))
+            published(&reports),
+            vec![("v1".into(), u64::MAX, u64::MAX - 1)]
         );
         // u64::MAX + 1 and (u64::MAX - 1) + 2 stay at u64::MAX instead of wrapping to 0.
-        reports.add("a", "v1", 1, 2);
-        assert_eq!(reports.snapshot().get(&key), Some(&(u64::MAX, u64::MAX)));
-        reports.add("a", "v1", 7, 9);
-        assert_eq!(reports.snapshot().get(&key), Some(&(u64::MAX, u64::MAX)));
+        assert_eq!(reports.add("v1", 1, 2, now), Ok(true));
+        assert_eq!(published(&reports), vec![("v1".into(), u64::MAX, u64::MAX)]);
+        // Nothing changes any more, so nothing needs writing.
+        assert_eq!(reports.add("v1", 7, 9, now), Ok(false));
+        assert_eq!(published(&reports), vec![("v1".into(), u64::MAX, u64::MAX)]);
+    }
+
+    #[test]
+    fn a_version_never_served_is_refused_with_the_accepted_versions() {
+        let now = Instant::now();
+        let mut reports = Reports::default();
+        assert_eq!(
+            reports.add("v1", 1, 0, now),
+            Err(Refused { accepted: vec![] })
+        );
+        reports.note_served(&["v1"], now);
+        reports.note_served(&["v2", "v3"], now + Duration::from_secs(1));
+        assert_eq!(
+            reports.add("nope", 1, 0, now + Duration::from_secs(2)),
+            Err(Refused {
+                accepted: vec!["v2".into(), "v3".into(), "v1".into()]
+            }),
+            "the versions served first, then the most recent"
+        );
+        assert!(published(&reports).is_empty());
+    }
+
+    #[test]
+    fn a_version_stays_accepted_for_ten_minutes_after_it_stops_being_served() {
+        let start = Instant::now();
+        let mut reports = Reports::default();
+        reports.note_served(&["v1"], start);
+        // Served for an hour: accepted all along.
+        let flip = start + Duration::from_secs(3600);
+        assert!(reports.accepts("v1", flip));
+        reports.note_served(&["v2"], flip);
+        // Right after the flip, and until ten minutes later.
+        assert_eq!(reports.add("v1", 1, 0, flip), Ok(true));
+        assert_eq!(reports.add("v1", 1, 0, flip + ACCEPT_FOR), Ok(true));
+        let later = flip + ACCEPT_FOR + Duration::from_millis(1);
+        assert!(!reports.accepts("v1", later));
+        assert_eq!(
+            reports.add("v1", 1, 0, later),
+            Err(Refused {
+                accepted: vec!["v2".into()]
+            })
+        );
+        // The version served now stays accepted however long it is served.
+        assert!(reports.accepts("v2", later + Duration::from_secs(86_400)));
+        // Its counts stay published.
+        assert_eq!(published(&reports), vec![("v1".into(), 2, 0)]);
+
+        // Served again (a flip back): accepted again, and counting on from where it was.
+        reports.note_served(&["v1"], later);
+        assert_eq!(reports.add("v1", 1, 0, later), Ok(true));
+        assert_eq!(published(&reports), vec![("v1".into(), 3, 0)]);
+    }
+
+    #[test]
+    fn only_the_most_recent_versions_are_remembered() {
+        let start = Instant::now();
+        let mut reports = Reports::default();
+        let versions: Vec<String> = (0..RECENT_VERSIONS + 3).map(|i| format!("v{i}")).collect();
+        for (i, version) in versions.iter().enumerate() {
+            let at = start + Duration::from_secs(i as u64);
+            // Always served alongside the first version, as a long-lived baseline.
+            reports.note_served(&[versions[0].as_str(), version.as_str()], at);
+            assert_eq!(reports.add(version, 1, 0, at), Ok(true));
+        }
+        let now = start + Duration::from_secs(versions.len() as u64);
+        let accepted = reports.accepted_versions(now);
+        assert_eq!(accepted.len(), RECENT_VERSIONS, "{accepted:?}");
+        // The version served all along is never forgotten; the oldest of the others are, with
+        // their counts, and reports for them are refused.
+        assert!(reports.accepts("v0", now));
+        for forgotten in ["v1", "v2", "v3"] {
+            assert!(!reports.accepts(forgotten, now), "{forgotten}");
+            assert!(reports.add(forgotten, 1, 0, now).is_err(), "{forgotten}");
+        }
+        let counted: Vec<String> = published(&reports).into_iter().map(|r| r.0).collect();
+        assert_eq!(counted.len(), RECENT_VERSIONS);
+        assert!(
+            !counted
+                .iter()
+                .any(|v| ["v1", "v2", "v3"].contains(&v.as_str()))
+        );
+    }
+
+    #[test]
+    fn publishing_a_snapshot_notes_its_served_versions() {
+        let ns = Namespace::new(NS);
+        assert!(ns.report(V1, 1, 0).is_err(), "nothing served yet");
+        // A canary at weight 0 is not served: reports for it are refused.
+        ns.publish(canary_snapshot(1, 0));
+        assert_eq!(ns.report(V1, 1, 0), Ok(true));
+        assert_eq!(
+            ns.report(V2, 1, 0),
+            Err(Refused {
+                accepted: vec![V1.to_string()]
+            })
+        );
+        ns.publish(canary_snapshot(2, 100));
+        assert_eq!(ns.report(V2, 1, 0), Ok(true));
+        // After the flip to v2, v1 is no longer served but still accepted.
+        ns.publish(flipped_snapshot(3));
+        assert_eq!(ns.report(V1, 0, 1), Ok(true));
+        let reports: Vec<(String, u64, u64)> = ns
+            .reports()
+            .into_iter()
+            .map(|r| (r.version, r.ok, r.errors))
+            .collect();
+        assert_eq!(
+            reports,
+            vec![(V1.to_string(), 1, 1), (V2.to_string(), 1, 0)]
+        );
     }
 }
 
@@ -704,13 +897,7 @@ mod http {
         )
         .await;
         assert_eq!(answer.status, StatusCode::ACCEPTED);
-        assert_eq!(
-            served
-                .reports
-                .snapshot()
-                .get(&(NS.to_string(), V1.to_string())),
-            Some(&(6, 2))
-        );
+        assert_eq!(counts(&served, NS, V1), Some((6, 2)));
     }
 
     #[tokio::test]
@@ -759,12 +946,12 @@ mod http {
         assert_eq!(answer.status, StatusCode::NOT_FOUND);
         assert!(answer.error_text().contains("elsewhere"));
 
-        assert!(served.reports.snapshot().is_empty());
+        assert!(no_reports(&served));
     }
 
-    /// A valid report padded with spaces to exactly `len` bytes.
+    /// A valid report for v1 padded with spaces to exactly `len` bytes.
     fn padded_report(len: usize) -> Vec<u8> {
-        let mut body = br#"{"version": "v1", "ok": 1, "errors": 0"#.to_vec();
+        let mut body = format!(r#"{{"version": "{V1}", "ok": 1, "errors": 0"#).into_bytes();
         body.resize(len - 1, b' ');
         body.push(b'}');
         body
@@ -778,7 +965,7 @@ mod http {
 
         let answer = post(&app, "/v1/ns/catalog/report", padded_report(limit + 1)).await;
         assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(served.reports.snapshot().is_empty());
+        assert!(no_reports(&served));
 
         // Without a known length up front (a streamed body), the limit still holds.
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> = padded_report(limit + 1)
@@ -788,18 +975,202 @@ mod http {
         let streamed = Body::from_stream(futures::stream::iter(chunks));
         let answer = post(&app, "/v1/ns/catalog/report", streamed).await;
         assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(served.reports.snapshot().is_empty());
+        assert!(no_reports(&served));
 
         // Exactly at the limit is accepted.
         let answer = post(&app, "/v1/ns/catalog/report", padded_report(limit)).await;
         assert_eq!(answer.status, StatusCode::ACCEPTED);
-        assert_eq!(
-            served
-                .reports
-                .snapshot()
-                .get(&(NS.to_string(), "v1".to_string())),
-            Some(&(1, 0))
+        assert_eq!(counts(&served, NS, V1), Some((1, 0)));
+    }
+
+    #[tokio::test]
+    async fn reports_for_a_version_not_served_are_422_naming_the_accepted_versions() {
+        let served = served();
+        let app = router(served.clone());
+        let answer = post(
+            &app,
+            "/v1/ns/catalog/report",
+            r#"{"version": "0000ffff0000ffff", "ok": 1, "errors": 0}"#,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(answer.header("content-type"), "application/json");
+        let body = answer.json();
+        assert_eq!(body["version"], json!("0000ffff0000ffff"));
+        assert_eq!(body["accepted_versions"], json!([V1, V2]));
+        let error = answer.error_text();
+        assert!(
+            error.contains("0000ffff0000ffff") && error.contains(V1) && error.contains(V2),
+            "the error names the version and the accepted ones: {error}"
         );
+
+        // A namespace never loaded accepts none.
+        let answer = post(
+            &app,
+            "/v1/ns/pending/report",
+            format!(r#"{{"version": "{V1}", "ok": 1}}"#),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(answer.json()["accepted_versions"], json!([]));
+
+        assert!(no_reports(&served));
+        // Nothing changed, so the health publisher was not told.
+        let told = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            served.reports_changed.notified(),
+        )
+        .await;
+        assert!(told.is_err(), "refused reports wake nobody");
+    }
+
+    #[tokio::test]
+    async fn right_after_a_flip_the_version_served_before_is_still_accepted() {
+        let served = served();
+        let app = router(served.clone());
+        // v1 was active and v2 the canary; now everyone is on v2.
+        served.namespaces[NS].publish(flipped_snapshot(EPOCH + 1));
+        for (version, ok, errors) in [(V1, 4, 1), (V2, 7, 0)] {
+            let answer = post(
+                &app,
+                "/v1/ns/catalog/report",
+                format!(r#"{{"version": "{version}", "ok": {ok}, "errors": {errors}}}"#),
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::ACCEPTED, "{version}");
+        }
+        assert_eq!(counts(&served, NS, V1), Some((4, 1)));
+        assert_eq!(counts(&served, NS, V2), Some((7, 0)));
+    }
+
+    #[tokio::test]
+    async fn reports_appear_in_the_health_record() {
+        let served = served();
+        let app = router(served.clone());
+        for body in [
+            format!(r#"{{"version": "{V1}", "ok": 5, "errors": 2}}"#),
+            format!(r#"{{"version": "{V2}", "ok": 3}}"#),
+            format!(r#"{{"version": "{V1}", "ok": 1}}"#),
+        ] {
+            let answer = post(&app, "/v1/ns/catalog/report", body).await;
+            assert_eq!(answer.status, StatusCode::ACCEPTED);
+        }
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            served.reports_changed.notified(),
+        )
+        .await
+        .expect("the health publisher is told that counts changed");
+
+        let record =
+            crate::health::health_record("sidecar-test", &served.namespaces[NS], STARTED_AT_MS, 42);
+        assert_eq!(
+            record,
+            switchboard_proto::HealthRecord {
+                id: "sidecar-test".into(),
+                namespace: NS.into(),
+                epoch: EPOCH,
+                serving: vec![
+                    switchboard_proto::ServedSet {
+                        slot: Slot::Blue,
+                        version: V1.into(),
+                        checksum: format!("checksum-of-{V1}"),
+                    },
+                    switchboard_proto::ServedSet {
+                        slot: Slot::Green,
+                        version: V2.into(),
+                        checksum: format!("checksum-of-{V2}"),
+                    },
+                ],
+                etcd_reachable: false,
+                at_ms: 42,
+                started_at_ms: STARTED_AT_MS,
+                reports: vec![
+                    switchboard_proto::VersionReports {
+                        version: V1.into(),
+                        ok: 6,
+                        errors: 2,
+                    },
+                    switchboard_proto::VersionReports {
+                        version: V2.into(),
+                        ok: 3,
+                        errors: 0,
+                    },
+                ],
+            }
+        );
+        // As JSON, the record carries them under the names the coordinator reads.
+        let json = serde_json::to_value(&record).expect("record encodes");
+        assert_eq!(json["started_at_ms"], json!(STARTED_AT_MS));
+        assert_eq!(
+            json["reports"][0],
+            json!({"version": V1, "ok": 6, "errors": 2})
+        );
+
+        // The status shows the same counts.
+        let status = get(&app, "/v1/status").await.json();
+        assert_eq!(status["started_at_ms"], json!(STARTED_AT_MS));
+        assert_eq!(
+            status["namespaces"][NS]["reports"],
+            json!([{"version": V1, "ok": 6, "errors": 2}, {"version": V2, "ok": 3, "errors": 0}])
+        );
+
+        // A namespace with no reports publishes none.
+        let pending = crate::health::health_record(
+            "sidecar-test",
+            &served.namespaces[UNLOADED_NS],
+            STARTED_AT_MS,
+            42,
+        );
+        assert!(pending.reports.is_empty() && pending.serving.is_empty());
+        assert_eq!(pending.epoch, 0);
+    }
+
+    #[tokio::test]
+    async fn status_shows_the_previous_set_held_during_the_bake() {
+        let served = served();
+        let app = router(served.clone());
+        assert_eq!(
+            get(&app, "/v1/status").await.json()["namespaces"][NS]["baking"],
+            Value::Null
+        );
+
+        served.namespaces[NS].publish(baking_snapshot(EPOCH + 1));
+        let body = get(&app, "/v1/status").await.json();
+        let catalog = &body["namespaces"][NS];
+        assert_eq!(
+            catalog["baking"],
+            json!({"slot": "blue", "version": V1, "until_ms": BAKE_UNTIL_MS, "loaded": true})
+        );
+        // Held, not served.
+        let loaded: Vec<&Value> = catalog["loaded"]
+            .as_array()
+            .expect("loaded is a list")
+            .iter()
+            .map(|s| &s["version"])
+            .collect();
+        assert_eq!(loaded, vec![&json!(V2)]);
+        assert_eq!(catalog["active"], json!({"slot": "green", "version": V2}));
+
+        // The bake named by routing, but the set not held (a disk copy, or it did not load).
+        let not_held = Arc::new(Snapshot {
+            previous: None,
+            routing: baking_routing(EPOCH + 2),
+            active: loaded_v2(),
+            canary: None,
+        });
+        served.namespaces[NS].publish(not_held);
+        let body = get(&app, "/v1/status").await.json();
+        assert_eq!(body["namespaces"][NS]["baking"]["loaded"], json!(false));
+
+        // The bake is over.
+        served.namespaces[NS].publish(flipped_snapshot(EPOCH + 3));
+        let body = get(&app, "/v1/status").await.json();
+        assert_eq!(body["namespaces"][NS]["baking"], Value::Null);
+    }
+
+    fn loaded_v2() -> Arc<LoadedSet> {
+        loaded(V2, &v2_items())
     }
 }
 
@@ -1021,13 +1392,7 @@ mod grpc {
             .expect("accepted")
             .into_inner();
         assert!(reply.accepted);
-        assert_eq!(
-            served
-                .reports
-                .snapshot()
-                .get(&(NS.to_string(), V2.to_string())),
-            Some(&(10, 3))
-        );
+        assert_eq!(counts(&served, NS, V2), Some((10, 3)));
 
         let status = service
             .report(Request::new(pb::ReportRequest {
@@ -1050,6 +1415,412 @@ mod grpc {
             .await
             .expect_err("unknown namespace");
         assert_eq!(status.code(), Code::NotFound);
-        assert_eq!(served.reports.snapshot().len(), 1);
+
+        let status = service
+            .report(Request::new(pb::ReportRequest {
+                namespace: NS.to_string(),
+                version: "0000ffff0000ffff".to_string(),
+                ok: 1,
+                errors: 0,
+            }))
+            .await
+            .expect_err("a version never served");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status.message().contains("0000ffff0000ffff")
+                && status.message().contains(V1)
+                && status.message().contains(V2),
+            "names the version and the accepted ones: {}",
+            status.message()
+        );
+        assert_eq!(served.namespaces[NS].reports().len(), 1);
+        assert!(served.namespaces[UNLOADED_NS].reports().is_empty());
+    }
+}
+
+mod bake {
+    use super::*;
+
+    use switchboard_proto::Keys;
+
+    use crate::loader::SetCache;
+    use crate::sync::NamespaceSync;
+
+    #[test]
+    fn a_baking_snapshot_holds_the_previous_set_but_never_serves_it() {
+        let snapshot = baking_snapshot(8);
+        let previous = snapshot.previous.as_ref().expect("held");
+        for consumer in consumers(4000).iter().map(String::as_str).chain([""]) {
+            let choice = snapshot.choose(consumer);
+            assert_eq!((choice.slot, choice.epoch), (Slot::Green, 8), "{consumer}");
+            assert!(Arc::ptr_eq(choice.set, &snapshot.active), "{consumer}");
+            assert!(!Arc::ptr_eq(choice.set, previous), "{consumer}");
+        }
+        let served: Vec<(Slot, &str)> = snapshot
+            .served_sets()
+            .into_iter()
+            .map(|(slot, set)| (slot, set.version.as_str()))
+            .collect();
+        assert_eq!(served, vec![(Slot::Green, V2)]);
+        let (baking, until_ms, held) = snapshot.baking().expect("routing names a bake");
+        assert_eq!((baking.slot, baking.version.as_str()), (Slot::Blue, V1));
+        assert_eq!(until_ms, BAKE_UNTIL_MS);
+        assert!(held.is_some_and(|set| Arc::ptr_eq(set, previous)));
+
+        // The health record names only what consumers are served.
+        let ns = Namespace::new(NS);
+        ns.publish(snapshot.clone());
+        let record = crate::health::health_record("s", &ns, 1, 2);
+        let serving: Vec<&str> = record.serving.iter().map(|s| s.version.as_str()).collect();
+        assert_eq!(serving, vec![V2]);
+        // Reports for the held version stop being accepted like any version no longer served:
+        // here it was never served by this sidecar at all.
+        assert!(ns.report(V1, 1, 0).is_err());
+    }
+
+    #[test]
+    fn without_a_bake_time_the_previous_slot_is_not_baking() {
+        let routing = Routing {
+            bake_until_ms: None,
+            ..baking_routing(3)
+        };
+        assert!(routing.baking().is_none());
+        let snapshot = Snapshot {
+            routing,
+            active: loaded(V2, &v2_items()),
+            canary: None,
+            previous: Some(loaded(V1, &v1_items())),
+        };
+        assert!(snapshot.baking().is_none());
+    }
+
+    /// A sync loop whose etcd client points nowhere: the client connects lazily, so every set
+    /// the tests need must already be in the `SetCache`, and a test that passes shows that
+    /// nothing was read from etcd.
+    async fn offline_sync(namespace: &Arc<Namespace>) -> NamespaceSync {
+        let client = crate::connect_etcd(&["http://127.0.0.1:9".to_string()])
+            .await
+            .expect("the client connects lazily");
+        NamespaceSync {
+            client,
+            keys: Keys::new("/unit"),
+            namespace: namespace.clone(),
+            health_dirty: Arc::new(Notify::new()),
+        }
+    }
+
+    fn raw(routing: &Routing) -> Vec<u8> {
+        serde_json::to_vec(routing).expect("routing encodes")
+    }
+
+    fn manifest_of(version: &str) -> String {
+        format!("manifest-of-{version}")
+    }
+
+    #[tokio::test]
+    async fn the_sync_loop_holds_the_previous_set_during_the_bake_for_an_instant_flip_back() {
+        let ns = Namespace::new(NS);
+        let sync = offline_sync(&ns).await;
+        let (v1, v2) = (loaded(V1, &v1_items()), loaded(V2, &v2_items()));
+        let mut cache = SetCache::default();
+        cache.insert(v1.clone());
+        cache.insert(v2.clone());
+
+        // A canary of v2, then the flip to it with a bake time.
+        let canary = routing(1, (Slot::Blue, V1), Some((Slot::Green, V2, 1000)));
+        sync.apply(&mut cache, &raw(&canary))
+            .await
+            .expect("both sets are in memory");
+        let flip = baking_routing(2);
+        sync.apply(&mut cache, &raw(&flip))
+            .await
+            .expect("both sets are in memory");
+        let snapshot = ns.current().expect("published");
+        assert_eq!(snapshot.routing, flip);
+        assert!(Arc::ptr_eq(&snapshot.active, &v2));
+        assert!(snapshot.canary.is_none());
+        assert!(
+            snapshot
+                .previous
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &v1))
+        );
+        for consumer in consumers(2000) {
+            assert!(
+                Arc::ptr_eq(snapshot.choose(&consumer).set, &v2),
+                "{consumer}"
+            );
+        }
+        assert!(cache.holds(&manifest_of(V1)) && cache.holds(&manifest_of(V2)));
+
+        // The flip back: v1 is served from memory, without etcd.
+        let back = Routing {
+            epoch: 3,
+            previous: Some(flip.active.clone()),
+            bake_until_ms: None,
+            action: "rollback".to_string(),
+            ..routing(3, (Slot::Blue, V1), None)
+        };
+        sync.apply(&mut cache, &raw(&back))
+            .await
+            .expect("the held set serves the flip back at once");
+        let snapshot = ns.current().expect("published");
+        assert_eq!(snapshot.routing.epoch, 3);
+        assert!(Arc::ptr_eq(&snapshot.active, &v1));
+        assert!(snapshot.previous.is_none());
+        assert!(Arc::ptr_eq(snapshot.choose("anyone").set, &v1));
+    }
+
+    #[tokio::test]
+    async fn when_the_bake_ends_the_previous_set_is_let_go() {
+        let ns = Namespace::new(NS);
+        let sync = offline_sync(&ns).await;
+        let (v1, v2) = (loaded(V1, &v1_items()), loaded(V2, &v2_items()));
+        let mut cache = SetCache::default();
+        cache.insert(v1.clone());
+        cache.insert(v2.clone());
+        sync.apply(&mut cache, &raw(&baking_routing(2)))
+            .await
+            .expect("both sets are in memory");
+        assert!(ns.current().is_some_and(|s| s.previous.is_some()));
+
+        let baked = Routing {
+            epoch: 3,
+            bake_until_ms: None,
+            ..baking_routing(3)
+        };
+        sync.apply(&mut cache, &raw(&baked))
+            .await
+            .expect("the active set is in memory");
+        let snapshot = ns.current().expect("published");
+        assert_eq!(snapshot.routing.epoch, 3);
+        assert!(Arc::ptr_eq(&snapshot.active, &v2));
+        assert!(snapshot.previous.is_none());
+        assert!(
+            !cache.holds(&manifest_of(V1)),
+            "memory holds only what is needed"
+        );
+        assert!(cache.holds(&manifest_of(V2)));
+    }
+
+    #[tokio::test]
+    async fn a_disk_copy_during_the_bake_gets_its_previous_set_when_etcd_confirms_routing() {
+        let ns = Namespace::new(NS);
+        // The disk copy: the same routing, without the previous set.
+        let from_disk = Arc::new(Snapshot {
+            routing: baking_routing(5),
+            active: loaded(V2, &v2_items()),
+            canary: None,
+            previous: None,
+        });
+        ns.publish(from_disk.clone());
+        ns.update_sync(|s| s.source = crate::namespace::Source::Disk);
+        let sync = offline_sync(&ns).await;
+        let v1 = loaded(V1, &v1_items());
+        let mut cache = SetCache::default();
+        cache.insert(v1.clone());
+
+        sync.apply(&mut cache, &raw(&baking_routing(5)))
+            .await
+            .expect("the previous set is in memory");
+        let snapshot = ns.current().expect("published");
+        assert!(!Arc::ptr_eq(&snapshot, &from_disk), "a new snapshot");
+        // What is served is exactly what was served: the very same set, not a reload.
+        assert!(Arc::ptr_eq(&snapshot.active, &from_disk.active));
+        assert!(
+            snapshot
+                .previous
+                .as_ref()
+                .is_some_and(|p| Arc::ptr_eq(p, &v1))
+        );
+        assert_eq!(ns.sync_state().source, crate::namespace::Source::Etcd);
+
+        // Confirmed again: nothing changes.
+        sync.apply(&mut cache, &raw(&baking_routing(5)))
+            .await
+            .expect("nothing to load");
+        assert!(Arc::ptr_eq(&ns.current().expect("published"), &snapshot));
+    }
+
+    #[tokio::test]
+    async fn a_previous_set_that_cannot_be_loaded_does_not_hold_up_the_flip() {
+        let ns = Namespace::new(NS);
+        let sync = offline_sync(&ns).await;
+        let v2 = loaded(V2, &v2_items());
+        let mut cache = SetCache::default();
+        cache.insert(v2.clone());
+        // v1 is not in memory and etcd does not answer.
+        let result = sync.apply(&mut cache, &raw(&baking_routing(2))).await;
+        assert!(result.is_err(), "the reconnect will try again");
+        let snapshot = ns.current().expect("the flip is served all the same");
+        assert_eq!(snapshot.routing.epoch, 2);
+        assert!(Arc::ptr_eq(&snapshot.active, &v2));
+        assert!(snapshot.previous.is_none());
+    }
+}
+
+mod health {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use crate::health::{REPORTS_MIN_INTERVAL, ReportsDebounce};
+
+    /// Feeds `changes` (offsets from the start) to the debounce, running the publisher's loop
+    /// every millisecond, and returns the offsets of the writes.
+    fn simulate(changes: &[Duration], until: Duration) -> Vec<Duration> {
+        let start = Instant::now();
+        let mut debounce = ReportsDebounce::new(REPORTS_MIN_INTERVAL);
+        let mut writes = Vec::new();
+        let mut changes = changes.iter().peekable();
+        let mut t = Duration::ZERO;
+        while t <= until {
+            let now = start + t;
+            while changes.next_if(|c| **c <= t).is_some() {
+                debounce.changed(now);
+            }
+            if debounce.due().is_some_and(|due| due <= now) {
+                debounce.wrote(now);
+                writes.push(t);
+            }
+            t += Duration::from_millis(1);
+        }
+        writes
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn nothing_to_write_without_changes() {
+        let debounce = ReportsDebounce::new(REPORTS_MIN_INTERVAL);
+        assert!(debounce.due().is_none());
+        assert!(simulate(&[], ms(2000)).is_empty());
+    }
+
+    #[test]
+    fn a_change_after_a_quiet_time_is_written_at_once() {
+        assert_eq!(simulate(&[ms(10)], ms(2000)), vec![ms(10)]);
+        assert_eq!(
+            simulate(&[ms(10), ms(900)], ms(2000)),
+            vec![ms(10), ms(900)]
+        );
+    }
+
+    #[test]
+    fn a_burst_of_changes_makes_one_write_per_interval() {
+        // A report every millisecond for two seconds: 2000 changes.
+        let changes: Vec<Duration> = (0..2000).map(ms).collect();
+        let writes = simulate(&changes, ms(3000));
+        assert_eq!(
+            writes,
+            vec![
+                ms(0),
+                ms(250),
+                ms(500),
+                ms(750),
+                ms(1000),
+                ms(1250),
+                ms(1500),
+                ms(1750),
+                ms(2000)
+            ],
+            "prompt, but never more often than every 250 ms"
+        );
+        // The last change is written, no later than an interval after it.
+        let last_change = ms(1999);
+        assert!(
+            writes
+                .last()
+                .is_some_and(|w| *w >= last_change && *w <= last_change + REPORTS_MIN_INTERVAL)
+        );
+    }
+
+    #[test]
+    fn other_writes_carry_the_pending_counts() {
+        let start = Instant::now();
+        let mut debounce = ReportsDebounce::new(REPORTS_MIN_INTERVAL);
+        debounce.wrote(start);
+        debounce.changed(start + ms(10));
+        assert_eq!(debounce.due(), Some(start + REPORTS_MIN_INTERVAL));
+        // A snapshot change writes every record at once, with the counts as they are.
+        debounce.wrote(start + ms(20));
+        assert!(debounce.due().is_none());
+        // The next change waits an interval from that write.
+        debounce.changed(start + ms(30));
+        assert_eq!(debounce.due(), Some(start + ms(20) + REPORTS_MIN_INTERVAL));
+    }
+}
+
+mod telemetry {
+    use super::*;
+
+    use metrics::with_local_recorder;
+
+    use crate::telemetry::{
+        LAST_ETCD_EVENT_AGE, READ_SECONDS, SERVING_FROM_DISK, SNAPSHOT_SWAPS, prometheus_builder,
+        record_report, update_gauges,
+    };
+
+    #[test]
+    fn read_latency_is_a_histogram_with_sub_millisecond_buckets() {
+        let recorder = prometheus_builder()
+            .expect("valid buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        with_local_recorder(&recorder, || {
+            metrics::histogram!(READ_SECONDS).record(0.000_07);
+            metrics::histogram!(READ_SECONDS).record(0.003);
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(&format!(r#"{READ_SECONDS}_bucket{{le="0.00005"}} 0"#)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(r#"{READ_SECONDS}_bucket{{le="0.0001"}} 1"#)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(r#"{READ_SECONDS}_bucket{{le="0.1"}} 2"#)),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{READ_SECONDS}_count 2")), "{text}");
+    }
+
+    #[test]
+    fn reports_swaps_and_derived_gauges_are_rendered() {
+        let recorder = prometheus_builder()
+            .expect("valid buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        let served = served();
+        served.namespaces[NS].update_sync(|s| {
+            s.last_sync_ms = STARTED_AT_MS + 1_000;
+            s.source = crate::namespace::Source::Disk;
+        });
+        with_local_recorder(&recorder, || {
+            record_report(NS, V1, 3, 1);
+            served.namespaces[NS].publish(flipped_snapshot(EPOCH + 1));
+            update_gauges(&served, STARTED_AT_MS + 3_500);
+        });
+        let text = handle.render();
+        for line in [
+            format!(
+                r#"switchboard_sidecar_reports_total{{namespace="{NS}",version="{V1}",outcome="ok"}} 3"#
+            ),
+            format!(
+                r#"switchboard_sidecar_reports_total{{namespace="{NS}",version="{V1}",outcome="error"}} 1"#
+            ),
+            format!(r#"{SNAPSHOT_SWAPS}{{namespace="{NS}"}} 1"#),
+            format!(r#"{LAST_ETCD_EVENT_AGE}{{namespace="{NS}"}} 2.5"#),
+            format!(r#"{SERVING_FROM_DISK}{{namespace="{NS}"}} 1"#),
+            // Never synced: the age counts from the sidecar's start.
+            format!(r#"{LAST_ETCD_EVENT_AGE}{{namespace="{UNLOADED_NS}"}} 3.5"#),
+            format!(r#"{SERVING_FROM_DISK}{{namespace="{UNLOADED_NS}"}} 0"#),
+        ] {
+            assert!(text.contains(&line), "no {line} in\n{text}");
+        }
     }
 }

@@ -1,0 +1,816 @@
+//! Routing changes: canary, flip, rollback, rollouts, the judge policy, and the leader's
+//! automatic actions (flip-back on a breach, rollout steps, the end of the bake time).
+//!
+//! Every change is one etcd transaction (invariant 2). It compares, against the state it was
+//! decided on, the routing key, the slots it moves consumers to, the rollout record and the
+//! audit head, and that the next audit record's key does not exist yet. It writes the new
+//! routing, the rollout record and the audit record together (invariant 8). Changes made by
+//! the leader also compare the leader's election key, so a deposed leader's queued writes fail.
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use serde_json::json;
+use switchboard_proto::judge::Verdict;
+use switchboard_proto::time::{now_ms, rfc3339_ms};
+use switchboard_proto::{
+    BUCKETS, Canary, Policy, Rollout, RolloutState, Routing, RoutingChange, Slot, SlotRef,
+    SlotState, SlotVersion,
+};
+
+use crate::audit;
+use crate::error::{CoordinatorError, Result};
+use crate::release::{
+    Actor, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, percent, to_json,
+};
+use crate::store::{NamespaceState, absent, unchanged};
+
+/// The leader's claim: its key under the election name, and the revision that created it. A
+/// leader whose lease expired has lost that key, and every write fenced with it fails.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    pub key: Vec<u8>,
+    pub revision: i64,
+}
+
+impl Fence {
+    fn compare(&self) -> Compare {
+        Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)
+    }
+}
+
+/// Who changes what, decided against which epoch.
+pub struct ChangeRequest<'a> {
+    pub ns: &'a str,
+    pub expected_epoch: u64,
+    pub action: &'a str,
+    pub reason: &'a str,
+    pub actor: &'a Actor,
+    pub fence: Option<&'a Fence>,
+}
+
+/// What happens to the rollout record with a routing change.
+enum RolloutAfter {
+    /// A change made by hand ends a running or paused rollout: people and automation must not
+    /// fight over the canary weight.
+    EndActive,
+    /// The change does not concern the rollout (the end of the bake time).
+    Keep,
+    Put(Rollout),
+}
+
+/// A routing change decided on one consistent read.
+struct Decision {
+    routing: Routing,
+    compare_slots: Vec<Slot>,
+    detail: serde_json::Value,
+    rollout: RolloutAfter,
+}
+
+/// Where a rollout moves consumers: the canary at a weight, or everyone (a flip).
+fn apply_weight(
+    routing: &Routing,
+    target: &SlotRef,
+    slot: Slot,
+    weight_bp: u32,
+    policy: &Policy,
+) -> Routing {
+    if weight_bp >= BUCKETS {
+        return flipped(routing, target, slot, policy);
+    }
+    Routing {
+        canary: canary_of(target, slot, weight_bp),
+        ..routing.clone()
+    }
+}
+
+/// A canary of `weight_bp` for the set in `slot`; none at 0, which frees the slot again.
+fn canary_of(target: &SlotRef, slot: Slot, weight_bp: u32) -> Option<Canary> {
+    (weight_bp > 0).then(|| Canary {
+        slot,
+        version: target.version.clone(),
+        manifest: target.manifest.clone(),
+        weight_bp,
+        seed: target.seed,
+    })
+}
+
+/// Everyone to `slot`; the old active set stays hot for the bake time.
+fn flipped(routing: &Routing, target: &SlotRef, slot: Slot, policy: &Policy) -> Routing {
+    let active = SlotVersion {
+        slot,
+        version: target.version.clone(),
+        manifest: target.manifest.clone(),
+    };
+    let bake_until_ms =
+        (policy.bake_seconds > 0).then(|| now_ms().saturating_add(policy.bake_seconds * 1000));
+    Routing {
+        active,
+        canary: None,
+        previous: Some(routing.active.clone()),
+        bake_until_ms,
+        ..routing.clone()
+    }
+}
+
+impl Releases {
+    pub async fn set_canary(
+        &self,
+        request: ChangeRequest<'_>,
+        weight_bp: u32,
+        expected_version: &str,
+    ) -> Result<RoutingChange> {
+        if weight_bp > BUCKETS {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "canary weight {weight_bp} basis points is over {BUCKETS} (100%)"
+            )));
+        }
+        let ns = request.ns;
+        self.change_routing(request, |state, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            let slot = routing.active.slot.other();
+            let target = sealed_target(ns, state, slot, &routing.active)?;
+            check_expected_version(ns, slot, &target, expected_version)?;
+            let canary = canary_of(&target, slot, weight_bp);
+            Ok(Decision {
+                detail: json!({
+                    "slot": slot,
+                    "version": target.version,
+                    "from_percent": routing.live_canary().map_or(0.0, |c| percent(c.weight_bp)),
+                    "to_percent": percent(weight_bp),
+                }),
+                routing: Routing {
+                    canary,
+                    ..routing.clone()
+                },
+                compare_slots: vec![slot],
+                rollout: RolloutAfter::EndActive,
+            })
+        })
+        .await
+    }
+
+    pub async fn flip(
+        &self,
+        request: ChangeRequest<'_>,
+        expected_version: &str,
+    ) -> Result<RoutingChange> {
+        let ns = request.ns;
+        self.change_routing(request, |state, routing| {
+            let Some(routing) = routing else {
+                return first_flip(ns, state, expected_version);
+            };
+            let slot = routing.active.slot.other();
+            let target = sealed_target(ns, state, slot, &routing.active)?;
+            check_expected_version(ns, slot, &target, expected_version)?;
+            Ok(Decision {
+                detail: json!({
+                    "from": {"slot": routing.active.slot, "version": routing.active.version},
+                    "to": {"slot": slot, "version": target.version},
+                    "bake_seconds": state.policy().bake_seconds,
+                }),
+                routing: flipped(routing, &target, slot, &state.policy()),
+                compare_slots: vec![slot],
+                rollout: RolloutAfter::EndActive,
+            })
+        })
+        .await
+    }
+
+    pub async fn rollback(&self, request: ChangeRequest<'_>) -> Result<RoutingChange> {
+        let ns = request.ns;
+        self.change_routing(request, |state, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            if let Some(canary) = routing.live_canary() {
+                return Ok(Decision {
+                    detail: json!({
+                        "kind": "canary",
+                        "canary": {"slot": canary.slot, "version": canary.version, "percent": percent(canary.weight_bp)},
+                        "to": {"slot": routing.active.slot, "version": routing.active.version},
+                    }),
+                    routing: Routing { canary: None, ..routing.clone() },
+                    compare_slots: vec![],
+                    rollout: RolloutAfter::EndActive,
+                });
+            }
+            flip_back(ns, state, routing, RolloutAfter::EndActive)
+        })
+        .await
+    }
+
+    /// Starts a rollout: the canary goes to the first step now, and the leader takes the next
+    /// ones while the judge passes.
+    pub async fn start_rollout(
+        &self,
+        request: ChangeRequest<'_>,
+        steps_bp: &[u32],
+        interval_seconds: u64,
+        expected_version: &str,
+    ) -> Result<RoutingChange> {
+        check_steps(steps_bp, interval_seconds)?;
+        let ns = request.ns;
+        let by = request.actor.name.clone();
+        self.change_routing(request, |state, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            if let Some(running) = state.active_rollout() {
+                return Err(CoordinatorError::Refused(format!(
+                    "a rollout of version {} is {:?} in {ns}; abort it first with `sbctl rollout {ns} --abort`",
+                    running.version, running.state
+                )));
+            }
+            let slot = routing.active.slot.other();
+            let target = sealed_target(ns, state, slot, &routing.active)?;
+            check_expected_version(ns, slot, &target, expected_version)?;
+            let first = steps_bp.first().copied().unwrap_or(BUCKETS);
+            let now = now_ms();
+            let rollout = Rollout {
+                slot,
+                version: target.version.clone(),
+                steps_bp: steps_bp.to_vec(),
+                interval_seconds,
+                step: 0,
+                state: if first >= BUCKETS { RolloutState::Done } else { RolloutState::Running },
+                started_by: by.clone(),
+                started_at_ms: now,
+                step_at_ms: now,
+                note: "started".into(),
+            };
+            Ok(Decision {
+                detail: json!({
+                    "slot": slot,
+                    "version": target.version,
+                    "steps_percent": steps_bp.iter().map(|w| percent(*w)).collect::<Vec<_>>(),
+                    "interval_seconds": interval_seconds,
+                }),
+                routing: apply_weight(routing, &target, slot, first, &state.policy()),
+                compare_slots: vec![slot],
+                rollout: RolloutAfter::Put(rollout),
+            })
+        })
+        .await
+    }
+
+    /// Aborts a rollout: the canary goes back to 0, and the rollout is recorded as aborted.
+    pub async fn abort_rollout(&self, request: ChangeRequest<'_>) -> Result<RoutingChange> {
+        let ns = request.ns;
+        let by = request.actor.name.clone();
+        self.change_routing(request, |state, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            let rollout = state.active_rollout().ok_or_else(|| no_rollout(ns))?;
+            Ok(Decision {
+                detail: json!({"version": rollout.version, "step_percent": current_percent(rollout)}),
+                routing: Routing { canary: None, ..routing.clone() },
+                compare_slots: vec![],
+                rollout: RolloutAfter::Put(Rollout {
+                    state: RolloutState::Aborted,
+                    note: format!("aborted by {by}"),
+                    ..rollout.clone()
+                }),
+            })
+        })
+        .await
+    }
+
+    /// Pauses (`pause: true`) or resumes a rollout; routing stays as it is.
+    pub async fn pause_rollout(
+        &self,
+        ns: &str,
+        pause: bool,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Rollout> {
+        let action = if pause {
+            "rollout-pause"
+        } else {
+            "rollout-resume"
+        };
+        self.change_record(ns, action, reason, actor, |state| {
+            let rollout = state.active_rollout().ok_or_else(|| no_rollout(ns))?;
+            let wanted = if pause {
+                RolloutState::Paused
+            } else {
+                RolloutState::Running
+            };
+            if rollout.state == wanted {
+                return Err(CoordinatorError::Refused(format!(
+                    "the rollout of {ns} is already {wanted:?}"
+                )));
+            }
+            let updated = Rollout {
+                state: wanted,
+                // Resuming starts the interval again, so that a step is never taken at once
+                // on data gathered while nobody was watching.
+                step_at_ms: if pause { rollout.step_at_ms } else { now_ms() },
+                note: format!(
+                    "{} by {}",
+                    if pause { "paused" } else { "resumed" },
+                    actor.name
+                ),
+                ..rollout.clone()
+            };
+            let detail =
+                json!({"version": rollout.version, "step_percent": current_percent(rollout)});
+            Ok((
+                self.store().keys().rollout(ns),
+                state.rollout.mod_revision,
+                to_json(&updated),
+                detail,
+                updated,
+            ))
+        })
+        .await
+    }
+
+    /// The rollout record, whatever its state.
+    pub async fn current_rollout(&self, ns: &str) -> Result<Rollout> {
+        check_namespace(ns)?;
+        self.store()
+            .read_namespace(ns)
+            .await?
+            .rollout
+            .value
+            .ok_or_else(|| no_rollout(ns))
+    }
+
+    pub async fn policy(&self, ns: &str) -> Result<Policy> {
+        check_namespace(ns)?;
+        Ok(self.store().read_namespace(ns).await?.policy())
+    }
+
+    pub async fn set_policy(
+        &self,
+        ns: &str,
+        policy: Policy,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Policy> {
+        policy.validate().map_err(CoordinatorError::InvalidInput)?;
+        self.change_record(ns, "policy", reason, actor, |state| {
+            let detail = json!({"from": state.policy(), "to": policy});
+            Ok((
+                self.store().keys().policy(ns),
+                state.policy.mod_revision,
+                to_json(&policy),
+                detail,
+                policy.clone(),
+            ))
+        })
+        .await
+    }
+
+    /// The judge's flip-back: the canary to 0, or, during the bake time, everyone back to the
+    /// previous set. `candidate` is the version judged; if routing moved on, nothing happens.
+    pub async fn automatic_rollback(
+        &self,
+        request: ChangeRequest<'_>,
+        candidate: &str,
+        verdict: &Verdict,
+        policy: &Policy,
+    ) -> Result<RoutingChange> {
+        let ns = request.ns;
+        let evidence =
+            json!({"verdict": verdict, "policy": policy, "window_seconds": policy.window_seconds});
+        self.change_routing(request, |state, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            let rolled_back = |note: String| match state.active_rollout() {
+                Some(rollout) => RolloutAfter::Put(Rollout {
+                    state: RolloutState::RolledBack,
+                    note,
+                    ..rollout.clone()
+                }),
+                None => RolloutAfter::EndActive,
+            };
+            if let Some(canary) = routing.live_canary().filter(|c| c.version == candidate) {
+                return Ok(Decision {
+                    detail: json!({
+                        "kind": "canary",
+                        "canary": {"slot": canary.slot, "version": canary.version, "percent": percent(canary.weight_bp)},
+                        "to": {"slot": routing.active.slot, "version": routing.active.version},
+                        "evidence": evidence,
+                    }),
+                    routing: Routing { canary: None, ..routing.clone() },
+                    compare_slots: vec![],
+                    rollout: rolled_back(verdict.reason.clone()),
+                });
+            }
+            if routing.baking().is_some() && routing.active.version == candidate {
+                let mut decision = flip_back(ns, state, routing, rolled_back(verdict.reason.clone()))?;
+                if let Some(detail) = decision.detail.as_object_mut() {
+                    detail.insert("evidence".into(), evidence.clone());
+                }
+                return Ok(decision);
+            }
+            Err(CoordinatorError::Conflict(format!(
+                "version {candidate} of {ns} is no longer a canary or baking; nothing to roll back"
+            )))
+        })
+        .await
+    }
+
+    /// Takes the rollout's next step, once: the transaction compares the rollout record it
+    /// was decided on, so a step is never taken twice, whoever leads.
+    pub async fn advance_rollout(
+        &self,
+        request: ChangeRequest<'_>,
+        from_step: usize,
+        verdict: &Verdict,
+    ) -> Result<RoutingChange> {
+        let ns = request.ns;
+        self.change_routing(request, |state, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            let rollout = state
+                .active_rollout()
+                .filter(|r| r.state == RolloutState::Running && r.step == from_step)
+                .ok_or_else(|| {
+                    CoordinatorError::Conflict(format!("the rollout of {ns} moved on"))
+                })?;
+            let next = rollout.next_weight_bp().ok_or_else(|| {
+                CoordinatorError::Conflict(format!("the rollout of {ns} has no next step"))
+            })?;
+            let target = sealed_target(ns, state, rollout.slot, &routing.active)?;
+            check_expected_version(ns, rollout.slot, &target, &rollout.version)?;
+            // The rollout is done at a flip, or at its last step if that holds a canary.
+            let done = next >= BUCKETS || from_step + 2 >= rollout.steps_bp.len();
+            let updated = Rollout {
+                step: from_step + 1,
+                step_at_ms: now_ms(),
+                state: if done {
+                    RolloutState::Done
+                } else {
+                    RolloutState::Running
+                },
+                note: verdict.reason.clone(),
+                ..rollout.clone()
+            };
+            Ok(Decision {
+                detail: json!({
+                    "version": rollout.version,
+                    "from_percent": current_percent(rollout),
+                    "to_percent": percent(next),
+                    "evidence": verdict,
+                }),
+                routing: apply_weight(routing, &target, rollout.slot, next, &state.policy()),
+                compare_slots: vec![rollout.slot],
+                rollout: RolloutAfter::Put(updated),
+            })
+        })
+        .await
+    }
+
+    /// Ends the bake time: the previous set no longer needs to stay hot.
+    pub async fn complete_bake(&self, request: ChangeRequest<'_>) -> Result<RoutingChange> {
+        let ns = request.ns;
+        self.change_routing(request, |_, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            let until = routing
+                .bake_until_ms
+                .ok_or_else(|| CoordinatorError::Conflict(format!("{ns} is not baking")))?;
+            if now_ms() < until {
+                return Err(CoordinatorError::Conflict(format!(
+                    "the bake of {ns} is not over"
+                )));
+            }
+            Ok(Decision {
+                detail: json!({"version": routing.active.version, "bake_until": rfc3339_ms(until)}),
+                routing: Routing {
+                    bake_until_ms: None,
+                    ..routing.clone()
+                },
+                compare_slots: vec![],
+                rollout: RolloutAfter::Keep,
+            })
+        })
+        .await
+    }
+
+    async fn change_routing(
+        &self,
+        request: ChangeRequest<'_>,
+        decide: impl Fn(&NamespaceState, Option<&Routing>) -> Result<Decision>,
+    ) -> Result<RoutingChange> {
+        let ChangeRequest {
+            ns,
+            expected_epoch,
+            action,
+            reason,
+            actor,
+            fence,
+        } = request;
+        check_namespace(ns)?;
+        let keys = self.store().keys().clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.store().read_namespace(ns).await?;
+            if state.epoch() != expected_epoch {
+                return Err(conflict(ns, expected_epoch, state.routing.value.as_ref()));
+            }
+            let decision = decide(&state, state.routing.value.as_ref())?;
+            let epoch =
+                state
+                    .epoch()
+                    .checked_add(1)
+                    .ok_or_else(|| CoordinatorError::CorruptRecord {
+                        key: keys.routing(ns),
+                        reason: "the epoch cannot grow any further".into(),
+                    })?;
+            let routing = Routing {
+                epoch,
+                action: action.to_string(),
+                by: actor.name.clone(),
+                reason: reason.to_string(),
+                at_ms: now_ms(),
+                ..decision.routing
+            };
+            let rollout_after = match decision.rollout {
+                RolloutAfter::Keep => None,
+                RolloutAfter::Put(rollout) => Some(rollout),
+                RolloutAfter::EndActive => state.active_rollout().map(|r| Rollout {
+                    state: RolloutState::Aborted,
+                    note: format!("ended by a {action} of {}", actor.name),
+                    ..r.clone()
+                }),
+            };
+            let mut detail = decision.detail;
+            if let Some(object) = detail.as_object_mut() {
+                object.insert("epoch".into(), json!(routing.epoch));
+                if let Some(rollout) = &rollout_after {
+                    object.insert(
+                        "rollout".into(),
+                        json!({"state": rollout.state, "step": rollout.step}),
+                    );
+                }
+            }
+            let head = self.audit_head(ns, &state).await?;
+            let record = audit::next_record(&head, ns, &actor.name, action, reason, detail)?;
+            let mut compares = vec![
+                unchanged(keys.routing(ns), state.routing.mod_revision),
+                unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                unchanged(keys.rollout(ns), state.rollout.mod_revision),
+                absent(keys.audit(ns, record.seq)),
+            ];
+            for slot in decision.compare_slots {
+                compares.push(unchanged(
+                    keys.slot(ns, slot),
+                    state.slot(slot).mod_revision,
+                ));
+            }
+            compares.extend(fence.map(Fence::compare));
+            let mut operations = vec![TxnOp::put(keys.routing(ns), to_json(&routing), None)];
+            operations.extend(audit_ops(&keys, ns, &record));
+            if let Some(rollout) = &rollout_after {
+                operations.push(TxnOp::put(keys.rollout(ns), to_json(rollout), None));
+            }
+            if self
+                .store()
+                .txn(Txn::new().when(compares).and_then(operations))
+                .await?
+                .succeeded()
+            {
+                tracing::info!(ns, action, epoch = routing.epoch, actor = %actor.name, reason, "routing changed");
+                metrics::counter!("switchboard_routing_changes_total", "action" => action.to_string())
+                    .increment(1);
+                return Ok(RoutingChange {
+                    namespace: ns.to_string(),
+                    routing,
+                    audit_seq: record.seq,
+                });
+            }
+            if fence.is_some() && !self.still_leader(fence).await? {
+                return Err(CoordinatorError::Conflict(
+                    "this coordinator is no longer the leader; its write was refused".into(),
+                ));
+            }
+        }
+        Err(busy(ns))
+    }
+
+    /// Whether the fence's election key still stands.
+    async fn still_leader(&self, fence: Option<&Fence>) -> Result<bool> {
+        let Some(fence) = fence else { return Ok(true) };
+        let txn = Txn::new().when(vec![fence.compare()]);
+        Ok(self.store().txn(txn).await?.succeeded())
+    }
+
+    /// An audited change of one record that is not routing (the policy, a rollout's pause).
+    /// `decide` returns the key, the revision it was read at, the new value, the audit detail
+    /// and what to return.
+    async fn change_record<T>(
+        &self,
+        ns: &str,
+        action: &str,
+        reason: &str,
+        actor: &Actor,
+        decide: impl Fn(&NamespaceState) -> Result<(String, i64, Vec<u8>, serde_json::Value, T)>,
+    ) -> Result<T> {
+        check_namespace(ns)?;
+        let keys = self.store().keys().clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.store().read_namespace(ns).await?;
+            let (key, revision, value, detail, outcome) = decide(&state)?;
+            let head = self.audit_head(ns, &state).await?;
+            let record = audit::next_record(&head, ns, &actor.name, action, reason, detail)?;
+            let compares = vec![
+                unchanged(key.clone(), revision),
+                unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                absent(keys.audit(ns, record.seq)),
+            ];
+            let mut operations = vec![TxnOp::put(key, value, None)];
+            operations.extend(audit_ops(&keys, ns, &record));
+            if self
+                .store()
+                .txn(Txn::new().when(compares).and_then(operations))
+                .await?
+                .succeeded()
+            {
+                tracing::info!(ns, action, actor = %actor.name, reason, "record changed");
+                return Ok(outcome);
+            }
+        }
+        Err(busy(ns))
+    }
+}
+
+/// Everyone back to the previous set (a rollback after a flip).
+fn flip_back(
+    ns: &str,
+    state: &NamespaceState,
+    routing: &Routing,
+    rollout: RolloutAfter,
+) -> Result<Decision> {
+    let previous = routing.previous.clone().ok_or_else(|| {
+        CoordinatorError::Refused(format!(
+            "nothing to roll back to in {ns}: no canary is live and no earlier version was active"
+        ))
+    })?;
+    let slot_ref = sealed(ns, state, previous.slot)?;
+    if slot_ref.manifest != previous.manifest {
+        return Err(CoordinatorError::Refused(format!(
+            "cannot roll back {ns}: slot {} no longer holds the previous version {} but version {} (staged by {} at {}); flip to it or stage the previous version again",
+            previous.slot,
+            previous.version,
+            slot_ref.version,
+            slot_ref.staged_by,
+            rfc3339_ms(slot_ref.at_ms)
+        )));
+    }
+    Ok(Decision {
+        detail: json!({
+            "kind": "flip",
+            "from": {"slot": routing.active.slot, "version": routing.active.version},
+            "to": {"slot": previous.slot, "version": previous.version},
+        }),
+        routing: Routing {
+            active: previous.clone(),
+            canary: None,
+            previous: Some(routing.active.clone()),
+            bake_until_ms: None,
+            ..routing.clone()
+        },
+        compare_slots: vec![previous.slot],
+        rollout,
+    })
+}
+
+/// The first flip of a namespace: nothing is active, so there is nothing to bake.
+fn first_flip(ns: &str, state: &NamespaceState, expected_version: &str) -> Result<Decision> {
+    let slot = first_slot_to_flip(ns, state)?;
+    let target = sealed(ns, state, slot)?;
+    check_expected_version(ns, slot, &target, expected_version)?;
+    let active = SlotVersion {
+        slot,
+        version: target.version.clone(),
+        manifest: target.manifest.clone(),
+    };
+    Ok(Decision {
+        detail: json!({"from": null, "to": {"slot": slot, "version": target.version}}),
+        routing: Routing {
+            epoch: 0,
+            active,
+            canary: None,
+            previous: None,
+            bake_until_ms: None,
+            action: String::new(),
+            by: String::new(),
+            reason: String::new(),
+            at_ms: 0,
+        },
+        compare_slots: vec![slot],
+        rollout: RolloutAfter::EndActive,
+    })
+}
+
+fn check_steps(steps_bp: &[u32], interval_seconds: u64) -> Result<()> {
+    let invalid = |m: String| Err(CoordinatorError::InvalidInput(m));
+    if steps_bp.is_empty() || steps_bp.len() > 20 {
+        return invalid(format!(
+            "a rollout needs 1 to 20 steps, not {}",
+            steps_bp.len()
+        ));
+    }
+    if steps_bp.iter().any(|w| *w == 0 || *w > BUCKETS) {
+        return invalid("every step must be above 0% and at most 100%".into());
+    }
+    if steps_bp.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return invalid("rollout steps must ascend".into());
+    }
+    if !(1..=86_400).contains(&interval_seconds) {
+        return invalid(format!("interval {interval_seconds} s must be 1 to 86400"));
+    }
+    Ok(())
+}
+
+fn current_percent(rollout: &Rollout) -> f64 {
+    percent(rollout.steps_bp.get(rollout.step).copied().unwrap_or(0))
+}
+
+fn no_rollout(ns: &str) -> CoordinatorError {
+    CoordinatorError::Refused(format!("no rollout is running or paused in {ns}"))
+}
+
+pub(crate) fn sealed(ns: &str, state: &NamespaceState, slot: Slot) -> Result<SlotRef> {
+    match &state.slot(slot).value {
+        Some(slot_ref) if slot_ref.state == SlotState::Sealed => Ok(slot_ref.clone()),
+        Some(slot_ref) => Err(CoordinatorError::Refused(format!(
+            "slot {slot} of {ns} is not sealed: staging of version {} by {} began at {} and did not complete; run sbctl stage again",
+            slot_ref.version,
+            slot_ref.staged_by,
+            rfc3339_ms(slot_ref.at_ms)
+        ))),
+        None => Err(CoordinatorError::Refused(format!(
+            "slot {slot} of {ns} is empty; stage a version first"
+        ))),
+    }
+}
+
+/// The sealed slot a canary or flip would move consumers to, which must hold something other
+/// than the active version.
+fn sealed_target(
+    ns: &str,
+    state: &NamespaceState,
+    slot: Slot,
+    active: &SlotVersion,
+) -> Result<SlotRef> {
+    let slot_ref = sealed(ns, state, slot)?;
+    if slot_ref.manifest == active.manifest {
+        return Err(CoordinatorError::Refused(format!(
+            "slot {slot} of {ns} holds the active version {}; stage a new version first",
+            slot_ref.version
+        )));
+    }
+    Ok(slot_ref)
+}
+
+/// Refuses a change whose caller decided on another version than the target slot now holds.
+fn check_expected_version(ns: &str, slot: Slot, target: &SlotRef, expected: &str) -> Result<()> {
+    if expected.is_empty() || target.version == expected {
+        return Ok(());
+    }
+    Err(CoordinatorError::Conflict(format!(
+        "slot {slot} of {ns} changed underneath: it now holds version {} (staged by {} at {}), not the version {expected} this change was decided on; read `sbctl status {ns}` and retry",
+        target.version,
+        target.staged_by,
+        rfc3339_ms(target.at_ms)
+    )))
+}
+
+/// Before anything is active, the first flip goes to the most recently sealed slot.
+fn first_slot_to_flip(ns: &str, state: &NamespaceState) -> Result<Slot> {
+    Slot::BOTH
+        .into_iter()
+        .filter(|slot| state.slot(*slot).value.is_some())
+        .max_by_key(|slot| {
+            let sealed = state
+                .slot(*slot)
+                .value
+                .as_ref()
+                .is_some_and(|s| s.state == SlotState::Sealed);
+            (sealed, state.slot(*slot).mod_revision)
+        })
+        .ok_or_else(|| {
+            CoordinatorError::Refused(format!("nothing is staged in {ns}; stage a version first"))
+        })
+}
+
+fn nothing_active(ns: &str) -> CoordinatorError {
+    CoordinatorError::Refused(format!(
+        "nothing is active in {ns} yet: stage a version and flip to make it live"
+    ))
+}
+
+fn conflict(ns: &str, expected_epoch: u64, routing: Option<&Routing>) -> CoordinatorError {
+    let now = match routing {
+        Some(r) => format!(
+            "epoch {} ({} by {} at {}{})",
+            r.epoch,
+            r.action,
+            r.by,
+            rfc3339_ms(r.at_ms),
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {:?}", r.reason)
+            }
+        ),
+        None => "epoch 0 (nothing active)".to_string(),
+    };
+    CoordinatorError::Conflict(format!(
+        "routing of {ns} changed underneath: expected epoch {expected_epoch}, now {now}; read `sbctl status {ns}` and retry"
+    ))
+}

@@ -1,0 +1,1154 @@
+//! The `judge` scenario: how often the health judge rolls back a healthy canary, how fast it
+//! catches a bad one, and how often it has too little traffic to judge at all, measured on
+//! simulated traffic evaluated the way the coordinator's leader runs the judge.
+//!
+//! The model. Time is simulated in whole seconds from the canary's start. Each second, each
+//! version (the canary, and the baseline: the active version) receives a Poisson number of
+//! requests, `rps` in total with `canary_percent` of it on the canary, and each request errs
+//! independently with the version's error rate. By Poisson thinning, a second's errors and
+//! successes are then two independent Poisson counts with means `λp` and `λ(1 − p)`, which is how
+//! they are drawn: exactly that distribution, with no binomial sampler. Every `tick_seconds` the
+//! leader sums each version's counts over the last `window_seconds` (the policy's) and calls
+//! [`judge`]; both windows start empty, like a new canary's. A run ends at the first `Breach` or
+//! after `duration_seconds`.
+//!
+//! Everything here is a pure function of its arguments and a seed. Each run draws from its own
+//! generator, seeded from the seed, the scenario, the traffic and the run's index, but not from
+//! the policy: every policy is measured on the same traffic (common random numbers), so the
+//! differences between policies are not sampling noise, and no result depends on the number of
+//! threads.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use switchboard_proto::Policy;
+use switchboard_proto::judge::{Counts, Outcome, Z_THRESHOLD, judge};
+
+/// Below this mean the Poisson sampler multiplies uniforms (Knuth); from it on it uses PTRS.
+pub const PTRS_MIN_LAMBDA: f64 = 10.0;
+
+/// The share of windows that must reach `min_requests` for the sizing advice.
+pub const SIZING_CONFIDENCE: f64 = 0.99;
+
+/// A pair of error rates to measure the judge on.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub canary_error_rate: f64,
+    pub baseline_error_rate: f64,
+}
+
+/// The scenarios of the default table.
+pub const SCENARIOS: [Scenario; 3] = [
+    Scenario {
+        name: "false_rollback",
+        description: "both versions at 1% errors: every breach is a false rollback",
+        canary_error_rate: 0.01,
+        baseline_error_rate: 0.01,
+    },
+    Scenario {
+        name: "detection",
+        description: "canary at 30% errors, baseline at 1%: every run should breach, fast",
+        canary_error_rate: 0.30,
+        baseline_error_rate: 0.01,
+    },
+    Scenario {
+        name: "subtle",
+        description: "canary at 3% errors, baseline at 1%: under the 5% ceiling, over the 2% one",
+        canary_error_rate: 0.03,
+        baseline_error_rate: 0.01,
+    },
+];
+
+/// A policy with the short label the table shows for it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NamedPolicy {
+    pub label: String,
+    pub policy: Policy,
+}
+
+impl NamedPolicy {
+    /// Labels a policy `5%/500/60s` (ceiling, min requests, window), prefixed `default ` when it
+    /// judges like the default policy.
+    pub fn new(policy: Policy) -> NamedPolicy {
+        let defaults = Policy::default();
+        let is_default = policy.max_error_rate == defaults.max_error_rate
+            && policy.min_requests == defaults.min_requests
+            && policy.window_seconds == defaults.window_seconds;
+        let label = format!(
+            "{}{}%/{}/{}s",
+            if is_default { "default " } else { "" },
+            (policy.max_error_rate * 10_000.0).round() / 100.0,
+            policy.min_requests,
+            policy.window_seconds
+        );
+        NamedPolicy { label, policy }
+    }
+}
+
+/// The default policy and alternatives that trade sample size, window and ceiling.
+pub fn default_policies() -> Vec<NamedPolicy> {
+    let base = Policy::default();
+    [
+        base.clone(),
+        Policy {
+            min_requests: 100,
+            window_seconds: 60,
+            ..base.clone()
+        },
+        // The first default, kept for comparison: it starves the judge at low traffic.
+        Policy {
+            min_requests: 500,
+            window_seconds: 60,
+            ..base.clone()
+        },
+        Policy {
+            max_error_rate: 0.02,
+            ..base.clone()
+        },
+        Policy {
+            max_error_rate: 0.02,
+            min_requests: 100,
+            window_seconds: 60,
+            ..base
+        },
+    ]
+    .into_iter()
+    .map(NamedPolicy::new)
+    .collect()
+}
+
+/// Parses `MAX_ERROR_RATE/MIN_REQUESTS/WINDOW_SECONDS`, e.g. `0.05/500/60`; the bake time
+/// keeps its default (the simulation does not use it).
+pub fn parse_policy(text: &str) -> Result<NamedPolicy, String> {
+    let parts: Vec<&str> = text.split('/').map(str::trim).collect();
+    let [rate, min, window] = parts.as_slice() else {
+        return Err(format!(
+            "policy {text:?} is not MAX_ERROR_RATE/MIN_REQUESTS/WINDOW_SECONDS"
+        ));
+    };
+    let policy = Policy {
+        max_error_rate: rate
+            .parse()
+            .map_err(|e| format!("max error rate {rate:?}: {e}"))?,
+        min_requests: min
+            .parse()
+            .map_err(|e| format!("min requests {min:?}: {e}"))?,
+        window_seconds: window
+            .parse()
+            .map_err(|e| format!("window {window:?}: {e}"))?,
+        ..Policy::default()
+    };
+    policy.validate()?;
+    Ok(NamedPolicy::new(policy))
+}
+
+/// Total traffic and the canary's share of it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Traffic {
+    /// Requests per second over both versions.
+    pub rps: f64,
+    /// Percent of the requests served by the canary, 0 to 100.
+    pub canary_percent: f64,
+}
+
+impl Traffic {
+    pub fn canary_rps(self) -> f64 {
+        self.rps * self.canary_percent / 100.0
+    }
+
+    pub fn baseline_rps(self) -> f64 {
+        self.rps - self.canary_rps()
+    }
+}
+
+/// How long a run lasts and how often the leader judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Timing {
+    pub duration_seconds: u64,
+    pub tick_seconds: u64,
+}
+
+/// What one run saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RunOutcome {
+    /// Seconds from the canary's start to the first `Breach`, if any.
+    pub breach_at: Option<u64>,
+    /// Seconds from the canary's start to the first verdict other than `Insufficient`.
+    pub first_verdict_at: Option<u64>,
+}
+
+/// Simulates one canary under `policy` until its first breach or the end of `timing`.
+pub fn simulate_run<R: Rng + ?Sized>(
+    policy: &Policy,
+    traffic: Traffic,
+    scenario: &Scenario,
+    timing: Timing,
+    rng: &mut R,
+) -> RunOutcome {
+    // Per-second means of [canary ok, canary errors, baseline ok, baseline errors].
+    let (canary, baseline) = (traffic.canary_rps(), traffic.baseline_rps());
+    let means = [
+        canary * (1.0 - scenario.canary_error_rate),
+        canary * scenario.canary_error_rate,
+        baseline * (1.0 - scenario.baseline_error_rate),
+        baseline * scenario.baseline_error_rate,
+    ];
+    // `Policy::validate` bounds the window to a day.
+    let window = policy.window_seconds.clamp(1, 86_400) as usize;
+    let tick = timing.tick_seconds.max(1);
+    // The last `window` seconds, and their sums.
+    let mut ring = vec![[0u64; 4]; window];
+    let mut sums = [0u64; 4];
+    let mut outcome = RunOutcome::default();
+    for t in 1..=timing.duration_seconds {
+        let slot = &mut ring[((t - 1) % window as u64) as usize];
+        for (i, mean) in means.iter().enumerate() {
+            let count = poisson(rng, *mean);
+            sums[i] = sums[i] - slot[i] + count;
+            slot[i] = count;
+        }
+        if t % tick != 0 {
+            continue;
+        }
+        let candidate = Counts {
+            ok: sums[0],
+            errors: sums[1],
+        };
+        let baseline = Counts {
+            ok: sums[2],
+            errors: sums[3],
+        };
+        match judge(policy, candidate, baseline).outcome {
+            Outcome::Insufficient => {}
+            Outcome::Pass => {
+                outcome.first_verdict_at.get_or_insert(t);
+            }
+            Outcome::Breach => {
+                outcome.first_verdict_at.get_or_insert(t);
+                outcome.breach_at = Some(t);
+                break;
+            }
+        }
+    }
+    outcome
+}
+
+/// The seed of one run's generator: independent of the policy, so that every policy sees the
+/// same traffic.
+pub fn run_seed(seed: u64, scenario: &Scenario, traffic: Traffic, run: u64) -> u64 {
+    let parts = [
+        fnv1a(scenario.name.as_bytes()),
+        scenario.canary_error_rate.to_bits(),
+        scenario.baseline_error_rate.to_bits(),
+        traffic.rps.to_bits(),
+        traffic.canary_percent.to_bits(),
+        run,
+    ];
+    parts
+        .iter()
+        .fold(splitmix64(seed), |state, part| splitmix64(state ^ part))
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Runs `runs` independent runs on up to `threads` threads, in run order.
+pub fn simulate_runs(
+    policy: &Policy,
+    traffic: Traffic,
+    scenario: &Scenario,
+    timing: Timing,
+    runs: u64,
+    seed: u64,
+    threads: usize,
+) -> Vec<RunOutcome> {
+    let one = |run: u64| {
+        let mut rng = StdRng::seed_from_u64(run_seed(seed, scenario, traffic, run));
+        simulate_run(policy, traffic, scenario, timing, &mut rng)
+    };
+    let threads = (threads.max(1) as u64).min(runs.max(1));
+    if threads == 1 {
+        return (0..runs).map(one).collect();
+    }
+    let per_thread = runs.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|i| {
+                let (start, end) = ((i * per_thread).min(runs), ((i + 1) * per_thread).min(runs));
+                scope.spawn(move || (start..end).map(one).collect::<Vec<_>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// The 50th and 99th percentiles (nearest rank) and the maximum, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Quantiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Quantiles {
+    /// `None` for no values.
+    pub fn of(mut values: Vec<u64>) -> Option<Quantiles> {
+        values.sort_unstable();
+        let rank = |p: f64| {
+            let index = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+            values[index]
+        };
+        let max = *values.last()?;
+        Some(Quantiles {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max,
+        })
+    }
+}
+
+/// One row of the table: one policy, one traffic level, one scenario.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Measurement {
+    pub policy: String,
+    pub policy_settings: Policy,
+    pub rps: f64,
+    pub canary_percent: f64,
+    pub scenario: &'static str,
+    pub canary_error_rate: f64,
+    pub baseline_error_rate: f64,
+    pub runs: u64,
+    /// Runs with at least one `Breach`.
+    pub breaches: u64,
+    pub breach_rate: f64,
+    /// Wilson score interval of the breach rate, 95%.
+    pub breach_rate_ci95: [f64; 2],
+    /// Runs whose verdicts were all `Insufficient` throughout the first window: the judge was
+    /// starved when a canary is most dangerous.
+    pub starved_first_window: u64,
+    pub starved_rate: f64,
+    /// Runs whose verdicts were all `Insufficient` for the whole run (or until they breached,
+    /// which cannot happen without a verdict): the judge never judged.
+    pub never_judged: u64,
+    pub never_judged_rate: f64,
+    /// Seconds from the canary's start to the first verdict other than `Insufficient`.
+    pub first_verdict_seconds: Option<Quantiles>,
+    /// Seconds from the canary's start to the breach, over the runs that breached.
+    pub detection_seconds: Option<Quantiles>,
+}
+
+/// Measures one row.
+pub fn measure(
+    policy: &NamedPolicy,
+    traffic: Traffic,
+    scenario: &Scenario,
+    timing: Timing,
+    runs: u64,
+    seed: u64,
+    threads: usize,
+) -> Measurement {
+    let outcomes = simulate_runs(
+        &policy.policy,
+        traffic,
+        scenario,
+        timing,
+        runs,
+        seed,
+        threads,
+    );
+    let window = policy.policy.window_seconds;
+    let count = |f: &dyn Fn(&RunOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count() as u64;
+    let breaches = count(&|o| o.breach_at.is_some());
+    let starved = count(&|o| o.first_verdict_at.is_none_or(|t| t > window));
+    let never = count(&|o| o.first_verdict_at.is_none());
+    let share = |n: u64| {
+        if runs == 0 {
+            0.0
+        } else {
+            n as f64 / runs as f64
+        }
+    };
+    Measurement {
+        policy: policy.label.clone(),
+        policy_settings: policy.policy.clone(),
+        rps: traffic.rps,
+        canary_percent: traffic.canary_percent,
+        scenario: scenario.name,
+        canary_error_rate: scenario.canary_error_rate,
+        baseline_error_rate: scenario.baseline_error_rate,
+        runs,
+        breaches,
+        breach_rate: share(breaches),
+        breach_rate_ci95: wilson_interval(breaches, runs),
+        starved_first_window: starved,
+        starved_rate: share(starved),
+        never_judged: never,
+        never_judged_rate: share(never),
+        first_verdict_seconds: Quantiles::of(
+            outcomes.iter().filter_map(|o| o.first_verdict_at).collect(),
+        ),
+        detection_seconds: Quantiles::of(outcomes.iter().filter_map(|o| o.breach_at).collect()),
+    }
+}
+
+/// The 95% Wilson score interval of `successes` out of `trials`.
+pub fn wilson_interval(successes: u64, trials: u64) -> [f64; 2] {
+    if trials == 0 {
+        return [0.0, 1.0];
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let n = trials as f64;
+    let p = successes as f64 / n;
+    let denominator = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denominator;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denominator;
+    // At 0 or n successes the bound is exactly 0 or 1; the arithmetic only rounds near it.
+    let low = if successes == 0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    let high = if successes >= trials {
+        1.0
+    } else {
+        (centre + half).min(1.0)
+    };
+    [low, high]
+}
+
+/// Whether a policy's `min_requests` fits its window at a traffic level, from the Poisson
+/// distribution of the canary's requests in one full window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sizing {
+    pub policy: String,
+    pub rps: f64,
+    pub canary_rps: f64,
+    pub min_requests: u64,
+    pub window_seconds: u64,
+    /// Mean canary requests in one full window.
+    pub expected_per_window: f64,
+    /// Probability that one full window holds at least `min_requests` canary requests.
+    pub p_window_reaches_min: f64,
+    /// The shortest window (s) that reaches `min_requests` with probability
+    /// `SIZING_CONFIDENCE`; `None` beyond a day.
+    pub window_needed_seconds: Option<u64>,
+    /// The largest `min_requests` that the policy's window reaches with probability
+    /// `SIZING_CONFIDENCE`.
+    pub max_min_requests_for_window: u64,
+}
+
+pub fn sizing(policy: &NamedPolicy, traffic: Traffic) -> Sizing {
+    let canary_rps = traffic.canary_rps();
+    let (min, window) = (policy.policy.min_requests, policy.policy.window_seconds);
+    let reaches =
+        |seconds: u64| poisson_at_least(canary_rps * seconds as f64, min) >= SIZING_CONFIDENCE;
+    const LONGEST: u64 = 86_400;
+    let window_needed_seconds = reaches(LONGEST).then(|| {
+        let (mut low, mut high) = (0, LONGEST); // reaches(high), and low == 0 or !reaches(low)
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if reaches(middle) {
+                high = middle;
+            } else {
+                low = middle;
+            }
+        }
+        high
+    });
+    Sizing {
+        policy: policy.label.clone(),
+        rps: traffic.rps,
+        canary_rps,
+        min_requests: min,
+        window_seconds: window,
+        expected_per_window: canary_rps * window as f64,
+        p_window_reaches_min: poisson_at_least(canary_rps * window as f64, min),
+        window_needed_seconds,
+        max_min_requests_for_window: poisson_lower_quantile(
+            canary_rps * window as f64,
+            1.0 - SIZING_CONFIDENCE,
+        ),
+    }
+}
+
+/// P(X ≥ m) for X ~ Poisson(λ). The smaller tail is summed directly, so that a tiny
+/// probability is not lost to `1 − almost 1`.
+pub fn poisson_at_least(lambda: f64, m: u64) -> f64 {
+    if m == 0 {
+        return 1.0;
+    }
+    if lambda.is_nan() || lambda <= 0.0 {
+        return 0.0;
+    }
+    let ln_lambda = lambda.ln();
+    let pmf = |k: u64| (-lambda + k as f64 * ln_lambda - ln_factorial(k)).exp();
+    if m as f64 > lambda {
+        // The upper tail: terms fall from k = m on.
+        let mut sum = 0.0;
+        for k in m.. {
+            let term = pmf(k);
+            sum += term;
+            if term <= sum * 1e-17 || term == 0.0 {
+                break;
+            }
+        }
+        sum.min(1.0)
+    } else {
+        // The lower tail, P(X < m): terms rise up to k = m − 1 ≤ λ.
+        let below: f64 = (0..m).map(pmf).sum();
+        (1.0 - below).max(0.0)
+    }
+}
+
+/// The largest m with P(X < m) ≤ `tail` for X ~ Poisson(λ): at least m requests arrive with
+/// probability 1 − `tail`.
+pub fn poisson_lower_quantile(lambda: f64, tail: f64) -> u64 {
+    if lambda.is_nan() || lambda <= 0.0 {
+        return 0;
+    }
+    if lambda > 1e7 {
+        // Far beyond any traffic in the table; the normal approximation is exact enough.
+        return (lambda - 2.326 * lambda.sqrt()).floor().max(0.0) as u64;
+    }
+    let ln_lambda = lambda.ln();
+    let mut cdf = 0.0;
+    let mut k = 0u64;
+    loop {
+        cdf += (-lambda + k as f64 * ln_lambda - ln_factorial(k)).exp();
+        if cdf > tail {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// A Poisson(λ) sample: Knuth's product of uniforms below `PTRS_MIN_LAMBDA`, Hörmann's PTRS
+/// (transformed rejection with squeeze, 1993) from it on. Both are exact. 0 for λ ≤ 0 or NaN.
+pub fn poisson<R: Rng + ?Sized>(rng: &mut R, lambda: f64) -> u64 {
+    if lambda.is_nan() || lambda <= 0.0 {
+        return 0;
+    }
+    if lambda < PTRS_MIN_LAMBDA {
+        let limit = (-lambda).exp();
+        let mut k = 0;
+        let mut product: f64 = rng.random();
+        while product > limit {
+            k += 1;
+            product *= rng.random::<f64>();
+        }
+        return k;
+    }
+    let (sqrt_lambda, ln_lambda) = (lambda.sqrt(), lambda.ln());
+    let b = 0.931 + 2.53 * sqrt_lambda;
+    let a = -0.059 + 0.02483 * b;
+    let ln_inv_alpha = (1.1239 + 1.1328 / (b - 3.4)).ln();
+    let v_r = 0.9277 - 3.6224 / (b - 2.0);
+    loop {
+        let u = rng.random::<f64>() - 0.5;
+        let v: f64 = rng.random();
+        let us = 0.5 - u.abs();
+        let k = ((2.0 * a / us + b) * u + lambda + 0.43).floor();
+        if us >= 0.07 && v <= v_r && k >= 0.0 {
+            return k as u64;
+        }
+        if k < 0.0 || !k.is_finite() || (us < 0.013 && v > us) {
+            continue;
+        }
+        let k = k as u64;
+        // ln(v) is -inf for v == 0, which accepts: as in the published algorithm.
+        if v.ln() + ln_inv_alpha - (a / (us * us) + b).ln()
+            <= -lambda + k as f64 * ln_lambda - ln_factorial(k)
+        {
+            return k;
+        }
+    }
+}
+
+/// ln(k!): a direct sum for small k, Stirling's series (error below 1e-12) beyond.
+pub fn ln_factorial(k: u64) -> f64 {
+    if k < 16 {
+        return (2..=k).map(|i| (i as f64).ln()).sum();
+    }
+    let x = k as f64 + 1.0;
+    let (x2, x3) = (x * x, x * x * x);
+    (x - 0.5) * x.ln() - x + 0.5 * (2.0 * std::f64::consts::PI).ln() + 1.0 / (12.0 * x)
+        - 1.0 / (360.0 * x3)
+        + 1.0 / (1260.0 * x3 * x2)
+}
+
+/// What to measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableConfig {
+    pub runs: u64,
+    pub seed: u64,
+    pub rps: Vec<f64>,
+    pub canary_percent: f64,
+    pub timing: Timing,
+    pub policies: Vec<NamedPolicy>,
+    pub scenarios: Vec<Scenario>,
+    /// Worker threads; the results do not depend on it.
+    pub threads: usize,
+}
+
+impl TableConfig {
+    /// Checks the ranges; the message names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.runs == 0 {
+            return Err("runs must be at least 1".into());
+        }
+        if self.rps.is_empty() {
+            return Err("at least one rps is needed".into());
+        }
+        if let Some(rps) = self
+            .rps
+            .iter()
+            .find(|rps| !(rps.is_finite() && **rps > 0.0))
+        {
+            return Err(format!("rps {rps} must be a positive number"));
+        }
+        if !(self.canary_percent > 0.0 && self.canary_percent <= 100.0) {
+            return Err(format!(
+                "canary-percent {} must be above 0 and at most 100",
+                self.canary_percent
+            ));
+        }
+        if self.timing.tick_seconds == 0 {
+            return Err("tick-seconds must be at least 1".into());
+        }
+        if self.timing.duration_seconds < self.timing.tick_seconds {
+            return Err(format!(
+                "duration-seconds {} must be at least one tick ({} s)",
+                self.timing.duration_seconds, self.timing.tick_seconds
+            ));
+        }
+        for policy in &self.policies {
+            policy
+                .policy
+                .validate()
+                .map_err(|e| format!("policy {}: {e}", policy.label))?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole measurement, as written to JSON.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub model: &'static str,
+    pub seed: u64,
+    pub runs: u64,
+    pub canary_percent: f64,
+    pub duration_seconds: u64,
+    pub tick_seconds: u64,
+    pub z_threshold: f64,
+    pub scenarios: Vec<Scenario>,
+    pub rows: Vec<Measurement>,
+    pub sizing: Vec<Sizing>,
+}
+
+/// Measures every policy at every traffic level in every scenario. `progress` is called before
+/// each row with its index and the number of rows.
+pub fn run_table(config: &TableConfig, progress: &mut dyn FnMut(usize, usize)) -> Report {
+    let total = config.policies.len() * config.rps.len() * config.scenarios.len();
+    let mut rows = Vec::with_capacity(total);
+    let mut sizings = Vec::new();
+    for policy in &config.policies {
+        for &rps in &config.rps {
+            let traffic = Traffic {
+                rps,
+                canary_percent: config.canary_percent,
+            };
+            sizings.push(sizing(policy, traffic));
+            for scenario in &config.scenarios {
+                progress(rows.len(), total);
+                rows.push(measure(
+                    policy,
+                    traffic,
+                    scenario,
+                    config.timing,
+                    config.runs,
+                    config.seed,
+                    config.threads,
+                ));
+            }
+        }
+    }
+    Report {
+        scenario: "judge",
+        model: "Poisson requests per second per version, independent errors, leader judges \
+                the sliding-window sums every tick, windows start empty, a run stops at its \
+                first breach",
+        seed: config.seed,
+        runs: config.runs,
+        canary_percent: config.canary_percent,
+        duration_seconds: config.timing.duration_seconds,
+        tick_seconds: config.timing.tick_seconds,
+        z_threshold: Z_THRESHOLD,
+        scenarios: config.scenarios.clone(),
+        rows,
+        sizing: sizings,
+    }
+}
+
+/// The report as a readable text table.
+pub fn render(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "judge simulation: seed {}, {} runs per row, canary {}% of traffic, {} s per run, judged every {} s, z > {}",
+        report.seed,
+        report.runs,
+        report.canary_percent,
+        report.duration_seconds,
+        report.tick_seconds,
+        report.z_threshold
+    );
+    for scenario in &report.scenarios {
+        let _ = writeln!(out, "  {:<15} {}", scenario.name, scenario.description);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<20} {:>6}  {:<15} {:>5}  {:>7}  {:<15}  {:>7}  {:>8}  {:>11}  {:>10}  {:>6}  {:>6}",
+        "policy",
+        "rps",
+        "scenario",
+        "runs",
+        "breach",
+        "95% CI",
+        "starved",
+        "unjudged",
+        "verdict p50",
+        "detect p50",
+        "p99",
+        "max"
+    );
+    let mut previous: Option<(&str, f64)> = None;
+    for row in &report.rows {
+        if previous.is_some_and(|p| p != (row.policy.as_str(), row.rps)) {
+            let _ = writeln!(out);
+        }
+        previous = Some((row.policy.as_str(), row.rps));
+        let seconds =
+            |value: Option<u64>| value.map_or_else(|| "-".to_string(), |s| format!("{s} s"));
+        let detection = row.detection_seconds;
+        let _ = writeln!(
+            out,
+            "{:<20} {:>6}  {:<15} {:>5}  {:>7}  {:<15}  {:>7}  {:>8}  {:>11}  {:>10}  {:>6}  {:>6}",
+            row.policy,
+            row.rps,
+            row.scenario,
+            row.runs,
+            percent(row.breach_rate),
+            format!(
+                "{}-{}",
+                percent(row.breach_rate_ci95[0]),
+                percent(row.breach_rate_ci95[1])
+            ),
+            percent(row.starved_rate),
+            percent(row.never_judged_rate),
+            seconds(row.first_verdict_seconds.map(|q| q.p50)),
+            seconds(detection.map(|q| q.p50)),
+            seconds(detection.map(|q| q.p99)),
+            seconds(detection.map(|q| q.max)),
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "breach:      runs with any Breach (in false_rollback, every one is a false rollback)\n\
+         starved:     runs whose every verdict in the first window was Insufficient\n\
+         unjudged:    runs whose every verdict was Insufficient, for the whole run\n\
+         verdict p50: time from the canary's start to its first Pass or Breach\n\
+         detect:      time from the canary's start to the Breach, over the runs that breached"
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "sizing: canary requests in one full window (Poisson); \"window needed\" and \"min_requests fits\" \
+         mean reached in {:.0}% of windows",
+        SIZING_CONFIDENCE * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:>6}  {:>12}  {:>12}  {:>10}  {:>14}  {:>18}",
+        "policy",
+        "rps",
+        "canary req/s",
+        "per window",
+        "P(>= min)",
+        "window needed",
+        "min_requests fits"
+    );
+    for sizing in &report.sizing {
+        let _ = writeln!(
+            out,
+            "{:<20} {:>6}  {:>12}  {:>12}  {:>10}  {:>14}  {:>18}",
+            sizing.policy,
+            sizing.rps,
+            format!("{:.1}", sizing.canary_rps),
+            format!("{:.0}", sizing.expected_per_window),
+            percent(sizing.p_window_reaches_min),
+            sizing
+                .window_needed_seconds
+                .map_or_else(|| "> 1 day".to_string(), |s| format!("{s} s")),
+            format!(
+                "<= {} in {} s",
+                sizing.max_min_requests_for_window, sizing.window_seconds
+            ),
+        );
+    }
+    let starved: Vec<&Sizing> = report
+        .sizing
+        .iter()
+        .filter(|s| s.p_window_reaches_min < SIZING_CONFIDENCE)
+        .collect();
+    for sizing in starved {
+        let _ = writeln!(
+            out,
+            "judge starved: {} at {} req/s gives the canary {:.1} req/s, {:.0} per {} s window, short of \
+             min_requests {}; it needs a window of {} or min_requests <= {}.",
+            sizing.policy,
+            sizing.rps,
+            sizing.canary_rps,
+            sizing.expected_per_window,
+            sizing.window_seconds,
+            sizing.min_requests,
+            sizing
+                .window_needed_seconds
+                .map_or_else(|| "more than a day".to_string(), |s| format!("{s} s")),
+            sizing.max_min_requests_for_window,
+        );
+    }
+    out
+}
+
+fn percent(rate: f64) -> String {
+    format!("{:.2}%", rate * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mean_and_variance(lambda: f64, draws: usize, seed: u64) -> (f64, f64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let samples: Vec<f64> = (0..draws)
+            .map(|_| poisson(&mut rng, lambda) as f64)
+            .collect();
+        let mean = samples.iter().sum::<f64>() / draws as f64;
+        let variance =
+            samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (draws as f64 - 1.0);
+        (mean, variance)
+    }
+
+    #[test]
+    fn poisson_mean_and_variance_match_lambda() {
+        let draws = 200_000;
+        for (i, lambda) in [0.05, 0.5, 3.0, 9.9, 10.0, 45.0, 450.0, 5_000.0]
+            .into_iter()
+            .enumerate()
+        {
+            let (mean, variance) = mean_and_variance(lambda, draws, 7 + i as u64);
+            // Standard error of the mean is sqrt(λ/n); of the variance about sqrt((2λ² + λ)/n).
+            let mean_error = (lambda / draws as f64).sqrt();
+            let variance_error = ((2.0 * lambda * lambda + lambda) / draws as f64).sqrt();
+            assert!(
+                (mean - lambda).abs() < 5.0 * mean_error,
+                "λ {lambda}: mean {mean}"
+            );
+            assert!(
+                (variance - lambda).abs() < 5.0 * variance_error,
+                "λ {lambda}: variance {variance}"
+            );
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(poisson(&mut rng, 0.0), 0);
+        assert_eq!(poisson(&mut rng, -1.0), 0);
+        assert_eq!(poisson(&mut rng, f64::NAN), 0);
+    }
+
+    #[test]
+    fn poisson_frequencies_match_the_distribution_on_both_samplers() {
+        // The mean and variance can be right while the shape is wrong; compare each frequency
+        // around the mode with the probability mass function.
+        let draws = 400_000u64;
+        for (lambda, seed) in [(4.0, 11), (15.0, 12), (120.0, 13)] {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut histogram = std::collections::HashMap::new();
+            for _ in 0..draws {
+                *histogram.entry(poisson(&mut rng, lambda)).or_insert(0u64) += 1;
+            }
+            let spread = lambda.sqrt() * 2.0;
+            let (low, high) = ((lambda - spread).max(0.0) as u64, (lambda + spread) as u64);
+            for k in low..=high {
+                let p = (-lambda + k as f64 * lambda.ln() - ln_factorial(k)).exp();
+                let observed = *histogram.get(&k).unwrap_or(&0) as f64 / draws as f64;
+                let error = (p * (1.0 - p) / draws as f64).sqrt();
+                assert!(
+                    (observed - p).abs() < 5.0 * error,
+                    "λ {lambda}, k {k}: {observed} vs {p}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ln_factorial_matches_the_direct_sum() {
+        for k in [0u64, 1, 2, 15, 16, 17, 50, 1_000] {
+            let direct: f64 = (2..=k).map(|i| (i as f64).ln()).sum();
+            assert!(
+                (ln_factorial(k) - direct).abs() < 1e-9 * direct.max(1.0),
+                "k {k}"
+            );
+        }
+    }
+
+    fn timing(duration_seconds: u64) -> Timing {
+        Timing {
+            duration_seconds,
+            tick_seconds: 1,
+        }
+    }
+
+    /// 500 outcomes in 60 s: more than a 10% canary of 50 req/s ever gathers.
+    fn starving_policy() -> Policy {
+        Policy {
+            min_requests: 500,
+            window_seconds: 60,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn a_canary_that_always_fails_breaches_within_a_window() {
+        let policy = starving_policy();
+        let scenario = Scenario {
+            name: "broken",
+            description: "",
+            canary_error_rate: 1.0,
+            baseline_error_rate: 0.01,
+        };
+        let traffic = Traffic {
+            rps: 20_000.0,
+            canary_percent: 10.0,
+        };
+        let outcomes = simulate_runs(&policy, traffic, &scenario, timing(600), 200, 3, 2);
+        assert_eq!(outcomes.len(), 200);
+        for outcome in outcomes {
+            let at = outcome.breach_at.expect("every run breaches");
+            assert!(at <= policy.window_seconds, "breached only at {at} s");
+        }
+        // With the default 50 rps and a 10% canary, the default policy never gets its 500
+        // outcomes: even a canary that always fails is never rolled back.
+        let starved = measure(
+            &NamedPolicy::new(policy),
+            Traffic {
+                rps: 50.0,
+                canary_percent: 10.0,
+            },
+            &scenario,
+            timing(300),
+            50,
+            3,
+            1,
+        );
+        assert_eq!((starved.breaches, starved.never_judged), (0, 50));
+    }
+
+    #[test]
+    fn versions_without_errors_never_breach() {
+        let scenario = Scenario {
+            name: "clean",
+            description: "",
+            canary_error_rate: 0.0,
+            baseline_error_rate: 0.0,
+        };
+        let traffic = Traffic {
+            rps: 2_000.0,
+            canary_percent: 10.0,
+        };
+        let policy = NamedPolicy::new(Policy {
+            max_error_rate: 0.0,
+            min_requests: 100,
+            ..Policy::default()
+        });
+        let row = measure(&policy, traffic, &scenario, timing(300), 100, 5, 2);
+        assert_eq!(row.breaches, 0);
+        assert_eq!(
+            row.starved_first_window, 0,
+            "the judge had enough traffic to pass"
+        );
+        assert!(row.first_verdict_seconds.is_some_and(|q| q.max <= 2));
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_results_on_any_thread_count() {
+        let config = TableConfig {
+            runs: 60,
+            seed: 42,
+            rps: vec![50.0, 500.0],
+            canary_percent: 10.0,
+            timing: Timing {
+                duration_seconds: 240,
+                tick_seconds: 1,
+            },
+            policies: default_policies(),
+            scenarios: SCENARIOS.to_vec(),
+            threads: 1,
+        };
+        let first = run_table(&config, &mut |_, _| {});
+        let again = run_table(
+            &TableConfig {
+                threads: 3,
+                ..config.clone()
+            },
+            &mut |_, _| {},
+        );
+        assert_eq!(first, again);
+        let other = run_table(&TableConfig { seed: 43, ..config }, &mut |_, _| {});
+        assert_ne!(first.rows, other.rows);
+    }
+
+    #[test]
+    fn policies_see_the_same_traffic() {
+        // Common random numbers: a run's arrivals do not depend on the policy, so a policy that
+        // can only judge later never breaches earlier on the same run.
+        let scenario = SCENARIOS[1];
+        let traffic = Traffic {
+            rps: 500.0,
+            canary_percent: 10.0,
+        };
+        let quick = Policy {
+            min_requests: 100,
+            ..Policy::default()
+        };
+        let slow = Policy {
+            min_requests: 400,
+            ..Policy::default()
+        };
+        let a = simulate_runs(&quick, traffic, &scenario, timing(300), 50, 9, 1);
+        let b = simulate_runs(&slow, traffic, &scenario, timing(300), 50, 9, 1);
+        for (a, b) in a.iter().zip(&b) {
+            assert!(a.breach_at <= b.breach_at, "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn sizing_matches_the_poisson_quantiles() {
+        let default = NamedPolicy::new(starving_policy());
+        let low = sizing(
+            &default,
+            Traffic {
+                rps: 50.0,
+                canary_percent: 10.0,
+            },
+        );
+        assert_eq!(low.expected_per_window, 300.0);
+        assert!(low.p_window_reaches_min < 1e-20);
+        // 5 req/s: 500 in 99% of windows needs about (500 + 2.33·√500) / 5 ≈ 110 s.
+        let needed = low.window_needed_seconds.expect("reachable within a day");
+        assert!((106..=116).contains(&needed), "{needed}");
+        // 300 per window: the 1% quantile is about 300 − 2.33·√300 ≈ 260.
+        assert!(
+            (255..=265).contains(&low.max_min_requests_for_window),
+            "{}",
+            low.max_min_requests_for_window
+        );
+        let high = sizing(
+            &default,
+            Traffic {
+                rps: 500.0,
+                canary_percent: 10.0,
+            },
+        );
+        assert!(high.p_window_reaches_min > 0.999_999);
+        assert!(1.0 - poisson_at_least(3000.0, 500) < 1e-12);
+        assert!(poisson_at_least(300.0, 500) > 0.0);
+        assert_eq!(poisson_at_least(0.0, 1), 0.0);
+        assert_eq!(poisson_at_least(0.0, 0), 1.0);
+        // Both tails agree with a direct sum around the mean.
+        let direct: f64 = (0..40)
+            .map(|k| (-20.0f64 + k as f64 * 20f64.ln() - ln_factorial(k)).exp())
+            .sum();
+        assert!((poisson_at_least(20.0, 40) - (1.0 - direct)).abs() < 1e-9);
+        assert!(
+            (poisson_at_least(20.0, 10)
+                + (0..10)
+                    .map(|k| (-20.0f64 + k as f64 * 20f64.ln() - ln_factorial(k)).exp())
+                    .sum::<f64>()
+                - 1.0)
+                .abs()
+                < 1e-12
+        );
+    }
+
+    #[test]
+    fn quantiles_use_the_nearest_rank() {
+        assert_eq!(Quantiles::of(vec![]), None);
+        let values: Vec<u64> = (1..=100).rev().collect();
+        assert_eq!(
+            Quantiles::of(values),
+            Some(Quantiles {
+                p50: 50,
+                p99: 99,
+                max: 100
+            })
+        );
+        assert_eq!(
+            Quantiles::of(vec![7]),
+            Some(Quantiles {
+                p50: 7,
+                p99: 7,
+                max: 7
+            })
+        );
+    }
+
+    #[test]
+    fn policies_parse_and_are_labelled() {
+        let policy = parse_policy("0.02/100/60").expect("valid");
+        assert_eq!(policy.label, "2%/100/60s");
+        assert_eq!(
+            (policy.policy.min_requests, policy.policy.window_seconds),
+            (100, 60)
+        );
+        assert_eq!(
+            NamedPolicy::new(Policy::default()).label,
+            "default 5%/200/120s"
+        );
+        assert!(parse_policy("0.05/500").is_err());
+        assert!(parse_policy("1.5/500/60").is_err());
+        assert!(parse_policy("0.05/0/60").is_err());
+    }
+
+    #[test]
+    fn wilson_interval_brackets_the_rate() {
+        let [low, high] = wilson_interval(0, 2000);
+        assert_eq!(low, 0.0);
+        assert!(high > 0.001 && high < 0.003);
+        let [low, high] = wilson_interval(20, 2000);
+        assert!(low < 0.01 && high > 0.01);
+    }
+}
