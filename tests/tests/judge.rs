@@ -175,6 +175,69 @@ async fn a_failing_canary_is_rolled_back_automatically() -> Result<()> {
         .run(&["audit", NS, "--verify"])
         .await?
         .ensure_success()?;
+
+    // Both sides export what happened.
+    let coordinator_metrics = reqwest::get(format!("{}/metrics", env.coordinator.http_url()))
+        .await?
+        .text()
+        .await?;
+    let sidecar_metrics = reqwest::get(format!("{}/metrics", sidecars[0].http_url()))
+        .await?
+        .text()
+        .await?;
+    for name in [
+        "switchboard_sidecar_read_seconds_bucket",
+        "switchboard_sidecar_reports_total",
+        "switchboard_sidecar_epoch",
+    ] {
+        assert!(
+            sidecar_metrics.contains(name),
+            "sidecar /metrics lacks {name}"
+        );
+    }
+    for name in [
+        "switchboard_automatic_rollbacks_total",
+        "switchboard_judge_verdicts_total",
+        "switchboard_sidecars_on_current_epoch",
+    ] {
+        assert!(
+            coordinator_metrics.contains(name),
+            "coordinator /metrics lacks {name}"
+        );
+    }
+    Ok(())
+}
+
+/// A rollout whose canary breaches is rolled back and recorded as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_rolled_back_on_a_breach() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    set_test_policy(&env, 0).await?;
+    let (a, b, sidecars, _dir) = two_versions(&env).await?;
+    sbctl
+        .run(&["rollout", NS, "--steps", "10,50,100", "--interval", "1"])
+        .await?
+        .ensure_success()?;
+    wait_all_on(&sidecars, &sbctl).await?;
+    let traffic = Traffic::start(
+        sidecars.clone(),
+        vec![(b.clone(), 7, 3), (a.clone(), 40, 0)],
+    );
+    wait_until(
+        Duration::from_secs(WINDOW_SECONDS + 2),
+        "the rollout is rolled back",
+        async || Ok(status(&sbctl, NS).await?["rollout"]["state"] == "rolled_back"),
+    )
+    .await?;
+    traffic.stop().await?;
+    let status = status(&sbctl, NS).await?;
+    assert!(status["canary"].is_null(), "{status}");
+    assert_eq!(status["active"]["version"], a.as_str());
+    assert_eq!(
+        status["rollout"]["step"], 0,
+        "a breaching canary must not have advanced: {status}"
+    );
     Ok(())
 }
 
