@@ -507,3 +507,85 @@ async fn flip_wait_converges_and_names_a_stopped_sidecar() -> Result<()> {
     );
     Ok(())
 }
+
+/// A paused rollout holds however healthy the data; resumed, it steps on; aborted, the canary
+/// goes to 0 and the rollout is recorded as aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_can_be_paused_resumed_and_aborted() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    set_test_policy(&env, 0).await?;
+    let (a, b, sidecars, _dir) = two_versions(&env).await?;
+    sbctl
+        .run(&[
+            "rollout",
+            NS,
+            "--steps",
+            "10,20,30,40,100",
+            "--interval",
+            "1",
+        ])
+        .await?
+        .ensure_success()?;
+    sbctl
+        .run(&["rollout", NS, "--pause", "-m", "hold on"])
+        .await?
+        .ensure_success()?;
+    wait_all_on(&sidecars, &sbctl).await?;
+    let traffic = Traffic::start(
+        sidecars.clone(),
+        vec![(b.clone(), 20, 0), (a.clone(), 20, 0)],
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let status = status(&sbctl, NS).await?;
+        assert_eq!(
+            (
+                status["rollout"]["state"].as_str(),
+                status["rollout"]["step"].as_u64()
+            ),
+            (Some("paused"), Some(0)),
+            "{status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sbctl
+        .run(&["rollout", NS, "--resume"])
+        .await?
+        .ensure_success()?;
+    wait_until(DEADLINE, "the resumed rollout steps on", async || {
+        Ok(status(&sbctl, NS).await?["rollout"]["step"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1)
+    })
+    .await?;
+    let aborted = sbctl
+        .run_json(&["rollout", NS, "--abort", "-m", "enough"])
+        .await?;
+    assert_eq!(aborted["state"], "aborted", "{aborted}");
+    traffic.stop().await?;
+    let status = status(&sbctl, NS).await?;
+    assert!(
+        status["canary"].is_null(),
+        "abort sets the canary to 0: {status}"
+    );
+    assert_eq!(status["active"]["version"], a.as_str());
+    let trail = sbctl.run_json(&["audit", NS]).await?;
+    let actions: Vec<&str> = trail["records"]
+        .as_array()
+        .context("records")?
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    for action in [
+        "rollout",
+        "rollout-pause",
+        "rollout-resume",
+        "rollout-step",
+        "rollout-abort",
+    ] {
+        assert!(actions.contains(&action), "no {action} record: {actions:?}");
+    }
+    Ok(())
+}
