@@ -179,6 +179,12 @@ async fn canary_assignment_is_proportional_sticky_and_the_same_on_every_sidecar(
     let (at_30, at_30_other) = on_canary("30").await?;
     assert_eq!(at_30, at_30_other, "two sidecars disagree at 30%");
     let left: Vec<_> = at_10.difference(&at_30).collect();
+    eprintln!(
+        "canary share of 10,000 consumers: {} at 10%, {} at 30%; {} left the canary when it rose",
+        at_10.len(),
+        at_30.len(),
+        left.len()
+    );
     assert!(
         left.is_empty(),
         "{} consumers left the canary when it rose to 30%",
@@ -262,6 +268,10 @@ async fn prefix_reads_never_mix_versions_during_flips() -> Result<()> {
         );
         versions_seen.extend(seen);
     }
+    eprintln!(
+        "{} prefix answers of 400 items checked during 20 flips and rollbacks",
+        answers.load(Ordering::Relaxed)
+    );
     assert!(
         answers.load(Ordering::Relaxed) > 20,
         "readers made too few reads to mean anything"
