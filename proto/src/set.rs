@@ -197,32 +197,52 @@ impl ItemSet {
     /// Cuts the set into chunks and describes it in a manifest.
     pub fn to_chunks(&self) -> (Manifest, Vec<Chunk>) {
         let mut chunks = Vec::new();
+        let manifest = self.for_each_chunk(|chunk| {
+            chunks.push(chunk);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match manifest {
+            Ok(manifest) => (manifest, chunks),
+            Err(never) => match never {},
+        }
+    }
+
+    /// Cuts the set into chunks one at a time, handing each to `each` as soon as it is cut, so
+    /// that a caller that writes them out never holds more than one; returns the manifest.
+    pub fn for_each_chunk<E>(
+        &self,
+        mut each: impl FnMut(Chunk) -> Result<(), E>,
+    ) -> Result<Manifest, E> {
+        let mut refs = Vec::new();
         let mut checksum = Sha256::new();
         let mut current = ChunkBuilder::default();
+        let mut emit = |chunk: Chunk, refs: &mut Vec<ChunkRef>| {
+            refs.push(chunk.to_ref());
+            each(chunk)
+        };
         for (key, value) in &self.items {
             let record_len = 8 + key.len() + value.len();
             if current.items > 0 && current.body.len() + record_len > MAX_CHUNK_BYTES {
-                chunks.push(current.finish());
+                emit(current.finish(), &mut refs)?;
             }
             let record = current.push(key, value);
             checksum.update(record);
             if is_boundary(key, record_len) {
-                chunks.push(current.finish());
+                emit(current.finish(), &mut refs)?;
             }
         }
         if current.items > 0 {
-            chunks.push(current.finish());
+            emit(current.finish(), &mut refs)?;
         }
         let checksum = hex::encode(checksum.finalize());
-        let manifest = Manifest {
+        Ok(Manifest {
             format: MANIFEST_FORMAT,
             version: version_from_checksum(&checksum),
             item_count: self.items.len() as u64,
             bytes: self.bytes,
             checksum,
-            chunks: chunks.iter().map(Chunk::to_ref).collect(),
-        };
-        (manifest, chunks)
+            chunks: refs,
+        })
     }
 }
 

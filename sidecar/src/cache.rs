@@ -6,11 +6,13 @@
 //! the bake time after a flip. A copy whose routing names a bake is read back without it, and
 //! the sync loop loads it from etcd once etcd answers.
 //!
-//! One file per namespace, `<cache-dir>/<ns>.lkg`:
-//! `SBLKG1\n`, a u32 LE length and a JSON header (routing, and per set the manifest hash named
-//! by routing and the manifest of the chunks that follow), then each set's chunks as u32 LE
-//! length and bytes, then the SHA-256 of everything before it. Files are written to a temporary
-//! name, synced and renamed, with mode 0600, so a crash leaves the old copy or the new one.
+//! One file per namespace, `<cache-dir>/<ns>.lkg`: `SBLKG2\n`, each set's chunks as u32 LE
+//! length and bytes, a JSON header (routing, and per set the manifest hash named by routing and
+//! the manifest of its chunks), the header's u32 LE length, then the SHA-256 of everything
+//! before it. The header comes last so the file is written in one streaming pass, one chunk in
+//! memory at a time: a set is as large as 2 GiB, and the copy must not double the sidecar's
+//! memory. Files are written to a temporary name, synced and renamed, with mode 0600, so a
+//! crash leaves the old copy or the new one.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::namespace::Namespace;
 use crate::snapshot::{LoadedSet, Snapshot};
 
-const MAGIC: &[u8] = b"SBLKG1\n";
+const MAGIC: &[u8] = b"SBLKG2\n";
 const TRAILER_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,14 +86,26 @@ impl DiskCache {
             .create(&self.dir)
             .map_err(io(&self.dir))?;
 
-        let mut body = Vec::new();
+        let final_path = self.path(namespace);
+        let temp_path = self.dir.join(format!(".{namespace}.lkg.tmp"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp_path)
+            .map_err(io(&temp_path))?;
+        let mut out = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        out.write_all(MAGIC).map_err(io(&temp_path))?;
         let mut sets = Vec::new();
         for (_, set) in snapshot.served_sets() {
-            let (manifest, chunks) = set.items.to_chunks();
-            for chunk in &chunks {
-                body.extend_from_slice(&(chunk.data.len() as u32).to_le_bytes());
-                body.extend_from_slice(&chunk.data);
-            }
+            let manifest = set
+                .items
+                .for_each_chunk(|chunk| {
+                    out.write_all(&(chunk.data.len() as u32).to_le_bytes())?;
+                    out.write_all(&chunk.data)
+                })
+                .map_err(io(&temp_path))?;
             sets.push(CachedSet {
                 manifest_hash: set.manifest_hash.clone(),
                 manifest,
@@ -103,35 +117,25 @@ impl DiskCache {
             sets,
         };
         let header = serde_json::to_vec(&header).map_err(|e| CacheError::Corrupt {
-            path: self.path(namespace),
+            path: final_path.clone(),
             reason: format!("cannot encode the header: {e}"),
         })?;
-
-        let mut file_bytes = Vec::with_capacity(MAGIC.len() + 4 + header.len() + body.len() + 32);
-        file_bytes.extend_from_slice(MAGIC);
-        file_bytes.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        file_bytes.extend_from_slice(&header);
-        file_bytes.extend_from_slice(&body);
-        let digest = Sha256::digest(&file_bytes);
-        file_bytes.extend_from_slice(&digest);
-
-        let final_path = self.path(namespace);
-        let temp_path = self.dir.join(format!(".{namespace}.lkg.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp_path)
+        out.write_all(&header).map_err(io(&temp_path))?;
+        out.write_all(&(header.len() as u32).to_le_bytes())
             .map_err(io(&temp_path))?;
-        file.write_all(&file_bytes).map_err(io(&temp_path))?;
+        let (mut writer, digest, written) = out.finish();
+        writer.write_all(&digest).map_err(io(&temp_path))?;
+        let file = writer.into_inner().map_err(|e| CacheError::Io {
+            path: temp_path.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io(&temp_path))?;
         drop(file);
         std::fs::rename(&temp_path, &final_path).map_err(io(&final_path))?;
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
-        Ok(file_bytes.len() as u64)
+        Ok(written + TRAILER_BYTES as u64)
     }
 
     /// Reads and verifies the copy of `namespace`; `Ok(None)` when there is none.
@@ -148,6 +152,40 @@ impl DiskCache {
     }
 }
 
+/// A writer that hashes what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    fn finish(self) -> (W, [u8; TRAILER_BYTES], u64) {
+        (self.inner, self.hasher.finalize().into(), self.written)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn decode(namespace: &str, data: &[u8]) -> Result<Snapshot, String> {
     if data.len() < MAGIC.len() + 4 + TRAILER_BYTES || !data.starts_with(MAGIC) {
         return Err("not a last-known-good file".into());
@@ -156,8 +194,16 @@ fn decode(namespace: &str, data: &[u8]) -> Result<Snapshot, String> {
     if Sha256::digest(content).as_slice() != trailer {
         return Err("its content does not match its SHA-256 (truncated or modified)".into());
     }
-    let mut rest = &content[MAGIC.len()..];
-    let header_bytes = take(&mut rest, "header")?;
+    // The header and its length close the content; the chunks lie between the magic and it.
+    let (before_len, len) = content.split_at(content.len() - 4);
+    let header_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if header_len > before_len.len() - MAGIC.len() {
+        return Err(format!(
+            "the header claims {header_len} bytes, more than the file holds"
+        ));
+    }
+    let (chunks_region, header_bytes) = before_len.split_at(before_len.len() - header_len);
+    let mut rest = &chunks_region[MAGIC.len()..];
     let header: Header =
         serde_json::from_slice(header_bytes).map_err(|e| format!("header does not parse: {e}"))?;
     if header.namespace != namespace {
