@@ -1,7 +1,8 @@
 //! The coordinator's errors, and the one place that maps them to gRPC and HTTP status.
 //!
 //! sbctl maps gRPC codes to its exit codes: `Aborted` is a conflict (3), `FailedPrecondition`
-//! and `InvalidArgument` a refusal (4), `PermissionDenied` not permitted (5).
+//! and `InvalidArgument` a refusal (4), `Unauthenticated` and `PermissionDenied` not permitted
+//! (5).
 
 /// An operation that failed, with a message a release manager can act on.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,12 @@ pub enum CoordinatorError {
     InvalidInput(String),
     #[error("{0}")]
     NotFound(String),
+    /// No bearer token, or one that names no user of the `--auth` file.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known user whose roles do not allow the request.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A record in etcd that does not parse or does not verify.
     #[error("corrupt record {key} in etcd: {reason}")]
     CorruptRecord { key: String, reason: String },
@@ -36,6 +43,8 @@ impl CoordinatorError {
             CoordinatorError::Refused(_) => Code::FailedPrecondition,
             CoordinatorError::InvalidInput(_) => Code::InvalidArgument,
             CoordinatorError::NotFound(_) => Code::NotFound,
+            CoordinatorError::Unauthenticated(_) => Code::Unauthenticated,
+            CoordinatorError::PermissionDenied(_) => Code::PermissionDenied,
             CoordinatorError::CorruptRecord { .. } => Code::DataLoss,
             CoordinatorError::Etcd(etcd_client::Error::GRpcStatus(status))
                 if status.code() == Code::ResourceExhausted =>
@@ -60,6 +69,8 @@ impl CoordinatorError {
             tonic::Code::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
             tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
             tonic::Code::NotFound => StatusCode::NOT_FOUND,
+            tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
             tonic::Code::ResourceExhausted => StatusCode::INSUFFICIENT_STORAGE,
             tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,6 +1,8 @@
-//! The admin gRPC service: decodes requests, names the actor, delegates to `release`.
+//! The admin gRPC service: decodes requests, passes each through the [`Gate`] (which names the
+//! actor or refuses), delegates to `release`.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use switchboard_proto::pb::{self, admin_server::Admin};
@@ -8,6 +10,7 @@ use switchboard_proto::set::{MAX_CHUNK_BYTES, is_sha256_hex};
 use switchboard_proto::{Policy, Slot};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{Credentials, Gate, Rpc};
 use crate::release::{Actor, BeginStage, Releases};
 use crate::routing::ChangeRequest;
 use crate::store::MAX_TXN_BYTES;
@@ -18,14 +21,17 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_CHUNKS_PER_READ: usize = 10_000;
 /// Chunks read from etcd before they are sent on.
 const CHUNKS_PER_BATCH: usize = 4;
+/// How long a denied upload is read for the namespace its denial is audited in.
+const DENIED_UPLOAD_READ: Duration = Duration::from_secs(2);
 
 pub struct AdminService {
     releases: Releases,
+    gate: Gate,
 }
 
 impl AdminService {
-    pub fn new(releases: Releases) -> Self {
-        Self { releases }
+    pub fn new(releases: Releases, gate: Gate) -> Self {
+        Self { releases, gate }
     }
 
     pub fn into_server(self) -> pb::admin_server::AdminServer<Self> {
@@ -35,22 +41,27 @@ impl AdminService {
     }
 }
 
-/// The caller's name as sbctl sends it. Without `--auth` (a later addition) it is a claim,
-/// recorded as given so that the audit trail says who asked.
-fn actor<T>(request: &Request<T>) -> Actor {
-    let claimed = request
-        .metadata()
-        .get("x-switchboard-actor")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect::<String>()
-        })
-        .filter(|s| !s.is_empty());
-    Actor {
-        name: claimed.unwrap_or_else(|| "anonymous".to_string()),
+/// What the caller presents: its bearer token, and the name sbctl claims for it (recorded only
+/// while the coordinator runs without `--auth`).
+fn credentials<T>(request: &Request<T>) -> Credentials {
+    let text = |name: &str| {
+        request
+            .metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Credentials {
+        authorization: text("authorization"),
+        claimed_actor: text("x-switchboard-actor"),
+    }
+}
+
+impl AdminService {
+    /// The actor of `request` if it may call `rpc` on `ns`; a denial is audited and answered.
+    async fn admit<T>(&self, request: &Request<T>, rpc: Rpc, ns: &str) -> Result<Actor, Status> {
+        let credentials = credentials(request);
+        Ok(self.gate.admit(&credentials, rpc, ns).await?)
     }
 }
 
@@ -90,6 +101,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
+        self.admit(&request, Rpc::Status, &request.get_ref().namespace)
+            .await?;
         let status = self.releases.status(&request.get_ref().namespace).await?;
         json_reply(&status)
     }
@@ -98,7 +111,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::BeginStageRequest>,
     ) -> Result<Response<pb::BeginStageReply>, Status> {
-        let actor = actor(&request);
+        let actor = self
+            .admit(&request, Rpc::BeginStage, &request.get_ref().namespace)
+            .await?;
         let request = request.into_inner();
         let outcome = self
             .releases
@@ -144,7 +159,26 @@ impl Admin for AdminService {
         &self,
         request: Request<Streaming<pb::ChunkData>>,
     ) -> Result<Response<pb::UploadChunksReply>, Status> {
+        let credentials = credentials(&request);
         let mut stream = request.into_inner();
+        // The namespace comes with the chunks, so the gate decides before reading any. A
+        // denial is audited in the namespace of the first chunk, if one arrives soon.
+        if let Err(denial) = self.gate.check(&credentials, Rpc::UploadChunks, "") {
+            let ns = match tokio::time::timeout(DENIED_UPLOAD_READ, stream.next()).await {
+                Ok(Some(Ok(chunk))) => chunk.namespace,
+                _ => String::new(),
+            };
+            let denial = self
+                .gate
+                .check(&credentials, Rpc::UploadChunks, &ns)
+                .err()
+                .unwrap_or(denial);
+            return Err(self
+                .gate
+                .refuse(denial, &credentials, Rpc::UploadChunks, &ns)
+                .await
+                .into());
+        }
         let mut reply = pb::UploadChunksReply::default();
         let mut namespace: Option<String> = None;
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
@@ -192,7 +226,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SealRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
-        let actor = actor(&request);
+        let actor = self
+            .admit(&request, Rpc::Seal, &request.get_ref().namespace)
+            .await?;
         let request = request.into_inner();
         let slot = parse_slot(&request.slot)?;
         let outcome = self
@@ -212,6 +248,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
+        self.admit(&request, Rpc::GetManifest, &request.get_ref().namespace)
+            .await?;
         let request = request.into_inner();
         let slot = match request.slot.as_str() {
             "" => None,
@@ -227,6 +265,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
+        self.admit(&request, Rpc::GetChunks, &request.get_ref().namespace)
+            .await?;
         let request = request.into_inner();
         let ns = request.namespace;
         switchboard_proto::keys::validate_namespace(&ns).map_err(Status::invalid_argument)?;
@@ -282,7 +322,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetCanaryRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
-        let actor = actor(&request);
+        let actor = self
+            .admit(&request, Rpc::SetCanary, &request.get_ref().namespace)
+            .await?;
         let r = request.into_inner();
         let change = self
             .releases
@@ -299,7 +341,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::FlipRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
-        let actor = actor(&request);
+        let actor = self
+            .admit(&request, Rpc::Flip, &request.get_ref().namespace)
+            .await?;
         let r = request.into_inner();
         let change = self
             .releases
@@ -315,7 +359,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
-        let actor = actor(&request);
+        let actor = self
+            .admit(&request, Rpc::Rollback, &request.get_ref().namespace)
+            .await?;
         let r = request.into_inner();
         let change = self
             .releases
@@ -334,6 +380,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
+        self.admit(&request, Rpc::GetPolicy, &request.get_ref().namespace)
+            .await?;
         let policy = self.releases.policy(&request.get_ref().namespace).await?;
         json_reply(&policy)
     }
@@ -342,7 +390,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
-        let actor = actor(&request);
+        let actor = self
+            .admit(&request, Rpc::SetPolicy, &request.get_ref().namespace)
+            .await?;
         let r = request.into_inner();
         let policy: Policy = serde_json::from_str(&r.policy_json)
             .map_err(|e| Status::invalid_argument(format!("policy_json is not a policy: {e}")))?;
@@ -357,7 +407,9 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::RolloutRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
-        let actor = actor(&request);
+        let actor = self
+            .admit(&request, Rpc::Rollout, &request.get_ref().namespace)
+            .await?;
         let r = request.into_inner();
         let releases = &self.releases;
         let change =
@@ -404,6 +456,8 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::AuditRequest>,
     ) -> Result<Response<pb::JsonReply>, Status> {
+        self.admit(&request, Rpc::Audit, &request.get_ref().namespace)
+            .await?;
         let r = request.into_inner();
         let trail = self.releases.audit_trail(&r.namespace, r.verify).await?;
         json_reply(&trail)

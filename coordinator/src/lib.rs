@@ -7,6 +7,7 @@
 //! `--dev` etcd.
 
 pub mod audit;
+pub mod auth;
 pub mod dev_etcd;
 pub mod error;
 pub mod grpc;
@@ -60,6 +61,11 @@ pub struct Args {
     /// This replica's name in leader elections and in status; host name and port by default.
     #[arg(long)]
     pub id: Option<String>,
+    /// Users, their roles and the SHA-256 of their bearer tokens (YAML; see the README,
+    /// "Identities and roles"). Without it the coordinator is open: every caller acts as an
+    /// anonymous admin.
+    #[arg(long, value_name = "FILE")]
+    pub auth: Option<PathBuf>,
     /// Configuration file (reserved; no settings are read from it yet).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -88,20 +94,26 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
             config.display()
         );
     }
+    // A bad auth file stops the start, before anything else is started.
+    let users = args.auth.as_deref().map(auth::Users::load).transpose()?;
     let dev_etcd = if args.dev {
         let endpoint = args.etcd.first().cloned().unwrap_or_default();
         Some(dev_etcd::DevEtcd::start(&args.state_dir, &endpoint).await?)
     } else {
         None
     };
-    let result = serve(&args, shutdown).await;
+    let result = serve(&args, users, shutdown).await;
     if let Some(dev_etcd) = dev_etcd {
         dev_etcd.stop().await;
     }
     result
 }
 
-async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn serve(
+    args: &Args,
+    users: Option<auth::Users>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -120,9 +132,17 @@ async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
     tracing::info!(grpc = %args.listen, http = %args.http, etcd = %args.etcd.join(","), prefix = %args.prefix, "coordinator serving");
-    tracing::warn!(
-        "authentication is not built yet: the coordinator is open, and callers name themselves"
-    );
+    match (&users, &args.auth) {
+        (Some(users), Some(path)) => tracing::info!(
+            users = users.users().len(),
+            file = %path.display(),
+            "authentication on: every request needs a bearer token of a user in the --auth file"
+        ),
+        _ => tracing::warn!(
+            "no --auth: the coordinator is open; every caller acts as an anonymous admin, and the audit trail records the names callers claim"
+        ),
+    }
+    let gate = auth::Gate::new(users, releases.clone());
 
     // The leader's loops stop after the servers: a change accepted before shutdown is still
     // judged, and the lease is revoked last so another replica takes over at once.
@@ -135,10 +155,15 @@ async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
         loops.clone(),
     ));
     tracing::info!(%id, "campaigning for leadership");
-    let grpc = serve_grpc(grpc_listener, releases.clone(), shutdown.clone());
+    let grpc = serve_grpc(
+        grpc_listener,
+        releases.clone(),
+        gate.clone(),
+        shutdown.clone(),
+    );
     let http = serve_http(
         http_listener,
-        http::router(releases, metrics),
+        http::router(releases, gate, metrics),
         shutdown.clone(),
     );
     let (grpc, http) = tokio::join!(grpc, http);
@@ -153,11 +178,12 @@ async fn serve(args: &Args, shutdown: CancellationToken) -> anyhow::Result<()> {
 pub async fn serve_grpc(
     listener: TcpListener,
     releases: release::Releases,
+    gate: auth::Gate,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
-        .add_service(grpc::AdminService::new(releases).into_server())
+        .add_service(grpc::AdminService::new(releases, gate).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     drain(server, shutdown).await
 }

@@ -2,7 +2,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -13,5 +13,12 @@ async fn main() -> anyhow::Result<()> {
     let args = switchboard_coordinator::Args::parse();
     let shutdown = CancellationToken::new();
     switchboard_coordinator::cancel_on_signal(shutdown.clone());
-    switchboard_coordinator::run(args, shutdown).await
+    match switchboard_coordinator::run(args, shutdown).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // A fatal error is one line with its causes, not a backtrace.
+        Err(error) => {
+            eprintln!("switchboard-coordinator: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -424,6 +424,35 @@ impl Releases {
         })
     }
 
+    /// Appends an audit record that describes no change (a denied request), through the same
+    /// audit-head compare as every change. Returns its seq.
+    pub async fn append_audit(
+        &self,
+        ns: &str,
+        actor: &str,
+        action: &str,
+        reason: &str,
+        detail: serde_json::Value,
+    ) -> Result<u64> {
+        check_namespace(ns)?;
+        let keys = self.store.keys().clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let state = self.store.read_namespace(ns).await?;
+            let head = self.audit_head(ns, &state).await?;
+            let record = audit::next_record(&head, ns, actor, action, reason, detail.clone())?;
+            let txn = Txn::new()
+                .when(vec![
+                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                    absent(keys.audit(ns, record.seq)),
+                ])
+                .and_then(audit_ops(&keys, ns, &record).to_vec());
+            if self.store.txn(txn).await?.succeeded() {
+                return Ok(record.seq);
+            }
+        }
+        Err(busy(ns))
+    }
+
     pub async fn audit_trail(&self, ns: &str, verify: bool) -> Result<AuditTrail> {
         check_namespace(ns)?;
         let keys = self.store.keys();

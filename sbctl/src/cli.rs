@@ -55,6 +55,9 @@ pub enum Command {
         namespace: String,
         /// A directory of *.json/*.yaml/*.yml items, or one JSON/YAML file mapping key to value.
         path: PathBuf,
+        /// Substitute ${var} placeholders from environments/NAME.yaml.
+        #[arg(long, value_name = "NAME")]
+        env: Option<String>,
     },
     /// Stage PATH into the idle slot and seal it; prints the version id last.
     Stage {
@@ -71,6 +74,13 @@ pub enum Command {
             hide_default_value = true
         )]
         message: String,
+        /// Substitute ${var} placeholders from environments/NAME.yaml.
+        #[arg(long, value_name = "NAME")]
+        env: Option<String>,
+        /// Stage even if the set removes items or fields, changes a type or narrows a list
+        /// (see `sbctl plan`).
+        #[arg(long)]
+        allow_destructive: bool,
     },
     /// Serve the staged slot to PERCENT of consumers (0 to 100, two decimals allowed).
     Canary {
@@ -168,6 +178,25 @@ pub enum Command {
         /// Check the hash chain; exit 1 if it is broken.
         #[arg(long)]
         verify: bool,
+    },
+    /// Bearer tokens for the users of the coordinator's --auth file.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `sbctl token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh token for NAME (shown once) and the line to add to the --auth file.
+    New {
+        /// The user: 1 to 64 of A-Z a-z 0-9 . _ @ -
+        #[arg(value_name = "NAME", value_parser = crate::token::parse_user_name)]
+        name: String,
+        /// A role of the user; repeat it or separate roles by commas (default: operator).
+        #[arg(long = "role", value_name = "ROLE", value_enum, value_delimiter = ',')]
+        roles: Vec<crate::token::Role>,
     },
 }
 
@@ -308,9 +337,9 @@ pub struct ChangeArgs {
 }
 
 impl Command {
-    /// The namespace the command acts on.
-    pub fn namespace(&self) -> &str {
-        match self {
+    /// The namespace the command acts on (none for `token`, which talks to nobody).
+    pub fn namespace(&self) -> Option<&str> {
+        let namespace = match self {
             Command::Plan { namespace, .. }
             | Command::Stage { namespace, .. }
             | Command::Canary { namespace, .. }
@@ -322,7 +351,9 @@ impl Command {
             }
             | Command::Status { namespace }
             | Command::Audit { namespace, .. } => namespace,
-        }
+            Command::Token { .. } => return None,
+        };
+        Some(namespace)
     }
 }
 
@@ -764,7 +795,7 @@ mod tests {
             "stricter",
         ])
         .expect("parses");
-        assert_eq!(cli.command.namespace(), "cat");
+        assert_eq!(cli.command.namespace(), Some("cat"));
         match cli.command {
             Command::Policy {
                 command:
@@ -787,7 +818,7 @@ mod tests {
         }
         let cli = try_parse(&["policy", "show", "cat", "--json"]).expect("parses");
         assert!(cli.json);
-        assert_eq!(cli.command.namespace(), "cat");
+        assert_eq!(cli.command.namespace(), Some("cat"));
         for args in [
             &["policy", "set", "cat", "--max-error-rate", "abc"][..],
             &["policy", "set", "cat", "--min-requests", "-1"],

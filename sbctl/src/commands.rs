@@ -16,8 +16,8 @@ use tonic::Code;
 use crate::cli::{ChangeArgs, POLICY_FLAGS, PolicySettings, RolloutAction};
 use crate::client::{ConnectOptions, Coordinator, Reply};
 use crate::exit::CliError;
-use crate::output::{self, PlanReport, StageReport, WaitReport};
-use crate::{plan, source};
+use crate::output::{self, StageReport, WaitReport};
+use crate::pipeline;
 
 /// How often `flip --wait` reads the status.
 pub const WAIT_POLL: Duration = Duration::from_millis(200);
@@ -52,20 +52,37 @@ pub async fn status(ctx: &Context, namespace: &str) -> Result<(), CliError> {
     ctx.print(&reply, |status| output::render_status(status, now))
 }
 
-/// `sbctl stage NS PATH [-m MESSAGE]`
+/// How `plan` and `stage` read PATH: `--env NAME`, and for stage `--allow-destructive`.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    pub env: Option<String>,
+    pub allow_destructive: bool,
+}
+
+/// `sbctl stage NS PATH [-m MESSAGE] [--env NAME] [--allow-destructive]`
 pub async fn stage(
     ctx: &Context,
     namespace: &str,
     path: &Path,
     message: &str,
+    options: &SourceOptions,
 ) -> Result<(), CliError> {
-    let set = source::load(path)?;
-    let (manifest, chunks) = set.to_chunks();
+    let prepared = pipeline::prepare(path, options.env.as_deref())?;
+    let (manifest, chunks) = prepared.set.to_chunks();
     let manifest_hash = manifest.hash();
     let manifest_json = String::from_utf8(manifest.to_canonical_json())
         .map_err(|e| CliError::Failed(format!("the manifest is not UTF-8: {e}")))?;
 
     let mut coordinator = ctx.coordinator().await?;
+    pipeline::check_destructive(
+        &mut coordinator,
+        namespace,
+        path,
+        &manifest,
+        &prepared,
+        options.allow_destructive,
+    )
+    .await?;
     let begun = coordinator
         .begin_stage(BeginStageRequest {
             namespace: namespace.to_string(),
@@ -178,48 +195,26 @@ fn progress_bar(total_bytes: u64) -> ProgressBar {
     bar
 }
 
-/// `sbctl plan NS PATH`
-pub async fn plan(ctx: &Context, namespace: &str, path: &Path) -> Result<(), CliError> {
-    let set = source::load(path)?;
-    let (manifest, _) = set.to_chunks();
+/// `sbctl plan NS PATH [--env NAME]`
+pub async fn plan(
+    ctx: &Context,
+    namespace: &str,
+    path: &Path,
+    options: &SourceOptions,
+) -> Result<(), CliError> {
+    let prepared = pipeline::prepare(path, options.env.as_deref())?;
+    let (manifest, _) = prepared.set.to_chunks();
     let mut coordinator = ctx.coordinator().await?;
-    let active = coordinator.get_manifest(namespace, "").await?;
-    let diff = match &active {
-        None => plan::diff(&manifest, &set, None),
-        Some(active) => {
-            let wanted = plan::chunks_to_fetch(&manifest, active);
-            let fetched = if wanted.is_empty() {
-                Vec::new()
-            } else {
-                coordinator.get_chunks(namespace, &wanted).await?
-            };
-            let active_only =
-                plan::decode_fetched(active, &wanted, fetched).map_err(|problem| {
-                    CliError::BadReply {
-                        rpc: "GetChunks",
-                        problem,
-                    }
-                })?;
-            plan::diff(&manifest, &set, Some((active, &active_only)))
-        }
-    };
-    let report = PlanReport {
-        namespace: namespace.to_string(),
-        active_version: active.map(|m| m.version),
-        new_version: manifest.version,
-        added: diff.added,
-        changed: diff.changed,
-        removed: diff.removed,
-        unchanged: diff.unchanged,
-    };
+    let report = pipeline::plan_report(&mut coordinator, namespace, &manifest, &prepared).await?;
     if ctx.json {
         return output::print_json(&report);
     }
     output::print_text(&output::render_plan(&report))?;
-    if !report.removed.is_empty() {
+    if report.classes.destructive > 0 {
         output::note(&format!(
-            "note: staging this set removes {} item(s) that the active set has",
-            report.removed.len()
+            "note: this set makes {} destructive change(s): `sbctl stage` refuses it without \
+             --allow-destructive",
+            report.classes.destructive
         ));
     }
     Ok(())

@@ -4,21 +4,28 @@
 //! `main.rs` calls [`main`]; everything else is here so that it can be tested: [`cli`] is the
 //! command line, [`source`] reads a release from disk, [`plan`] diffs it against the active
 //! set, [`client`] talks to the coordinator, [`commands`] carries out each command, [`output`]
-//! prints, and [`exit`] decides every exit code.
+//! prints, and [`exit`] decides every exit code. Before a plan or a stage, [`pipeline`] reads
+//! `switchboard.yaml`, substitutes `--env` ([`env`]), validates against the schemas
+//! ([`validate`]), and classifies every change ([`compat`]).
 
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod compat;
+pub mod env;
 pub mod exit;
 pub mod output;
+pub mod pipeline;
 pub mod plan;
 pub mod source;
+pub mod token;
+pub mod validate;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use cli::{Cli, Command, PolicyCommand, RolloutAction};
+pub use cli::{Cli, Command, PolicyCommand, RolloutAction, TokenCommand};
 pub use exit::CliError;
 
 /// Parses the command line, runs the command and returns its exit code. Usage errors are
@@ -60,16 +67,35 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         },
         json: cli.json,
     };
-    switchboard_proto::keys::validate_namespace(cli.command.namespace())
-        .map_err(CliError::Refused)?;
+    if let Some(namespace) = cli.command.namespace() {
+        switchboard_proto::keys::validate_namespace(namespace).map_err(CliError::Refused)?;
+    }
     match cli.command {
         Command::Status { namespace } => commands::status(&ctx, &namespace).await,
         Command::Stage {
             namespace,
             path,
             message,
-        } => commands::stage(&ctx, &namespace, &path, &message).await,
-        Command::Plan { namespace, path } => commands::plan(&ctx, &namespace, &path).await,
+            env,
+            allow_destructive,
+        } => {
+            let source = commands::SourceOptions {
+                env,
+                allow_destructive,
+            };
+            commands::stage(&ctx, &namespace, &path, &message, &source).await
+        }
+        Command::Plan {
+            namespace,
+            path,
+            env,
+        } => {
+            let source = commands::SourceOptions {
+                env,
+                allow_destructive: false,
+            };
+            commands::plan(&ctx, &namespace, &path, &source).await
+        }
         Command::Canary {
             namespace,
             weight_bp,
@@ -85,6 +111,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             commands::rollback(&ctx, &namespace, &change).await
         }
         Command::Audit { namespace, verify } => commands::audit(&ctx, &namespace, verify).await,
+        Command::Token {
+            command: TokenCommand::New { name, roles },
+        } => token::new(&name, &roles, ctx.json),
         Command::Policy {
             command: PolicyCommand::Show { namespace },
         } => commands::policy_show(&ctx, &namespace).await,

@@ -659,8 +659,10 @@ pub fn render_stage(report: &StageReport) -> String {
     format!("{first}\n{}\n", report.version)
 }
 
-/// What `sbctl plan` found; its `--json` document.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// What `sbctl plan` found; its `--json` document. `classes` counts the changes of each class
+/// and `items` holds every added, changed or removed item with its changes
+/// ([`crate::compat`]), sensitive values redacted.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PlanReport {
     pub namespace: String,
     pub active_version: Option<String>,
@@ -669,9 +671,12 @@ pub struct PlanReport {
     pub changed: Vec<String>,
     pub removed: Vec<String>,
     pub unchanged: u64,
+    pub classes: crate::compat::ClassCounts,
+    pub items: Vec<crate::compat::ItemPlan>,
 }
 
-/// The human text of `sbctl plan`: a summary line, then the keys under `+`, `~` and `-`.
+/// The human text of `sbctl plan`: a summary line, then the keys under `+`, `~` and `-`, each
+/// changed key with its changes; then the count of each class and every destructive change.
 pub fn render_plan(plan: &PlanReport) -> String {
     let mut out = String::new();
     let active = plan.active_version.as_deref().unwrap_or("none");
@@ -696,6 +701,8 @@ pub fn render_plan(plan: &PlanReport) -> String {
     if plan.added.is_empty() && plan.changed.is_empty() && plan.removed.is_empty() {
         let _ = writeln!(out, "no changes");
     }
+    let details: std::collections::HashMap<&str, &crate::compat::ItemPlan> =
+        plan.items.iter().map(|i| (i.key.as_str(), i)).collect();
     for (mark, keys) in [
         ('+', &plan.added),
         ('~', &plan.changed),
@@ -703,6 +710,26 @@ pub fn render_plan(plan: &PlanReport) -> String {
     ] {
         for key in keys {
             let _ = writeln!(out, "  {mark} {key}");
+            if mark == '~'
+                && let Some(item) = details.get(key.as_str())
+            {
+                crate::compat::render_item_changes(item, "      ", &mut out);
+            }
+        }
+    }
+    if plan.items.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "{}", crate::compat::render_counts(&plan.classes));
+    let destructive = crate::compat::destructive_lines(&plan.items);
+    if !destructive.is_empty() {
+        let _ = writeln!(
+            out,
+            "destructive ({}), so `sbctl stage` needs --allow-destructive:",
+            destructive.len()
+        );
+        for line in destructive {
+            let _ = writeln!(out, "  {line}");
         }
     }
     out
@@ -1134,6 +1161,18 @@ mod tests {
 
     #[test]
     fn plans_group_keys_by_change() {
+        use crate::compat::{ClassCounts, item_added, item_changed, item_removed};
+        use crate::validate::Cursor;
+        let items = vec![
+            item_added("t/new"),
+            item_changed(
+                "t/changed",
+                &json!({"type": "int32", "tags": ["a", "b"]}),
+                &json!({"type": "int64", "tags": ["a"]}),
+                &Cursor::none(),
+            ),
+            item_removed("t/gone"),
+        ];
         let mut plan = PlanReport {
             namespace: "catalog".into(),
             active_version: Some("aaaa".into()),
@@ -1142,11 +1181,22 @@ mod tests {
             changed: vec!["t/changed".into()],
             removed: vec!["t/gone".into()],
             unchanged: 97,
+            classes: ClassCounts::of(&items),
+            items,
         };
         let text = render_plan(&plan);
         assert_eq!(
             text,
-            "plan for catalog: 1 added, 1 changed, 1 removed, 97 unchanged (active aaaa -> new bbbb)\n  + t/new\n  ~ t/changed\n  - t/gone\n"
+            "plan for catalog: 1 added, 1 changed, 1 removed, 97 unchanged (active aaaa -> new bbbb)\n\
+             \x20 + t/new\n\
+             \x20 ~ t/changed\n\
+             \x20     - /tags/1: \"b\" (destructive: value removed from a list (narrowed))\n\
+             \x20     ~ /type: \"int32\" -> \"int64\" (modifying)\n\
+             \x20 - t/gone\n\
+             changes: 1 additive, 1 modifying, 2 destructive\n\
+             destructive (2), so `sbctl stage` needs --allow-destructive:\n\
+             \x20 t/changed /tags/1: value removed from a list (narrowed): \"b\"\n\
+             \x20 t/gone: item removed\n"
         );
         plan.new_version = "aaaa".into();
         assert!(render_plan(&plan).contains("no changes"));

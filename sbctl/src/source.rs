@@ -8,6 +8,11 @@
 //! root of PATH (reserved for configuration); files with other extensions are ignored. Files are
 //! read in sorted order, so problems and results are deterministic, and all the problems of a
 //! directory are collected rather than stopping at the first.
+//!
+//! [`load`] reads and builds in one step. The release pipeline (`crate::pipeline`) splits it:
+//! [`read`] parses the items (leaving out what its [`Exclusions`] name: schema files and the
+//! environments directory), the pipeline substitutes and validates the parsed values, and
+//! [`build`] turns them into a set, with every problem of every step in one report.
 
 use std::collections::HashMap;
 use std::collections::HashSet;
@@ -97,6 +102,27 @@ pub enum Problem {
         "holds no items"
     })]
     Empty { path: String, directory: bool },
+    /// Something wrong at a place inside an item: a schema violation, an unresolved
+    /// placeholder. `path` is a JSON pointer into the item (`/columns/3/type`).
+    #[error("{file}: {}: {message}", pointer_or_root(.path))]
+    At {
+        file: String,
+        path: String,
+        message: String,
+    },
+    /// A configuration file (`switchboard.yaml`, a schema, an environment file) that cannot be
+    /// used.
+    #[error("{file}: {reason}")]
+    Config { file: String, reason: String },
+}
+
+/// A JSON pointer as messages show it: the empty pointer, the whole item, is `(root)`.
+pub fn pointer_or_root(pointer: &str) -> &str {
+    if pointer.is_empty() {
+        "(root)"
+    } else {
+        pointer
+    }
 }
 
 fn at(location: &Option<(u64, u64)>) -> String {
@@ -156,10 +182,62 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
 
 /// Reads PATH, a directory of item files or a single file holding a map, into a set.
 pub fn load(path: &Path) -> Result<ItemSet, SourceError> {
-    let invalid = |problems| SourceError::Invalid {
-        path: path.to_path_buf(),
-        problems,
-    };
+    build(path, read(path, &Exclusions::default())?)
+}
+
+/// One item as read from its file, before it joins a set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceItem {
+    pub key: String,
+    /// The file it was read from, as messages name it.
+    pub file: String,
+    /// Whether the file is a single-file set, holding other items too.
+    pub in_set_file: bool,
+    pub value: serde_json::Value,
+}
+
+impl SourceItem {
+    /// Where messages say the item is: its file, and for a single-file set also its key.
+    pub fn location(&self) -> String {
+        if self.in_set_file {
+            format!("{} (item {})", self.file, self.key)
+        } else {
+            self.file.clone()
+        }
+    }
+}
+
+/// What [`read`] leaves out of a source directory besides hidden files and the root
+/// `switchboard.yaml`: paths relative to the directory, with `/` separators.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Exclusions {
+    files: HashSet<String>,
+    dirs: HashSet<String>,
+}
+
+impl Exclusions {
+    /// Leaves out the file at `relative`.
+    pub fn file(&mut self, relative: &str) {
+        self.files.insert(relative.to_string());
+    }
+
+    /// Leaves out the directory at `relative` and everything under it.
+    pub fn dir(&mut self, relative: &str) {
+        self.dirs.insert(relative.to_string());
+    }
+}
+
+/// The items of a source as parsed, and the problems found so far.
+#[derive(Debug)]
+pub struct Read {
+    pub items: Vec<SourceItem>,
+    pub problems: Vec<Problem>,
+    directory: bool,
+}
+
+/// Parses the items of PATH. Fails only when PATH is missing or unreadable; the problems of
+/// its files are collected in [`Read::problems`] for [`build`] to report.
+pub fn read(path: &Path, exclusions: &Exclusions) -> Result<Read, SourceError> {
     let meta = match fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -167,18 +245,66 @@ pub fn load(path: &Path) -> Result<ItemSet, SourceError> {
                 path: path.to_path_buf(),
             });
         }
-        Err(e) => return Err(invalid(vec![unreadable(path, &e)])),
+        Err(e) => {
+            return Err(SourceError::Invalid {
+                path: path.to_path_buf(),
+                problems: vec![unreadable(path, &e)],
+            });
+        }
     };
-    let (set, problems) = if meta.is_dir() {
-        load_dir(path)
+    let directory = meta.is_dir();
+    let (items, problems) = if directory {
+        read_dir(path, exclusions)
     } else {
-        load_file(path)
+        read_file(path)
     };
+    Ok(Read {
+        items,
+        problems,
+        directory,
+    })
+}
+
+/// Builds the set of what [`read`] found, checking every item against the contract; fails
+/// with every problem found by then.
+pub fn build(path: &Path, read: Read) -> Result<ItemSet, SourceError> {
+    let Read {
+        items,
+        mut problems,
+        directory,
+    } = read;
+    let mut set = ItemSet::new();
+    for item in items {
+        if let Err(e) = set.insert_value(&item.key, &item.value) {
+            problems.push(contract_problem_named(item.file, &item.key, e));
+        }
+    }
+    if problems.is_empty() && set.is_empty() {
+        problems.push(Problem::Empty {
+            path: display(path),
+            directory,
+        });
+    }
     if problems.is_empty() {
         Ok(set)
     } else {
-        Err(invalid(problems))
+        Err(SourceError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
     }
+}
+
+/// Reads one JSON or YAML document (by its extension; YAML otherwise), such as a schema or an
+/// environment file, with the limits and error messages of items.
+pub fn read_document(path: &Path) -> Result<serde_json::Value, Problem> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let format = Format::split_name(&name).map_or(Format::Yaml, |(_, format)| format);
+    let bytes = fs::read(path).map_err(|e| unreadable(path, &e))?;
+    parse(&bytes, format).map_err(|e| e.into_problem(path, format))
 }
 
 fn display(path: &Path) -> String {
@@ -199,12 +325,12 @@ struct ItemFile {
     format: Format,
 }
 
-fn load_dir(root: &Path) -> (ItemSet, Vec<Problem>) {
+fn read_dir(root: &Path, exclusions: &Exclusions) -> (Vec<SourceItem>, Vec<Problem>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
-    walk(root, "", 0, &mut files, &mut problems);
+    walk(root, "", 0, exclusions, &mut files, &mut problems);
 
-    let mut set = ItemSet::new();
+    let mut items = Vec::new();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
         if let Some(first) = seen.get(&file.key) {
@@ -234,17 +360,14 @@ fn load_dir(root: &Path) -> (ItemSet, Vec<Problem>) {
                 continue;
             }
         };
-        if let Err(e) = set.insert_value(&file.key, &value) {
-            problems.push(contract_problem(&file.path, &file.key, e));
-        }
-    }
-    if problems.is_empty() && set.is_empty() {
-        problems.push(Problem::Empty {
-            path: display(root),
-            directory: true,
+        items.push(SourceItem {
+            key: file.key,
+            file: display(&file.path),
+            in_set_file: false,
+            value,
         });
     }
-    (set, problems)
+    (items, problems)
 }
 
 /// Collects the item files under `dir` in sorted order; `prefix` is the key prefix of `dir`
@@ -253,6 +376,7 @@ fn walk(
     dir: &Path,
     prefix: &str,
     depth: usize,
+    exclusions: &Exclusions,
     files: &mut Vec<ItemFile>,
     problems: &mut Vec<Problem>,
 ) {
@@ -276,6 +400,7 @@ fn walk(
         if name_str.starts_with('.') || (prefix.is_empty() && name_str == CONFIG_FILE) {
             continue;
         }
+        let relative = format!("{prefix}{name_str}");
         let path = dir.join(&name);
         // Follows symbolic links; a dangling one cannot be read.
         let meta = match fs::metadata(&path) {
@@ -288,6 +413,9 @@ fn walk(
             }
         };
         if meta.is_dir() {
+            if exclusions.dirs.contains(&relative) {
+                continue;
+            }
             if depth + 1 >= MAX_DEPTH {
                 problems.push(Problem::TooDeep {
                     file: display(&path),
@@ -295,13 +423,15 @@ fn walk(
             } else {
                 walk(
                     &path,
-                    &format!("{prefix}{name_str}/"),
+                    &format!("{relative}/"),
                     depth + 1,
+                    exclusions,
                     files,
                     problems,
                 );
             }
         } else if meta.is_file()
+            && !exclusions.files.contains(&relative)
             && let Some((stem, format)) = Format::split_name(&name_str)
         {
             files.push(ItemFile {
@@ -313,15 +443,14 @@ fn walk(
     }
 }
 
-fn load_file(path: &Path) -> (ItemSet, Vec<Problem>) {
-    let mut set = ItemSet::new();
+fn read_file(path: &Path) -> (Vec<SourceItem>, Vec<Problem>) {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let Some((_, format)) = Format::split_name(&name) else {
         return (
-            set,
+            Vec::new(),
             vec![Problem::Unsupported {
                 file: display(path),
             }],
@@ -329,36 +458,42 @@ fn load_file(path: &Path) -> (ItemSet, Vec<Problem>) {
     };
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
-        Err(e) => return (set, vec![unreadable(path, &e)]),
+        Err(e) => return (Vec::new(), vec![unreadable(path, &e)]),
     };
     let entries = match parse::<Entries>(&bytes, format) {
         Ok(entries) => entries.0,
-        Err(e) => return (set, vec![e.into_problem(path, format)]),
+        Err(e) => return (Vec::new(), vec![e.into_problem(path, format)]),
     };
+    let mut items = Vec::new();
     let mut problems = Vec::new();
     for (key, value) in entries {
-        if let Err(e) = set.insert_value(&key, &value) {
+        if let Err(e) = validate_key(&key) {
             problems.push(contract_problem(path, &key, e));
+            continue;
         }
-    }
-    if problems.is_empty() && set.is_empty() {
-        problems.push(Problem::Empty {
-            path: display(path),
-            directory: false,
+        items.push(SourceItem {
+            key,
+            file: display(path),
+            in_set_file: true,
+            value,
         });
     }
-    (set, problems)
+    (items, problems)
 }
 
 fn contract_problem(file: &Path, key: &str, error: ContractError) -> Problem {
+    contract_problem_named(display(file), key, error)
+}
+
+fn contract_problem_named(file: String, key: &str, error: ContractError) -> Problem {
     match error {
         ContractError::ItemTooLarge { bytes, .. } => Problem::TooLarge {
-            file: display(file),
+            file,
             key: key.to_string(),
             bytes,
         },
         other => Problem::InvalidKey {
-            file: display(file),
+            file,
             key: key.to_string(),
             reason: other.to_string(),
         },

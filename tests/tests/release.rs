@@ -42,7 +42,7 @@ async fn the_tour_stage_canary_flip_rollback_through_a_sidecar() -> Result<()> {
     assert_eq!(plan["removed"].as_array().map(Vec::len), Some(2), "{plan}");
     assert_eq!(plan["changed"].as_array().map(Vec::len), Some(14), "{plan}");
 
-    let v2 = stage(&sbctl, NS, &example("catalog-v2")).await?;
+    let v2 = stage_with(&sbctl, NS, &example("catalog-v2"), &["--allow-destructive"]).await?;
     assert_ne!(v1, v2);
     sbctl.run(&["canary", NS, "10"]).await?.ensure_success()?;
     let canary_epoch = epoch(&sbctl, NS).await?;
@@ -396,7 +396,11 @@ async fn staging_identical_content_is_a_no_op() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let copy = dir.path().join("catalog");
     copy_dir(std::path::Path::new(&path), &copy)?;
-    std::fs::write(copy.join("schema_version.json"), r#"{"version": 999}"#)?;
+    // A valid, additive-only change: the version number moves, nothing is removed.
+    std::fs::write(
+        copy.join("schema_version.json"),
+        r#"{"version": 999, "migrations_in_progress": false, "updated_at": "2024-05-14T09:30:00Z"}"#,
+    )?;
     let staged = sbctl
         .run_json(&["stage", NS, &copy.display().to_string()])
         .await?;

@@ -67,7 +67,7 @@ async fn grpc_reads_announce_version_changes_and_take_reports() -> Result<()> {
         .await?
         .context("stream ended")??;
     assert_eq!(first.version, v1);
-    let v2 = stage(&sbctl, NS, &example("catalog-v2")).await?;
+    let v2 = stage_with(&sbctl, NS, &example("catalog-v2"), &["--allow-destructive"]).await?;
     sbctl.run(&["flip", NS]).await?.ensure_success()?;
     let next = tokio::time::timeout(DEADLINE, versions.next())
         .await?

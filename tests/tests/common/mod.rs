@@ -35,10 +35,19 @@ pub fn write_set(dir: &Path, generation: &str, count: usize, pad: usize) -> Resu
 
 /// `sbctl stage`, returning the version id printed last.
 pub async fn stage(sbctl: &SbctlRunner, ns: &str, path: &str) -> Result<String> {
-    let output = sbctl
-        .run(&["stage", ns, path, "-m", "test stage"])
-        .await?
-        .ensure_success()?;
+    stage_with(sbctl, ns, path, &[]).await
+}
+
+/// `sbctl stage` with more flags (`--allow-destructive`), returning the version id.
+pub async fn stage_with(
+    sbctl: &SbctlRunner,
+    ns: &str,
+    path: &str,
+    flags: &[&str],
+) -> Result<String> {
+    let mut args = vec!["stage", ns, path, "-m", "test stage"];
+    args.extend_from_slice(flags);
+    let output = sbctl.run(&args).await?.ensure_success()?;
     let version = output
         .stdout
         .lines()

@@ -1,0 +1,949 @@
+//! Identities and roles: the `--auth` file, the permission table, and the [`Gate`] every admin
+//! request passes before it does anything.
+//!
+//! The file names users, each with roles and the SHA-256 of a bearer token (never the token):
+//!
+//! ```yaml
+//! users:
+//!   - {name: "alice", roles: [operator], token_sha256: "<64 hex digits>"}
+//!   - {name: "bob", roles: [viewer, approver], token_sha256: "<64 hex digits>"}
+//! ```
+//!
+//! A request presents `authorization: Bearer <token>`. The gate hashes the token and compares
+//! the hash with every user's in constant time. No token, or one that names nobody, is
+//! `Unauthenticated`; a user whose roles do not allow the request is `PermissionDenied` (sbctl
+//! exits 5 for both). A denial for a valid namespace is written to that namespace's audit trail
+//! (action `denied`) through the same hash chain as every change. The actor recorded for an
+//! allowed request is the user's name from the file: what the caller claims is ignored.
+//!
+//! Without `--auth` the gate is open: every caller acts as an anonymous admin, and the name it
+//! claims (`x-switchboard-actor`) is recorded as given.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use switchboard_proto::keys::validate_namespace;
+use switchboard_proto::set::sha256_hex;
+
+use crate::error::{CoordinatorError, Result};
+use crate::release::{Actor, Releases};
+
+/// The actor named in the audit record of a request that presented no known token.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+/// The actor of a request without a claimed name while the coordinator runs open.
+pub const ANONYMOUS: &str = "anonymous";
+/// The longest user name.
+pub const MAX_NAME_LEN: usize = 64;
+/// The largest auth file read.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+/// How long writing a denial's audit record may hold up the denial.
+pub const DENIAL_AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The message of every `Unauthenticated` answer. It does not say which of the two it was.
+pub const UNKNOWN_TOKEN: &str =
+    "missing or unknown token (sbctl sends the one given by --token or SWITCHBOARD_TOKEN)";
+
+/// What a user may do is the union of what their roles allow ([`role_permits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads: status, manifests, chunks (for `plan`), the audit trail, the policy.
+    Viewer,
+    /// A viewer who also stages, sets canaries, flips, rolls back and runs rollouts.
+    Operator,
+    /// A viewer who also approves releases (the approval RPC comes with gates).
+    Approver,
+    /// Everything, including the health judge's policy.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Operator, Role::Approver, Role::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == text)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The admin API's RPCs, as the permission table knows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    Status,
+    GetManifest,
+    GetChunks,
+    Audit,
+    GetPolicy,
+    BeginStage,
+    UploadChunks,
+    Seal,
+    SetCanary,
+    Flip,
+    Rollback,
+    Rollout,
+    SetPolicy,
+    /// Reserved for the approval RPC of the approvals and gates work; nothing calls it yet.
+    Approve,
+}
+
+impl Rpc {
+    pub const ALL: [Rpc; 14] = [
+        Rpc::Status,
+        Rpc::GetManifest,
+        Rpc::GetChunks,
+        Rpc::Audit,
+        Rpc::GetPolicy,
+        Rpc::BeginStage,
+        Rpc::UploadChunks,
+        Rpc::Seal,
+        Rpc::SetCanary,
+        Rpc::Flip,
+        Rpc::Rollback,
+        Rpc::Rollout,
+        Rpc::SetPolicy,
+        Rpc::Approve,
+    ];
+
+    /// The RPC's name in `switchboard.proto`, as the audit trail records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::Status => "Status",
+            Rpc::GetManifest => "GetManifest",
+            Rpc::GetChunks => "GetChunks",
+            Rpc::Audit => "Audit",
+            Rpc::GetPolicy => "GetPolicy",
+            Rpc::BeginStage => "BeginStage",
+            Rpc::UploadChunks => "UploadChunks",
+            Rpc::Seal => "Seal",
+            Rpc::SetCanary => "SetCanary",
+            Rpc::Flip => "Flip",
+            Rpc::Rollback => "Rollback",
+            Rpc::Rollout => "Rollout",
+            Rpc::SetPolicy => "SetPolicy",
+            Rpc::Approve => "Approve",
+        }
+    }
+
+    /// What the RPC does to `ns`, to complete "alice (viewer) may not ...".
+    fn what(self, ns: &str) -> String {
+        match self {
+            Rpc::Status => format!("read the status of {ns}"),
+            Rpc::GetManifest => format!("read the manifests of {ns}"),
+            Rpc::GetChunks => format!("read the chunks of {ns}"),
+            Rpc::Audit => format!("read the audit trail of {ns}"),
+            Rpc::GetPolicy => format!("read the policy of {ns}"),
+            Rpc::BeginStage | Rpc::UploadChunks | Rpc::Seal => format!("stage into {ns}"),
+            Rpc::SetCanary => format!("set the canary of {ns}"),
+            Rpc::Flip => format!("flip {ns}"),
+            Rpc::Rollback => format!("roll back {ns}"),
+            Rpc::Rollout => format!("run a rollout of {ns}"),
+            Rpc::SetPolicy => format!("set the policy of {ns}"),
+            Rpc::Approve => format!("approve releases of {ns}"),
+        }
+    }
+}
+
+/// The permission table, and the one place that gives roles their meaning.
+pub fn role_permits(role: Role, rpc: Rpc) -> bool {
+    use Rpc::*;
+    let read = matches!(rpc, Status | GetManifest | GetChunks | Audit | GetPolicy);
+    match role {
+        Role::Viewer => read,
+        Role::Operator => {
+            read || matches!(
+                rpc,
+                BeginStage | UploadChunks | Seal | SetCanary | Flip | Rollback | Rollout
+            )
+        }
+        Role::Approver => read || rpc == Approve,
+        Role::Admin => true,
+    }
+}
+
+/// Whether a user with `roles` may call `rpc`.
+pub fn permitted(roles: &[Role], rpc: Rpc) -> bool {
+    roles.iter().any(|role| role_permits(*role, rpc))
+}
+
+/// The roles that allow `rpc`, as "operator or admin".
+fn roles_that_permit(rpc: Rpc) -> String {
+    let names: Vec<&str> = Role::ALL
+        .into_iter()
+        .filter(|role| role_permits(*role, rpc))
+        .map(Role::as_str)
+        .collect();
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => "no role".to_string(),
+    }
+}
+
+/// Checks a user name: 1 to 64 of `A-Z a-z 0-9 . _ @ -`. (`sbctl token new` checks the same.)
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "user name {name:?} must be 1 to {MAX_NAME_LEN} characters long"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._@-".contains(*c)))
+    {
+        return Err(format!(
+            "user name {name:?} has the character {bad:?}; use A-Z a-z 0-9 . _ @ -"
+        ));
+    }
+    if name == UNAUTHENTICATED {
+        return Err(format!(
+            "user name {name:?} is reserved for callers without a known token in the audit trail"
+        ));
+    }
+    Ok(())
+}
+
+/// One user of the auth file, checked.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    /// Distinct, in the order of [`Role::ALL`].
+    pub roles: Vec<Role>,
+    /// Lowercase hex.
+    token_sha256: String,
+}
+
+impl User {
+    /// The roles as "viewer, approver".
+    pub fn roles_text(&self) -> String {
+        let names: Vec<&str> = self.roles.iter().map(|r| r.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+/// The users of an auth file.
+#[derive(Clone, Debug)]
+pub struct Users {
+    users: Vec<User>,
+}
+
+/// The file as written; every field is optional here so that a missing one is reported with
+/// the user it belongs to.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    users: Option<Vec<RawUser>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Option<String>,
+    roles: Option<RawRoles>,
+    token_sha256: Option<String>,
+}
+
+/// `roles: [viewer, approver]`, or one role as `roles: viewer`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRoles {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Users {
+    /// Reads and checks an auth file. The error names the file and, where it can, the user.
+    pub fn load(path: &Path) -> anyhow::Result<Users> {
+        let context = || format!("--auth {}", path.display());
+        let metadata = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .with_context(context)?;
+        anyhow::ensure!(
+            metadata.len() <= MAX_FILE_BYTES,
+            "{}: the file is {} bytes, over the limit of {MAX_FILE_BYTES}",
+            context(),
+            metadata.len()
+        );
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .with_context(context)?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| anyhow::anyhow!("not UTF-8 text (at byte {})", e.valid_up_to()))
+            .with_context(context)?;
+        Users::parse(text).map_err(|problem| anyhow::anyhow!("{}: {problem}", context()))
+    }
+
+    /// Parses and checks the text of an auth file.
+    pub fn parse(text: &str) -> Result<Users, String> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let mut options = serde_saphyr::Options::default();
+        // A snippet of the file could show a line of it; the location is enough.
+        options.with_snippet = false;
+        options.strict_booleans = true;
+        let raw: Option<RawFile> =
+            serde_saphyr::from_str_with_options(text, options).map_err(|e| yaml_problem(&e))?;
+        let raw_users = raw
+            .and_then(|r| r.users)
+            .ok_or("it has no `users:` list; see the README, \"Identities and roles\"")?;
+        if raw_users.is_empty() {
+            return Err("its `users:` list is empty: nobody could do anything".into());
+        }
+        let mut users: Vec<User> = Vec::with_capacity(raw_users.len());
+        for (index, raw) in raw_users.into_iter().enumerate() {
+            let user = check_user(index, raw)?;
+            if let Some(other) = users.iter().find(|u| u.name == user.name) {
+                return Err(format!("user {} is listed twice", other.name));
+            }
+            if let Some(other) = users.iter().find(|u| u.token_sha256 == user.token_sha256) {
+                return Err(format!(
+                    "users {} and {} have the same token_sha256; give each user a token of their own (`sbctl token new NAME`)",
+                    other.name, user.name
+                ));
+            }
+            users.push(user);
+        }
+        Ok(Users { users })
+    }
+
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+
+    /// The user whose token this is. The token's SHA-256 is compared with every user's in
+    /// constant time, without stopping at a match, so the answer's timing tells nothing about
+    /// the stored hashes.
+    pub fn authenticate(&self, token: &str) -> Option<&User> {
+        if token.is_empty() {
+            return None;
+        }
+        let presented = sha256_hex(token.as_bytes());
+        let mut found = None;
+        for user in &self.users {
+            let matches: bool = user
+                .token_sha256
+                .as_bytes()
+                .ct_eq(presented.as_bytes())
+                .into();
+            if matches {
+                found = Some(user);
+            }
+        }
+        found
+    }
+}
+
+fn check_user(index: usize, raw: RawUser) -> Result<User, String> {
+    let entry = index + 1;
+    let name = raw
+        .name
+        .ok_or_else(|| format!("user {entry} (counting from 1) has no name"))?;
+    validate_user_name(&name).map_err(|e| format!("user {entry} (counting from 1): {e}"))?;
+    let raw_roles = match raw.roles {
+        None => Vec::new(),
+        Some(RawRoles::One(role)) => vec![role],
+        Some(RawRoles::Many(roles)) => roles,
+    };
+    if raw_roles.is_empty() {
+        return Err(format!(
+            "user {name} has no roles; give one or more of viewer, operator, approver, admin"
+        ));
+    }
+    let mut roles = Vec::with_capacity(raw_roles.len());
+    for role in &raw_roles {
+        let role = Role::parse(role).ok_or_else(|| {
+            format!("user {name}: role {role:?} is not viewer, operator, approver or admin")
+        })?;
+        roles.push(role);
+    }
+    roles.sort();
+    roles.dedup();
+    let hash = raw.token_sha256.ok_or_else(|| {
+        format!(
+            "user {name} has no token_sha256; `sbctl token new {name}` makes a token and its line"
+        )
+    })?;
+    let hash = hash.trim().to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "user {name}: token_sha256 must be 64 hex digits (the SHA-256 of the token), not {} characters{}",
+            hash.len(),
+            if hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                ""
+            } else {
+                " with other characters than hex digits"
+            }
+        ));
+    }
+    if hash == sha256_hex(b"") {
+        return Err(format!(
+            "user {name}: token_sha256 is the SHA-256 of an empty token"
+        ));
+    }
+    Ok(User {
+        name,
+        roles,
+        token_sha256: hash,
+    })
+}
+
+fn yaml_problem(error: &serde_saphyr::Error) -> String {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default().trim();
+    let first = if first.is_empty() {
+        "cannot be parsed"
+    } else {
+        first
+    };
+    match error.location().filter(|l| l.line() > 0) {
+        Some(location) if !first.contains("line") => {
+            format!("line {}: {first}", location.line())
+        }
+        _ => first.to_string(),
+    }
+}
+
+/// What a request presents: the `authorization` value and the name it claims.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub authorization: Option<String>,
+    pub claimed_actor: Option<String>,
+}
+
+impl Credentials {
+    /// The bearer token, if the authorization value is `Bearer <token>`.
+    fn bearer(&self) -> Option<&str> {
+        let value = self.authorization.as_deref()?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
+    /// The claimed name, without control characters and at most 64 characters long.
+    fn claimed(&self) -> Option<String> {
+        self.claimed_actor
+            .as_deref()
+            .map(|s| {
+                s.chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_NAME_LEN)
+                    .collect::<String>()
+            })
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// The namespace as a message shows it: a name outside the contract is quoted and cut short,
+/// so that nothing a caller sends reaches a message or a log unescaped.
+fn shown_namespace(ns: &str) -> String {
+    if ns.is_empty() {
+        return "a namespace".to_string();
+    }
+    if validate_namespace(ns).is_ok() {
+        return ns.to_string();
+    }
+    format!("{:?}", ns.chars().take(64).collect::<String>())
+}
+
+/// A request refused by the gate.
+#[derive(Debug)]
+pub struct Denial {
+    /// The user, or [`UNAUTHENTICATED`].
+    pub actor: String,
+    pub error: CoordinatorError,
+    /// The user's roles (none for an unknown caller).
+    pub roles: Vec<Role>,
+}
+
+/// The gate's decision for `rpc` on `ns`, which touches nothing.
+pub fn check(
+    users: &Users,
+    credentials: &Credentials,
+    rpc: Rpc,
+    ns: &str,
+) -> Result<Actor, Denial> {
+    let Some(user) = credentials.bearer().and_then(|t| users.authenticate(t)) else {
+        return Err(Denial {
+            actor: UNAUTHENTICATED.to_string(),
+            error: CoordinatorError::Unauthenticated(UNKNOWN_TOKEN.to_string()),
+            roles: Vec::new(),
+        });
+    };
+    if permitted(&user.roles, rpc) {
+        return Ok(Actor {
+            name: user.name.clone(),
+        });
+    }
+    Err(Denial {
+        actor: user.name.clone(),
+        error: CoordinatorError::PermissionDenied(format!(
+            "{} ({}) may not {}: it needs {}",
+            user.name,
+            user.roles_text(),
+            rpc.what(&shown_namespace(ns)),
+            roles_that_permit(rpc)
+        )),
+        roles: user.roles.clone(),
+    })
+}
+
+/// Every admin request passes here first: it names the actor or refuses the request.
+#[derive(Clone)]
+pub struct Gate {
+    users: Option<Arc<Users>>,
+    releases: Releases,
+}
+
+impl Gate {
+    /// A gate for `users`; without users (no `--auth`) it is open: every caller is an
+    /// anonymous admin, named as it claims.
+    pub fn new(users: Option<Users>, releases: Releases) -> Self {
+        Self {
+            users: users.map(Arc::new),
+            releases,
+        }
+    }
+
+    /// The gate's decision for `rpc` on `ns`, which touches nothing. While the gate is open
+    /// every caller is admitted, named as it claims.
+    pub fn check(&self, credentials: &Credentials, rpc: Rpc, ns: &str) -> Result<Actor, Denial> {
+        match &self.users {
+            None => Ok(Actor {
+                name: credentials
+                    .claimed()
+                    .unwrap_or_else(|| ANONYMOUS.to_string()),
+            }),
+            Some(users) => check(users, credentials, rpc, ns),
+        }
+    }
+
+    /// Audits a denial in `ns` (when `ns` is a valid namespace name) and returns its error. If
+    /// the audit record cannot be written, the failure is logged and the request is denied
+    /// all the same.
+    pub async fn refuse(
+        &self,
+        denial: Denial,
+        credentials: &Credentials,
+        rpc: Rpc,
+        ns: &str,
+    ) -> CoordinatorError {
+        self.audit_denial(&denial, credentials, rpc, ns).await;
+        denial.error
+    }
+
+    /// The actor of an allowed request; a denied one is audited and refused.
+    pub async fn admit(&self, credentials: &Credentials, rpc: Rpc, ns: &str) -> Result<Actor> {
+        match self.check(credentials, rpc, ns) {
+            Ok(actor) => Ok(actor),
+            Err(denial) => Err(self.refuse(denial, credentials, rpc, ns).await),
+        }
+    }
+
+    async fn audit_denial(&self, denial: &Denial, credentials: &Credentials, rpc: Rpc, ns: &str) {
+        let code = match denial.error {
+            CoordinatorError::Unauthenticated(_) => "unauthenticated",
+            _ => "permission_denied",
+        };
+        metrics::counter!("switchboard_requests_denied_total", "rpc" => rpc.name(), "code" => code)
+            .increment(1);
+        if validate_namespace(ns).is_err() {
+            tracing::info!(rpc = rpc.name(), actor = %denial.actor, code, "request denied (no valid namespace to audit it in)");
+            return;
+        }
+        let mut detail = json!({
+            "rpc": rpc.name(),
+            "code": code,
+            "roles": denial.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        });
+        if denial.actor == UNAUTHENTICATED
+            && let (Some(claimed), Some(object)) = (credentials.claimed(), detail.as_object_mut())
+        {
+            object.insert("claimed_actor".into(), json!(claimed));
+        }
+        let reason = denial.error.to_string();
+        let write = self
+            .releases
+            .append_audit(ns, &denial.actor, "denied", &reason, detail);
+        match tokio::time::timeout(DENIAL_AUDIT_TIMEOUT, write).await {
+            Ok(Ok(seq)) => {
+                tracing::info!(ns, rpc = rpc.name(), actor = %denial.actor, code, seq, "request denied and audited");
+            }
+            Ok(Err(error)) => {
+                tracing::error!(ns, rpc = rpc.name(), actor = %denial.actor, code, %error, "request denied, but its audit record cannot be written");
+            }
+            Err(_) => {
+                tracing::error!(ns, rpc = rpc.name(), actor = %denial.actor, code, "request denied, but its audit record was not written within {DENIAL_AUDIT_TIMEOUT:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE_TOKEN: &str = "alice-token";
+    const BOB_TOKEN: &str = "bob-token";
+
+    fn file(users: &[(&str, &str, &str)]) -> String {
+        let mut text = String::from("users:\n");
+        for (name, roles, token) in users {
+            text.push_str(&format!(
+                "  - {{name: \"{name}\", roles: [{roles}], token_sha256: \"{}\"}}\n",
+                sha256_hex(token.as_bytes())
+            ));
+        }
+        text
+    }
+
+    fn users() -> Users {
+        Users::parse(&file(&[
+            ("alice", "viewer", ALICE_TOKEN),
+            ("bob", "operator", BOB_TOKEN),
+        ]))
+        .expect("parses")
+    }
+
+    fn bearer(token: &str) -> Credentials {
+        Credentials {
+            authorization: Some(format!("Bearer {token}")),
+            claimed_actor: Some("mallory".into()),
+        }
+    }
+
+    /// The permission table, one RPC at a time: which of viewer, operator, approver, admin
+    /// may call it.
+    fn allowed(rpc: Rpc) -> [bool; 4] {
+        Role::ALL.map(|role| role_permits(role, rpc))
+    }
+
+    #[test]
+    fn status_is_for_every_role() {
+        assert_eq!(allowed(Rpc::Status), [true, true, true, true]);
+    }
+
+    #[test]
+    fn get_manifest_is_for_every_role() {
+        assert_eq!(allowed(Rpc::GetManifest), [true, true, true, true]);
+    }
+
+    #[test]
+    fn get_chunks_is_for_every_role() {
+        assert_eq!(allowed(Rpc::GetChunks), [true, true, true, true]);
+    }
+
+    #[test]
+    fn audit_is_for_every_role() {
+        assert_eq!(allowed(Rpc::Audit), [true, true, true, true]);
+    }
+
+    #[test]
+    fn get_policy_is_for_every_role() {
+        assert_eq!(allowed(Rpc::GetPolicy), [true, true, true, true]);
+    }
+
+    #[test]
+    fn begin_stage_is_for_operators_and_admins() {
+        assert_eq!(allowed(Rpc::BeginStage), [false, true, false, true]);
+    }
+
+    #[test]
+    fn upload_chunks_is_for_operators_and_admins() {
+        assert_eq!(allowed(Rpc::UploadChunks), [false, true, false, true]);
+    }
+
+    #[test]
+    fn seal_is_for_operators_and_admins() {
+        assert_eq!(allowed(Rpc::Seal), [false, true, false, true]);
+    }
+
+    #[test]
+    fn set_canary_is_for_operators_and_admins() {
+        assert_eq!(allowed(Rpc::SetCanary), [false, true, false, true]);
+    }
+
+    #[test]
+    fn flip_is_for_operators_and_admins() {
+        assert_eq!(allowed(Rpc::Flip), [false, true, false, true]);
+    }
+
+    #[test]
+    fn rollback_is_for_operators_and_admins() {
+        assert_eq!(allowed(Rpc::Rollback), [false, true, false, true]);
+    }
+
+    #[test]
+    fn rollout_is_for_operators_and_admins() {
+        assert_eq!(allowed(Rpc::Rollout), [false, true, false, true]);
+    }
+
+    #[test]
+    fn set_policy_is_for_admins_only() {
+        assert_eq!(allowed(Rpc::SetPolicy), [false, false, false, true]);
+    }
+
+    #[test]
+    fn approve_is_for_approvers_and_admins() {
+        assert_eq!(allowed(Rpc::Approve), [false, false, true, true]);
+    }
+
+    #[test]
+    fn every_rpc_is_in_the_table_and_admins_may_do_everything() {
+        assert_eq!(Rpc::ALL.len(), 14);
+        for rpc in Rpc::ALL {
+            assert!(role_permits(Role::Admin, rpc), "{rpc:?}");
+            assert!(!roles_that_permit(rpc).is_empty());
+        }
+        assert!(permitted(&[Role::Viewer, Role::Approver], Rpc::Approve));
+        assert!(!permitted(&[Role::Viewer, Role::Approver], Rpc::Flip));
+        assert!(!permitted(&[], Rpc::Status));
+    }
+
+    #[test]
+    fn a_valid_file_parses() {
+        let users = Users::parse(&file(&[
+            ("alice", "viewer, approver, viewer", ALICE_TOKEN),
+            ("bob.smith@example-1_x", "admin", BOB_TOKEN),
+        ]))
+        .expect("parses");
+        assert_eq!(users.users().len(), 2);
+        assert_eq!(users.users()[0].roles, vec![Role::Viewer, Role::Approver]);
+        assert_eq!(users.users()[0].roles_text(), "viewer, approver");
+        // Block style, an uppercase hash and a byte order mark are fine too, and so is one
+        // role without a list.
+        let text = format!(
+            "\u{feff}users:\n  - name: carol\n    roles:\n      - operator\n    token_sha256: {}\n  - name: dave\n    roles: viewer\n    token_sha256: {}\n",
+            sha256_hex(b"carol").to_uppercase(),
+            sha256_hex(b"dave"),
+        );
+        let users = Users::parse(&text).expect("parses");
+        assert_eq!(
+            users.authenticate("carol").map(|u| u.roles.clone()),
+            Some(vec![Role::Operator])
+        );
+        assert_eq!(
+            users.authenticate("dave").map(|u| u.roles.clone()),
+            Some(vec![Role::Viewer])
+        );
+    }
+
+    fn problem(text: &str) -> String {
+        Users::parse(text).expect_err("refused")
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_naming_the_user_and_the_problem() {
+        let hash = sha256_hex(b"t");
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "no `users:` list"),
+            ("users: []\n".into(), "empty"),
+            ("users: [\n".into(), "line"),
+            ("groups: []\n".into(), "unknown field"),
+            (
+                format!("users:\n  - {{roles: [viewer], token_sha256: {hash}}}\n"),
+                "user 1 (counting from 1) has no name",
+            ),
+            (
+                format!("users:\n  - {{name: \"a b\", roles: [viewer], token_sha256: {hash}}}\n"),
+                "' '",
+            ),
+            (
+                format!(
+                    "users:\n  - {{name: {}, roles: [viewer], token_sha256: {hash}}}\n",
+                    "x".repeat(65)
+                ),
+                "1 to 64",
+            ),
+            (
+                format!(
+                    "users:\n  - {{name: unauthenticated, roles: [viewer], token_sha256: {hash}}}\n"
+                ),
+                "reserved",
+            ),
+            (
+                format!("users:\n  - {{name: alice, roles: [superuser], token_sha256: {hash}}}\n"),
+                "user alice: role \"superuser\" is not viewer, operator, approver or admin",
+            ),
+            (
+                format!("users:\n  - {{name: alice, roles: [], token_sha256: {hash}}}\n"),
+                "user alice has no roles",
+            ),
+            (
+                "users:\n  - {name: alice, roles: [viewer]}\n".into(),
+                "user alice has no token_sha256",
+            ),
+            (
+                "users:\n  - {name: alice, roles: [viewer], token_sha256: abc}\n".into(),
+                "user alice: token_sha256 must be 64 hex digits",
+            ),
+            (
+                format!(
+                    "users:\n  - {{name: alice, roles: [viewer], token_sha256: {}}}\n",
+                    "g".repeat(64)
+                ),
+                "other characters than hex digits",
+            ),
+            (
+                format!(
+                    "users:\n  - {{name: alice, roles: [viewer], token_sha256: {}}}\n",
+                    sha256_hex(b"")
+                ),
+                "empty token",
+            ),
+            (
+                "users:\n  - {name: alice, roles: [viewer], token: s3cret}\n".into(),
+                "unknown field",
+            ),
+            (
+                file(&[("alice", "viewer", "a"), ("alice", "admin", "b")]),
+                "user alice is listed twice",
+            ),
+            (
+                file(&[("alice", "viewer", "same"), ("bob", "admin", "same")]),
+                "users alice and bob have the same token_sha256",
+            ),
+        ];
+        for (text, expected) in cases {
+            let problem = problem(&text);
+            assert!(problem.contains(expected), "{text:?}: {problem}");
+            // A plaintext token put in the file by mistake is never echoed.
+            assert!(!problem.contains("s3cret"), "{problem}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("auth.yaml");
+        let missing = Users::load(&path).expect_err("missing");
+        assert!(format!("{missing:#}").contains("auth.yaml"), "{missing:#}");
+        std::fs::write(&path, "users:\n  - {name: alice, roles: [root]}\n").expect("write");
+        let bad = format!("{:#}", Users::load(&path).expect_err("bad role"));
+        assert!(
+            bad.contains("auth.yaml") && bad.contains("user alice"),
+            "{bad}"
+        );
+        std::fs::write(&path, file(&[("alice", "viewer", ALICE_TOKEN)])).expect("write");
+        assert_eq!(Users::load(&path).expect("loads").users().len(), 1);
+    }
+
+    #[test]
+    fn tokens_are_matched_by_their_sha256() {
+        let users = users();
+        assert_eq!(
+            users.authenticate(ALICE_TOKEN).map(|u| u.name.as_str()),
+            Some("alice")
+        );
+        assert_eq!(
+            users.authenticate(BOB_TOKEN).map(|u| u.name.as_str()),
+            Some("bob")
+        );
+        assert!(users.authenticate("alice-token ").is_none());
+        assert!(users.authenticate("ALICE-TOKEN").is_none());
+        assert!(users.authenticate("").is_none());
+        // The stored hash is not a token.
+        assert!(
+            users
+                .authenticate(&sha256_hex(ALICE_TOKEN.as_bytes()))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_and_anything_else_is_no_token() {
+        let with = |value: &str| Credentials {
+            authorization: Some(value.to_string()),
+            claimed_actor: None,
+        };
+        assert_eq!(with("Bearer abc").bearer(), Some("abc"));
+        assert_eq!(with("bearer  abc ").bearer(), Some("abc"));
+        assert_eq!(with("Basic abc").bearer(), None);
+        assert_eq!(with("Bearer ").bearer(), None);
+        assert_eq!(with("abc").bearer(), None);
+        assert_eq!(Credentials::default().bearer(), None);
+    }
+
+    #[test]
+    fn check_names_the_user_and_ignores_the_claimed_name() {
+        let users = users();
+        let actor = check(&users, &bearer(BOB_TOKEN), Rpc::Flip, "catalog").expect("allowed");
+        assert_eq!(actor.name, "bob");
+        let actor = check(&users, &bearer(ALICE_TOKEN), Rpc::Status, "catalog").expect("allowed");
+        assert_eq!(actor.name, "alice");
+    }
+
+    #[test]
+    fn check_refuses_a_role_without_the_permission() {
+        let denial =
+            check(&users(), &bearer(ALICE_TOKEN), Rpc::Flip, "catalog").expect_err("denied");
+        assert_eq!(denial.actor, "alice");
+        assert_eq!(denial.error.grpc_code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            denial.error.to_string(),
+            "alice (viewer) may not flip catalog: it needs operator or admin"
+        );
+        let denial = check(&users(), &bearer(ALICE_TOKEN), Rpc::UploadChunks, "Bad\nNS")
+            .expect_err("denied");
+        assert_eq!(
+            denial.error.to_string(),
+            "alice (viewer) may not stage into \"Bad\\nNS\": it needs operator or admin"
+        );
+        let denial =
+            check(&users(), &bearer(BOB_TOKEN), Rpc::SetPolicy, "catalog").expect_err("denied");
+        assert_eq!(
+            denial.error.to_string(),
+            "bob (operator) may not set the policy of catalog: it needs admin"
+        );
+    }
+
+    #[test]
+    fn check_refuses_a_missing_or_unknown_token_alike() {
+        let users = users();
+        let no_token = Credentials {
+            authorization: None,
+            claimed_actor: Some("alice".into()),
+        };
+        for credentials in [
+            no_token,
+            bearer("guess"),
+            bearer(&sha256_hex(b"alice-token")),
+        ] {
+            let denial = check(&users, &credentials, Rpc::Status, "catalog").expect_err("denied");
+            assert_eq!(denial.actor, UNAUTHENTICATED);
+            assert_eq!(denial.error.grpc_code(), tonic::Code::Unauthenticated);
+            assert_eq!(denial.error.to_string(), UNKNOWN_TOKEN);
+        }
+    }
+
+    #[test]
+    fn the_claimed_name_is_cleaned() {
+        let claimed = |name: &str| {
+            Credentials {
+                authorization: None,
+                claimed_actor: Some(name.to_string()),
+            }
+            .claimed()
+        };
+        assert_eq!(claimed("alice"), Some("alice".into()));
+        assert_eq!(claimed("al\nice\u{7}"), Some("alice".into()));
+        assert_eq!(claimed(" \t"), None);
+        assert_eq!(claimed(&"x".repeat(100)).map(|s| s.len()), Some(64));
+    }
+}

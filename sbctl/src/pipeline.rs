@@ -1,0 +1,420 @@
+//! What `plan` and `stage` do with PATH before anything is sent: read `switchboard.yaml`, parse
+//! the items (without schema files and the environments directory), substitute `--env`,
+//! validate against the schemas, and build the set; then the plan against the active set with
+//! every change classified ([`crate::compat`]).
+
+use std::path::Path;
+
+use serde_json::Value;
+use switchboard_proto::{ItemSet, Manifest};
+
+use crate::client::Coordinator;
+use crate::compat::{self, ClassCounts, ItemPlan};
+use crate::env::{self, EnvError};
+use crate::exit::CliError;
+use crate::output::{self, PlanReport};
+use crate::source::{self, Exclusions, Problem, SourceError};
+use crate::validate::{self, Config, Schemas};
+
+/// A source read, substituted and validated, ready to plan or stage.
+#[derive(Debug)]
+pub struct Prepared {
+    pub set: ItemSet,
+    /// The schemas, which tell the sensitive fields of each item.
+    pub schemas: Schemas,
+}
+
+fn invalid(path: &Path, problems: Vec<Problem>) -> CliError {
+    CliError::Source(SourceError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+    })
+}
+
+/// Reads PATH as `plan` and `stage` do. `env` is the name given to `--env`.
+///
+/// Usage errors (exit 2): PATH or the environment file does not exist. Everything wrong with
+/// the content (exit 4) is collected into one report: malformed files, bad keys, unresolved
+/// placeholders, schema violations, schemas that do not compile.
+pub fn prepare(path: &Path, env: Option<&str>) -> Result<Prepared, CliError> {
+    let is_dir = path.is_dir();
+    let mut problems = Vec::new();
+    let (config, schemas, exclusions) = if is_dir {
+        let config = validate::load_config(path).map_err(|p| invalid(path, p))?;
+        for setting in &config.unknown {
+            output::note(&format!(
+                "warning: {}: unknown setting {setting:?} is ignored",
+                path.join(source::CONFIG_FILE).display()
+            ));
+        }
+        let schemas = match Schemas::compile(path, &config) {
+            Ok(schemas) => schemas,
+            Err(found) => {
+                problems.extend(found);
+                Schemas::default()
+            }
+        };
+        let exclusions = exclusions(&config);
+        (config, schemas, exclusions)
+    } else {
+        (Config::default(), Schemas::default(), Exclusions::default())
+    };
+
+    let mut read = source::read(path, &exclusions)?;
+    read.problems.extend(problems);
+    match env {
+        Some(name) => {
+            let dir = if is_dir {
+                path.join(&config.environments_dir)
+            } else {
+                path.parent()
+                    .unwrap_or(Path::new(""))
+                    .join(validate::DEFAULT_ENVIRONMENTS_DIR)
+            };
+            let environment = match env::load(&dir, name) {
+                Ok(environment) => environment,
+                Err(EnvError::Usage(message)) => return Err(CliError::Usage(message)),
+                Err(EnvError::Invalid(found)) => return Err(invalid(path, found)),
+            };
+            let unresolved = env::substitute_items(&mut read.items, &environment);
+            read.problems.extend(unresolved);
+        }
+        None => {
+            if let Some(warning) = env::warning(&env::scan(&read.items)) {
+                output::note(&warning);
+            }
+        }
+    }
+    let violations = schemas.validate(&read.items);
+    read.problems.extend(violations);
+    let set = source::build(path, read)?;
+    Ok(Prepared { set, schemas })
+}
+
+/// What a directory's configuration keeps out of its items: the schema files and the
+/// environments directory.
+pub fn exclusions(config: &Config) -> Exclusions {
+    let mut exclusions = Exclusions::default();
+    for rule in &config.rules {
+        if let Some(relative) = validate::relative_inside(&rule.schema) {
+            exclusions.file(&relative);
+        }
+    }
+    if let Some(relative) = validate::relative_inside(&config.environments_dir) {
+        exclusions.dir(&relative);
+    }
+    exclusions
+}
+
+/// The plan of the prepared set (whose manifest is `manifest`) against the namespace's active
+/// set: the keys added, changed and removed, and every change classified. Only the active
+/// chunks the new set does not share are fetched.
+pub async fn plan_report(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    manifest: &Manifest,
+    prepared: &Prepared,
+) -> Result<PlanReport, CliError> {
+    let set = &prepared.set;
+    let active = coordinator.get_manifest(namespace, "").await?;
+    let (diff, active_only) = match &active {
+        None => (crate::plan::diff(manifest, set, None), Default::default()),
+        Some(active) => {
+            let wanted = crate::plan::chunks_to_fetch(manifest, active);
+            let fetched = if wanted.is_empty() {
+                Vec::new()
+            } else {
+                coordinator.get_chunks(namespace, &wanted).await?
+            };
+            let active_only =
+                crate::plan::decode_fetched(active, &wanted, fetched).map_err(|problem| {
+                    CliError::BadReply {
+                        rpc: "GetChunks",
+                        problem,
+                    }
+                })?;
+            let diff = crate::plan::diff(manifest, set, Some((active, &active_only)));
+            (diff, active_only)
+        }
+    };
+
+    let mut items: Vec<ItemPlan> = Vec::new();
+    items.extend(diff.added.iter().map(|key| compat::item_added(key)));
+    for key in &diff.changed {
+        let old = active_only
+            .get(key)
+            .ok_or_else(|| CliError::Failed(format!("the active value of {key} is missing")))?;
+        let old: Value = serde_json::from_slice(old).map_err(|e| CliError::BadReply {
+            rpc: "GetChunks",
+            problem: format!("the active item {key} is not JSON: {e}"),
+        })?;
+        let new = set
+            .get(key)
+            .ok_or_else(|| CliError::Failed(format!("the new value of {key} is missing")))?;
+        let new: Value = serde_json::from_slice(new)
+            .map_err(|e| CliError::Failed(format!("the new item {key} is not JSON: {e}")))?;
+        let cursor = prepared.schemas.cursor(key);
+        items.push(compat::item_changed(key, &old, &new, &cursor));
+    }
+    items.extend(diff.removed.iter().map(|key| compat::item_removed(key)));
+
+    Ok(PlanReport {
+        namespace: namespace.to_string(),
+        active_version: active.map(|m| m.version),
+        new_version: manifest.version.clone(),
+        added: diff.added,
+        changed: diff.changed,
+        removed: diff.removed,
+        unchanged: diff.unchanged,
+        classes: ClassCounts::of(&items),
+        items,
+    })
+}
+
+/// Before staging: refuses (exit 4) a set that makes destructive changes to the active set,
+/// unless they are allowed. When they are, nothing is fetched to find them.
+pub async fn check_destructive(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    path: &Path,
+    manifest: &Manifest,
+    prepared: &Prepared,
+    allow_destructive: bool,
+) -> Result<(), CliError> {
+    if allow_destructive {
+        return Ok(());
+    }
+    let report = plan_report(coordinator, namespace, manifest, prepared).await?;
+    let active = report.active_version.as_deref().unwrap_or("none");
+    let review = format!("sbctl plan {namespace} {}", path.display());
+    compat::check_destructive(&report.items, false, active, &review)
+        .map(|_| ())
+        .map_err(CliError::Refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, text).expect("write");
+    }
+
+    const TABLE_SCHEMA: &str = r#"{
+        "type": "object",
+        "required": ["name", "columns"],
+        "properties": {
+            "name": {"type": "string"},
+            "columns": {"type": "array", "items": {
+                "type": "object",
+                "required": ["name", "type"],
+                "properties": {"type": {"enum": ["int32", "int64", "string"]}}
+            }},
+            "contact": {"type": "string", "x-switchboard-sensitive": true}
+        }
+    }"#;
+
+    fn sample(root: &Path) {
+        write(
+            root,
+            "switchboard.yaml",
+            "schemas:\n  - pattern: \"tables/**\"\n    schema: schemas/table.json\n",
+        );
+        write(root, "schemas/table.json", TABLE_SCHEMA);
+        write(
+            root,
+            "tables/orders.yaml",
+            "name: orders\nlocation: \"${lake}/orders\"\ncolumns:\n  - {name: id, type: int64}\n",
+        );
+        write(root, "environments/prod.yaml", "lake: s3://prod\n");
+        write(root, "environments/dev.yaml", "other: x\n");
+        write(root, "notes/readme.json", "\"not a table\"");
+    }
+
+    fn value(set: &ItemSet, key: &str) -> Value {
+        serde_json::from_slice(set.get(key).expect("item")).expect("json")
+    }
+
+    #[test]
+    fn schema_files_and_environments_are_not_items_and_env_substitutes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sample(dir.path());
+        let prepared = prepare(dir.path(), Some("prod")).expect("valid");
+        let keys: Vec<&str> = prepared.set.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["notes/readme", "tables/orders"]);
+        assert_eq!(
+            value(&prepared.set, "tables/orders")["location"],
+            "s3://prod/orders"
+        );
+        // Without --env the placeholder stays as written.
+        let plain = prepare(dir.path(), None).expect("valid");
+        assert_eq!(
+            value(&plain.set, "tables/orders")["location"],
+            "${lake}/orders"
+        );
+    }
+
+    #[test]
+    fn unresolved_placeholders_and_missing_environments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sample(dir.path());
+        let err = prepare(dir.path(), Some("dev")).expect_err("unresolved");
+        assert_eq!(err.exit_code(), crate::exit::REFUSED);
+        let text = err.to_string();
+        assert!(
+            text.contains("orders.yaml: /location: unresolved placeholder ${lake}")
+                && text.contains("dev.yaml"),
+            "{text}"
+        );
+        let err = prepare(dir.path(), Some("staging")).expect_err("missing");
+        assert_eq!(err.exit_code(), crate::exit::USAGE);
+        assert!(err.to_string().contains("staging.yaml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_items_are_refused_with_file_and_json_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sample(dir.path());
+        write(
+            dir.path(),
+            "tables/bad.yaml",
+            "name: bad\ncolumns:\n  - {name: id, type: int64}\n  - {name: x, type: float}\ncontact: \"+1 555 SECRET\"\nextra: 1\n",
+        );
+        write(dir.path(), "tables/broken.json", "{");
+        let err = prepare(dir.path(), Some("prod")).expect_err("invalid");
+        assert_eq!(err.exit_code(), crate::exit::REFUSED);
+        let text = err.to_string();
+        assert!(text.contains("bad.yaml: /columns/1/type: "), "{text}");
+        assert!(text.contains("broken.json: malformed JSON"), "{text}");
+        assert!(!text.contains("SECRET"), "{text}");
+    }
+
+    #[test]
+    fn a_schema_that_does_not_compile_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sample(dir.path());
+        write(dir.path(), "schemas/table.json", r#"{"type": 12}"#);
+        let err = prepare(dir.path(), Some("prod")).expect_err("bad schema");
+        assert_eq!(err.exit_code(), crate::exit::REFUSED);
+        assert!(
+            err.to_string()
+                .contains("table.json: not a valid JSON Schema"),
+            "{err}"
+        );
+        write(
+            dir.path(),
+            "switchboard.yaml",
+            "schemas: [{pattern: \"a//b\", schema: s.json}]\n",
+        );
+        let err = prepare(dir.path(), None).expect_err("bad config");
+        assert!(err.to_string().contains("switchboard.yaml"), "{err}");
+    }
+
+    fn example(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples")
+            .join(name)
+    }
+
+    /// The plan of `new` against `active` as `plan_report` makes it, without a coordinator.
+    fn offline_plan(new: &Prepared, active: &ItemSet) -> Vec<ItemPlan> {
+        let (manifest, _) = new.set.to_chunks();
+        let (active_manifest, chunks) = active.to_chunks();
+        let wanted = crate::plan::chunks_to_fetch(&manifest, &active_manifest);
+        let fetched = chunks
+            .into_iter()
+            .filter(|c| wanted.contains(&c.hash))
+            .map(|c| (c.hash, c.data));
+        let active_only =
+            crate::plan::decode_fetched(&active_manifest, &wanted, fetched).expect("decodes");
+        let diff = crate::plan::diff(&manifest, &new.set, Some((&active_manifest, &active_only)));
+        let mut items: Vec<ItemPlan> = diff.added.iter().map(|k| compat::item_added(k)).collect();
+        for key in &diff.changed {
+            let old: Value = serde_json::from_slice(&active_only[key]).expect("json");
+            let new_value: Value =
+                serde_json::from_slice(new.set.get(key).expect("new")).expect("json");
+            items.push(compat::item_changed(
+                key,
+                &old,
+                &new_value,
+                &new.schemas.cursor(key),
+            ));
+        }
+        items.extend(diff.removed.iter().map(|k| compat::item_removed(k)));
+        items
+    }
+
+    #[test]
+    fn the_sample_sets_validate_and_v2_is_destructive_for_the_documented_reasons() {
+        let v1 = prepare(&example("catalog-v1"), None).expect("catalog-v1 is valid");
+        let v2 = prepare(&example("catalog-v2"), None).expect("catalog-v2 is valid");
+        assert_eq!((v1.set.len(), v2.set.len()), (330, 333));
+        assert!(v1.set.iter().all(|(k, _)| !k.starts_with("schemas/")));
+
+        let items = offline_plan(&v2, &v1.set);
+        let count = |change| items.iter().filter(|i| i.change == change).count();
+        assert_eq!(
+            (
+                count(compat::ItemChange::Added),
+                count(compat::ItemChange::Changed),
+                count(compat::ItemChange::Removed)
+            ),
+            (5, 14, 2)
+        );
+        let destructive = compat::destructive_lines(&items);
+        let has = |needle: &str| destructive.iter().any(|l| l.contains(needle));
+        assert!(
+            has("tables/support/agg_ticket_backlog_legacy: item removed"),
+            "{destructive:#?}"
+        );
+        assert!(
+            has("lineage/support/agg_ticket_backlog_legacy: item removed"),
+            "{destructive:#?}"
+        );
+        assert!(
+            has("tables/hr/dim_employees /columns/12: element removed"),
+            "{destructive:#?}"
+        );
+        assert!(
+            has("policies/finance-read /principals/1"),
+            "{destructive:#?}"
+        );
+        // The on-call phone is sensitive: its change shows, its values do not.
+        let owner = items
+            .iter()
+            .find(|i| i.key == "owners/marketing-analytics")
+            .expect("owner changed");
+        let text = serde_json::to_string(owner).expect("json");
+        assert!(
+            text.contains("/oncall/phone") && text.contains("<redacted>"),
+            "{text}"
+        );
+        assert!(!text.contains("555"), "{text}");
+        // A type that stays a string is a modifying change.
+        let shipments = items
+            .iter()
+            .find(|i| i.key == "tables/logistics/stg_shipments")
+            .expect("shipments changed");
+        assert_eq!(shipments.class, compat::Class::Modifying);
+    }
+
+    #[test]
+    fn a_single_file_set_finds_environments_beside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "set.yaml", "a: \"${x}\"\nb: 1\n");
+        write(dir.path(), "environments/e.yaml", "x: 5\n");
+        let prepared = prepare(&dir.path().join("set.yaml"), Some("e")).expect("valid");
+        assert_eq!(value(&prepared.set, "a"), "5");
+        write(dir.path(), "environments/f.yaml", "y: 5\n");
+        let err = prepare(&dir.path().join("set.yaml"), Some("f")).expect_err("unresolved");
+        assert!(
+            err.to_string()
+                .contains("set.yaml (item a): (root): unresolved"),
+            "{err}"
+        );
+    }
+}
