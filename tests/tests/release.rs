@@ -571,3 +571,56 @@ async fn a_missing_audit_head_blocks_changes_instead_of_overwriting_records() ->
     );
     Ok(())
 }
+
+/// Issue 4, acceptance 5: changing one byte of one audit record directly in etcd makes
+/// `audit --verify` fail, naming that record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_changed_byte_in_an_audit_record_is_caught_and_named() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let dir = tempfile::tempdir()?;
+    stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "b", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    sbctl
+        .run(&["canary", NS, "5", "-m", "look"])
+        .await?
+        .ensure_success()?;
+    sbctl
+        .run(&["audit", NS, "--verify"])
+        .await?
+        .ensure_success()?;
+
+    // Record 3 (the second stage): change one byte of its reason, behind everyone's back.
+    let mut client = env.etcd_client().await?;
+    let key = env.keys().audit(NS, 3);
+    let response = client.get(key.as_str(), None).await?;
+    let mut value = response.kvs().first().context("record 3")?.value().to_vec();
+    let position = value
+        .windows(10)
+        .position(|w| w == b"test stage")
+        .context("reason")?;
+    value[position] = b'T';
+    client.put(key.as_str(), value, None).await?;
+
+    let verify = sbctl.run(&["audit", NS, "--verify"]).await?;
+    assert_eq!(verify.code, 1, "{verify}");
+    let said = format!("{}{}", verify.stdout, verify.stderr);
+    assert!(
+        said.contains("record 3"),
+        "the broken record must be named: {verify}"
+    );
+    let json = sbctl.run(&["--json", "audit", NS, "--verify"]).await?;
+    let trail: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(trail["verified"]["first_bad_seq"], 3, "{trail}");
+    Ok(())
+}
