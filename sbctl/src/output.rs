@@ -544,13 +544,10 @@ pub fn flip_wait_document(change: &serde_json::Value, wait: &WaitReport) -> serd
 
 /// The human line after `flip --wait` converged.
 pub fn render_wait(wait: &WaitReport) -> String {
-    if wait.sidecars == 0 {
-        format!("no live sidecars to wait for at epoch {}", wait.epoch)
-    } else {
-        format!(
-            "all {} live sidecars serve epoch {}",
-            wait.sidecars, wait.epoch
-        )
+    match wait.sidecars {
+        0 => format!("no live sidecars to wait for at epoch {}", wait.epoch),
+        1 => format!("the one live sidecar serves epoch {}", wait.epoch),
+        n => format!("all {n} live sidecars serve epoch {}", wait.epoch),
     }
 }
 
@@ -1059,6 +1056,11 @@ mod tests {
             json!({"epoch": 8, "converged": true, "sidecars": 3, "behind": []})
         );
         assert_eq!(render_wait(&done), "all 3 live sidecars serve epoch 8");
+        let one = WaitReport {
+            sidecars: 1,
+            ..done.clone()
+        };
+        assert_eq!(render_wait(&one), "the one live sidecar serves epoch 8");
         let nobody = WaitReport {
             sidecars: 0,
             ..done
