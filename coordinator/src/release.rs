@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use etcd_client::{Txn, TxnOp};
 use serde_json::json;
+use switchboard_proto::bucket::percent;
 use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier, decode_chunk, sha256_hex};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
@@ -495,10 +496,6 @@ pub(crate) fn busy(ns: &str) -> CoordinatorError {
     CoordinatorError::Conflict(format!(
         "{ns} kept changing underneath this request; read `sbctl status {ns}` and retry"
     ))
-}
-
-pub fn percent(weight_bp: u32) -> f64 {
-    f64::from(weight_bp) / 100.0
 }
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {

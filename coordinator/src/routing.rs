@@ -9,6 +9,7 @@
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use serde_json::json;
+use switchboard_proto::bucket::percent;
 use switchboard_proto::judge::Verdict;
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
@@ -18,9 +19,7 @@ use switchboard_proto::{
 
 use crate::audit;
 use crate::error::{CoordinatorError, Result};
-use crate::release::{
-    Actor, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, percent, to_json,
-};
+use crate::release::{Actor, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, to_json};
 use crate::store::{NamespaceState, absent, unchanged};
 
 /// The leader's claim: its key under the election name, and the revision that created it. A

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::de::DeserializeOwned;
+use switchboard_proto::set::read_batches;
 use switchboard_proto::{AuditHead, HealthRecord, Keys, Policy, Rollout, Routing, Slot, SlotRef};
 
 use crate::error::{CoordinatorError, Result};
@@ -13,8 +14,6 @@ use crate::error::{CoordinatorError, Result};
 pub const MAX_TXN_OPS: usize = 100;
 /// Most chunk bytes one request may carry; etcd refuses requests over 1.5 MiB.
 pub const MAX_TXN_BYTES: usize = 1024 * 1024 + 64 * 1024;
-/// Most chunk bytes one read may return, under the 4 MiB gRPC message limit.
-pub const MAX_READ_BYTES: u64 = 3 * 1024 * 1024;
 /// How long one etcd request may take before the caller gives up.
 pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -271,18 +270,9 @@ impl Store {
         hashes: &[(String, u64)],
         mut each: impl FnMut(&str, &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let mut start = 0;
-        while start < hashes.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < hashes.len()
-                && end - start < MAX_TXN_OPS
-                && (end == start || bytes + hashes[end].1 <= MAX_READ_BYTES)
-            {
-                bytes += hashes[end].1;
-                end += 1;
-            }
-            let batch = &hashes[start..end];
+        let sizes: Vec<u64> = hashes.iter().map(|(_, size)| *size).collect();
+        for range in read_batches(&sizes) {
+            let batch = &hashes[range];
             let reads: Vec<TxnOp> = batch
                 .iter()
                 .map(|(h, _)| TxnOp::get(self.keys.chunk(ns, h), None))
@@ -300,7 +290,6 @@ impl Store {
                 })?;
                 each(hash, &data)?;
             }
-            start = end;
         }
         Ok(())
     }

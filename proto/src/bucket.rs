@@ -10,6 +10,11 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Buckets per consumer population: a weight is expressed in basis points of this.
 pub const BUCKETS: u32 = 10_000;
 
+/// A weight in basis points as a percentage: 1250 is 12.5.
+pub fn percent(weight_bp: u32) -> f64 {
+    f64::from(weight_bp) / 100.0
+}
+
 /// The bucket of `consumer` under `seed`, in `0..BUCKETS`.
 pub fn bucket(consumer: &str, seed: u64) -> u32 {
     (xxh3_64_with_seed(consumer.as_bytes(), seed) % u64::from(BUCKETS)) as u32

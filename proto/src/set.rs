@@ -27,6 +27,10 @@ pub const TARGET_CHUNK_BYTES: usize = 64 * 1024;
 /// No chunk grows past this unless a single item needs it; with one item of `MAX_ITEM_BYTES`
 /// a chunk stays under etcd's 1.5 MiB request limit.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024 + 4096;
+/// Most chunks read in one etcd transaction (etcd allows 128 operations).
+pub const MAX_READS_PER_TXN: usize = 100;
+/// Most chunk bytes asked for in one etcd transaction, under the 4 MiB gRPC message limit.
+pub const MAX_READ_BYTES: u64 = 3 * 1024 * 1024;
 /// Largest manifest document: it must fit in one etcd request with room to spare.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
 /// Version of the manifest document format.
@@ -469,6 +473,28 @@ impl ChunkRef {
     }
 }
 
+/// Splits chunks of the given stored sizes, in order, into consecutive ranges that one etcd
+/// transaction can read: at most `MAX_READS_PER_TXN` chunks and `MAX_READ_BYTES` bytes, except
+/// that a single chunk always forms a batch of its own however large it is.
+pub fn read_batches(sizes: &[u64]) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < sizes.len() {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < sizes.len()
+            && end - start < MAX_READS_PER_TXN
+            && (end == start || bytes.saturating_add(sizes[end]) <= MAX_READ_BYTES)
+        {
+            bytes = bytes.saturating_add(sizes[end]);
+            end += 1;
+        }
+        batches.push(start..end);
+        start = end;
+    }
+    batches
+}
+
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
@@ -715,6 +741,20 @@ mod tests {
 
         let truncated = &chunks[..chunks.len() - 1];
         assert!(assemble_verified(&manifest, truncated.iter().map(|c| c.data.as_slice())).is_err());
+    }
+
+    #[test]
+    fn read_batches_respect_both_limits() {
+        assert!(read_batches(&[]).is_empty());
+        let small = vec![1_000; 250];
+        assert_eq!(read_batches(&small), vec![0..100, 100..200, 200..250]);
+        let mib = 1024 * 1024;
+        assert_eq!(read_batches(&[mib, mib, mib, mib]), vec![0..3, 3..4]);
+        // An oversized chunk is read on its own rather than never.
+        assert_eq!(
+            read_batches(&[5 * mib, 10, u64::MAX]),
+            vec![0..1, 1..2, 2..3]
+        );
     }
 
     #[test]

@@ -241,7 +241,7 @@ async fn status(State(served): State<Arc<Served>>) -> Json<serde_json::Value> {
             json!({
                 "epoch": snapshot.as_ref().map_or(0, |s| s.routing.epoch),
                 "active": snapshot.as_ref().map(|s| json!({"slot": s.routing.active.slot, "version": s.routing.active.version})),
-                "canary": snapshot.as_ref().and_then(|s| s.routing.live_canary()).map(|c| json!({"slot": c.slot, "version": c.version, "percent": f64::from(c.weight_bp) / 100.0})),
+                "canary": snapshot.as_ref().and_then(|s| s.routing.live_canary()).map(|c| json!({"slot": c.slot, "version": c.version, "percent": switchboard_proto::bucket::percent(c.weight_bp)})),
                 "loaded": loaded,
                 "etcd_reachable": sync.etcd_reachable,
                 "source": sync.source,

@@ -7,15 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Txn, TxnOp, TxnOpResponse};
-use switchboard_proto::set::{SetVerifier, sha256_hex};
+use switchboard_proto::set::{SetVerifier, read_batches, sha256_hex};
 use switchboard_proto::{Keys, Manifest};
 
 use crate::snapshot::LoadedSet;
 
-/// Most gets in one transaction (etcd allows 128).
-const MAX_TXN_OPS: usize = 100;
-/// Most chunk bytes asked for in one transaction, under the 4 MiB gRPC message limit.
-const MAX_READ_BYTES: u64 = 3 * 1024 * 1024;
 /// How long one etcd request may take.
 pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,23 +65,15 @@ pub async fn load_set(
 
     let mut verifier = SetVerifier::new(&manifest);
     let chunks = &manifest.chunks;
-    let mut start = 0;
-    while start < chunks.len() {
-        let mut end = start;
-        let mut bytes = 0;
-        while end < chunks.len()
-            && end - start < MAX_TXN_OPS
-            && (end == start || bytes + chunks[end].stored_len() <= MAX_READ_BYTES)
-        {
-            bytes += chunks[end].stored_len();
-            end += 1;
-        }
-        let reads: Vec<TxnOp> = chunks[start..end]
+    let sizes: Vec<u64> = chunks.iter().map(|c| c.stored_len()).collect();
+    for range in read_batches(&sizes) {
+        let batch = &chunks[range];
+        let reads: Vec<TxnOp> = batch
             .iter()
             .map(|c| TxnOp::get(keys.chunk(ns, &c.hash), None))
             .collect();
         let response = with_timeout(client.txn(Txn::new().and_then(reads))).await?;
-        for (chunk, op) in chunks[start..end].iter().zip(response.op_responses()) {
+        for (chunk, op) in batch.iter().zip(response.op_responses()) {
             let key = keys.chunk(ns, &chunk.hash);
             let data = match op {
                 TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
@@ -97,7 +85,6 @@ pub async fn load_set(
                 reason: e.to_string(),
             })?;
         }
-        start = end;
     }
     let items = verifier.finish().map_err(|e| invalid(e.to_string()))?;
     Ok(LoadedSet {
