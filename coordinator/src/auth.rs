@@ -100,12 +100,13 @@ pub enum Rpc {
     Rollback,
     Rollout,
     SetPolicy,
-    /// Reserved for the approval RPC of the approvals and gates work; nothing calls it yet.
     Approve,
+    History,
+    CheckGates,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 14] = [
+    pub const ALL: [Rpc; 16] = [
         Rpc::Status,
         Rpc::GetManifest,
         Rpc::GetChunks,
@@ -120,6 +121,8 @@ impl Rpc {
         Rpc::Rollout,
         Rpc::SetPolicy,
         Rpc::Approve,
+        Rpc::History,
+        Rpc::CheckGates,
     ];
 
     /// The RPC's name in `switchboard.proto`, as the audit trail records it.
@@ -139,6 +142,8 @@ impl Rpc {
             Rpc::Rollout => "Rollout",
             Rpc::SetPolicy => "SetPolicy",
             Rpc::Approve => "Approve",
+            Rpc::History => "History",
+            Rpc::CheckGates => "CheckGates",
         }
     }
 
@@ -157,6 +162,8 @@ impl Rpc {
             Rpc::Rollout => format!("run a rollout of {ns}"),
             Rpc::SetPolicy => format!("set the policy of {ns}"),
             Rpc::Approve => format!("approve releases of {ns}"),
+            Rpc::History => format!("read the history of {ns}"),
+            Rpc::CheckGates => format!("check the gates of {ns}"),
         }
     }
 }
@@ -164,7 +171,10 @@ impl Rpc {
 /// The permission table, and the one place that gives roles their meaning.
 pub fn role_permits(role: Role, rpc: Rpc) -> bool {
     use Rpc::*;
-    let read = matches!(rpc, Status | GetManifest | GetChunks | Audit | GetPolicy);
+    let read = matches!(
+        rpc,
+        Status | GetManifest | GetChunks | Audit | GetPolicy | History | CheckGates
+    );
     match role {
         Role::Viewer => read,
         Role::Operator => {

@@ -4,6 +4,10 @@
 //! and `InvalidArgument` a refusal (4), `Unauthenticated` and `PermissionDenied` not permitted
 //! (5).
 
+/// The gRPC metadata key that marks a refusal by a gate (value `gate`), so that sbctl can wait
+/// for gates without parsing messages.
+pub const REFUSAL_METADATA: &str = "x-switchboard-refusal";
+
 /// An operation that failed, with a message a release manager can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -13,6 +17,10 @@ pub enum CoordinatorError {
     /// The request is well-formed but the current state does not allow it.
     #[error("{0}")]
     Refused(String),
+    /// A gate of the namespace does not hold: the message names the gate and what it saw.
+    /// sbctl's `--wait-for-gates` retries exactly these.
+    #[error("{0}")]
+    GateBlocked(String),
     /// The request itself is invalid: bad namespace, weight, manifest or chunk.
     #[error("{0}")]
     InvalidInput(String),
@@ -40,7 +48,9 @@ impl CoordinatorError {
         use tonic::Code;
         match self {
             CoordinatorError::Conflict(_) => Code::Aborted,
-            CoordinatorError::Refused(_) => Code::FailedPrecondition,
+            CoordinatorError::Refused(_) | CoordinatorError::GateBlocked(_) => {
+                Code::FailedPrecondition
+            }
             CoordinatorError::InvalidInput(_) => Code::InvalidArgument,
             CoordinatorError::NotFound(_) => Code::NotFound,
             CoordinatorError::Unauthenticated(_) => Code::Unauthenticated,
@@ -93,6 +103,13 @@ impl From<CoordinatorError> for tonic::Status {
             tonic::Code::Unavailable => format!("the coordinator cannot reach etcd: {error}"),
             _ => error.to_string(),
         };
-        tonic::Status::new(error.grpc_code(), message)
+        let mut status = tonic::Status::new(error.grpc_code(), message);
+        if matches!(error, CoordinatorError::GateBlocked(_)) {
+            status.metadata_mut().insert(
+                REFUSAL_METADATA,
+                tonic::metadata::MetadataValue::from_static("gate"),
+            );
+        }
+        status
     }
 }

@@ -255,7 +255,16 @@ impl Admin for AdminService {
             "" => None,
             other => Some(parse_slot(other)?),
         };
-        let manifest = self.releases.manifest(&request.namespace, slot).await?;
+        let version = Some(request.version.as_str()).filter(|v| !v.is_empty());
+        if slot.is_some() && version.is_some() {
+            return Err(Status::invalid_argument(
+                "ask for the manifest of a slot or of a version, not both",
+            ));
+        }
+        let manifest = self
+            .releases
+            .manifest(&request.namespace, slot, version)
+            .await?;
         json_reply(&manifest)
     }
 
@@ -363,16 +372,12 @@ impl Admin for AdminService {
             .admit(&request, Rpc::Rollback, &request.get_ref().namespace)
             .await?;
         let r = request.into_inner();
-        let change = self
-            .releases
-            .rollback(change_request(
-                &r.namespace,
-                r.expected_epoch,
-                "rollback",
-                &r.reason,
-                &actor,
-            ))
-            .await?;
+        let change = change_request(&r.namespace, r.expected_epoch, "rollback", &r.reason, &actor);
+        let change = if r.to_version.is_empty() {
+            self.releases.rollback(change).await?
+        } else {
+            self.releases.rollback_to(change, &r.to_version).await?
+        };
         json_reply(&change)
     }
 
@@ -461,5 +466,42 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let trail = self.releases.audit_trail(&r.namespace, r.verify).await?;
         json_reply(&trail)
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = self
+            .admit(&request, Rpc::Approve, &request.get_ref().namespace)
+            .await?;
+        let r = request.into_inner();
+        let approval = self
+            .releases
+            .approve(&r.namespace, &r.version, &r.reason, &actor)
+            .await?;
+        json_reply(&approval)
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        self.admit(&request, Rpc::History, &request.get_ref().namespace)
+            .await?;
+        let history = self.releases.history(&request.get_ref().namespace).await?;
+        json_reply(&history)
+    }
+
+    async fn check_gates(
+        &self,
+        request: Request<pb::CheckGatesRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        self.admit(&request, Rpc::CheckGates, &request.get_ref().namespace)
+            .await?;
+        let r = request.into_inner();
+        let version = Some(r.version.as_str()).filter(|v| !v.is_empty());
+        let report = self.releases.check_gates(&r.namespace, version).await?;
+        json_reply(&report)
     }
 }

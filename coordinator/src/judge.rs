@@ -172,6 +172,12 @@ impl Judge {
                         CoordinatorError::Conflict(_) => {
                             tracing::debug!(ns, %error, "judge action skipped")
                         }
+                        // A rollout step waits for its gates; the next tick checks them again.
+                        CoordinatorError::GateBlocked(_) => {
+                            metrics::counter!("switchboard_rollout_steps_gated_total", "namespace" => ns.clone())
+                                .increment(1);
+                            tracing::debug!(ns, %error, "rollout step waits for gates")
+                        }
                         _ => tracing::warn!(ns, %error, "judge failed"),
                     }
                 }

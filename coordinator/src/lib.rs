@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod dev_etcd;
 pub mod error;
+pub mod gates;
 pub mod grpc;
 pub mod http;
 pub mod judge;

@@ -10,13 +10,14 @@ use switchboard_proto::bucket::percent;
 use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier, decode_chunk, sha256_hex};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
-    AuditHead, AuditRecord, AuditTrail, Manifest, NamespaceStatus, Routing, SealOutcome, Slot,
+    Approval, AuditHead, AuditRecord, AuditTrail, History, HistoryEntry, HistoryVersion, Manifest, NamespaceStatus, Routing, SealOutcome, Slot,
     SlotRef, SlotState, SlotVersion, StatusCanary, StatusChange, StatusSidecar, StatusSlotVersion,
     StatusSlots, keys::validate_namespace,
 };
 
 use crate::audit;
 use crate::error::{CoordinatorError, Result};
+use crate::gates::GateChecker;
 use crate::store::{NamespaceState, Store, absent, unchanged};
 
 /// How often a change is retried when only the audit head moved underneath it (another change
@@ -53,15 +54,23 @@ pub enum BeginStage {
 #[derive(Clone)]
 pub struct Releases {
     store: Store,
+    gates: GateChecker,
 }
 
 impl Releases {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            gates: GateChecker::new(),
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn gate_checker(&self) -> &GateChecker {
+        &self.gates
     }
 
     /// Announces a set: picks the idle slot, marks it staging with this manifest, and returns
@@ -278,7 +287,20 @@ impl Releases {
                     "bytes": sealed.bytes,
                 }),
             )?;
-            let mut operations = vec![TxnOp::put(keys.slot(ns, slot), to_json(&sealed), None)];
+            let history = HistoryEntry {
+                version: sealed.version.clone(),
+                manifest: sealed.manifest.clone(),
+                checksum: sealed.checksum.clone(),
+                item_count: sealed.item_count,
+                bytes: sealed.bytes,
+                staged_by: sealed.staged_by.clone(),
+                message: sealed.message.clone(),
+                at_ms: sealed.at_ms,
+            };
+            let mut operations = vec![
+                TxnOp::put(keys.slot(ns, slot), to_json(&sealed), None),
+                TxnOp::put(keys.history(ns, &sealed.version), to_json(&history), None),
+            ];
             operations.extend(audit_ops(&keys, ns, &record));
             let txn = Txn::new()
                 .when(vec![
@@ -354,6 +376,7 @@ impl Releases {
         let mut sidecars: Vec<StatusSidecar> = health
             .into_iter()
             .map(|h| StatusSidecar {
+                drift: routing.and_then(|r| drift(&state, r, h.epoch, &h.serving)),
                 id: h.id,
                 epoch: h.epoch,
                 serving: h.serving,
@@ -361,6 +384,17 @@ impl Releases {
                 at_ms: h.at_ms,
                 reports: h.reports,
             })
+            .collect();
+        let slot_manifests: Vec<&str> = Slot::BOTH
+            .iter()
+            .filter_map(|slot| state.slot(*slot).value.as_ref())
+            .map(|s| s.manifest.as_str())
+            .collect();
+        let approvals: Vec<Approval> = state
+            .approvals
+            .iter()
+            .filter(|(_, a)| slot_manifests.contains(&a.manifest.as_str()))
+            .map(|(_, a)| a.clone())
             .collect();
         sidecars.sort_by(|a, b| a.id.cmp(&b.id));
         let slot_version = |sv: &SlotVersion| StatusSlotVersion {
@@ -395,34 +429,184 @@ impl Releases {
             policy: state.policy(),
             rollout: state.rollout.value.clone(),
             leader: self.store.leader_name().await,
+            approvals,
         })
     }
 
-    /// The manifest of the active set, or of one slot.
-    pub async fn manifest(&self, ns: &str, slot: Option<Slot>) -> Result<Manifest> {
+    /// The manifest of the active set, of one slot, or of a retained version.
+    pub async fn manifest(
+        &self,
+        ns: &str,
+        slot: Option<Slot>,
+        version: Option<&str>,
+    ) -> Result<Manifest> {
+        check_namespace(ns)?;
+        let hash = match version {
+            Some(version) => self.history_entry(ns, version).await?.manifest,
+            None => {
+                let state = self.store.read_namespace(ns).await?;
+                let hash = match slot {
+                    None => state.routing.value.map(|r| r.active.manifest),
+                    Some(slot) => state.slot(slot).value.clone().map(|s| s.manifest),
+                };
+                hash.ok_or_else(|| match slot {
+                    None => CoordinatorError::NotFound(format!("nothing is active in {ns} yet")),
+                    Some(slot) => {
+                        CoordinatorError::NotFound(format!("slot {slot} of {ns} is empty"))
+                    }
+                })?
+            }
+        };
+        let key = self.store.keys().manifest(ns, &hash);
+        let raw = self.store.get_raw(&key).await?.ok_or_else(|| match version {
+            Some(version) => CoordinatorError::NotFound(format!(
+                "version {version} of {ns} is no longer retained: its manifest was collected"
+            )),
+            None => CoordinatorError::CorruptRecord {
+                key: key.clone(),
+                reason: "missing".into(),
+            },
+        })?;
+        let manifest = Manifest::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        if manifest.hash() != hash {
+            return Err(CoordinatorError::CorruptRecord {
+                key,
+                reason: "content does not match its hash".into(),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// The history record of `version`: NotFound when it was never sealed in `ns`.
+    pub async fn history_entry(&self, ns: &str, version: &str) -> Result<HistoryEntry> {
+        if version.is_empty()
+            || version.len() > 128
+            || !version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "{version:?} is not a version id"
+            )));
+        }
+        self.store
+            .get_json(&self.store.keys().history(ns, version))
+            .await?
+            .ok_or_else(|| {
+                CoordinatorError::NotFound(format!(
+                    "version {version} was never staged in {ns}; `sbctl history {ns}` lists the versions"
+                ))
+            })
+    }
+
+    /// Every version ever sealed in `ns`, newest first, with where it is now and whether it
+    /// is retained.
+    pub async fn history(&self, ns: &str) -> Result<History> {
+        check_namespace(ns)?;
+        let keys = self.store.keys();
+        let state = self.store.read_namespace(ns).await?;
+        let raw = self.store.get_prefix(&keys.history_prefix(ns)).await?;
+        let manifests: HashSet<String> = self
+            .store
+            .get_prefix(&keys.manifests_prefix(ns))
+            .await?
+            .into_iter()
+            .filter_map(|(key, _)| key.rsplit('/').next().map(str::to_string))
+            .collect();
+        let routing = state.routing.value.as_ref();
+        let mut versions = Vec::with_capacity(raw.len());
+        for (key, value) in raw {
+            let entry: HistoryEntry = crate::store::parse_record(&key, &value)?;
+            let role = role_of(&state, routing, &entry);
+            let approved_by = state
+                .approvals
+                .iter()
+                .filter(|(_, a)| a.manifest == entry.manifest)
+                .map(|(_, a)| a.approved_by.clone())
+                .collect();
+            versions.push(HistoryVersion {
+                retained: manifests.contains(&entry.manifest),
+                entry,
+                role,
+                approved_by,
+            });
+        }
+        versions.sort_by(|a, b| b.entry.at_ms.cmp(&a.entry.at_ms));
+        Ok(History {
+            namespace: ns.to_string(),
+            versions,
+        })
+    }
+
+    /// Records `actor`'s approval of `version`, which must be in a slot or retained. Whoever
+    /// staged it may not approve it. Approving twice is a no-op.
+    pub async fn approve(
+        &self,
+        ns: &str,
+        version: &str,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<Approval> {
         check_namespace(ns)?;
         let state = self.store.read_namespace(ns).await?;
-        let hash = match slot {
-            None => state.routing.value.map(|r| r.active.manifest),
-            Some(slot) => state.slot(slot).value.clone().map(|s| s.manifest),
+        let in_slot = Slot::BOTH
+            .iter()
+            .filter_map(|slot| state.slot(*slot).value.as_ref())
+            .find(|s| s.version == version && s.state == SlotState::Sealed)
+            .map(|s| (s.manifest.clone(), s.staged_by.clone()));
+        let (manifest, staged_by) = match in_slot {
+            Some(found) => found,
+            None => {
+                let entry = self.history_entry(ns, version).await?;
+                (entry.manifest, entry.staged_by)
+            }
         };
-        let hash = hash.ok_or_else(|| match slot {
-            None => CoordinatorError::NotFound(format!("nothing is active in {ns} yet")),
-            Some(slot) => CoordinatorError::NotFound(format!("slot {slot} of {ns} is empty")),
-        })?;
-        let key = self.store.keys().manifest(ns, &hash);
-        let raw =
-            self.store
-                .get_raw(&key)
-                .await?
-                .ok_or_else(|| CoordinatorError::CorruptRecord {
-                    key: key.clone(),
-                    reason: "missing".into(),
-                })?;
-        Manifest::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
-            key,
-            reason: e.to_string(),
+        if staged_by == actor.name {
+            let message = format!(
+                "{} staged version {version} of {ns} and may not approve it: another approver must",
+                actor.name
+            );
+            // A self-approval is a denial like any other, and lands in the audit trail.
+            self.append_audit(
+                ns,
+                &actor.name,
+                "denied",
+                &message,
+                json!({"rpc": "Approve", "code": "permission_denied", "version": version, "manifest": manifest}),
+            )
+            .await?;
+            return Err(CoordinatorError::PermissionDenied(message));
+        }
+        if let Some((_, existing)) = state
+            .approvals
+            .iter()
+            .find(|(_, a)| a.manifest == manifest && a.approved_by == actor.name)
+        {
+            return Ok(existing.clone());
+        }
+        let approval = Approval {
+            namespace: ns.to_string(),
+            version: version.to_string(),
+            manifest: manifest.clone(),
+            approved_by: actor.name.clone(),
+            staged_by,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        let key = self.store.keys().approval(ns, &manifest, &actor.name);
+        self.change_record(ns, "approve", reason, actor, |_| {
+            Ok((
+                key.clone(),
+                0,
+                to_json(&approval),
+                json!({"version": version, "manifest": manifest, "staged_by": approval.staged_by}),
+                approval.clone(),
+            ))
         })
+        .await
     }
 
     /// Appends an audit record that describes no change (a denied request), through the same
@@ -468,6 +652,30 @@ impl Releases {
     }
 }
 
+/// Where a version of the history is now: "active", "canary", "previous" (kept for a
+/// rollback), "staged" (sealed in the idle slot) or "".
+fn role_of(state: &NamespaceState, routing: Option<&Routing>, entry: &HistoryEntry) -> String {
+    let role = match routing {
+        Some(r) if r.active.manifest == entry.manifest => "active",
+        Some(r) if r.live_canary().is_some_and(|c| c.manifest == entry.manifest) => "canary",
+        Some(r) if r.previous.as_ref().is_some_and(|p| p.manifest == entry.manifest) => {
+            "previous"
+        }
+        _ if Slot::BOTH.iter().any(|slot| {
+            state
+                .slot(*slot)
+                .value
+                .as_ref()
+                .is_some_and(|s| s.manifest == entry.manifest && s.state == SlotState::Sealed)
+        }) =>
+        {
+            "staged"
+        }
+        _ => "",
+    };
+    role.to_string()
+}
+
 pub(crate) fn audit_ops(
     keys: &switchboard_proto::Keys,
     ns: &str,
@@ -506,4 +714,70 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 pub(crate) fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
     let mut seen = HashSet::new();
     items.filter(|i| seen.insert(i.clone())).collect()
+}
+
+/// What a sidecar on the current epoch serves that routing does not say it should, in words;
+/// `None` when it matches, and for a sidecar on another epoch (still converging, which the
+/// epoch column shows).
+pub(crate) fn drift(
+    state: &NamespaceState,
+    routing: &Routing,
+    epoch: u64,
+    serving: &[switchboard_proto::ServedSet],
+) -> Option<String> {
+    if epoch != routing.epoch {
+        return None;
+    }
+    let mut expected = routing.in_service();
+    let required = expected.len();
+    expected.extend(routing.baking().cloned());
+    let checksum_of = |set: &SlotVersion| {
+        state
+            .slot(set.slot)
+            .value
+            .as_ref()
+            .filter(|s| s.manifest == set.manifest)
+            .map(|s| s.checksum.clone())
+    };
+    let mut problems = Vec::new();
+    for served in serving {
+        match expected
+            .iter()
+            .find(|e| e.slot == served.slot && e.version == served.version)
+        {
+            None => problems.push(format!(
+                "serves version {} from slot {}, which routing does not put in service",
+                served.version, served.slot
+            )),
+            Some(set) => {
+                if let Some(checksum) = checksum_of(set)
+                    && checksum != served.checksum
+                {
+                    problems.push(format!(
+                        "serves version {} with checksum {}, but slot {} holds checksum {}",
+                        served.version,
+                        short(&served.checksum),
+                        served.slot,
+                        short(&checksum)
+                    ));
+                }
+            }
+        }
+    }
+    for set in &expected[..required] {
+        if !serving
+            .iter()
+            .any(|s| s.slot == set.slot && s.version == set.version)
+        {
+            problems.push(format!(
+                "does not serve version {} from slot {}",
+                set.version, set.slot
+            ));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+fn short(checksum: &str) -> &str {
+    checksum.get(..12).unwrap_or(checksum)
 }

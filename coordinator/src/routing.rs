@@ -19,7 +19,9 @@ use switchboard_proto::{
 
 use crate::audit;
 use crate::error::{CoordinatorError, Result};
-use crate::release::{Actor, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, to_json};
+use crate::release::{
+    Actor, BeginStage, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, to_json, unique,
+};
 use crate::store::{NamespaceState, absent, unchanged};
 
 /// The leader's claim: its key under the election name, and the revision that created it. A
@@ -62,6 +64,25 @@ struct Decision {
     compare_slots: Vec<Slot>,
     detail: serde_json::Value,
     rollout: RolloutAfter,
+    /// The set the change moves consumers to, when it moves any there (a canary above 0% or
+    /// a flip): the namespace's gates must hold for it, and its approval when required.
+    target: Option<Target>,
+}
+
+/// What a change moves consumers to, and whether it needs an approval when the policy asks
+/// for one. Rollout steps taken by the leader do not: the rollout's start needed it.
+struct Target {
+    slot_ref: SlotRef,
+    needs_approval: bool,
+}
+
+impl Target {
+    fn approved(slot_ref: &SlotRef) -> Option<Target> {
+        Some(Target {
+            slot_ref: slot_ref.clone(),
+            needs_approval: true,
+        })
+    }
 }
 
 /// Where a rollout moves consumers: the canary at a weight, or everyone (a flip).
@@ -129,7 +150,9 @@ impl Releases {
             let target = sealed_target(ns, state, slot, &routing.active)?;
             check_expected_version(ns, slot, &target, expected_version)?;
             let canary = canary_of(&target, slot, weight_bp);
+            let gated = if weight_bp > 0 { Target::approved(&target) } else { None };
             Ok(Decision {
+                target: gated,
                 detail: json!({
                     "slot": slot,
                     "version": target.version,
@@ -169,6 +192,7 @@ impl Releases {
                 routing: flipped(routing, &target, slot, &state.policy()),
                 compare_slots: vec![slot],
                 rollout: RolloutAfter::EndActive,
+                target: Target::approved(&target),
             })
         })
         .await
@@ -188,11 +212,95 @@ impl Releases {
                     routing: Routing { canary: None, ..routing.clone() },
                     compare_slots: vec![],
                     rollout: RolloutAfter::EndActive,
+                    target: None,
                 });
             }
             flip_back(ns, state, routing, RolloutAfter::EndActive)
         })
         .await
+    }
+
+    /// Everyone to a retained version: restaged from what etcd still holds into the idle slot
+    /// when no slot has it (the stage and its seal are audited as usual), then flipped to, with
+    /// the approval and gates a flip needs. The previous set stays hot for the bake time, so
+    /// the judge can flip back from this too.
+    pub async fn rollback_to(
+        &self,
+        request: ChangeRequest<'_>,
+        version: &str,
+    ) -> Result<RoutingChange> {
+        let ns = request.ns;
+        check_namespace(ns)?;
+        let state = self.store().read_namespace(ns).await?;
+        let routing = state.routing.value.as_ref().ok_or_else(|| nothing_active(ns))?;
+        if state.epoch() != request.expected_epoch {
+            return Err(conflict(ns, request.expected_epoch, Some(routing)));
+        }
+        if routing.active.version == version {
+            return Err(CoordinatorError::Refused(format!(
+                "version {version} is already active in {ns}"
+            )));
+        }
+        let idle = routing.active.slot.other();
+        let in_idle = state
+            .slot(idle)
+            .value
+            .as_ref()
+            .is_some_and(|s| s.version == version && s.state == SlotState::Sealed);
+        if !in_idle {
+            self.restage_retained(ns, version, request.reason, request.actor)
+                .await?;
+        }
+        self.flip(request, version).await
+    }
+
+    /// Stages a retained version again from the manifest and chunks etcd still holds.
+    async fn restage_retained(
+        &self,
+        ns: &str,
+        version: &str,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<()> {
+        let manifest = self.manifest(ns, None, Some(version)).await?;
+        let hashes = unique(manifest.chunks.iter().map(|c| c.hash.clone()));
+        let missing = self.store().missing_chunks(ns, &hashes).await?;
+        if !missing.is_empty() {
+            return Err(CoordinatorError::Refused(format!(
+                "version {version} of {ns} is no longer retained: {} of its {} chunks were collected; restore it from a snapshot with `sbctl snapshot restore`",
+                missing.len(),
+                hashes.len()
+            )));
+        }
+        let message = if reason.is_empty() {
+            format!("rollback to {version}")
+        } else {
+            format!("rollback to {version}: {reason}")
+        };
+        let begun = self
+            .begin_stage(ns, &manifest.to_canonical_json(), &message, actor)
+            .await?;
+        match begun {
+            BeginStage::Staging {
+                slot,
+                slot_revision,
+                missing_chunks,
+                ..
+            } => {
+                if !missing_chunks.is_empty() {
+                    return Err(CoordinatorError::Conflict(format!(
+                        "chunks of version {version} of {ns} vanished while it was restaged; retry"
+                    )));
+                }
+                self.seal(ns, slot, &manifest.hash(), slot_revision, actor)
+                    .await?;
+                Ok(())
+            }
+            BeginStage::AlreadyStaged { .. } => Ok(()),
+            BeginStage::AlreadyActive { .. } => Err(CoordinatorError::Refused(format!(
+                "version {version} is already active in {ns}"
+            ))),
+        }
     }
 
     /// Starts a rollout: the canary goes to the first step now, and the leader takes the next
@@ -242,6 +350,7 @@ impl Releases {
                 routing: apply_weight(routing, &target, slot, first, &state.policy()),
                 compare_slots: vec![slot],
                 rollout: RolloutAfter::Put(rollout),
+                target: Target::approved(&target),
             })
         })
         .await
@@ -258,6 +367,7 @@ impl Releases {
                 detail: json!({"version": rollout.version, "step_percent": current_percent(rollout)}),
                 routing: Routing { canary: None, ..routing.clone() },
                 compare_slots: vec![],
+                target: None,
                 rollout: RolloutAfter::Put(Rollout {
                     state: RolloutState::Aborted,
                     note: format!("aborted by {by}"),
@@ -329,6 +439,48 @@ impl Releases {
             .ok_or_else(|| no_rollout(ns))
     }
 
+    /// Every gate of `ns` evaluated now against `version`, or against the version a canary or
+    /// flip would move consumers to; changes nothing.
+    pub async fn check_gates(
+        &self,
+        ns: &str,
+        version: Option<&str>,
+    ) -> Result<switchboard_proto::GateReport> {
+        check_namespace(ns)?;
+        let state = self.store().read_namespace(ns).await?;
+        let target = match version {
+            Some(version) => {
+                let entry = self.history_entry(ns, version).await?;
+                SlotRef {
+                    version: entry.version,
+                    manifest: entry.manifest,
+                    state: SlotState::Sealed,
+                    item_count: entry.item_count,
+                    bytes: entry.bytes,
+                    checksum: entry.checksum.clone(),
+                    seed: switchboard_proto::bucket::seed_for_checksum(&entry.checksum),
+                    staged_by: entry.staged_by,
+                    message: entry.message,
+                    at_ms: entry.at_ms,
+                }
+            }
+            None => match &state.routing.value {
+                Some(routing) => sealed(ns, &state, routing.active.slot.other())?,
+                None => sealed(ns, &state, first_slot_to_flip(ns, &state)?)?,
+            },
+        };
+        let evaluation = self
+            .gate_checker()
+            .evaluate(self.store(), ns, &state.policy().gates, &target)
+            .await?;
+        Ok(switchboard_proto::GateReport {
+            namespace: ns.to_string(),
+            version: target.version,
+            passed: evaluation.passed(),
+            gates: evaluation.outcomes,
+        })
+    }
+
     pub async fn policy(&self, ns: &str) -> Result<Policy> {
         check_namespace(ns)?;
         Ok(self.store().read_namespace(ns).await?.policy())
@@ -342,6 +494,8 @@ impl Releases {
         actor: &Actor,
     ) -> Result<Policy> {
         policy.validate().map_err(CoordinatorError::InvalidInput)?;
+        switchboard_proto::gate::validate_gates(&policy.gates, self.store().keys().prefix())
+            .map_err(CoordinatorError::InvalidInput)?;
         self.change_record(ns, "policy", reason, actor, |state| {
             let detail = json!({"from": state.policy(), "to": policy});
             Ok((
@@ -388,6 +542,7 @@ impl Releases {
                     routing: Routing { canary: None, ..routing.clone() },
                     compare_slots: vec![],
                     rollout: rolled_back(verdict.reason.clone()),
+                    target: None,
                 });
             }
             if routing.baking().is_some() && routing.active.version == candidate {
@@ -449,6 +604,10 @@ impl Releases {
                 routing: apply_weight(routing, &target, rollout.slot, next, &state.policy()),
                 compare_slots: vec![rollout.slot],
                 rollout: RolloutAfter::Put(updated),
+                target: Some(Target {
+                    slot_ref: target.clone(),
+                    needs_approval: false,
+                }),
             })
         })
         .await
@@ -475,6 +634,7 @@ impl Releases {
                 },
                 compare_slots: vec![],
                 rollout: RolloutAfter::Keep,
+                target: None,
             })
         })
         .await
@@ -527,6 +687,18 @@ impl Releases {
                 }),
             };
             let mut detail = decision.detail;
+            let mut preconditions = Vec::new();
+            if let Some(target) = &decision.target {
+                let (compares, evidence) = self
+                    .check_preconditions(ns, action, &state, target)
+                    .await?;
+                preconditions = compares;
+                if let (Some(object), Some(evidence)) = (detail.as_object_mut(), evidence) {
+                    for (name, value) in evidence {
+                        object.insert(name, value);
+                    }
+                }
+            }
             if let Some(object) = detail.as_object_mut() {
                 object.insert("epoch".into(), json!(routing.epoch));
                 if let Some(rollout) = &rollout_after {
@@ -542,8 +714,11 @@ impl Releases {
                 unchanged(keys.routing(ns), state.routing.mod_revision),
                 unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
                 unchanged(keys.rollout(ns), state.rollout.mod_revision),
+                // The approval requirement and the gates were read with the policy.
+                unchanged(keys.policy(ns), state.policy.mod_revision),
                 absent(keys.audit(ns, record.seq)),
             ];
+            compares.extend(preconditions);
             for slot in decision.compare_slots {
                 compares.push(unchanged(
                     keys.slot(ns, slot),
@@ -580,6 +755,53 @@ impl Releases {
         Err(busy(ns))
     }
 
+    /// Checks what must hold before consumers move to `target`: its approval when the policy
+    /// requires one, and every gate. Returns the comparisons the change's transaction must
+    /// carry (the approval still exists, the etcd keys the gates read are unchanged) and the
+    /// evidence for its audit record.
+    async fn check_preconditions(
+        &self,
+        ns: &str,
+        action: &str,
+        state: &NamespaceState,
+        target: &Target,
+    ) -> Result<(Vec<Compare>, Option<serde_json::Map<String, serde_json::Value>>)> {
+        let policy = state.policy();
+        let slot_ref = &target.slot_ref;
+        let mut compares = Vec::new();
+        let mut evidence = serde_json::Map::new();
+        if target.needs_approval && policy.require_approval {
+            let Some((key, approval)) = state.approval_of(&slot_ref.manifest, &slot_ref.staged_by)
+            else {
+                return Err(CoordinatorError::Refused(format!(
+                    "version {} of {ns} needs an approval before this {action}: the policy of {ns} requires one; an approver other than {}, who staged it, runs `sbctl approve {ns} {}`",
+                    slot_ref.version, slot_ref.staged_by, slot_ref.version
+                )));
+            };
+            compares.push(Compare::version(key.clone(), CompareOp::Greater, 0));
+            evidence.insert(
+                "approved_by".into(),
+                json!({"approver": approval.approved_by, "at": rfc3339_ms(approval.at_ms)}),
+            );
+        }
+        if !policy.gates.is_empty() {
+            let evaluation = self
+                .gate_checker()
+                .evaluate(self.store(), ns, &policy.gates, slot_ref)
+                .await?;
+            if !evaluation.passed() {
+                return Err(CoordinatorError::GateBlocked(format!(
+                    "the {action} of {ns} to version {} is blocked: {}",
+                    slot_ref.version,
+                    evaluation.blocking()
+                )));
+            }
+            compares.extend(evaluation.compares);
+            evidence.insert("gates".into(), json!(evaluation.outcomes));
+        }
+        Ok((compares, (!evidence.is_empty()).then_some(evidence)))
+    }
+
     /// Whether the fence's election key still stands.
     async fn still_leader(&self, fence: Option<&Fence>) -> Result<bool> {
         let Some(fence) = fence else { return Ok(true) };
@@ -590,7 +812,7 @@ impl Releases {
     /// An audited change of one record that is not routing (the policy, a rollout's pause).
     /// `decide` returns the key, the revision it was read at, the new value, the audit detail
     /// and what to return.
-    async fn change_record<T>(
+    pub(crate) async fn change_record<T>(
         &self,
         ns: &str,
         action: &str,
@@ -664,6 +886,7 @@ fn flip_back(
         },
         compare_slots: vec![previous.slot],
         rollout,
+        target: None,
     })
 }
 
@@ -692,6 +915,7 @@ fn first_flip(ns: &str, state: &NamespaceState, expected_version: &str) -> Resul
         },
         compare_slots: vec![slot],
         rollout: RolloutAfter::EndActive,
+        target: Target::approved(&target),
     })
 }
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::de::DeserializeOwned;
 use switchboard_proto::set::read_batches;
-use switchboard_proto::{AuditHead, HealthRecord, Keys, Policy, Rollout, Routing, Slot, SlotRef};
+use switchboard_proto::{
+    Approval, AuditHead, HealthRecord, Keys, Policy, Rollout, Routing, Slot, SlotRef,
+};
 
 use crate::error::{CoordinatorError, Result};
 
@@ -41,6 +43,9 @@ pub struct NamespaceState {
     pub audit_head: Versioned<AuditHead>,
     pub policy: Versioned<Policy>,
     pub rollout: Versioned<Rollout>,
+    /// Every approval given in the namespace, with its key. Approvals are written once and
+    /// never changed, so a change that relies on one compares only that its key still exists.
+    pub approvals: Vec<(String, Approval)>,
 }
 
 impl NamespaceState {
@@ -55,6 +60,13 @@ impl NamespaceState {
     /// The namespace's policy, or the defaults when none was set.
     pub fn policy(&self) -> Policy {
         self.policy.value.clone().unwrap_or_default()
+    }
+
+    /// The approval of `manifest` by someone other than `staged_by`, with its key.
+    pub fn approval_of(&self, manifest: &str, staged_by: &str) -> Option<&(String, Approval)> {
+        self.approvals
+            .iter()
+            .find(|(_, a)| a.manifest == manifest && a.approved_by != staged_by)
     }
 
     /// The rollout while it is running or paused.
@@ -105,17 +117,30 @@ impl Store {
             self.keys.policy(ns),
             self.keys.rollout(ns),
         ];
-        let reads: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let mut reads: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        reads.push(TxnOp::get(
+            self.keys.approvals_prefix(ns),
+            Some(GetOptions::new().with_prefix()),
+        ));
         let response = self.txn(Txn::new().and_then(reads)).await?;
-        let mut found: Vec<Option<etcd_client::KeyValue>> = response
-            .op_responses()
-            .into_iter()
+        let mut responses = response.op_responses().into_iter();
+        let mut found: Vec<Option<etcd_client::KeyValue>> = responses
+            .by_ref()
+            .take(keys.len())
             .map(|r| match r {
                 TxnOpResponse::Get(get) => get.kvs().first().cloned(),
                 _ => None,
             })
             .collect();
         found.resize(keys.len(), None);
+        let mut approvals = Vec::new();
+        if let Some(TxnOpResponse::Get(get)) = responses.next() {
+            for kv in get.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let approval: Approval = parse_record(&key, kv.value())?;
+                approvals.push((key, approval));
+            }
+        }
         let mut next = found.into_iter().zip(keys.iter());
         let mut take = || {
             next.next()
@@ -128,6 +153,7 @@ impl Store {
             audit_head: parse_versioned(take())?,
             policy: parse_versioned(take())?,
             rollout: parse_versioned(take())?,
+            approvals,
         })
     }
 

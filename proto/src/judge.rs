@@ -160,6 +160,7 @@ mod tests {
             min_requests: 100,
             window_seconds: 10,
             bake_seconds: 60,
+            ..Policy::default()
         }
     }
 

@@ -8,7 +8,9 @@
 //! <prefix>/ns/<ns>/health/<sidecar-id> HealthRecord, bound to the sidecar's lease
 //! <prefix>/ns/<ns>/audit/<seq>         AuditRecord, hash-chained, seq zero-padded to 20 digits
 //! <prefix>/ns/<ns>/audit-head          AuditHead: the last seq and hash, compared in every audited txn
-//! <prefix>/ns/<ns>/policy              Policy of the health judge
+//! <prefix>/ns/<ns>/policy              Policy: the judge's settings, approval, gates
+//! <prefix>/ns/<ns>/approvals/<manifest>/<approver>  Approval of one exact version
+//! <prefix>/ns/<ns>/history/<version>   HistoryEntry, written when the version is sealed
 //! <prefix>/ns/<ns>/rollout             Rollout: the steps of an automatic canary
 //! <prefix>/namespaces/<ns>             marks a namespace that exists, for the leader's loops
 //! <prefix>/coordinator/leader          leader election
@@ -76,6 +78,28 @@ impl Keys {
 
     pub fn policy(&self, ns: &str) -> String {
         format!("{}/policy", self.ns(ns))
+    }
+
+    /// An approver's approval of one manifest.
+    pub fn approval(&self, ns: &str, manifest: &str, approver: &str) -> String {
+        format!("{}/approvals/{manifest}/{approver}", self.ns(ns))
+    }
+
+    pub fn approvals_prefix(&self, ns: &str) -> String {
+        format!("{}/approvals/", self.ns(ns))
+    }
+
+    /// The record of a sealed version, for `sbctl history` and `rollback --to`.
+    pub fn history(&self, ns: &str, version: &str) -> String {
+        format!("{}/history/{version}", self.ns(ns))
+    }
+
+    pub fn history_prefix(&self, ns: &str) -> String {
+        format!("{}/history/", self.ns(ns))
+    }
+
+    pub fn manifests_prefix(&self, ns: &str) -> String {
+        format!("{}/manifests/", self.ns(ns))
     }
 
     pub fn rollout(&self, ns: &str) -> String {

@@ -5,6 +5,7 @@
 //! and on nothing of each other, so anything two of them must agree on lives here.
 
 pub mod bucket;
+pub mod gate;
 pub mod judge;
 pub mod keys;
 pub mod set;
@@ -18,6 +19,7 @@ pub mod pb {
 }
 
 pub use bucket::{BUCKETS, bucket};
+pub use gate::{Gate, GateCheck, GateOp, GateOutcome, GateReport};
 pub use keys::Keys;
 pub use set::{ContractError, ItemSet};
 pub use types::*;

@@ -185,6 +185,11 @@ pub struct Policy {
     pub window_seconds: u64,
     /// How long after a flip the previous set stays hot and the judge can flip back.
     pub bake_seconds: u64,
+    /// Whether a canary above 0% or a flip of a version needs `sbctl approve` by an approver
+    /// who did not stage it.
+    pub require_approval: bool,
+    /// Preconditions checked before a canary step above 0% or a flip (not before a rollback).
+    pub gates: Vec<crate::gate::Gate>,
 }
 
 impl Default for Policy {
@@ -194,6 +199,8 @@ impl Default for Policy {
             min_requests: 200,
             window_seconds: 120,
             bake_seconds: 300,
+            require_approval: false,
+            gates: Vec::new(),
         }
     }
 }
@@ -368,6 +375,57 @@ pub struct NamespaceStatus {
     /// The coordinator replica that runs the judge and rollouts, if one is elected.
     #[serde(default)]
     pub leader: Option<String>,
+    /// The approvals of the versions the two slots hold.
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+}
+
+/// An approver's consent to serve one exact version: void for any other manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub namespace: String,
+    pub version: String,
+    /// The hash of the manifest approved; a canary or flip checks this, not the version name.
+    pub manifest: String,
+    pub approved_by: String,
+    /// Who staged the version, who therefore could not approve it.
+    pub staged_by: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// A version as it was sealed, kept while its manifest is retained.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: String,
+    pub manifest: String,
+    pub checksum: String,
+    pub item_count: u64,
+    pub bytes: u64,
+    pub staged_by: String,
+    pub message: String,
+    /// When it was sealed (the last time, if it was staged more than once).
+    pub at_ms: u64,
+}
+
+/// `sbctl history`: the versions of a namespace, newest first, with where each is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub namespace: String,
+    pub versions: Vec<HistoryVersion>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryVersion {
+    #[serde(flatten)]
+    pub entry: HistoryEntry,
+    /// Whether its manifest is still in etcd, so that `rollback --to` and `snapshot save
+    /// --version` can use it.
+    pub retained: bool,
+    /// "active", "canary", "previous", "staged" (in the idle slot) or "" (in no slot).
+    pub role: String,
+    /// Who approved it.
+    pub approved_by: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -400,6 +458,10 @@ pub struct StatusSidecar {
     /// Cumulative outcomes per version that applications reported through this sidecar.
     #[serde(default)]
     pub reports: Vec<VersionReports>,
+    /// Set when the sidecar, on the current epoch, serves something other than routing says
+    /// (another version or another checksum): what differs.
+    #[serde(default)]
+    pub drift: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -101,19 +101,67 @@ pub enum Command {
         /// Wait until every live sidecar serves the new epoch.
         #[arg(long)]
         wait: bool,
-        /// How long --wait waits.
-        #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
-        timeout: Duration,
         #[command(flatten)]
         change: ChangeArgs,
     },
-    /// Send everyone back to the previous slot.
+    /// Send everyone back to the previous slot, or with --to to a retained version.
     Rollback {
         /// The namespace.
         #[arg(value_name = "NS")]
         namespace: String,
+        /// A retained version (`sbctl history`): restaged from etcd into the idle slot when no
+        /// slot holds it, then flipped to; approved and gated like a flip.
+        #[arg(long = "to", value_name = "VERSION")]
+        to_version: Option<String>,
         #[command(flatten)]
         change: ChangeArgs,
+    },
+    /// Approve VERSION for canaries and flips, when the namespace's policy requires approval.
+    /// Whoever staged it may not approve it.
+    Approve {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// The version id, as `sbctl status` or `stage` printed it.
+        #[arg(value_name = "VERSION")]
+        version: String,
+        /// Why, recorded in the audit trail.
+        #[arg(
+            short = 'm',
+            long = "message",
+            visible_alias = "reason",
+            default_value = "",
+            hide_default_value = true
+        )]
+        reason: String,
+    },
+    /// The versions ever sealed in a namespace, newest first: who staged each, when, why, where
+    /// it is now and who approved it.
+    History {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+    },
+    /// Preconditions that must hold before a canary above 0% or a flip.
+    Gate {
+        #[command(subcommand)]
+        command: GateCommand,
+    },
+    /// Self-verifying files of a whole set: save one, or stage one back.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+    /// Compare PATH with the active set; exit 1 when they differ (for reconciliation jobs).
+    Diff {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// A directory of *.json/*.yaml/*.yml items, or one JSON/YAML file mapping key to value.
+        path: PathBuf,
+        /// Substitute ${var} placeholders from environments/NAME.yaml.
+        #[arg(long, value_name = "NAME")]
+        env: Option<String>,
     },
     /// Raise the staged version's canary step by step while the health judge passes, or
     /// pause, resume or abort the rollout under way.
@@ -158,6 +206,12 @@ pub enum Command {
         /// version it held when read just before).
         #[arg(long, value_name = "V", conflicts_with_all = ["pause", "resume", "abort"])]
         expect_version: Option<String>,
+        /// When a gate blocks the start, wait and start as soon as the gates pass.
+        #[arg(long, conflicts_with_all = ["pause", "resume", "abort"])]
+        wait_for_gates: bool,
+        /// How long --wait-for-gates waits.
+        #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
+        timeout: Duration,
     },
     /// The health judge's policy of a namespace: show it, or change some of its settings.
     Policy {
@@ -197,6 +251,97 @@ pub enum TokenCommand {
         /// A role of the user; repeat it or separate roles by commas (default: operator).
         #[arg(long = "role", value_name = "ROLE", value_enum, value_delimiter = ',')]
         roles: Vec<crate::token::Role>,
+    },
+}
+
+/// `sbctl gate ...`
+#[derive(Debug, Subcommand)]
+pub enum GateCommand {
+    /// Add a gate, or replace the one of the same name. Give exactly one of --item, --etcd-key
+    /// or --http.
+    #[command(group(ArgGroup::new("kind").required(true).args(["item", "etcd_key", "http"])))]
+    Set {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// The gate's name: 1 to 64 of A-Z a-z 0-9 . _ -
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Look at this item of the set that consumers would move to.
+        #[arg(long, value_name = "KEY")]
+        item: Option<String>,
+        /// Look at this etcd key, outside the switchboard's prefix (absent reads as null).
+        #[arg(long, value_name = "KEY")]
+        etcd_key: Option<String>,
+        /// GET this URL: it must answer 2xx (and, with --op, carry the value).
+        #[arg(long, value_name = "URL")]
+        http: Option<String>,
+        /// Compare the field at this JSON pointer (/schema/version) instead of the whole value.
+        #[arg(long, value_name = "POINTER", default_value = "", hide_default_value = true)]
+        pointer: String,
+        /// ==, !=, >, >=, < or <= (ordering compares numbers, also numbers in strings).
+        #[arg(long, value_name = "OP", value_parser = parse_op)]
+        op: Option<switchboard_proto::GateOp>,
+        /// The value to compare with: JSON (192, true, "done", null) or else a plain string.
+        #[arg(long, value_name = "VALUE", value_parser = parse_gate_value, allow_hyphen_values = true)]
+        value: Option<serde_json::Value>,
+        /// Why, recorded in the audit trail.
+        #[arg(short = 'm', long = "message", visible_alias = "reason", default_value = "", hide_default_value = true)]
+        reason: String,
+    },
+    /// Remove a gate.
+    Remove {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Why, recorded in the audit trail.
+        #[arg(short = 'm', long = "message", visible_alias = "reason", default_value = "", hide_default_value = true)]
+        reason: String,
+    },
+    /// The gates of a namespace.
+    List {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+    },
+    /// Evaluate every gate now, changing nothing; exit 4 when one blocks.
+    Check {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// The version to check against (default: the staged one a canary or flip would serve).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+    },
+}
+
+/// `sbctl snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Write the active set (or a retained version) to FILE, with the hashes that prove it.
+    Save {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// Where to write; written whole or not at all.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// A retained version instead of the active one (`sbctl history`).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+    },
+    /// Verify FILE and stage its set into the idle slot: the same version id comes back.
+    Restore {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// What this stage is, recorded with the slot.
+        #[arg(short = 'm', long = "message", default_value = "", hide_default_value = true)]
+        message: String,
     },
 }
 
@@ -250,10 +395,20 @@ pub struct PolicySettings {
     /// days.
     #[arg(long = "bake", value_name = "SECONDS")]
     pub bake_seconds: Option<u64>,
+    /// Whether a canary above 0% or a flip needs `sbctl approve` by someone other than the
+    /// stager: true or false.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub require_approval: Option<bool>,
 }
 
 /// The flags of [`PolicySettings`], in the order they are checked and listed.
-pub const POLICY_FLAGS: [&str; 4] = ["--max-error-rate", "--min-requests", "--window", "--bake"];
+pub const POLICY_FLAGS: [&str; 5] = [
+    "--max-error-rate",
+    "--min-requests",
+    "--window",
+    "--bake",
+    "--require-approval",
+];
 
 /// The steps of a rollout, in exact basis points, strictly ascending, each in (0, 10000].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -334,6 +489,20 @@ pub struct ChangeArgs {
     /// version it held when read just before). Ignored by rollback.
     #[arg(long, value_name = "V")]
     pub expect_version: Option<String>,
+    /// When a gate blocks the change, wait and make it as soon as the gates pass (checked
+    /// every 100 ms); routing changing meanwhile is still a conflict.
+    #[arg(long)]
+    pub wait_for_gates: bool,
+    /// How long --wait and --wait-for-gates wait, each.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+impl ChangeArgs {
+    /// How long to wait for the gates, when `--wait-for-gates` was given.
+    pub fn gate_wait(&self) -> Option<Duration> {
+        self.wait_for_gates.then_some(self.timeout)
+    }
 }
 
 impl Command {
@@ -350,11 +519,36 @@ impl Command {
                 command: PolicyCommand::Show { namespace } | PolicyCommand::Set { namespace, .. },
             }
             | Command::Status { namespace }
-            | Command::Audit { namespace, .. } => namespace,
+            | Command::Audit { namespace, .. }
+            | Command::Approve { namespace, .. }
+            | Command::History { namespace }
+            | Command::Diff { namespace, .. }
+            | Command::Gate {
+                command:
+                    GateCommand::Set { namespace, .. }
+                    | GateCommand::Remove { namespace, .. }
+                    | GateCommand::List { namespace }
+                    | GateCommand::Check { namespace, .. },
+            }
+            | Command::Snapshot {
+                command:
+                    SnapshotCommand::Save { namespace, .. } | SnapshotCommand::Restore { namespace, .. },
+            } => namespace,
             Command::Token { .. } => return None,
         };
         Some(namespace)
     }
+}
+
+/// A gate's comparison: ==, !=, >, >=, < or <=.
+pub fn parse_op(text: &str) -> Result<switchboard_proto::GateOp, String> {
+    switchboard_proto::GateOp::parse(text.trim())
+        .ok_or_else(|| format!("{text:?} is not one of ==, !=, >, >=, <, <="))
+}
+
+/// A gate's value: JSON when it parses as JSON (192, true, "done"), else the text as a string.
+pub fn parse_gate_value(text: &str) -> Result<serde_json::Value, String> {
+    Ok(serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string())))
 }
 
 /// A canary percentage, 0 to 100 with at most two decimals, in exact basis points: "12.34" is
@@ -810,6 +1004,7 @@ mod tests {
                         min_requests: Some(1000),
                         window_seconds: Some(120),
                         bake_seconds: Some(600),
+                        require_approval: None,
                     }
                 );
                 assert_eq!(reason, "stricter");
@@ -870,15 +1065,11 @@ mod tests {
         let cli = Cli::try_parse_from(["sbctl", "flip", "cat", "--wait", "--timeout", "5"])
             .expect("parses");
         match cli.command {
-            Command::Flip {
-                wait,
-                timeout,
-                change,
-                ..
-            } => {
+            Command::Flip { wait, change, .. } => {
                 assert!(wait);
-                assert_eq!(timeout, Duration::from_secs(5));
+                assert_eq!(change.timeout, Duration::from_secs(5));
                 assert_eq!(change.expect_epoch, None);
+                assert!(!change.wait_for_gates);
             }
             other => panic!("{other:?}"),
         }

@@ -8,12 +8,13 @@ use futures::Stream;
 use serde::de::DeserializeOwned;
 use switchboard_proto::pb::admin_client::AdminClient;
 use switchboard_proto::pb::{
-    AuditRequest, BeginStageReply, BeginStageRequest, ChunkData, FlipRequest, GetChunksRequest,
-    GetManifestRequest, JsonReply, RollbackRequest, RolloutRequest, SealRequest, SetCanaryRequest,
-    SetPolicyRequest, StatusRequest, UploadChunksReply,
+    ApproveRequest, AuditRequest, BeginStageReply, BeginStageRequest, CheckGatesRequest, ChunkData,
+    FlipRequest, GetChunksRequest, GetManifestRequest, JsonReply, RollbackRequest, RolloutRequest,
+    SealRequest, SetCanaryRequest, SetPolicyRequest, StatusRequest, UploadChunksReply,
 };
 use switchboard_proto::{
-    AuditTrail, Manifest, NamespaceStatus, Policy, Rollout, RoutingChange, SealOutcome,
+    Approval, AuditTrail, GateReport, History, Manifest, NamespaceStatus, Policy, Rollout,
+    RoutingChange, SealOutcome,
 };
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -208,9 +209,29 @@ impl Coordinator {
         namespace: &str,
         slot: &str,
     ) -> Result<Option<Manifest>, CliError> {
+        self.manifest_of(namespace, slot, "").await
+    }
+
+    /// The manifest of a retained version; `None` when it was never staged or is no longer
+    /// retained (gRPC `NotFound`).
+    pub async fn get_version_manifest(
+        &mut self,
+        namespace: &str,
+        version: &str,
+    ) -> Result<Option<Manifest>, CliError> {
+        self.manifest_of(namespace, "", version).await
+    }
+
+    async fn manifest_of(
+        &mut self,
+        namespace: &str,
+        slot: &str,
+        version: &str,
+    ) -> Result<Option<Manifest>, CliError> {
         let request = self.request(GetManifestRequest {
             namespace: namespace.to_string(),
             slot: slot.to_string(),
+            version: version.to_string(),
         });
         match self.client.get_manifest(request).await {
             Ok(reply) => {
@@ -291,6 +312,41 @@ impl Coordinator {
             .await
             .map_err(|s| self.error("Rollback", s))?;
         Reply::decode("Rollback", reply.into_inner())
+    }
+
+    pub async fn approve(&mut self, request: ApproveRequest) -> Result<Reply<Approval>, CliError> {
+        let request = self.request(request);
+        let reply = self
+            .client
+            .approve(request)
+            .await
+            .map_err(|s| self.error("Approve", s))?;
+        Reply::decode("Approve", reply.into_inner())
+    }
+
+    pub async fn history(&mut self, namespace: &str) -> Result<Reply<History>, CliError> {
+        let request = self.request(StatusRequest {
+            namespace: namespace.to_string(),
+        });
+        let reply = self
+            .client
+            .history(request)
+            .await
+            .map_err(|s| self.error("History", s))?;
+        Reply::decode("History", reply.into_inner())
+    }
+
+    pub async fn check_gates(
+        &mut self,
+        request: CheckGatesRequest,
+    ) -> Result<Reply<GateReport>, CliError> {
+        let request = self.request(request);
+        let reply = self
+            .client
+            .check_gates(request)
+            .await
+            .map_err(|s| self.error("CheckGates", s))?;
+        Reply::decode("CheckGates", reply.into_inner())
     }
 
     /// The health judge's policy of a namespace.

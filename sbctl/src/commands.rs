@@ -9,13 +9,15 @@ use switchboard_proto::pb::{
     BeginStageRequest, ChunkData, FlipRequest, RollbackRequest, RolloutRequest, SealRequest,
     SetCanaryRequest, SetPolicyRequest,
 };
+use switchboard_proto::set::Chunk;
 use switchboard_proto::time::now_ms;
-use switchboard_proto::{AuditTrail, NamespaceStatus, Policy, RoutingChange, Slot};
+use switchboard_proto::{AuditTrail, Manifest, NamespaceStatus, Policy, RoutingChange, Slot};
 use tonic::Code;
 
 use crate::cli::{ChangeArgs, POLICY_FLAGS, PolicySettings, RolloutAction};
 use crate::client::{ConnectOptions, Coordinator, Reply};
 use crate::exit::CliError;
+use crate::gates::gated;
 use crate::output::{self, StageReport, WaitReport};
 use crate::pipeline;
 
@@ -30,12 +32,16 @@ pub struct Context {
 }
 
 impl Context {
-    async fn coordinator(&self) -> Result<Coordinator, CliError> {
+    pub(crate) async fn coordinator(&self) -> Result<Coordinator, CliError> {
         Coordinator::connect(&self.connect).await
     }
 
     /// Prints a reply's document: as it came with `--json`, else as `human` renders it.
-    fn print<T>(&self, reply: &Reply<T>, human: impl FnOnce(&T) -> String) -> Result<(), CliError> {
+    pub(crate) fn print<T>(
+        &self,
+        reply: &Reply<T>,
+        human: impl FnOnce(&T) -> String,
+    ) -> Result<(), CliError> {
         if self.json {
             output::print_json(&reply.json)
         } else {
@@ -69,10 +75,6 @@ pub async fn stage(
 ) -> Result<(), CliError> {
     let prepared = pipeline::prepare(path, options.env.as_deref())?;
     let (manifest, chunks) = prepared.set.to_chunks();
-    let manifest_hash = manifest.hash();
-    let manifest_json = String::from_utf8(manifest.to_canonical_json())
-        .map_err(|e| CliError::Failed(format!("the manifest is not UTF-8: {e}")))?;
-
     let mut coordinator = ctx.coordinator().await?;
     pipeline::check_destructive(
         &mut coordinator,
@@ -83,6 +85,22 @@ pub async fn stage(
         options.allow_destructive,
     )
     .await?;
+    let report = stage_manifest(&mut coordinator, namespace, &manifest, chunks, message).await?;
+    print_stage(ctx, &report)
+}
+
+/// Stages a set given as its manifest and chunks: begins the stage, uploads the chunks etcd
+/// lacks (with a progress bar), seals. `stage` and `snapshot restore` both end here.
+pub async fn stage_manifest(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    manifest: &Manifest,
+    chunks: Vec<Chunk>,
+    message: &str,
+) -> Result<StageReport, CliError> {
+    let manifest_hash = manifest.hash();
+    let manifest_json = String::from_utf8(manifest.to_canonical_json())
+        .map_err(|e| CliError::Failed(format!("the manifest is not UTF-8: {e}")))?;
     let begun = coordinator
         .begin_stage(BeginStageRequest {
             namespace: namespace.to_string(),
@@ -119,7 +137,7 @@ pub async fn stage(
         ));
     }
     match begun.outcome.as_str() {
-        "already_active" | "already_staged" => return print_stage(ctx, &report),
+        "already_active" | "already_staged" => return Ok(report),
         "staging" => {}
         other => return Err(bad_reply(format!("unknown outcome {other:?}"))),
     }
@@ -173,10 +191,10 @@ pub async fn stage(
     }
     report.slot = sealed.document.slot;
     report.outcome = "staged".to_string();
-    print_stage(ctx, &report)
+    Ok(report)
 }
 
-fn print_stage(ctx: &Context, report: &StageReport) -> Result<(), CliError> {
+pub(crate) fn print_stage(ctx: &Context, report: &StageReport) -> Result<(), CliError> {
     if ctx.json {
         output::print_json(report)
     } else {
@@ -267,15 +285,17 @@ pub async fn canary(
     let mut coordinator = ctx.coordinator().await?;
     let (expected_epoch, expected_version) =
         expected_epoch_and_version(&mut coordinator, namespace, change).await?;
-    let reply = coordinator
-        .set_canary(SetCanaryRequest {
-            namespace: namespace.to_string(),
-            weight_bp,
-            expected_epoch,
-            reason: change.reason.clone(),
-            expected_version,
-        })
-        .await?;
+    let request = SetCanaryRequest {
+        namespace: namespace.to_string(),
+        weight_bp,
+        expected_epoch,
+        reason: change.reason.clone(),
+        expected_version,
+    };
+    let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
+        Box::pin(c.set_canary(r))
+    })
+    .await?;
     ctx.print(&reply, output::render_routing_change)
 }
 
@@ -293,14 +313,16 @@ pub async fn flip(
     let mut coordinator = ctx.coordinator().await?;
     let (expected_epoch, expected_version) =
         expected_epoch_and_version(&mut coordinator, namespace, change).await?;
-    let reply = coordinator
-        .flip(FlipRequest {
-            namespace: namespace.to_string(),
-            expected_epoch,
-            reason: change.reason.clone(),
-            expected_version,
-        })
-        .await?;
+    let request = FlipRequest {
+        namespace: namespace.to_string(),
+        expected_epoch,
+        reason: change.reason.clone(),
+        expected_version,
+    };
+    let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
+        Box::pin(c.flip(r))
+    })
+    .await?;
     let Some(timeout) = wait else {
         return ctx.print(&reply, output::render_routing_change);
     };
@@ -426,15 +448,24 @@ pub fn epoch_progress(status: &NamespaceStatus, epoch: u64) -> EpochProgress {
     }
 }
 
-/// `sbctl rollback NS [-m REASON] [--expect-epoch N]`
-pub async fn rollback(ctx: &Context, namespace: &str, change: &ChangeArgs) -> Result<(), CliError> {
+/// `sbctl rollback NS [--to VERSION] [-m REASON] [--expect-epoch N] [--wait-for-gates]`
+pub async fn rollback(
+    ctx: &Context,
+    namespace: &str,
+    to_version: Option<&str>,
+    change: &ChangeArgs,
+) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
     let expected_epoch = expected_epoch(&mut coordinator, namespace, change).await?;
-    let reply: Reply<RoutingChange> = coordinator
-        .rollback(RollbackRequest {
-            namespace: namespace.to_string(),
-            expected_epoch,
-            reason: change.reason.clone(),
+    let request = RollbackRequest {
+        namespace: namespace.to_string(),
+        expected_epoch,
+        reason: change.reason.clone(),
+        to_version: to_version.unwrap_or_default().to_string(),
+    };
+    let reply: Reply<RoutingChange> =
+        gated(&mut coordinator, request, change.gate_wait(), |c, r| {
+            Box::pin(c.rollback(r))
         })
         .await?;
     ctx.print(&reply, output::render_routing_change)
@@ -483,6 +514,8 @@ fn apply_settings(base: &Policy, settings: &PolicySettings) -> Policy {
         min_requests: settings.min_requests.unwrap_or(base.min_requests),
         window_seconds: settings.window_seconds.unwrap_or(base.window_seconds),
         bake_seconds: settings.bake_seconds.unwrap_or(base.bake_seconds),
+        require_approval: settings.require_approval.unwrap_or(base.require_approval),
+        gates: base.gates.clone(),
     }
 }
 
@@ -493,6 +526,7 @@ fn with_setting(base: &Policy, from: &Policy, flag: &str) -> Policy {
         "--max-error-rate" => policy.max_error_rate = from.max_error_rate,
         "--min-requests" => policy.min_requests = from.min_requests,
         "--window" => policy.window_seconds = from.window_seconds,
+        "--require-approval" => policy.require_approval = from.require_approval,
         _ => policy.bake_seconds = from.bake_seconds,
     }
     policy
@@ -505,6 +539,7 @@ fn given_flags(settings: &PolicySettings) -> Vec<&'static str> {
         settings.min_requests.is_some(),
         settings.window_seconds.is_some(),
         settings.bake_seconds.is_some(),
+        settings.require_approval.is_some(),
     ];
     POLICY_FLAGS
         .iter()
@@ -597,7 +632,10 @@ pub async fn rollout(
             ..RolloutRequest::default()
         },
     };
-    let reply = coordinator.rollout(request).await?;
+    let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
+        Box::pin(c.rollout(r))
+    })
+    .await?;
     let now = now_ms();
     ctx.print(&reply, |rollout| {
         output::render_rollout(namespace, rollout, now)
@@ -692,6 +730,7 @@ mod tests {
                     etcd_reachable: true,
                     at_ms: 0,
                     reports: vec![],
+                    drift: None,
                 })
                 .collect(),
             last_change: None,
@@ -699,6 +738,7 @@ mod tests {
             policy: Policy::default(),
             rollout: None,
             leader: None,
+            approvals: vec![],
         }
     }
 
@@ -747,6 +787,7 @@ mod tests {
             min_requests: 1000,
             window_seconds: 120,
             bake_seconds: 600,
+            ..Policy::default()
         };
         let cases = [
             (
@@ -795,12 +836,14 @@ mod tests {
                     min_requests: Some(50),
                     window_seconds: Some(1),
                     bake_seconds: Some(7 * 86_400),
+                    require_approval: None,
                 },
                 Policy {
                     max_error_rate: 0.0,
                     min_requests: 50,
                     window_seconds: 1,
                     bake_seconds: 7 * 86_400,
+                    ..Policy::default()
                 },
             ),
         ];
@@ -884,6 +927,7 @@ mod tests {
                     min_requests: Some(10),
                     window_seconds: Some(30),
                     bake_seconds: Some(u64::MAX),
+                    require_approval: None,
                 },
                 "--bake",
             ),

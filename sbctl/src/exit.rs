@@ -21,6 +21,9 @@ pub const REFUSED: u8 = 4;
 /// Not permitted: authentication or role.
 pub const NOT_PERMITTED: u8 = 5;
 
+/// The gRPC metadata by which the coordinator marks a refusal by a gate.
+pub const GATE_REFUSAL_METADATA: &str = "x-switchboard-refusal";
+
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -71,6 +74,18 @@ impl CliError {
             rpc,
             coordinator: coordinator.to_string(),
             status,
+        }
+    }
+
+    /// Whether the coordinator refused the change because a gate does not hold (the status
+    /// carries `x-switchboard-refusal: gate`), which `--wait-for-gates` waits out.
+    pub fn is_gate_refusal(&self) -> bool {
+        match self {
+            CliError::Rpc { status, .. } => status
+                .metadata()
+                .get(GATE_REFUSAL_METADATA)
+                .is_some_and(|v| v.as_bytes() == b"gate"),
+            _ => false,
         }
     }
 

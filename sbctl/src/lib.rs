@@ -6,7 +6,9 @@
 //! set, [`client`] talks to the coordinator, [`commands`] carries out each command, [`output`]
 //! prints, and [`exit`] decides every exit code. Before a plan or a stage, [`pipeline`] reads
 //! `switchboard.yaml`, substitutes `--env` ([`env`]), validates against the schemas
-//! ([`validate`]), and classifies every change ([`compat`]).
+//! ([`validate`]), and classifies every change ([`compat`]). [`gates`] edits gates and waits
+//! for them, [`versions`] approves, lists history and diffs, [`snapshot`] saves and restores
+//! whole sets.
 
 pub mod cli;
 pub mod client;
@@ -14,18 +16,23 @@ pub mod commands;
 pub mod compat;
 pub mod env;
 pub mod exit;
+pub mod gates;
 pub mod output;
 pub mod pipeline;
 pub mod plan;
+pub mod snapshot;
 pub mod source;
 pub mod token;
 pub mod validate;
+pub mod versions;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use cli::{Cli, Command, PolicyCommand, RolloutAction, TokenCommand};
+pub use cli::{
+    Cli, Command, GateCommand, PolicyCommand, RolloutAction, SnapshotCommand, TokenCommand,
+};
 pub use exit::CliError;
 
 /// Parses the command line, runs the command and returns its exit code. Usage errors are
@@ -104,12 +111,75 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Flip {
             namespace,
             wait,
-            timeout,
             change,
-        } => commands::flip(&ctx, &namespace, wait.then_some(timeout), &change).await,
-        Command::Rollback { namespace, change } => {
-            commands::rollback(&ctx, &namespace, &change).await
+        } => commands::flip(&ctx, &namespace, wait.then_some(change.timeout), &change).await,
+        Command::Rollback {
+            namespace,
+            to_version,
+            change,
+        } => commands::rollback(&ctx, &namespace, to_version.as_deref(), &change).await,
+        Command::Approve {
+            namespace,
+            version,
+            reason,
+        } => versions::approve(&ctx, &namespace, &version, &reason).await,
+        Command::History { namespace } => versions::history(&ctx, &namespace).await,
+        Command::Diff {
+            namespace,
+            path,
+            env,
+        } => {
+            let source = commands::SourceOptions {
+                env,
+                allow_destructive: false,
+            };
+            versions::diff(&ctx, &namespace, &path, &source).await
         }
+        Command::Gate { command } => match command {
+            GateCommand::Set {
+                namespace,
+                name,
+                item,
+                etcd_key,
+                http,
+                pointer,
+                op,
+                value,
+                reason,
+            } => {
+                let spec = gates::GateSpec {
+                    name,
+                    item,
+                    etcd_key,
+                    http,
+                    pointer,
+                    op,
+                    value,
+                };
+                gates::set(&ctx, &namespace, &spec, &reason).await
+            }
+            GateCommand::Remove {
+                namespace,
+                name,
+                reason,
+            } => gates::remove(&ctx, &namespace, &name, &reason).await,
+            GateCommand::List { namespace } => gates::list(&ctx, &namespace).await,
+            GateCommand::Check { namespace, version } => {
+                gates::check(&ctx, &namespace, version.as_deref()).await
+            }
+        },
+        Command::Snapshot { command } => match command {
+            SnapshotCommand::Save {
+                namespace,
+                file,
+                version,
+            } => snapshot::save(&ctx, &namespace, &file, version.as_deref()).await,
+            SnapshotCommand::Restore {
+                namespace,
+                file,
+                message,
+            } => snapshot::restore(&ctx, &namespace, &file, &message).await,
+        },
         Command::Audit { namespace, verify } => commands::audit(&ctx, &namespace, verify).await,
         Command::Token {
             command: TokenCommand::New { name, roles },
@@ -135,6 +205,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             reason,
             expect_epoch,
             expect_version,
+            wait_for_gates,
+            timeout,
         } => {
             let action = RolloutAction::from_flags(steps, interval, pause, resume, abort)
                 .map_err(CliError::Usage)?;
@@ -142,6 +214,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 reason,
                 expect_epoch,
                 expect_version,
+                wait_for_gates,
+                timeout,
             };
             commands::rollout(&ctx, &namespace, &action, &change).await
         }

@@ -9,8 +9,9 @@ use serde::Serialize;
 use switchboard_proto::judge::Counts;
 use switchboard_proto::time::rfc3339_ms;
 use switchboard_proto::{
-    AuditRecord, AuditTrail, NamespaceStatus, Policy, Rollout, RolloutState, RoutingChange, Slot,
-    SlotRef, SlotState, SlotVersion, StatusSidecar, VersionReports,
+    Approval, AuditRecord, AuditTrail, Gate, GateReport, History, NamespaceStatus, Policy,
+    Rollout, RolloutState, RoutingChange, Slot, SlotRef, SlotState, SlotVersion, StatusSidecar,
+    VersionReports,
 };
 
 use crate::exit::CliError;
@@ -221,6 +222,16 @@ pub fn render_status(status: &NamespaceStatus, now_ms: u64) -> String {
         }
     }
 
+    for approval in &status.approvals {
+        let _ = writeln!(
+            out,
+            "  approved {} by {} at {}",
+            approval.version,
+            approval.approved_by,
+            time(approval.at_ms)
+        );
+    }
+
     let live = status.sidecars.len();
     let _ = writeln!(out, "\nsidecars ({live} live)");
     if live == 0 {
@@ -276,12 +287,13 @@ pub fn render_reports(reports: &[VersionReports]) -> String {
 
 /// The settings of a policy, as `(flag name, value text)`, in [`crate::cli::POLICY_FLAGS`]
 /// order.
-fn policy_settings(policy: &Policy) -> [(&'static str, String); 4] {
+fn policy_settings(policy: &Policy) -> [(&'static str, String); 5] {
     [
         ("max-error-rate", rate(policy.max_error_rate)),
         ("min-requests", policy.min_requests.to_string()),
         ("window", seconds_text(policy.window_seconds)),
         ("bake", seconds_text(policy.bake_seconds)),
+        ("require-approval", policy.require_approval.to_string()),
     ]
 }
 
@@ -328,7 +340,102 @@ pub fn render_policy(namespace: &str, policy: &Policy, previous: Option<&Policy>
         }
         let _ = writeln!(out, "{line}");
     }
+    let _ = write!(out, "{}", render_gates(namespace, &policy.gates));
     out
+}
+
+/// The gates of a namespace, one per line: name, what it looks at, what it needs.
+pub fn render_gates(namespace: &str, gates: &[Gate]) -> String {
+    if gates.is_empty() {
+        return format!("gates of {namespace}: none\n");
+    }
+    let mut out = format!("gates of {namespace}\n");
+    for gate in gates {
+        let _ = writeln!(out, "  {:<16}{}  needs {}", gate.name, gate.target(), gate.wanted());
+    }
+    out
+}
+
+/// `sbctl gate check`: each gate with what it saw.
+pub fn render_gate_report(report: &GateReport) -> String {
+    let mut out = format!(
+        "gates of {} for version {}: {}\n",
+        report.namespace,
+        report.version,
+        if report.passed { "all pass" } else { "BLOCKED" }
+    );
+    if report.gates.is_empty() {
+        out.push_str("  none\n");
+    }
+    for gate in &report.gates {
+        let _ = writeln!(
+            out,
+            "  {:<6}{:<16}saw {}, needs {}",
+            if gate.passed { "pass" } else { "BLOCK" },
+            gate.name,
+            gate.saw,
+            gate.wanted
+        );
+    }
+    out
+}
+
+/// `sbctl approve`
+pub fn render_approval(approval: &Approval) -> String {
+    let mut out = format!(
+        "version {} of {} approved by {} at {} (staged by {}; manifest {})",
+        approval.version,
+        approval.namespace,
+        approval.approved_by,
+        time(approval.at_ms),
+        approval.staged_by,
+        approval.manifest.get(..12).unwrap_or(&approval.manifest)
+    );
+    if !approval.reason.is_empty() {
+        let _ = write!(out, "  {:?}", approval.reason);
+    }
+    out.push('\n');
+    out
+}
+
+/// `sbctl history`: one version per line, newest first.
+pub fn render_history(history: &History) -> String {
+    let mut out = format!("history of {}\n", history.namespace);
+    if history.versions.is_empty() {
+        out.push_str("  nothing was staged yet\n");
+    }
+    for version in &history.versions {
+        let entry = &version.entry;
+        let mut line = format!(
+            "  {:<20}  {:<8}  {} items  {}  staged by {} at {}",
+            entry.version,
+            if version.role.is_empty() { "-" } else { &version.role },
+            entry.item_count,
+            human_bytes(entry.bytes),
+            entry.staged_by,
+            time(entry.at_ms)
+        );
+        if !version.approved_by.is_empty() {
+            let _ = write!(line, "  approved by {}", version.approved_by.join(", "));
+        }
+        if !version.retained {
+            line.push_str("  (not retained)");
+        }
+        if !entry.message.is_empty() {
+            let _ = write!(line, "  {:?}", entry.message);
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// `sbctl diff`: the plan's text, headed as a diff.
+pub fn render_diff(plan: &PlanReport) -> String {
+    let text = render_plan(plan);
+    match text.strip_prefix("plan for ") {
+        Some(rest) => format!("diff for {rest}"),
+        None => text,
+    }
 }
 
 fn state_text(state: RolloutState) -> &'static str {
@@ -461,12 +568,16 @@ fn render_sidecar(sidecar: &StatusSidecar, current_epoch: u64) -> String {
     } else {
         "etcd UNREACHABLE"
     };
-    format!(
+    let mut line = format!(
         "{}  epoch {} ({on_epoch})  serving {serving}  {etcd}  reported {}",
         sidecar.id,
         sidecar.epoch,
         time(sidecar.at_ms)
-    )
+    );
+    if let Some(drift) = &sidecar.drift {
+        let _ = write!(line, "  DRIFT: {drift}");
+    }
+    line
 }
 
 fn render_slot_version(sv: Option<&SlotVersion>) -> String {
@@ -805,6 +916,7 @@ mod tests {
                     etcd_reachable: true,
                     at_ms: 1_795_000_000_000,
                     reports: vec![],
+                    drift: None,
                 },
                 StatusSidecar {
                     id: "host-b".into(),
@@ -813,6 +925,7 @@ mod tests {
                     etcd_reachable: false,
                     at_ms: 0,
                     reports: vec![],
+                    drift: None,
                 },
             ],
             last_change: Some(StatusChange {
@@ -825,6 +938,7 @@ mod tests {
             policy: Policy::default(),
             rollout: None,
             leader: None,
+            approvals: vec![],
         }
     }
 

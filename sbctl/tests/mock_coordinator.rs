@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard_proto::Policy;
 use switchboard_proto::pb::admin_server::{Admin, AdminServer};
 use switchboard_proto::pb::{
-    AuditRequest, BeginStageReply, BeginStageRequest, ChunkData, FlipRequest, GetChunksRequest,
+    ApproveRequest, AuditRequest, CheckGatesRequest, BeginStageReply, BeginStageRequest, ChunkData, FlipRequest, GetChunksRequest,
     GetManifestRequest, JsonReply, RollbackRequest, RolloutRequest, SealRequest, SetCanaryRequest,
     SetPolicyRequest, StatusRequest, UploadChunksReply,
 };
@@ -147,6 +147,21 @@ impl Admin for Mock {
             },
             "audit_seq": 12,
         }))
+    }
+
+    async fn approve(&self, _: Request<ApproveRequest>) -> Result<Response<JsonReply>, Status> {
+        unimplemented()
+    }
+
+    async fn history(&self, _: Request<StatusRequest>) -> Result<Response<JsonReply>, Status> {
+        unimplemented()
+    }
+
+    async fn check_gates(
+        &self,
+        _: Request<CheckGatesRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        unimplemented()
     }
 
     async fn rollback(&self, _: Request<RollbackRequest>) -> Result<Response<JsonReply>, Status> {
@@ -294,7 +309,8 @@ async fn policy_set_changes_only_the_given_settings() {
                 max_error_rate: 0.025,
                 min_requests: 1000,
                 window_seconds: 180,
-                bake_seconds: 300
+                bake_seconds: 300,
+                ..Policy::default()
             }
         );
     }

@@ -1,0 +1,438 @@
+//! Snapshots: a whole set in one self-verifying file. `save` writes the active set (or a
+//! retained version) with its manifest; `restore` checks every hash and stages it, so the same
+//! version id and checksum come back.
+//!
+//! The file, all of it covered by the SHA-256 on its last line:
+//!
+//! ```text
+//! SWITCHBOARD-SNAPSHOT 1
+//! {"namespace":…,"version":…,"checksum":…,"manifest":<hash>,"items":…,"bytes":…,"saved_at":…}
+//! <the manifest, canonical JSON>
+//! chunk <sha256> <length>
+//! <length bytes of the chunk>
+//! …one chunk record per chunk, in the manifest's order…
+//! sha256 <hex of every byte before this line>
+//! ```
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use switchboard_proto::set::{Chunk, SetVerifier, sha256_hex};
+use switchboard_proto::time::{now_ms, rfc3339_ms};
+use switchboard_proto::Manifest;
+
+use crate::commands::{Context, print_stage, stage_manifest};
+use crate::exit::CliError;
+use crate::output;
+
+const MAGIC: &[u8] = b"SWITCHBOARD-SNAPSHOT 1\n";
+/// Chunks asked for at once while saving: bounds memory to about this many chunks.
+const CHUNKS_PER_FETCH: usize = 32;
+
+/// The second line of a snapshot: what it holds, readable without parsing the rest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHeader {
+    pub namespace: String,
+    pub version: String,
+    pub checksum: String,
+    pub manifest: String,
+    pub items: u64,
+    pub bytes: u64,
+    pub saved_at: String,
+}
+
+/// What `snapshot save` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct SaveReport {
+    #[serde(flatten)]
+    pub header: SnapshotHeader,
+    pub file: PathBuf,
+    pub file_bytes: u64,
+    pub sha256: String,
+}
+
+/// `sbctl snapshot save NS FILE [--version V]`
+pub async fn save(
+    ctx: &Context,
+    namespace: &str,
+    file: &Path,
+    version: Option<&str>,
+) -> Result<(), CliError> {
+    let mut coordinator = ctx.coordinator().await?;
+    let manifest = match version {
+        Some(version) => coordinator
+            .get_version_manifest(namespace, version)
+            .await?
+            .ok_or_else(|| {
+                CliError::Refused(format!(
+                    "version {version} of {namespace} is not retained; `sbctl history {namespace}` lists what is"
+                ))
+            })?,
+        None => coordinator.get_manifest(namespace, "").await?.ok_or_else(|| {
+            CliError::Refused(format!("nothing is active in {namespace} to save"))
+        })?,
+    };
+    let header = SnapshotHeader {
+        namespace: namespace.to_string(),
+        version: manifest.version.clone(),
+        checksum: manifest.checksum.clone(),
+        manifest: manifest.hash(),
+        items: manifest.item_count,
+        bytes: manifest.bytes,
+        saved_at: rfc3339_ms(now_ms()),
+    };
+    let partial = partial_path(file);
+    let written = write_snapshot(&mut coordinator, namespace, &manifest, &header, &partial).await;
+    let (file_bytes, sha256) = match written {
+        Ok(done) => done,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&partial, file).map_err(|e| io_error(file, "cannot be written", e))?;
+    let report = SaveReport {
+        header,
+        file: file.to_path_buf(),
+        file_bytes,
+        sha256,
+    };
+    if ctx.json {
+        return output::print_json(&report);
+    }
+    output::print_text(&format!(
+        "saved version {} of {namespace} ({} items, {} bytes, checksum {}) to {} ({} bytes, sha256 {})\n",
+        report.header.version,
+        report.header.items,
+        report.header.bytes,
+        report.header.checksum,
+        file.display(),
+        report.file_bytes,
+        report.sha256
+    ))
+}
+
+/// Writes the snapshot to `path`, fetching chunks a few at a time and verifying the set as it
+/// goes, so that a snapshot is never written of a set that does not verify. Returns the file's
+/// size and trailer hash.
+async fn write_snapshot(
+    coordinator: &mut crate::client::Coordinator,
+    namespace: &str,
+    manifest: &Manifest,
+    header: &SnapshotHeader,
+    path: &Path,
+) -> Result<(u64, String), CliError> {
+    let file = std::fs::File::create(path).map_err(|e| io_error(path, "cannot be created", e))?;
+    let mut out = HashingWriter {
+        inner: std::io::BufWriter::new(file),
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let header_json = serde_json::to_vec(header)
+        .map_err(|e| CliError::Failed(format!("cannot write the snapshot header: {e}")))?;
+    let write = |out: &mut HashingWriter, data: &[u8]| {
+        out.write_all(data)
+            .map_err(|e| io_error(path, "cannot be written", e))
+    };
+    write(&mut out, MAGIC)?;
+    write(&mut out, &header_json)?;
+    write(&mut out, b"\n")?;
+    write(&mut out, &manifest.to_canonical_json())?;
+    write(&mut out, b"\n")?;
+    let mut verifier = SetVerifier::verify_only(manifest);
+    let bad = |problem: String| CliError::BadReply {
+        rpc: "GetChunks",
+        problem,
+    };
+    for batch in manifest.chunks.chunks(CHUNKS_PER_FETCH) {
+        let hashes: Vec<String> = batch.iter().map(|c| c.hash.clone()).collect();
+        let fetched: HashMap<String, Vec<u8>> = coordinator
+            .get_chunks(namespace, &hashes)
+            .await?
+            .into_iter()
+            .collect();
+        for chunk in batch {
+            let data = fetched
+                .get(&chunk.hash)
+                .ok_or_else(|| bad(format!("chunk {} did not arrive", chunk.hash)))?;
+            verifier
+                .add_chunk(data)
+                .map_err(|e| bad(format!("the set does not verify: {e}")))?;
+            write(
+                &mut out,
+                format!("chunk {} {}\n", chunk.hash, data.len()).as_bytes(),
+            )?;
+            write(&mut out, data)?;
+            write(&mut out, b"\n")?;
+        }
+    }
+    verifier
+        .finish()
+        .map_err(|e| bad(format!("the set does not verify: {e}")))?;
+    let sha256 = hex::encode(out.hasher.finalize_reset());
+    let file_bytes = out.bytes;
+    out.inner
+        .write_all(format!("sha256 {sha256}\n").as_bytes())
+        .map_err(|e| io_error(path, "cannot be written", e))?;
+    let file = out
+        .inner
+        .into_inner()
+        .map_err(|e| io_error(path, "cannot be written", e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| io_error(path, "cannot be synced", e))?;
+    Ok((file_bytes + 72, sha256))
+}
+
+/// `sbctl snapshot restore NS FILE [-m MESSAGE]`
+pub async fn restore(
+    ctx: &Context,
+    namespace: &str,
+    file: &Path,
+    message: &str,
+) -> Result<(), CliError> {
+    let data = std::fs::read(file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CliError::Usage(format!("{}: no such file", file.display())),
+        _ => io_error(file, "cannot be read", e),
+    })?;
+    let snapshot = parse(&data).map_err(|problem| {
+        CliError::Refused(format!("{}: {problem}; nothing was staged", file.display()))
+    })?;
+    if snapshot.header.namespace != namespace {
+        output::note(&format!(
+            "note: {} was saved from {}; restoring it into {namespace}",
+            file.display(),
+            snapshot.header.namespace
+        ));
+    }
+    let message = if message.is_empty() {
+        format!(
+            "restored from a snapshot of {} saved at {}",
+            snapshot.header.namespace, snapshot.header.saved_at
+        )
+    } else {
+        message.to_string()
+    };
+    let mut coordinator = ctx.coordinator().await?;
+    let report = stage_manifest(
+        &mut coordinator,
+        namespace,
+        &snapshot.manifest,
+        snapshot.chunks,
+        &message,
+    )
+    .await?;
+    print_stage(ctx, &report)
+}
+
+/// A snapshot read back and verified.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub header: SnapshotHeader,
+    pub manifest: Manifest,
+    pub chunks: Vec<Chunk>,
+}
+
+/// Parses and verifies a snapshot file: the trailer hash over the whole file, the manifest's
+/// hash, every chunk's hash, and the set's items, bytes and checksum. The error says what does
+/// not match.
+pub fn parse(data: &[u8]) -> Result<Snapshot, String> {
+    let body = data
+        .strip_prefix(MAGIC)
+        .ok_or("not a switchboard snapshot (its first line is not SWITCHBOARD-SNAPSHOT 1)")?;
+    let trailer_at = data
+        .strip_suffix(b"\n")
+        .and_then(|d| d.iter().rposition(|b| *b == b'\n'))
+        .map(|i| i + 1)
+        .ok_or("it has no sha256 trailer: it is truncated")?;
+    let trailer = std::str::from_utf8(&data[trailer_at..])
+        .ok()
+        .and_then(|t| t.strip_prefix("sha256 "))
+        .map(str::trim_end)
+        .ok_or("it has no sha256 trailer: it is truncated")?;
+    let actual = sha256_hex(&data[..trailer_at]);
+    if actual != trailer {
+        return Err(format!(
+            "its content hashes to {actual}, not to the {trailer} its last line records: the file is damaged or was changed"
+        ));
+    }
+    let body = &body[..trailer_at - MAGIC.len()];
+    let (header_line, rest) = split_line(body).ok_or("the header line is missing")?;
+    let header: SnapshotHeader =
+        serde_json::from_slice(header_line).map_err(|e| format!("the header is not valid: {e}"))?;
+    let (manifest_line, mut rest) = split_line(rest).ok_or("the manifest line is missing")?;
+    let manifest =
+        Manifest::from_json(manifest_line).map_err(|e| format!("the manifest is not valid: {e}"))?;
+    if manifest.hash() != header.manifest || manifest.version != header.version {
+        return Err("the manifest does not match the header".into());
+    }
+    let mut verifier = SetVerifier::verify_only(&manifest);
+    let mut chunks = Vec::with_capacity(manifest.chunks.len());
+    for chunk_ref in &manifest.chunks {
+        let (line, after) =
+            split_line(rest).ok_or_else(|| format!("chunk {} is missing", chunk_ref.hash))?;
+        let line = std::str::from_utf8(line).unwrap_or_default();
+        let mut fields = line.split(' ');
+        let (Some("chunk"), Some(hash), Some(length), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(format!("a chunk record line is not valid: {line:?}"));
+        };
+        let length: usize = length
+            .parse()
+            .map_err(|_| format!("chunk {hash} has no valid length"))?;
+        if hash != chunk_ref.hash {
+            return Err(format!(
+                "chunk {hash} is out of order: the manifest lists {} here",
+                chunk_ref.hash
+            ));
+        }
+        let chunk_data = after
+            .get(..length)
+            .ok_or_else(|| format!("chunk {hash} is truncated"))?;
+        rest = after
+            .get(length..)
+            .and_then(|r| r.strip_prefix(b"\n"))
+            .ok_or_else(|| format!("chunk {hash} is not followed by a line end"))?;
+        verifier
+            .add_chunk(chunk_data)
+            .map_err(|e| format!("the set does not verify: {e}"))?;
+        chunks.push(Chunk {
+            hash: chunk_ref.hash.clone(),
+            data: chunk_data.to_vec(),
+            items: chunk_ref.items,
+            item_bytes: chunk_ref.bytes,
+        });
+    }
+    if !rest.is_empty() {
+        return Err("it holds more than its manifest lists".into());
+    }
+    verifier
+        .finish()
+        .map_err(|e| format!("the set does not verify: {e}"))?;
+    if manifest.checksum != header.checksum {
+        return Err("the checksum does not match the header".into());
+    }
+    Ok(Snapshot {
+        header,
+        manifest,
+        chunks,
+    })
+}
+
+fn split_line(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = data.iter().position(|b| *b == b'\n')?;
+    Some((&data[..end], &data[end + 1..]))
+}
+
+fn partial_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", std::process::id()));
+    file.with_file_name(name)
+}
+
+fn io_error(path: &Path, what: &str, error: std::io::Error) -> CliError {
+    CliError::Failed(format!("{} {what}: {error}", path.display()))
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter {
+    inner: std::io::BufWriter<std::fs::File>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        self.bytes += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_proto::ItemSet;
+
+    fn snapshot_of(set: &ItemSet) -> Vec<u8> {
+        let (manifest, chunks) = set.to_chunks();
+        let header = SnapshotHeader {
+            namespace: "catalog".into(),
+            version: manifest.version.clone(),
+            checksum: manifest.checksum.clone(),
+            manifest: manifest.hash(),
+            items: manifest.item_count,
+            bytes: manifest.bytes,
+            saved_at: "2026-11-22T00:00:00.000Z".into(),
+        };
+        let mut out = MAGIC.to_vec();
+        out.extend(serde_json::to_vec(&header).expect("header"));
+        out.push(b'\n');
+        out.extend(manifest.to_canonical_json());
+        out.push(b'\n');
+        for chunk in &chunks {
+            out.extend(format!("chunk {} {}\n", chunk.hash, chunk.data.len()).as_bytes());
+            out.extend(&chunk.data);
+            out.push(b'\n');
+        }
+        let sha = sha256_hex(&out);
+        out.extend(format!("sha256 {sha}\n").as_bytes());
+        out
+    }
+
+    fn sample() -> ItemSet {
+        let mut set = ItemSet::new();
+        for i in 0..2000 {
+            set.insert_value(
+                &format!("tables/t{i:04}"),
+                &serde_json::json!({"id": i, "pad": "x".repeat(100)}),
+            )
+            .expect("insert");
+        }
+        set
+    }
+
+    #[test]
+    fn a_snapshot_reads_back_to_the_same_version() {
+        let set = sample();
+        let (manifest, _) = set.to_chunks();
+        let snapshot = parse(&snapshot_of(&set)).expect("parses");
+        assert_eq!(snapshot.manifest, manifest);
+        assert_eq!(snapshot.header.version, manifest.version);
+        assert!(snapshot.chunks.len() > 1, "the sample spans chunks");
+    }
+
+    #[test]
+    fn any_changed_byte_is_caught() {
+        let data = snapshot_of(&sample());
+        for at in [0, 30, data.len() / 2, data.len() - 80, data.len() - 2] {
+            let mut changed = data.clone();
+            changed[at] ^= 0x01;
+            assert!(parse(&changed).is_err(), "a flipped byte at {at} passed");
+        }
+        assert!(parse(&data[..data.len() - 10]).is_err(), "truncated");
+        assert!(parse(b"").is_err());
+    }
+
+    #[test]
+    fn a_consistent_forgery_still_fails_the_set_checksum() {
+        // Re-hash the trailer after changing a chunk: the chunk's own hash catches it.
+        let mut data = snapshot_of(&sample());
+        let trailer_at = data.len() - 72;
+        data.truncate(trailer_at);
+        let middle = data.len() / 2;
+        data[middle] ^= 0x01;
+        let sha = sha256_hex(&data);
+        data.extend(format!("sha256 {sha}\n").as_bytes());
+        let problem = parse(&data).expect_err("forged");
+        assert!(!problem.is_empty());
+    }
+}
