@@ -113,10 +113,9 @@ impl GateChecker {
                     let mut client = store.client().clone();
                     let response = with_timeout(client.get(key.as_str(), None)).await?;
                     let kv = response.kvs().first();
-                    evaluation.compares.push(unchanged(
-                        key.clone(),
-                        kv.map_or(0, |kv| kv.mod_revision()),
-                    ));
+                    evaluation
+                        .compares
+                        .push(unchanged(key.clone(), kv.map_or(0, |kv| kv.mod_revision())));
                     let document = gate::etcd_value(kv.map(|kv| kv.value()));
                     let seen = gate::select(&document, pointer);
                     (gate::compare(seen, *op, value), gate::shown(seen))

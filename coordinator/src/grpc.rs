@@ -372,7 +372,13 @@ impl Admin for AdminService {
             .admit(&request, Rpc::Rollback, &request.get_ref().namespace)
             .await?;
         let r = request.into_inner();
-        let change = change_request(&r.namespace, r.expected_epoch, "rollback", &r.reason, &actor);
+        let change = change_request(
+            &r.namespace,
+            r.expected_epoch,
+            "rollback",
+            &r.reason,
+            &actor,
+        );
         let change = if r.to_version.is_empty() {
             self.releases.rollback(change).await?
         } else {

@@ -10,9 +10,9 @@ use switchboard_proto::bucket::percent;
 use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier, decode_chunk, sha256_hex};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
-    Approval, AuditHead, AuditRecord, AuditTrail, History, HistoryEntry, HistoryVersion, Manifest, NamespaceStatus, Routing, SealOutcome, Slot,
-    SlotRef, SlotState, SlotVersion, StatusCanary, StatusChange, StatusSidecar, StatusSlotVersion,
-    StatusSlots, keys::validate_namespace,
+    Approval, AuditHead, AuditRecord, AuditTrail, History, HistoryEntry, HistoryVersion, Manifest,
+    NamespaceStatus, Routing, SealOutcome, Slot, SlotRef, SlotState, SlotVersion, StatusCanary,
+    StatusChange, StatusSidecar, StatusSlotVersion, StatusSlots, keys::validate_namespace,
 };
 
 use crate::audit;
@@ -458,15 +458,19 @@ impl Releases {
             }
         };
         let key = self.store.keys().manifest(ns, &hash);
-        let raw = self.store.get_raw(&key).await?.ok_or_else(|| match version {
-            Some(version) => CoordinatorError::NotFound(format!(
-                "version {version} of {ns} is no longer retained: its manifest was collected"
-            )),
-            None => CoordinatorError::CorruptRecord {
-                key: key.clone(),
-                reason: "missing".into(),
-            },
-        })?;
+        let raw = self
+            .store
+            .get_raw(&key)
+            .await?
+            .ok_or_else(|| match version {
+                Some(version) => CoordinatorError::NotFound(format!(
+                    "version {version} of {ns} is no longer retained: its manifest was collected"
+                )),
+                None => CoordinatorError::CorruptRecord {
+                    key: key.clone(),
+                    reason: "missing".into(),
+                },
+            })?;
         let manifest = Manifest::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
             key: key.clone(),
             reason: e.to_string(),
@@ -534,7 +538,7 @@ impl Releases {
                 approved_by,
             });
         }
-        versions.sort_by(|a, b| b.entry.at_ms.cmp(&a.entry.at_ms));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.entry.at_ms));
         Ok(History {
             namespace: ns.to_string(),
             versions,
@@ -657,8 +661,17 @@ impl Releases {
 fn role_of(state: &NamespaceState, routing: Option<&Routing>, entry: &HistoryEntry) -> String {
     let role = match routing {
         Some(r) if r.active.manifest == entry.manifest => "active",
-        Some(r) if r.live_canary().is_some_and(|c| c.manifest == entry.manifest) => "canary",
-        Some(r) if r.previous.as_ref().is_some_and(|p| p.manifest == entry.manifest) => {
+        Some(r)
+            if r.live_canary()
+                .is_some_and(|c| c.manifest == entry.manifest) =>
+        {
+            "canary"
+        }
+        Some(r)
+            if r.previous
+                .as_ref()
+                .is_some_and(|p| p.manifest == entry.manifest) =>
+        {
             "previous"
         }
         _ if Slot::BOTH.iter().any(|slot| {

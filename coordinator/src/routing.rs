@@ -150,7 +150,11 @@ impl Releases {
             let target = sealed_target(ns, state, slot, &routing.active)?;
             check_expected_version(ns, slot, &target, expected_version)?;
             let canary = canary_of(&target, slot, weight_bp);
-            let gated = if weight_bp > 0 { Target::approved(&target) } else { None };
+            let gated = if weight_bp > 0 {
+                Target::approved(&target)
+            } else {
+                None
+            };
             Ok(Decision {
                 target: gated,
                 detail: json!({
@@ -232,7 +236,11 @@ impl Releases {
         let ns = request.ns;
         check_namespace(ns)?;
         let state = self.store().read_namespace(ns).await?;
-        let routing = state.routing.value.as_ref().ok_or_else(|| nothing_active(ns))?;
+        let routing = state
+            .routing
+            .value
+            .as_ref()
+            .ok_or_else(|| nothing_active(ns))?;
         if state.epoch() != request.expected_epoch {
             return Err(conflict(ns, request.expected_epoch, Some(routing)));
         }
@@ -248,8 +256,14 @@ impl Releases {
             .as_ref()
             .is_some_and(|s| s.version == version && s.state == SlotState::Sealed);
         if !in_idle {
+            // A version that is not in the history is a refusal of this request, not a
+            // missing resource.
             self.restage_retained(ns, version, request.reason, request.actor)
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    CoordinatorError::NotFound(message) => CoordinatorError::Refused(message),
+                    other => other,
+                })?;
         }
         self.flip(request, version).await
     }
@@ -689,9 +703,8 @@ impl Releases {
             let mut detail = decision.detail;
             let mut preconditions = Vec::new();
             if let Some(target) = &decision.target {
-                let (compares, evidence) = self
-                    .check_preconditions(ns, action, &state, target)
-                    .await?;
+                let (compares, evidence) =
+                    self.check_preconditions(ns, action, &state, target).await?;
                 preconditions = compares;
                 if let (Some(object), Some(evidence)) = (detail.as_object_mut(), evidence) {
                     for (name, value) in evidence {
@@ -765,7 +778,10 @@ impl Releases {
         action: &str,
         state: &NamespaceState,
         target: &Target,
-    ) -> Result<(Vec<Compare>, Option<serde_json::Map<String, serde_json::Value>>)> {
+    ) -> Result<(
+        Vec<Compare>,
+        Option<serde_json::Map<String, serde_json::Value>>,
+    )> {
         let policy = state.policy();
         let slot_ref = &target.slot_ref;
         let mut compares = Vec::new();

@@ -157,7 +157,9 @@ impl Gate {
                 }
                 pointer
             }
-            GateCheck::Http { url, pointer, op, .. } => {
+            GateCheck::Http {
+                url, pointer, op, ..
+            } => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
                 {
                     return Err(format!(
@@ -376,7 +378,10 @@ mod tests {
         let inside = etcd("/switchboard/ns/x/routing")
             .validate("/switchboard")
             .expect_err("inside");
-        assert!(inside.contains("migration") && inside.contains("prefix"), "{inside}");
+        assert!(
+            inside.contains("migration") && inside.contains("prefix"),
+            "{inside}"
+        );
         assert!(etcd("").validate("/switchboard").is_err());
         let mut bad_name = etcd("/a");
         bad_name.name = "has space".into();

@@ -277,7 +277,12 @@ pub enum GateCommand {
         #[arg(long, value_name = "URL")]
         http: Option<String>,
         /// Compare the field at this JSON pointer (/schema/version) instead of the whole value.
-        #[arg(long, value_name = "POINTER", default_value = "", hide_default_value = true)]
+        #[arg(
+            long,
+            value_name = "POINTER",
+            default_value = "",
+            hide_default_value = true
+        )]
         pointer: String,
         /// ==, !=, >, >=, < or <= (ordering compares numbers, also numbers in strings).
         #[arg(long, value_name = "OP", value_parser = parse_op)]
@@ -286,7 +291,13 @@ pub enum GateCommand {
         #[arg(long, value_name = "VALUE", value_parser = parse_gate_value, allow_hyphen_values = true)]
         value: Option<serde_json::Value>,
         /// Why, recorded in the audit trail.
-        #[arg(short = 'm', long = "message", visible_alias = "reason", default_value = "", hide_default_value = true)]
+        #[arg(
+            short = 'm',
+            long = "message",
+            visible_alias = "reason",
+            default_value = "",
+            hide_default_value = true
+        )]
         reason: String,
     },
     /// Remove a gate.
@@ -297,7 +308,13 @@ pub enum GateCommand {
         #[arg(value_name = "NAME")]
         name: String,
         /// Why, recorded in the audit trail.
-        #[arg(short = 'm', long = "message", visible_alias = "reason", default_value = "", hide_default_value = true)]
+        #[arg(
+            short = 'm',
+            long = "message",
+            visible_alias = "reason",
+            default_value = "",
+            hide_default_value = true
+        )]
         reason: String,
     },
     /// The gates of a namespace.
@@ -340,7 +357,12 @@ pub enum SnapshotCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// What this stage is, recorded with the slot.
-        #[arg(short = 'm', long = "message", default_value = "", hide_default_value = true)]
+        #[arg(
+            short = 'm',
+            long = "message",
+            default_value = "",
+            hide_default_value = true
+        )]
         message: String,
     },
 }

@@ -48,8 +48,10 @@ pub async fn gated<R: Clone, T>(
                     output::note(&format!("waiting for gates: {message}"));
                     shown = message;
                 }
-                tokio::time::sleep(GATE_POLL.min(deadline.saturating_duration_since(Instant::now())))
-                    .await;
+                tokio::time::sleep(
+                    GATE_POLL.min(deadline.saturating_duration_since(Instant::now())),
+                )
+                .await;
             }
             other => return other,
         }
@@ -139,7 +141,12 @@ pub async fn set(
 }
 
 /// `sbctl gate remove NS NAME`
-pub async fn remove(ctx: &Context, namespace: &str, name: &str, reason: &str) -> Result<(), CliError> {
+pub async fn remove(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    reason: &str,
+) -> Result<(), CliError> {
     change_gates(ctx, namespace, reason, |gates| {
         let before = gates.len();
         gates.retain(|g| g.name != name);

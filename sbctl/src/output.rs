@@ -9,8 +9,8 @@ use serde::Serialize;
 use switchboard_proto::judge::Counts;
 use switchboard_proto::time::rfc3339_ms;
 use switchboard_proto::{
-    Approval, AuditRecord, AuditTrail, Gate, GateReport, History, NamespaceStatus, Policy,
-    Rollout, RolloutState, RoutingChange, Slot, SlotRef, SlotState, SlotVersion, StatusSidecar,
+    Approval, AuditRecord, AuditTrail, Gate, GateReport, History, NamespaceStatus, Policy, Rollout,
+    RolloutState, RoutingChange, Slot, SlotRef, SlotState, SlotVersion, StatusSidecar,
     VersionReports,
 };
 
@@ -331,9 +331,9 @@ pub fn render_policy(namespace: &str, policy: &Policy, previous: Option<&Policy>
     for (i, (name, value)) in settings.iter().enumerate() {
         let default = &defaults[i].1;
         let mut line = if value == default {
-            format!("  {name:<16}{value:<14}default")
+            format!("  {name:<18}{value:<14}default")
         } else {
-            format!("  {name:<16}{value:<14}not the default ({default})")
+            format!("  {name:<18}{value:<14}not the default ({default})")
         };
         if let Some((_, was)) = before.as_ref().map(|b| &b[i]).filter(|b| &b.1 != value) {
             let _ = write!(line, ", was {was}");
@@ -351,7 +351,13 @@ pub fn render_gates(namespace: &str, gates: &[Gate]) -> String {
     }
     let mut out = format!("gates of {namespace}\n");
     for gate in gates {
-        let _ = writeln!(out, "  {:<16}{}  needs {}", gate.name, gate.target(), gate.wanted());
+        let _ = writeln!(
+            out,
+            "  {:<16}{}  needs {}",
+            gate.name,
+            gate.target(),
+            gate.wanted()
+        );
     }
     out
 }
@@ -409,7 +415,11 @@ pub fn render_history(history: &History) -> String {
         let mut line = format!(
             "  {:<20}  {:<8}  {} items  {}  staged by {} at {}",
             entry.version,
-            if version.role.is_empty() { "-" } else { &version.role },
+            if version.role.is_empty() {
+                "-"
+            } else {
+                &version.role
+            },
             entry.item_count,
             human_bytes(entry.bytes),
             entry.staged_by,
@@ -963,7 +973,7 @@ mod tests {
         }
         // Absent: no bake, no rollout, no reports; the policy and the leader always show.
         for needle in [
-            "policy     max-error-rate 5%  min-requests 200  window 120s (2m)  bake 300s (5m)  (the defaults)",
+            "policy     max-error-rate 5%  min-requests 200  window 120s (2m)  bake 300s (5m)  require-approval false  (the defaults)",
             "leader     none elected",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
@@ -1014,7 +1024,7 @@ mod tests {
         let text = render_status(&status, T0);
         for needle in [
             "bake until 2026-11-18T11:10:50.000Z (in 4m 10s)",
-            "policy     max-error-rate 5%  min-requests 1000  window 120s (2m)  bake 600s (10m)  (not default: min-requests, bake)",
+            "policy     max-error-rate 5%  min-requests 1000  window 120s (2m)  bake 600s (10m)  require-approval false  (not default: min-requests, bake)",
             "rollout    running  green bbbb  step 2/5: 1%  [5%]  25%  50%  100%",
             "           next 25% due 2026-11-18T11:10:50.000Z (in 4m 10s)",
             "           note: judge: error rate 0.10% is within the policy's 5.00%",
@@ -1095,22 +1105,24 @@ mod tests {
         assert_eq!(
             render_policy("catalog", &policy, None),
             "policy of catalog\n  \
-             max-error-rate  2.5%          not the default (5%)\n  \
-             min-requests    200           default\n  \
-             window          120s (2m)     default\n  \
-             bake            600s (10m)    not the default (300s (5m))\n"
+             max-error-rate    2.5%          not the default (5%)\n  \
+             min-requests      200           default\n  \
+             window            120s (2m)     default\n  \
+             bake              600s (10m)    not the default (300s (5m))\n  \
+             require-approval  false         default\n\
+             gates of catalog: none\n"
         );
         let text = render_policy("catalog", &policy, Some(&Policy::default()));
         assert!(
-            text.contains("max-error-rate  2.5%          not the default (5%), was 5%\n"),
+            text.contains("max-error-rate    2.5%          not the default (5%), was 5%\n"),
             "{text}"
         );
         assert!(
-            text.contains("min-requests    200           default\n"),
+            text.contains("min-requests      200           default\n"),
             "{text}"
         );
         let defaults = render_policy("catalog", &Policy::default(), None);
-        assert_eq!(defaults.matches("  default\n").count(), 4, "{defaults}");
+        assert_eq!(defaults.matches("  default\n").count(), 5, "{defaults}");
     }
 
     #[test]

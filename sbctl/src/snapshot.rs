@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use switchboard_proto::Manifest;
 use switchboard_proto::set::{Chunk, SetVerifier, sha256_hex};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
-use switchboard_proto::Manifest;
 
 use crate::commands::{Context, print_stage, stage_manifest};
 use crate::exit::CliError;
@@ -194,7 +194,9 @@ pub async fn restore(
     message: &str,
 ) -> Result<(), CliError> {
     let data = std::fs::read(file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => CliError::Usage(format!("{}: no such file", file.display())),
+        std::io::ErrorKind::NotFound => {
+            CliError::Usage(format!("{}: no such file", file.display()))
+        }
         _ => io_error(file, "cannot be read", e),
     })?;
     let snapshot = parse(&data).map_err(|problem| {
@@ -263,8 +265,8 @@ pub fn parse(data: &[u8]) -> Result<Snapshot, String> {
     let header: SnapshotHeader =
         serde_json::from_slice(header_line).map_err(|e| format!("the header is not valid: {e}"))?;
     let (manifest_line, mut rest) = split_line(rest).ok_or("the manifest line is missing")?;
-    let manifest =
-        Manifest::from_json(manifest_line).map_err(|e| format!("the manifest is not valid: {e}"))?;
+    let manifest = Manifest::from_json(manifest_line)
+        .map_err(|e| format!("the manifest is not valid: {e}"))?;
     if manifest.hash() != header.manifest || manifest.version != header.version {
         return Err("the manifest does not match the header".into());
     }

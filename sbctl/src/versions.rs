@@ -61,7 +61,10 @@ pub async fn diff(
         return Ok(());
     }
     Err(CliError::Failed(match &report.active_version {
-        None => format!("{} differs: nothing is active in {namespace}", path.display()),
+        None => format!(
+            "{} differs: nothing is active in {namespace}",
+            path.display()
+        ),
         Some(active) => format!(
             "{} differs from the active set of {namespace} (version {active}): {} added, {} changed, {} removed",
             path.display(),

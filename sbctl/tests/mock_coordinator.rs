@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use switchboard_proto::Policy;
 use switchboard_proto::pb::admin_server::{Admin, AdminServer};
 use switchboard_proto::pb::{
-    ApproveRequest, AuditRequest, CheckGatesRequest, BeginStageReply, BeginStageRequest, ChunkData, FlipRequest, GetChunksRequest,
-    GetManifestRequest, JsonReply, RollbackRequest, RolloutRequest, SealRequest, SetCanaryRequest,
-    SetPolicyRequest, StatusRequest, UploadChunksReply,
+    ApproveRequest, AuditRequest, BeginStageReply, BeginStageRequest, CheckGatesRequest, ChunkData,
+    FlipRequest, GetChunksRequest, GetManifestRequest, JsonReply, RollbackRequest, RolloutRequest,
+    SealRequest, SetCanaryRequest, SetPolicyRequest, StatusRequest, UploadChunksReply,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -293,7 +293,7 @@ async fn policy_set_changes_only_the_given_settings() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         one_document(&out),
-        json!({"max_error_rate": 0.025, "min_requests": 1000, "window_seconds": 180, "bake_seconds": 300})
+        json!({"max_error_rate": 0.025, "min_requests": 1000, "window_seconds": 180, "bake_seconds": 300, "require_approval": false, "gates": []})
     );
     {
         let state = mock.state();
@@ -319,11 +319,11 @@ async fn policy_set_changes_only_the_given_settings() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("window          180s (3m)     not the default (120s (2m))"),
+        text.contains("window            180s (3m)     not the default (120s (2m))"),
         "{text}"
     );
     assert!(
-        text.contains("bake            300s (5m)     default"),
+        text.contains("bake              300s (5m)     default"),
         "{text}"
     );
 

@@ -4,60 +4,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use common::*;
 use serde_json::Value;
-use switchboard_tests::{Coordinator, EtcdServer, SbctlRunner, sbctl, unique_prefix};
+use switchboard_tests::{Coordinator, EtcdServer, SbctlRunner, unique_prefix};
 
 const NS: &str = "catalog";
 /// sbctl's exit code for "not permitted".
 const NOT_PERMITTED: i32 = 5;
-
-/// A user made by `sbctl token new`: its token and the line for the auth file.
-struct User {
-    name: String,
-    token: String,
-    line: String,
-}
-
-/// `sbctl --json token new NAME --role ROLE...` (which talks to no coordinator).
-async fn new_user(name: &str, roles: &[&str]) -> Result<User> {
-    let mut args = vec!["token", "new", name];
-    for role in roles {
-        args.extend(["--role", role]);
-    }
-    let made = sbctl("http://127.0.0.1:1").run_json(&args).await?;
-    let text = |field: &str| {
-        made[field]
-            .as_str()
-            .map(str::to_string)
-            .with_context(|| format!("token new printed no {field}: {made}"))
-    };
-    let user = User {
-        name: text("name")?,
-        token: text("token")?,
-        line: text("line")?,
-    };
-    ensure!(user.name == name, "{made}");
-    ensure!(user.token.len() == 64, "a token of 32 bytes in hex: {made}");
-    ensure!(
-        !user.line.contains(&user.token),
-        "the line must not hold the token: {made}"
-    );
-    Ok(user)
-}
-
-fn write_auth_file(dir: &Path, users: &[&User]) -> Result<String> {
-    let mut text = String::from("users:\n");
-    for user in users {
-        text.push_str(&format!("  {}\n", user.line));
-    }
-    let path = dir.join("auth.yaml");
-    std::fs::write(&path, text)?;
-    Ok(path.display().to_string())
-}
 
 /// The audit records of `trail` with action `denied`, as (actor, rpc).
 fn denials(trail: &Value) -> Vec<(String, String)> {
@@ -144,6 +99,12 @@ async fn a_viewer_cannot_change_anything_and_every_denial_is_audited() -> Result
     )
     .await?;
     expect_not_permitted(&viewer, &["policy", "set", NS, "--bake", "10"], denied).await?;
+    expect_not_permitted(
+        &viewer,
+        &["approve", NS, &v2],
+        "vera (viewer) may not approve releases of catalog: it needs approver or admin",
+    )
+    .await?;
     // The judge's policy is for admins only.
     expect_not_permitted(
         &operator,
@@ -200,6 +161,7 @@ async fn a_viewer_cannot_change_anything_and_every_denial_is_audited() -> Result
         ("vera", "Rollback"),
         ("vera", "Rollout"),
         ("vera", "SetPolicy"),
+        ("vera", "Approve"),
         ("otto", "SetPolicy"),
         ("unauthenticated", "Status"),
         ("unauthenticated", "Flip"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use switchboard_tests::{SbctlRunner, TestEnv};
+use switchboard_tests::{SbctlRunner, TestEnv, sbctl};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -101,4 +101,48 @@ pub async fn chunk_stats(env: &TestEnv, ns: &str) -> Result<(usize, i64)> {
         .max()
         .unwrap_or(0);
     Ok((response.kvs().len(), max))
+}
+
+/// A user made by `sbctl token new`: its token and the line for the auth file.
+pub struct User {
+    pub name: String,
+    pub token: String,
+    pub line: String,
+}
+
+/// `sbctl --json token new NAME --role ROLE...` (which talks to no coordinator).
+pub async fn new_user(name: &str, roles: &[&str]) -> Result<User> {
+    let mut args = vec!["token", "new", name];
+    for role in roles {
+        args.extend(["--role", role]);
+    }
+    let made = sbctl("http://127.0.0.1:1").run_json(&args).await?;
+    let text = |field: &str| {
+        made[field]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("token new printed no {field}: {made}"))
+    };
+    let user = User {
+        name: text("name")?,
+        token: text("token")?,
+        line: text("line")?,
+    };
+    ensure!(user.name == name, "{made}");
+    ensure!(user.token.len() == 64, "a token of 32 bytes in hex: {made}");
+    ensure!(
+        !user.line.contains(&user.token),
+        "the line must not hold the token: {made}"
+    );
+    Ok(user)
+}
+
+pub fn write_auth_file(dir: &Path, users: &[&User]) -> Result<String> {
+    let mut text = String::from("users:\n");
+    for user in users {
+        text.push_str(&format!("  {}\n", user.line));
+    }
+    let path = dir.join("auth.yaml");
+    std::fs::write(&path, text)?;
+    Ok(path.display().to_string())
 }
