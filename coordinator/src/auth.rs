@@ -716,7 +716,7 @@ mod tests {
 
     #[test]
     fn every_rpc_is_in_the_table_and_admins_may_do_everything() {
-        assert_eq!(Rpc::ALL.len(), 14);
+        assert_eq!(Rpc::ALL.len(), 16);
         for rpc in Rpc::ALL {
             assert!(role_permits(Role::Admin, rpc), "{rpc:?}");
             assert!(!roles_that_permit(rpc).is_empty());
@@ -724,6 +724,11 @@ mod tests {
         assert!(permitted(&[Role::Viewer, Role::Approver], Rpc::Approve));
         assert!(!permitted(&[Role::Viewer, Role::Approver], Rpc::Flip));
         assert!(!permitted(&[], Rpc::Status));
+        // Reading history and checking gates change nothing: every role may.
+        for role in Role::ALL {
+            assert!(role_permits(role, Rpc::History) && role_permits(role, Rpc::CheckGates));
+        }
+        assert!(!permitted(&[Role::Operator], Rpc::Approve));
     }
 
     #[test]

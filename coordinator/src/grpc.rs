@@ -407,9 +407,15 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let policy: Policy = serde_json::from_str(&r.policy_json)
             .map_err(|e| Status::invalid_argument(format!("policy_json is not a policy: {e}")))?;
+        let expected: Option<Policy> = match r.expected_policy_json.as_str() {
+            "" => None,
+            json => Some(serde_json::from_str(json).map_err(|e| {
+                Status::invalid_argument(format!("expected_policy_json is not a policy: {e}"))
+            })?),
+        };
         let stored = self
             .releases
-            .set_policy(&r.namespace, policy, &r.reason, &actor)
+            .set_policy(&r.namespace, policy, expected.as_ref(), &r.reason, &actor)
             .await?;
         json_reply(&stored)
     }

@@ -504,6 +504,7 @@ impl Releases {
         &self,
         ns: &str,
         policy: Policy,
+        expected: Option<&Policy>,
         reason: &str,
         actor: &Actor,
     ) -> Result<Policy> {
@@ -511,6 +512,13 @@ impl Releases {
         switchboard_proto::gate::validate_gates(&policy.gates, self.store().keys().prefix())
             .map_err(CoordinatorError::InvalidInput)?;
         self.change_record(ns, "policy", reason, actor, |state| {
+            if let Some(expected) = expected
+                && *expected != state.policy()
+            {
+                return Err(CoordinatorError::Conflict(format!(
+                    "the policy of {ns} changed underneath; read it again with `sbctl policy show {ns}` and retry"
+                )));
+            }
             let detail = json!({"from": state.policy(), "to": policy});
             Ok((
                 self.store().keys().policy(ns),

@@ -364,6 +364,81 @@ async fn a_rollout_advances_only_on_healthy_data() -> Result<()> {
     Ok(())
 }
 
+/// A rollout step waits while a gate blocks it, and is taken once the gate passes; the step's
+/// audit record holds what the gate saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_step_waits_for_its_gates() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    set_test_policy(&env, 0).await?;
+    let (a, b, sidecars, _dir) = two_versions(&env).await?;
+    sbctl
+        .run(&["rollout", NS, "--steps", "10,100", "--interval", "1"])
+        .await?
+        .ensure_success()?;
+    wait_all_on(&sidecars, &sbctl).await?;
+    let gate_key = format!("/apps{}/freeze", env.prefix());
+    let mut client = env.etcd_client().await?;
+    client.put(gate_key.as_str(), "frozen", None).await?;
+    sbctl
+        .run(&[
+            "gate",
+            "set",
+            NS,
+            "freeze",
+            "--etcd-key",
+            &gate_key,
+            "--op",
+            "!=",
+            "--value",
+            "frozen",
+        ])
+        .await?
+        .ensure_success()?;
+    let traffic = Traffic::start(
+        sidecars.clone(),
+        vec![(b.clone(), 20, 0), (a.clone(), 20, 0)],
+    );
+    // The judge passes and the interval is over, yet the gate holds the step.
+    let metrics_url = format!("{}/metrics", env.coordinator.http_url());
+    let gated_steps = async || -> Result<u64> {
+        let text = reqwest::get(&metrics_url).await?.text().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("switchboard_rollout_steps_gated_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum())
+    };
+    wait_until(DEADLINE, "the leader to find the step gated", async || {
+        Ok(gated_steps().await? >= 3)
+    })
+    .await?;
+    let held = status(&sbctl, NS).await?;
+    assert_eq!(
+        held["rollout"]["step"], 0,
+        "stepped past a blocking gate: {held}"
+    );
+    assert_eq!(held["rollout"]["state"], "running", "{held}");
+
+    client.put(gate_key.as_str(), "open", None).await?;
+    wait_until(DEADLINE, "the rollout completes", async || {
+        Ok(status(&sbctl, NS).await?["rollout"]["state"] == "done")
+    })
+    .await?;
+    traffic.stop().await?;
+    let trail = sbctl.run_json(&["audit", NS]).await?;
+    let step = trail["records"]
+        .as_array()
+        .context("records")?
+        .iter()
+        .find(|r| r["action"] == "rollout-step")
+        .context("the step's record")?
+        .clone();
+    assert_eq!(step["detail"]["gates"][0]["saw"], "\"open\"", "{step}");
+    Ok(())
+}
+
 /// Acceptance 5: three coordinators; the leader is killed during a rollout; another takes over,
 /// no step is taken twice, and the rollout completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

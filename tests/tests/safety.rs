@@ -633,3 +633,52 @@ async fn drift_is_flagged_and_diff_exits_non_zero_on_a_difference() -> Result<()
     );
     Ok(())
 }
+
+/// Gates live in the policy, so a policy change made on a stale read (two admins at once) is a
+/// conflict instead of a lost update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_decided_on_a_stale_read_is_a_conflict() -> Result<()> {
+    use switchboard_proto::Policy;
+    use switchboard_proto::pb::{SetPolicyRequest, admin_client::AdminClient};
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let read_before = Policy::default();
+    sbctl
+        .run(&[
+            "gate",
+            "set",
+            NS,
+            "ready",
+            "--http",
+            "http://127.0.0.1:1/ready",
+        ])
+        .await?
+        .ensure_success()?;
+    let mut client = AdminClient::connect(env.coordinator.grpc_url()).await?;
+    let overwrite = SetPolicyRequest {
+        namespace: NS.into(),
+        policy_json: serde_json::to_string(&Policy {
+            bake_seconds: 20,
+            ..read_before.clone()
+        })?,
+        reason: "from a stale read".into(),
+        expected_policy_json: serde_json::to_string(&read_before)?,
+    };
+    let refused = client
+        .set_policy(overwrite)
+        .await
+        .err()
+        .context("a stale policy change went through")?;
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+    assert!(
+        refused.message().contains("changed underneath"),
+        "{refused:?}"
+    );
+    let policy = sbctl.run_json(&["policy", "show", NS]).await?;
+    assert_eq!(
+        policy["gates"][0]["name"], "ready",
+        "the gate was lost: {policy}"
+    );
+    assert_eq!(policy["bake_seconds"], 300, "{policy}");
+    Ok(())
+}
