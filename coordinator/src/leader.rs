@@ -1,5 +1,6 @@
 //! Leader election among coordinator replicas, through etcd's election API. Only the leader
-//! runs the loops (the health judge, rollouts, the end of bake times). Its term is bound to a
+//! runs the loops (the health judge, rollouts, the end of bake times, and the janitor's
+//! collection and compaction). Its term is bound to a
 //! lease: when the lease cannot be kept alive the term ends at once, and every write the loops
 //! make is fenced with the leader's election key, so a deposed leader's queued writes fail.
 
@@ -9,6 +10,7 @@ use etcd_client::Client;
 use switchboard_proto::Keys;
 use tokio_util::sync::CancellationToken;
 
+use crate::janitor::{Janitor, JanitorSettings};
 use crate::judge::Judge;
 use crate::release::Releases;
 use crate::routing::Fence;
@@ -24,13 +26,14 @@ pub async fn run(
     keys: Keys,
     id: String,
     releases: Releases,
+    janitor: JanitorSettings,
     shutdown: CancellationToken,
 ) {
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        if let Err(error) = term(&client, &keys, &id, &releases, &shutdown).await {
+        if let Err(error) = term(&client, &keys, &id, &releases, janitor, &shutdown).await {
             tracing::warn!(%error, "leader election failed; campaigning again");
         }
         tokio::select! {
@@ -46,6 +49,7 @@ async fn term(
     keys: &Keys,
     id: &str,
     releases: &Releases,
+    janitor: JanitorSettings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let mut client = client.clone();
@@ -70,11 +74,13 @@ async fn term(
             revision: leader.rev(),
         });
     if let Some(fence) = fence {
-        tracing::info!(%id, "elected leader: running the judge and rollouts");
+        tracing::info!(%id, "elected leader: running the judge, rollouts and housekeeping");
         metrics::gauge!("switchboard_coordinator_is_leader").set(1.0);
-        Judge::new(releases.clone(), id, fence)
-            .run(term.clone())
-            .await;
+        // Both loops end with the term; the judge also ends it when it returns.
+        tokio::join!(
+            Judge::new(releases.clone(), id, fence.clone()).run(term.clone()),
+            Janitor::new(releases.clone(), fence, janitor).run(term.clone()),
+        );
         metrics::gauge!("switchboard_coordinator_is_leader").set(0.0);
         tracing::info!(%id, "leadership ended");
     }

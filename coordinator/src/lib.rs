@@ -8,11 +8,13 @@
 
 pub mod audit;
 pub mod auth;
+pub mod capacity;
 pub mod dev_etcd;
 pub mod error;
 pub mod gates;
 pub mod grpc;
 pub mod http;
+pub mod janitor;
 pub mod judge;
 pub mod leader;
 pub mod release;
@@ -67,6 +69,21 @@ pub struct Args {
     /// anonymous admin.
     #[arg(long, value_name = "FILE")]
     pub auth: Option<PathBuf>,
+    /// etcd's `--quota-backend-bytes`, against which stages are checked before anything is
+    /// written (etcd 3.6 reports its quota itself, and then that wins).
+    #[arg(long, env = "SWITCHBOARD_ETCD_QUOTA_BYTES", default_value_t = capacity::DEFAULT_QUOTA_BYTES, value_name = "BYTES")]
+    pub etcd_quota_bytes: u64,
+    /// Seconds between the leader's housekeeping rounds (collection of unneeded manifests and
+    /// chunks, compaction of old revisions).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub gc_interval: u64,
+    /// Versions of each namespace's history kept in etcd besides those routing and the slots
+    /// name, for `rollback --to` and `snapshot save --version`.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub retain_versions: usize,
+    /// Seconds after which etcd's old revisions are compacted.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub compact_after: u64,
     /// Configuration file (reserved; no settings are read from it yet).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -120,7 +137,10 @@ async fn serve(
         .context("cannot install the metrics recorder")?;
     let client = connect_etcd(&args.etcd).await?;
     let keys = Keys::new(&args.prefix);
-    let releases = release::Releases::new(store::Store::new(client.clone(), keys.clone()));
+    let releases = release::Releases::new(store::Store::new(client.clone(), keys.clone()))
+        .with_capacity(capacity::Capacity {
+            quota_bytes: args.etcd_quota_bytes,
+        });
     let id = args.id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}:{}", host.trim(), args.listen.port())
@@ -148,11 +168,17 @@ async fn serve(
     // The leader's loops stop after the servers: a change accepted before shutdown is still
     // judged, and the lease is revoked last so another replica takes over at once.
     let loops = CancellationToken::new();
+    let janitor = janitor::JanitorSettings {
+        interval: Duration::from_secs(args.gc_interval),
+        retain_versions: args.retain_versions,
+        compact_after: Duration::from_secs(args.compact_after),
+    };
     let leader = tokio::spawn(leader::run(
         client,
         keys,
         id.clone(),
         releases.clone(),
+        janitor,
         loops.clone(),
     ));
     tracing::info!(%id, "campaigning for leadership");

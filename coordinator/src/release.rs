@@ -16,6 +16,7 @@ use switchboard_proto::{
 };
 
 use crate::audit;
+use crate::capacity::Capacity;
 use crate::error::{CoordinatorError, Result};
 use crate::gates::GateChecker;
 use crate::store::{NamespaceState, Store, absent, unchanged};
@@ -55,6 +56,7 @@ pub enum BeginStage {
 pub struct Releases {
     store: Store,
     gates: GateChecker,
+    capacity: Capacity,
 }
 
 impl Releases {
@@ -62,7 +64,17 @@ impl Releases {
         Self {
             store,
             gates: GateChecker::new(),
+            capacity: Capacity::default(),
         }
+    }
+
+    /// The same, checking stages against `capacity` instead of etcd's default quota.
+    pub fn with_capacity(self, capacity: Capacity) -> Self {
+        Self { capacity, ..self }
+    }
+
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     pub fn store(&self) -> &Store {
@@ -147,6 +159,9 @@ impl Releases {
                 message: message.to_string(),
                 at_ms: now_ms(),
             };
+            // Refuse before anything is written when etcd would not hold the new chunks.
+            self.check_capacity(ns, &manifest, manifest_json.len() as u64)
+                .await?;
             // The slot must still be idle (routing unchanged) and nobody else may have begun
             // staging into it since we read it.
             let txn = Txn::new()
@@ -186,6 +201,35 @@ impl Releases {
             });
         }
         Err(busy(ns))
+    }
+
+    /// Refuses a stage whose chunks that etcd lacks would not fit in etcd's quota.
+    async fn check_capacity(&self, ns: &str, manifest: &Manifest, record_bytes: u64) -> Result<()> {
+        let hashes: Vec<String> = unique(manifest.chunks.iter().map(|c| c.hash.clone()));
+        let missing: HashSet<String> = self
+            .store
+            .missing_chunks(ns, &hashes)
+            .await?
+            .into_iter()
+            .collect();
+        let mut counted = HashSet::new();
+        let chunk_bytes: u64 = manifest
+            .chunks
+            .iter()
+            .filter(|c| missing.contains(&c.hash) && counted.insert(c.hash.as_str()))
+            .map(|c| c.stored_len())
+            .sum();
+        if chunk_bytes == 0 {
+            return Ok(());
+        }
+        self.capacity
+            .check_stage(
+                &self.store,
+                ns,
+                &manifest.version,
+                chunk_bytes + record_bytes,
+            )
+            .await
     }
 
     /// Verifies and writes uploaded chunks. Each must hash to its name and decode cleanly.

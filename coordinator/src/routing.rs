@@ -33,7 +33,7 @@ pub struct Fence {
 }
 
 impl Fence {
-    fn compare(&self) -> Compare {
+    pub(crate) fn compare(&self) -> Compare {
         Compare::create_revision(self.key.clone(), CompareOp::Equal, self.revision)
     }
 }

@@ -189,6 +189,18 @@ impl Store {
             .collect())
     }
 
+    /// The keys under a prefix, without their values, in key order.
+    pub async fn keys_under(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut client = self.client.clone();
+        let options = GetOptions::new().with_prefix().with_keys_only();
+        let response = with_timeout(client.get(prefix, Some(options))).await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
+    }
+
     /// The id of the coordinator replica currently elected leader, if any.
     pub async fn leader_name(&self) -> Option<String> {
         let mut client = self.client.clone();

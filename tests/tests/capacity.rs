@@ -1,0 +1,186 @@
+//! etcd's space against a real etcd: a stage that would not fit in the quota is refused before
+//! any chunk is written (and rollbacks still work), and the leader collects what nothing needs
+//! and compacts old revisions.
+
+mod common;
+
+use anyhow::{Context, Result, ensure};
+use common::*;
+use switchboard_tests::{Coordinator, EtcdServer, TestEnv, unique_prefix, wait_until};
+
+const NS: &str = "catalog";
+const MIB: u64 = 1024 * 1024;
+
+async fn db_in_use(etcd: &EtcdServer) -> Result<u64> {
+    let status = etcd.client().await?.status().await?;
+    Ok(u64::try_from(status.raft_used_db_size())?)
+}
+
+async fn chunk_count(etcd: &EtcdServer, prefix: &str) -> Result<usize> {
+    let mut client = etcd.client().await?;
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let response = client
+        .get(format!("{prefix}/ns/{NS}/chunks/"), Some(options))
+        .await?;
+    Ok(usize::try_from(response.count())?)
+}
+
+/// Acceptance 5: staging into an etcd with too little quota headroom is refused before any
+/// chunk is written, and a rollback still works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_beyond_the_quota_is_refused_before_any_write_and_rollback_still_works()
+-> Result<()> {
+    let quota = 24 * MIB;
+    let etcd = EtcdServer::start_with(&[&format!("--quota-backend-bytes={quota}")]).await?;
+    let prefix = unique_prefix();
+    let coordinator = Coordinator::start_with(
+        &etcd.endpoint(),
+        &prefix,
+        &["--etcd-quota-bytes", &quota.to_string()],
+    )
+    .await?;
+    let sbctl = coordinator.sbctl();
+    sbctl
+        .run(&["policy", "set", NS, "--bake", "0"])
+        .await?
+        .ensure_success()?;
+    let dir = tempfile::tempdir()?;
+    let small1 = write_set(dir.path(), "g1", 20, 100)?.display().to_string();
+    let v1 = stage(&sbctl, NS, &small1).await?;
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+
+    // A set of about 2 MB: how much etcd's database grows for it.
+    let medium = write_set(dir.path(), "g2", 2000, 1000)?
+        .display()
+        .to_string();
+    let before = db_in_use(&etcd).await?;
+    let v2 = stage(&sbctl, NS, &medium).await?;
+    let grown = db_in_use(&etcd).await?.saturating_sub(before);
+    let shown = status(&sbctl, NS).await?;
+    let bytes = shown["slots"]["green"]["bytes"].as_u64().context("bytes")?;
+    println!(
+        "etcd's database grew by {grown} bytes for a set of {bytes} bytes ({:.2}x)",
+        grown as f64 / bytes as f64
+    );
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+
+    // About 15 MB, which with etcd's overhead does not fit under 90% of 24 MiB.
+    let big = write_set(dir.path(), "g3", 3000, 5000)?
+        .display()
+        .to_string();
+    let chunks_before = chunk_count(&etcd, &prefix).await?;
+    let slots_before = status(&sbctl, NS).await?["slots"].clone();
+    let refused = sbctl.run(&["stage", NS, &big]).await?.ensure_code(4)?;
+    for says in ["needs about", "quota", "nothing was written"] {
+        ensure!(refused.stderr.contains(says), "{says:?} not in:\n{refused}");
+    }
+    assert_eq!(
+        chunk_count(&etcd, &prefix).await?,
+        chunks_before,
+        "chunks were written"
+    );
+    assert_eq!(status(&sbctl, NS).await?["slots"], slots_before);
+
+    sbctl
+        .run(&["rollback", NS, "-m", "after the refusal"])
+        .await?
+        .ensure_success()?;
+    let after = status(&sbctl, NS).await?;
+    assert_eq!(after["active"]["version"], v1.as_str(), "{after}");
+    assert_ne!(v1, v2);
+    Ok(())
+}
+
+/// The leader collects the manifests and chunks of versions that nothing names (beyond the
+/// retained history), a collected version can no longer be rolled back to, and old revisions
+/// are compacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_collects_what_nothing_needs_and_compacts() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let janitor = Coordinator::start_with(
+        &env.etcd_endpoints(),
+        env.prefix(),
+        &[
+            "--gc-interval",
+            "1",
+            "--retain-versions",
+            "0",
+            "--compact-after",
+            "1",
+        ],
+    )
+    .await?;
+    // The environment's own coordinator may hold the leadership; stop it so the janitor's
+    // settings apply.
+    env.coordinator.kill()?;
+    let sbctl = janitor.sbctl();
+    sbctl
+        .run(&["policy", "set", NS, "--bake", "0"])
+        .await?
+        .ensure_success()?;
+    let dir = tempfile::tempdir()?;
+    let mut versions = Vec::new();
+    for generation in ["g1", "g2", "g3"] {
+        let set = write_set(dir.path(), generation, 200, 300)?
+            .display()
+            .to_string();
+        versions.push(stage(&sbctl, NS, &set).await?);
+        sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    }
+    // v1 is in no slot and not routing's previous: its manifest and chunks go.
+    wait_until(DEADLINE, "version 1 to be collected", async || {
+        let history = sbctl.run_json(&["history", NS]).await?;
+        let oldest = history["versions"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["version"] == versions[0].as_str()))
+            .cloned()
+            .context("v1 in the history")?;
+        Ok(oldest["retained"] == false)
+    })
+    .await?;
+    let mut client = env.etcd_client().await?;
+    let chunk_prefix = format!("{}/ns/{NS}/chunks/", env.prefix());
+    let left = client
+        .get(
+            chunk_prefix.as_str(),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await?
+        .kvs()
+        .len();
+    ensure!(
+        left > 0,
+        "the chunks of the versions in the slots must stay"
+    );
+    // Both versions in service still load: a new sidecar serves the active one.
+    let sidecar = env.start_sidecar("after-gc").await?;
+    sidecar.wait_ready(DEADLINE).await?;
+    let refused = sbctl
+        .run(&["rollback", NS, "--to", &versions[0]])
+        .await?
+        .ensure_code(4)?;
+    ensure!(refused.stderr.contains("no longer retained"), "{refused}");
+    sbctl.run(&["rollback", NS]).await?.ensure_success()?;
+    assert_eq!(
+        status(&sbctl, NS).await?["active"]["version"],
+        versions[1].as_str()
+    );
+
+    wait_until(DEADLINE, "old revisions to be compacted", async || {
+        let old = client
+            .get(
+                env.keys().routing(NS),
+                Some(etcd_client::GetOptions::new().with_revision(2)),
+            )
+            .await;
+        Ok(old.is_err_and(|e| e.to_string().contains("compacted")))
+    })
+    .await?;
+    Ok(())
+}
