@@ -116,19 +116,9 @@ async fn the_leader_collects_what_nothing_needs_and_compacts() -> Result<()> {
     // settings apply.
     env.coordinator.kill()?;
     let sbctl = janitor.sbctl();
-    sbctl
-        .run(&["policy", "set", NS, "--bake", "0"])
-        .await?
-        .ensure_success()?;
     let dir = tempfile::tempdir()?;
-    let mut versions = Vec::new();
-    for generation in ["g1", "g2", "g3"] {
-        let set = write_set(dir.path(), generation, 200, 300)?
-            .display()
-            .to_string();
-        versions.push(stage(&sbctl, NS, &set).await?);
-        sbctl.run(&["flip", NS]).await?.ensure_success()?;
-    }
+    let versions =
+        release_generations(&sbctl, NS, dir.path(), &["g1", "g2", "g3"], (200, 300)).await?;
     // v1 is in no slot and not routing's previous: its manifest and chunks go.
     wait_until(DEADLINE, "version 1 to be collected", async || {
         let history = sbctl.run_json(&["history", NS]).await?;

@@ -466,19 +466,9 @@ async fn a_snapshot_restores_the_same_version_after_a_wipe() -> Result<()> {
 async fn history_lists_versions_and_rollback_to_restages_a_retained_one() -> Result<()> {
     let env = TestEnv::start(&[NS]).await?;
     let sbctl = env.sbctl();
-    // No bake time, so that a version can be staged right after a flip.
-    sbctl
-        .run(&["policy", "set", NS, "--bake", "0"])
-        .await?
-        .ensure_success()?;
     let dir = tempfile::tempdir()?;
-    let mut versions = Vec::new();
-    for generation in ["g1", "g2", "g3"] {
-        let set = write_set(dir.path(), generation, 30, 40)?
-            .display()
-            .to_string();
-        versions.push(stage_and_flip(&env, NS, &set).await?.0);
-    }
+    let versions =
+        release_generations(&sbctl, NS, dir.path(), &["g1", "g2", "g3"], (30, 40)).await?;
     let history = sbctl.run_json(&["history", NS]).await?;
     let listed: Vec<(String, String)> = history["versions"]
         .as_array()

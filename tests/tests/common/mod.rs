@@ -80,6 +80,30 @@ pub async fn stage_and_flip(env: &TestEnv, ns: &str, path: &str) -> Result<(Stri
     Ok((version, epoch(&sbctl, ns).await?))
 }
 
+/// With no bake time (so that each stage may follow a flip at once), stages and flips one set
+/// per generation of `count` items with `pad` bytes of padding; returns the versions in order.
+pub async fn release_generations(
+    sbctl: &SbctlRunner,
+    ns: &str,
+    dir: &Path,
+    generations: &[&str],
+    (count, pad): (usize, usize),
+) -> Result<Vec<String>> {
+    sbctl
+        .run(&["policy", "set", ns, "--bake", "0"])
+        .await?
+        .ensure_success()?;
+    let mut versions = Vec::new();
+    for generation in generations {
+        let set = write_set(dir, generation, count, pad)?
+            .display()
+            .to_string();
+        versions.push(stage(sbctl, ns, &set).await?);
+        sbctl.run(&["flip", ns]).await?.ensure_success()?;
+    }
+    Ok(versions)
+}
+
 /// Number of chunk keys of a namespace in etcd, and the highest mod revision among them.
 pub async fn chunk_stats(env: &TestEnv, ns: &str) -> Result<(usize, i64)> {
     let mut client = env.etcd_client().await?;
