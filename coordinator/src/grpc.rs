@@ -212,6 +212,7 @@ impl Admin for AdminService {
                     .put_chunks(ns, std::mem::take(&mut batch))
                     .await?;
                 batch_bytes = 0;
+                crate::crash::point(crate::crash::STAGE_BETWEEN_BATCHES, "stage");
             }
         }
         if !batch.is_empty() {

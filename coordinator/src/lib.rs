@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod capacity;
+pub mod crash;
 pub mod dev_etcd;
 pub mod error;
 pub mod gates;

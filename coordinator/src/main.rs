@@ -11,6 +11,8 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = switchboard_coordinator::Args::parse();
+    // Crash points of the crash-safety tests; inert unless FAILPOINTS names one.
+    let _crash_points = switchboard_coordinator::crash::setup();
     let shutdown = CancellationToken::new();
     switchboard_coordinator::cancel_on_signal(shutdown.clone());
     match switchboard_coordinator::run(args, shutdown).await {

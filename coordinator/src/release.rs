@@ -17,6 +17,7 @@ use switchboard_proto::{
 
 use crate::audit;
 use crate::capacity::Capacity;
+use crate::crash;
 use crate::error::{CoordinatorError, Result};
 use crate::gates::GateChecker;
 use crate::store::{NamespaceState, Store, absent, unchanged};
@@ -354,7 +355,10 @@ impl Releases {
                     absent(keys.audit(ns, record.seq)),
                 ])
                 .and_then(operations);
-            if self.store.txn(txn).await?.succeeded() {
+            crash::point(crash::SEAL_BEFORE_TXN, "stage");
+            let committed = self.store.txn(txn).await?.succeeded();
+            crash::point(crash::SEAL_AFTER_TXN, "stage");
+            if committed {
                 tracing::info!(ns, %slot, version = %sealed.version, actor = %actor.name, "slot sealed");
                 metrics::counter!("switchboard_stages_sealed_total").increment(1);
                 return Ok(SealOutcome {

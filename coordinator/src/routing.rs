@@ -18,6 +18,7 @@ use switchboard_proto::{
 };
 
 use crate::audit;
+use crate::crash;
 use crate::error::{CoordinatorError, Result};
 use crate::release::{
     Actor, BeginStage, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, to_json, unique,
@@ -752,12 +753,14 @@ impl Releases {
             if let Some(rollout) = &rollout_after {
                 operations.push(TxnOp::put(keys.rollout(ns), to_json(rollout), None));
             }
-            if self
+            crash::point(crash::ROUTING_BEFORE_TXN, action);
+            let committed = self
                 .store()
                 .txn(Txn::new().when(compares).and_then(operations))
                 .await?
-                .succeeded()
-            {
+                .succeeded();
+            crash::point(crash::ROUTING_AFTER_TXN, action);
+            if committed {
                 tracing::info!(ns, action, epoch = routing.epoch, actor = %actor.name, reason, "routing changed");
                 metrics::counter!("switchboard_routing_changes_total", "action" => action.to_string())
                     .increment(1);

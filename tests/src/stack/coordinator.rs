@@ -41,6 +41,16 @@ impl Coordinator {
         prefix: &str,
         extra_args: &[&str],
     ) -> Result<Self> {
+        Self::start_with_env(etcd_endpoints, prefix, extra_args, &[]).await
+    }
+
+    /// [`Self::start_with`] with environment variables (`FAILPOINTS` for crash tests).
+    pub async fn start_with_env(
+        etcd_endpoints: &str,
+        prefix: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let program = bin_path(COORDINATOR)?;
         let dir = tempfile::Builder::new()
             .prefix("sbtest-coordinator-")
@@ -49,13 +59,17 @@ impl Coordinator {
         let log_path = dir.path().join("coordinator.log");
         let work_dir = dir.path().to_path_buf();
         let started = start_service("coordinator", &log_path, |http_port, grpc_port| {
-            CommandSpec::new(&program)
+            let mut spec = CommandSpec::new(&program)
                 .args(["--etcd", etcd_endpoints])
                 .args(["--listen", &format!("127.0.0.1:{grpc_port}")])
                 .args(["--http", &format!("127.0.0.1:{http_port}")])
                 .args(["--prefix", prefix])
                 .args(extra_args.iter().copied())
-                .current_dir(&work_dir)
+                .current_dir(&work_dir);
+            for (key, value) in env {
+                spec = spec.env(*key, *value);
+            }
+            spec
         })
         .await
         .context("starting switchboard-coordinator")?;

@@ -1,0 +1,42 @@
+//! Crash points for the crash-safety tests: at the moments that matter (between chunk batches,
+//! around the seal's and every routing change's transaction), a coordinator built with the
+//! `failpoints` feature and started with `FAILPOINTS=<point>=return` aborts, as a `kill -9`
+//! would stop it there. `<point>=return(<action>)` aborts only in that action (`flip`,
+//! `rollback`, ...). Without the feature, or without `FAILPOINTS`, nothing happens.
+
+/// The points, as `FAILPOINTS` names them.
+pub const STAGE_BETWEEN_BATCHES: &str = "stage-between-chunk-batches";
+pub const SEAL_BEFORE_TXN: &str = "seal-before-txn";
+pub const SEAL_AFTER_TXN: &str = "seal-after-txn";
+pub const ROUTING_BEFORE_TXN: &str = "routing-before-txn";
+pub const ROUTING_AFTER_TXN: &str = "routing-after-txn";
+
+/// Keeps the failpoint configuration read from `FAILPOINTS` for as long as it lives.
+pub struct Scenario {
+    #[cfg(feature = "failpoints")]
+    _scenario: fail::FailScenario<'static>,
+}
+
+/// Reads `FAILPOINTS`; hold the result for the life of the process.
+pub fn setup() -> Scenario {
+    Scenario {
+        #[cfg(feature = "failpoints")]
+        _scenario: fail::FailScenario::setup(),
+    }
+}
+
+/// Aborts the process when the point is configured to `return`, or to `return(action)`.
+#[cfg(feature = "failpoints")]
+pub fn point(name: &str, action: &str) {
+    if let Some(only) = fail::eval(name, |only| only)
+        && only.as_deref().is_none_or(|only| only == action)
+    {
+        eprintln!("switchboard-coordinator: crash point {name} reached ({action}); aborting");
+        std::process::abort();
+    }
+}
+
+/// Without the `failpoints` feature, crash points are nothing.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn point(_name: &str, _action: &str) {}
