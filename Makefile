@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps build run test lint fmt clean
+.PHONY: deps build run test fuzz lint fmt clean
 
 # Installs the system packages the build and the tests need, when they are missing.
 deps:
@@ -26,6 +26,12 @@ run: build
 test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+
+# The long fuzz run: every target of tests/tests/fuzz.rs for FUZZ_SECONDS (default 600) each,
+# one after the other; `make test` runs one short round of each.
+FUZZ_SECONDS ?= 600
+fuzz: deps
+	SWITCHBOARD_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test -p switchboard-tests --test fuzz -- --test-threads=1 --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -44,6 +44,21 @@ pub struct SnapshotHeader {
     pub saved_at: String,
 }
 
+impl SnapshotHeader {
+    /// The header of a snapshot of `manifest`'s set from `namespace`, saved at `saved_at_ms`.
+    pub fn of(namespace: &str, manifest: &Manifest, saved_at_ms: u64) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            version: manifest.version.clone(),
+            checksum: manifest.checksum.clone(),
+            manifest: manifest.hash(),
+            items: manifest.item_count,
+            bytes: manifest.bytes,
+            saved_at: rfc3339_ms(saved_at_ms),
+        }
+    }
+}
+
 /// What `snapshot save` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct SaveReport {
@@ -75,15 +90,7 @@ pub async fn save(
             CliError::Refused(format!("nothing is active in {namespace} to save"))
         })?,
     };
-    let header = SnapshotHeader {
-        namespace: namespace.to_string(),
-        version: manifest.version.clone(),
-        checksum: manifest.checksum.clone(),
-        manifest: manifest.hash(),
-        items: manifest.item_count,
-        bytes: manifest.bytes,
-        saved_at: rfc3339_ms(now_ms()),
-    };
+    let header = SnapshotHeader::of(namespace, &manifest, now_ms());
     let partial = partial_path(file);
     let written = write_snapshot(&mut coordinator, namespace, &manifest, &header, &partial).await;
     let (file_bytes, sha256) = match written {
@@ -126,22 +133,9 @@ async fn write_snapshot(
     path: &Path,
 ) -> Result<(u64, String), CliError> {
     let file = std::fs::File::create(path).map_err(|e| io_error(path, "cannot be created", e))?;
-    let mut out = HashingWriter {
-        inner: std::io::BufWriter::new(file),
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    let header_json = serde_json::to_vec(header)
-        .map_err(|e| CliError::Failed(format!("cannot write the snapshot header: {e}")))?;
-    let write = |out: &mut HashingWriter, data: &[u8]| {
-        out.write_all(data)
-            .map_err(|e| io_error(path, "cannot be written", e))
-    };
-    write(&mut out, MAGIC)?;
-    write(&mut out, &header_json)?;
-    write(&mut out, b"\n")?;
-    write(&mut out, &manifest.to_canonical_json())?;
-    write(&mut out, b"\n")?;
+    let io = |e: std::io::Error| io_error(path, "cannot be written", e);
+    let mut writer =
+        SnapshotWriter::new(std::io::BufWriter::new(file), header, manifest).map_err(io)?;
     let mut verifier = SetVerifier::verify_only(manifest);
     let bad = |problem: String| CliError::BadReply {
         rpc: "GetChunks",
@@ -161,29 +155,57 @@ async fn write_snapshot(
             verifier
                 .add_chunk(data)
                 .map_err(|e| bad(format!("the set does not verify: {e}")))?;
-            write(
-                &mut out,
-                format!("chunk {} {}\n", chunk.hash, data.len()).as_bytes(),
-            )?;
-            write(&mut out, data)?;
-            write(&mut out, b"\n")?;
+            writer.add_chunk(&chunk.hash, data).map_err(io)?;
         }
     }
     verifier
         .finish()
         .map_err(|e| bad(format!("the set does not verify: {e}")))?;
-    let sha256 = hex::encode(out.hasher.finalize_reset());
-    let file_bytes = out.bytes;
-    out.inner
-        .write_all(format!("sha256 {sha256}\n").as_bytes())
-        .map_err(|e| io_error(path, "cannot be written", e))?;
-    let file = out
-        .inner
-        .into_inner()
-        .map_err(|e| io_error(path, "cannot be written", e.into_error()))?;
+    let (out, bytes, sha256) = writer.finish().map_err(io)?;
+    let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all()
         .map_err(|e| io_error(path, "cannot be synced", e))?;
-    Ok((file_bytes + 72, sha256))
+    Ok((bytes, sha256))
+}
+
+/// Writes the snapshot format, one chunk at a time, hashing as it goes.
+pub struct SnapshotWriter<W: Write> {
+    out: HashingWriter<W>,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Writes the magic line, the header and the manifest.
+    pub fn new(out: W, header: &SnapshotHeader, manifest: &Manifest) -> std::io::Result<Self> {
+        let mut out = HashingWriter {
+            inner: out,
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        out.write_all(MAGIC)?;
+        serde_json::to_writer(&mut out, header)?;
+        out.write_all(b"\n")?;
+        out.write_all(&manifest.to_canonical_json())?;
+        out.write_all(b"\n")?;
+        Ok(Self { out })
+    }
+
+    /// Writes the next chunk of the manifest's order.
+    pub fn add_chunk(&mut self, hash: &str, data: &[u8]) -> std::io::Result<()> {
+        self.out
+            .write_all(format!("chunk {hash} {}\n", data.len()).as_bytes())?;
+        self.out.write_all(data)?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Writes the trailer; returns the writer, the file's size and the trailer's hash.
+    pub fn finish(mut self) -> std::io::Result<(W, u64, String)> {
+        let sha256 = hex::encode(self.out.hasher.finalize_reset());
+        let trailer = format!("sha256 {sha256}\n");
+        self.out.inner.write_all(trailer.as_bytes())?;
+        self.out.inner.flush()?;
+        let bytes = self.out.bytes + trailer.len() as u64;
+        Ok((self.out.inner, bytes, sha256))
+    }
 }
 
 /// `sbctl snapshot restore NS FILE [-m MESSAGE]`
@@ -340,13 +362,13 @@ fn io_error(path: &Path, what: &str, error: std::io::Error) -> CliError {
 }
 
 /// A writer that hashes and counts what passes through it.
-struct HashingWriter {
-    inner: std::io::BufWriter<std::fs::File>,
+struct HashingWriter<W: Write> {
+    inner: W,
     hasher: Sha256,
     bytes: u64,
 }
 
-impl Write for HashingWriter {
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let written = self.inner.write(buf)?;
         self.hasher.update(&buf[..written]);
@@ -366,27 +388,13 @@ mod tests {
 
     fn snapshot_of(set: &ItemSet) -> Vec<u8> {
         let (manifest, chunks) = set.to_chunks();
-        let header = SnapshotHeader {
-            namespace: "catalog".into(),
-            version: manifest.version.clone(),
-            checksum: manifest.checksum.clone(),
-            manifest: manifest.hash(),
-            items: manifest.item_count,
-            bytes: manifest.bytes,
-            saved_at: "2026-11-22T00:00:00.000Z".into(),
-        };
-        let mut out = MAGIC.to_vec();
-        out.extend(serde_json::to_vec(&header).expect("header"));
-        out.push(b'\n');
-        out.extend(manifest.to_canonical_json());
-        out.push(b'\n');
+        let header = SnapshotHeader::of("catalog", &manifest, 0);
+        let mut writer = SnapshotWriter::new(Vec::new(), &header, &manifest).expect("header");
         for chunk in &chunks {
-            out.extend(format!("chunk {} {}\n", chunk.hash, chunk.data.len()).as_bytes());
-            out.extend(&chunk.data);
-            out.push(b'\n');
+            writer.add_chunk(&chunk.hash, &chunk.data).expect("chunk");
         }
-        let sha = sha256_hex(&out);
-        out.extend(format!("sha256 {sha}\n").as_bytes());
+        let (out, bytes, _) = writer.finish().expect("trailer");
+        assert_eq!(bytes, out.len() as u64);
         out
     }
 

@@ -186,7 +186,8 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-fn decode(namespace: &str, data: &[u8]) -> Result<Snapshot, String> {
+/// Decodes and verifies the bytes of a disk copy of `namespace`; the error says what is wrong.
+pub fn decode(namespace: &str, data: &[u8]) -> Result<Snapshot, String> {
     if data.len() < MAGIC.len() + 4 + TRAILER_BYTES || !data.starts_with(MAGIC) {
         return Err("not a last-known-good file".into());
     }
