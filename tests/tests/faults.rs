@@ -170,3 +170,153 @@ async fn sidecars_serve_through_a_30_second_loss_of_every_etcd_member() -> Resul
     );
     Ok(())
 }
+
+/// Acceptance 4, the write itself: a leader whose election key is gone (its lease lapsed while
+/// it was paused) has its queued write refused by etcd, because every write of the leader
+/// compares that key; the same write under a standing key goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_queued_write_fails() -> Result<()> {
+    use switchboard_coordinator::release::{Actor, Releases};
+    use switchboard_coordinator::routing::{ChangeRequest, Fence};
+    use switchboard_coordinator::store::Store;
+
+    let cluster = EtcdCluster::start(1).await?;
+    let prefix = unique_prefix();
+    let coordinator = Coordinator::start(&cluster.endpoints_csv(), &prefix).await?;
+    let sbctl = coordinator.sbctl();
+    let dir = tempfile::tempdir()?;
+    let versions = release_generations(&sbctl, NS, dir.path(), &["g1"], (10, 10)).await?;
+    // Put the bake time back, then flip to a second version: the bake runs, and with the
+    // coordinator gone nobody ends it.
+    sbctl
+        .run(&["policy", "set", NS, "--bake", "1"])
+        .await?
+        .ensure_success()?;
+    let v2 = stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "g2", 10, 10)?.display().to_string(),
+    )
+    .await?;
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    coordinator.kill()?;
+    let mut client = cluster.client().await?;
+    let keys = switchboard_proto::Keys::new(&prefix);
+    let routing_key = keys.routing(NS);
+    let bake_over = async |client: &mut etcd_client::Client| -> Result<bool> {
+        let response = client.get(routing_key.as_str(), None).await?;
+        let routing: Value =
+            serde_json::from_slice(response.kvs().first().context("routing")?.value())?;
+        Ok(routing["bake_until_ms"]
+            .as_u64()
+            .is_some_and(|until| until < switchboard_proto::time::now_ms()))
+    };
+    wait_until(DEADLINE, "the bake time to pass", async || {
+        bake_over(&mut client).await
+    })
+    .await?;
+
+    let releases = Releases::new(Store::new(client.clone(), keys.clone()));
+    let actor = Actor {
+        name: "old-leader".into(),
+    };
+    let campaign = async |client: &mut etcd_client::Client, name: &str| -> Result<(Fence, i64)> {
+        let lease = client.lease_grant(5, None).await?.id();
+        let won = client.campaign(keys.leader(), name, lease).await?;
+        let leader = won.leader().context("no leader key")?;
+        Ok((
+            Fence {
+                key: leader.key().to_vec(),
+                revision: leader.rev(),
+            },
+            lease,
+        ))
+    };
+    let response = client.get(routing_key.as_str(), None).await?;
+    let routing: Value =
+        serde_json::from_slice(response.kvs().first().context("routing")?.value())?;
+    let epoch_now = routing["epoch"].as_u64().context("epoch")?;
+    let (old_fence, old_lease) = campaign(&mut client, "old-leader").await?;
+    // The lease lapses (as it does for a leader paused past its TTL): the key goes with it.
+    client.lease_revoke(old_lease).await?;
+    let request = |actor, fence| ChangeRequest {
+        ns: NS,
+        expected_epoch: epoch_now,
+        action: "bake-complete",
+        reason: "queued before the pause",
+        actor,
+        fence: Some(fence),
+    };
+    let refused = releases
+        .complete_bake(request(&actor, &old_fence))
+        .await
+        .err()
+        .context("the deposed leader's write went through")?;
+    ensure!(
+        refused.to_string().contains("no longer the leader"),
+        "{refused}"
+    );
+    ensure!(
+        bake_over(&mut client).await?,
+        "routing changed under a deposed leader"
+    );
+
+    let (new_fence, _) = campaign(&mut client, "new-leader").await?;
+    let new_actor = Actor {
+        name: "new-leader".into(),
+    };
+    let change = releases
+        .complete_bake(request(&new_actor, &new_fence))
+        .await?;
+    assert_eq!(change.routing.bake_until_ms, None);
+    assert_eq!(change.routing.active.version, v2);
+    assert_ne!(versions[0], v2);
+    Ok(())
+}
+
+/// Acceptance 4, the terms: a leader paused (SIGSTOP) past its lease is replaced, and when it
+/// resumes it steps down instead of acting as a second leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_steps_down_when_it_resumes() -> Result<()> {
+    let cluster = EtcdCluster::start(1).await?;
+    let prefix = unique_prefix();
+    let endpoints = cluster.endpoints_csv();
+    let a = Coordinator::start_with(&endpoints, &prefix, &["--id", "replica-a"]).await?;
+    let b = Coordinator::start_with(&endpoints, &prefix, &["--id", "replica-b"]).await?;
+    let is_leader = async |coordinator: &Coordinator| -> Result<bool> {
+        let url = format!("{}/metrics", coordinator.http_url());
+        let text = reqwest::get(&url).await?.text().await?;
+        Ok(text
+            .lines()
+            .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"))
+    };
+    wait_until(DEADLINE, "exactly one leader", async || {
+        Ok(is_leader(&a).await? != is_leader(&b).await?)
+    })
+    .await?;
+    let (leader, follower) = if is_leader(&a).await? {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+
+    leader.pause()?;
+    wait_until(DEADLINE, "the follower to take over", async || {
+        is_leader(follower).await
+    })
+    .await?;
+    leader.resume()?;
+    wait_until(DEADLINE, "the resumed leader to step down", async || {
+        Ok(!is_leader(leader).await?)
+    })
+    .await?;
+    ensure!(is_leader(follower).await?, "the new leader lost its term");
+    let shown = status(&follower.sbctl(), NS).await?;
+    let follower_id = if std::ptr::eq(follower, &a) {
+        "replica-a"
+    } else {
+        "replica-b"
+    };
+    assert_eq!(shown["leader"], follower_id, "{shown}");
+    Ok(())
+}
