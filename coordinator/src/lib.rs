@@ -90,19 +90,7 @@ pub struct Args {
     pub config: Option<PathBuf>,
 }
 
-/// Connects to etcd. The connection is lazy: the coordinator starts while etcd is down and
-/// answers `Unavailable` until it is back. Requests that need a leader fail instead of hanging
-/// on a member cut off from the cluster.
-pub async fn connect_etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true)
-        .with_require_leader(true);
-    etcd_client::Client::connect(endpoints, Some(options))
-        .await
-        .with_context(|| format!("cannot set up the etcd client for {}", endpoints.join(",")))
-}
+pub use switchboard_runtime::{cancel_on_signal, connect_etcd};
 
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -169,6 +157,11 @@ async fn serve(
     // The leader's loops stop after the servers: a change accepted before shutdown is still
     // judged, and the lease is revoked last so another replica takes over at once.
     let loops = CancellationToken::new();
+    let endpoints = tokio::spawn(switchboard_runtime::keep_endpoints_answering(
+        client.clone(),
+        args.etcd.clone(),
+        loops.clone(),
+    ));
     let janitor = janitor::JanitorSettings {
         interval: Duration::from_secs(args.gc_interval),
         retain_versions: args.retain_versions,
@@ -197,6 +190,7 @@ async fn serve(
     let (grpc, http) = tokio::join!(grpc, http);
     loops.cancel();
     let _ = leader.await;
+    let _ = endpoints.await;
     grpc.context("admin gRPC server failed")?;
     http.context("HTTP server failed")?;
     Ok(())
@@ -248,24 +242,4 @@ async fn drain<E: Into<anyhow::Error>>(
             Ok(())
         }
     }
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutting down");
-        token.cancel();
-    });
 }

@@ -102,19 +102,7 @@ pub fn validate_sidecar_id(id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to etcd lazily: the sidecar starts and serves while etcd is down. Watches require
-/// a leader, so that a member cut off from its cluster fails the watch instead of leaving it
-/// silently stalled.
-pub async fn connect_etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(3))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true)
-        .with_require_leader(true);
-    etcd_client::Client::connect(endpoints, Some(options))
-        .await
-        .with_context(|| format!("cannot set up the etcd client for {}", endpoints.join(",")))
-}
+pub use switchboard_runtime::{cancel_on_signal, connect_etcd};
 
 /// Binds both listeners, so that a port in use is reported before anything starts.
 pub async fn bind(args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
@@ -166,6 +154,11 @@ pub async fn run(
     if let Some(handle) = &metrics {
         tasks.spawn(telemetry::keep_up(handle.clone(), background.clone()));
     }
+    tasks.spawn(switchboard_runtime::keep_endpoints_answering(
+        client.clone(),
+        args.etcd.clone(),
+        background.clone(),
+    ));
     for namespace in namespaces.values() {
         tasks.spawn(cache::keep_written(
             cache.clone(),
@@ -264,24 +257,4 @@ async fn serve_last_known_good(cache: &cache::DiskCache, namespace: &Arc<namespa
             tracing::error!(ns = %namespace.name, %error, "reading the last-known-good copy failed")
         }
     }
-}
-
-/// Cancels `token` on SIGINT or SIGTERM.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutting down");
-        token.cancel();
-    });
 }

@@ -359,6 +359,19 @@ impl EtcdCluster {
         .map(drop)
     }
 
+    /// The index of the member that is the raft leader now.
+    pub async fn leader_index(&self) -> Result<usize> {
+        let mut client = self.client().await?;
+        let leader = client.status().await?.leader();
+        for (i, member) in self.members().iter().enumerate() {
+            let status = member.client().await?.status().await?;
+            if status.header().map(|h| h.member_id()) == Some(leader) {
+                return Ok(i);
+            }
+        }
+        anyhow::bail!("no member has the leader's id {leader:x}")
+    }
+
     pub fn size(&self) -> usize {
         self.members.len()
     }

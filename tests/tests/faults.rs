@@ -430,3 +430,129 @@ async fn a_sidecar_stopped_across_a_compaction_converges() -> Result<()> {
     assert_eq!(answer.body["generation"], "g3");
     Ok(())
 }
+
+/// The etcd leader killed (kill -9) during a stage, and the new leader paused (SIGSTOP) during
+/// a flip: each operation either completes or fails cleanly and completes when retried, the
+/// audit trail stays in step with routing, and the sidecar serves the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_leader_killed_during_a_stage_and_paused_during_a_flip() -> Result<()> {
+    let cluster = EtcdCluster::start(3).await?;
+    let endpoints = cluster.endpoints_csv();
+    let prefix = unique_prefix();
+    let coordinator = Coordinator::start(&endpoints, &prefix).await?;
+    let sbctl = coordinator.sbctl();
+    let sidecar = Sidecar::start(&endpoints, &prefix, "beside-the-cluster", &[NS]).await?;
+    let dir = tempfile::tempdir()?;
+    let v1 = stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "g1", 20, 50)?.display().to_string(),
+    )
+    .await?;
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+
+    // About 3 MB: several upload batches, so the kill lands in the middle.
+    let big = write_set(dir.path(), "g2", 3000, 1000)?
+        .display()
+        .to_string();
+    let staging = sbctl.spawn(&["stage", NS, &big])?;
+    let mut client = cluster.client().await?;
+    let chunks = format!("{prefix}/ns/{NS}/chunks/");
+    wait_until(DEADLINE, "the first chunks in etcd", async || {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        Ok(client.get(chunks.as_str(), Some(options)).await?.count() > 1)
+    })
+    .await?;
+    let killed = cluster.leader_index().await?;
+    cluster.member(killed).kill()?;
+    let first_try = staging.wait(Duration::from_secs(60)).await?;
+    println!("the stage during the leader's kill exited with {first_try:?}");
+    let v2 = wait_for_success(&sbctl, &["stage", NS, &big]).await?;
+    let shown = status(&sbctl, NS).await?;
+    assert_eq!(shown["slots"]["green"]["state"], "sealed", "{shown}");
+    assert_eq!(shown["slots"]["green"]["version"], v2.as_str(), "{shown}");
+    cluster.member(killed).respawn()?;
+    cluster.wait_for_leader(Duration::from_secs(30)).await?;
+
+    let epoch_before = epoch(&sbctl, NS).await?;
+    let paused = cluster.leader_index().await?;
+    cluster.member(paused).pause()?;
+    // Pinned to the epoch and version decided on: a retry after a flip that committed but
+    // whose answer was lost is a conflict (3), never a second flip.
+    let epoch_text = epoch_before.to_string();
+    let flip = [
+        "flip",
+        NS,
+        "--expect-epoch",
+        &epoch_text,
+        "--expect-version",
+        &v2,
+    ];
+    let outcome = wait_for_flip(&sbctl, &flip).await;
+    cluster.member(paused).resume()?;
+    outcome?;
+    let after = status(&sbctl, NS).await?;
+    assert_eq!(
+        after["epoch"],
+        epoch_before + 1,
+        "exactly one flip: {after}"
+    );
+    assert_eq!(after["active"]["version"], v2.as_str(), "{after}");
+    sidecar
+        .wait_for_epoch(NS, epoch_before + 1, Duration::from_secs(30))
+        .await?;
+    let answer = sidecar.get_item(NS, "items/k00001", None).await?;
+    assert_eq!(answer.version.as_deref(), Some(v2.as_str()));
+    assert_ne!(v1, v2);
+
+    let trail = sbctl.run_json(&["audit", NS]).await?;
+    let routing_records = trail["records"]
+        .as_array()
+        .context("records")?
+        .iter()
+        .filter(|r| r["detail"]["epoch"].is_u64())
+        .count();
+    assert_eq!(routing_records as u64, epoch_before + 1, "{trail:#}");
+    sbctl
+        .run(&["audit", NS, "--verify"])
+        .await?
+        .ensure_success()?;
+    Ok(())
+}
+
+/// Runs a stage until it succeeds (the cluster may still be electing); returns the version.
+async fn wait_for_success(sbctl: &switchboard_tests::SbctlRunner, args: &[&str]) -> Result<String> {
+    let mut last = String::new();
+    for _ in 0..20 {
+        let output = sbctl.run(args).await?;
+        if output.success() {
+            return Ok(output
+                .stdout
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string());
+        }
+        last = output.to_string();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("{args:?} never succeeded; last:\n{last}")
+}
+
+/// Runs a pinned flip until it succeeds, or until a retry finds it already made (exit 3 with
+/// the epoch moved on by exactly this flip).
+async fn wait_for_flip(sbctl: &switchboard_tests::SbctlRunner, args: &[&str]) -> Result<()> {
+    let mut last = String::new();
+    for _ in 0..40 {
+        let output = sbctl.run(args).await?;
+        if output.success() || (output.code == 3 && !last.is_empty()) {
+            return Ok(());
+        }
+        last = output.to_string();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    anyhow::bail!("the flip never went through; last:\n{last}")
+}

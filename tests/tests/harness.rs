@@ -252,19 +252,6 @@ async fn a_paused_etcd_does_not_answer_until_resumed() {
     assert_eq!(value.as_deref(), Some("here"));
 }
 
-/// The index of the cluster member that is the leader.
-async fn leader_index(cluster: &EtcdCluster) -> Result<usize> {
-    let mut client = cluster.client().await?;
-    let leader = client.status().await?.leader();
-    for (i, member) in cluster.members().iter().enumerate() {
-        let status = member.client().await?.status().await?;
-        if status.header().map(|h| h.member_id()) == Some(leader) {
-            return Ok(i);
-        }
-    }
-    bail!("no member has the leader's id {leader:x}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_member_cluster_survives_the_loss_of_its_leader() {
     let cluster = EtcdCluster::start(3).await.expect("the cluster starts");
@@ -274,7 +261,7 @@ async fn a_three_member_cluster_survives_the_loss_of_its_leader() {
     let mut client = cluster.client().await.expect("client");
     put(&mut client, &key, "before").await.expect("put");
 
-    let leader = leader_index(&cluster).await.expect("a leader");
+    let leader = cluster.leader_index().await.expect("a leader");
     cluster.member(leader).kill().expect("SIGKILL the leader");
     wait_until(
         DEADLINE,

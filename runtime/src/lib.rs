@@ -1,0 +1,138 @@
+//! What the coordinator and the sidecar both run: the etcd connection, and shutdown on
+//! SIGINT or SIGTERM.
+//!
+//! etcd-client balances requests over every endpoint it is given (tower's power-of-two-choices
+//! over tonic connections), and a member that refuses or drops connections fails the requests
+//! sent its way instead of being skipped (etcd-client issue #39). With one member of three
+//! down, the coordinator would fail its requests while the cluster itself is healthy. So
+//! [`keep_endpoints_answering`] probes each member on its own connection and takes a member
+//! that does not answer out of the balanced client, and puts it back once it answers again.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+/// How long a member may take to answer a probe before it is taken out of service.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often each member is probed.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+fn options() -> etcd_client::ConnectOptions {
+    etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true)
+}
+
+/// Connects to etcd. The connection is lazy: the process starts while etcd is down and its
+/// requests fail until etcd is back. Requests that need a leader fail instead of hanging on a
+/// member cut off from the cluster.
+pub async fn connect_etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::Client> {
+    etcd_client::Client::connect(endpoints, Some(options()))
+        .await
+        .with_context(|| format!("cannot set up the etcd client for {}", endpoints.join(",")))
+}
+
+/// Keeps `client`'s endpoints to the members that answer, until `shutdown`. Does nothing for a
+/// single endpoint, which is never taken out: its errors must stay visible. At least one
+/// endpoint always stays in service for the same reason.
+pub async fn keep_endpoints_answering(
+    client: etcd_client::Client,
+    endpoints: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    if endpoints.len() < 2 {
+        return;
+    }
+    let mut probes: Vec<Option<etcd_client::Client>> = vec![None; endpoints.len()];
+    let mut in_service = vec![true; endpoints.len()];
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let answers = probe(&mut probes[i], endpoint).await;
+            if answers == in_service[i] {
+                continue;
+            }
+            let serving = in_service.iter().filter(|s| **s).count();
+            if !answers && serving <= 1 {
+                continue;
+            }
+            let changed = if answers {
+                client.add_endpoint(endpoint).await
+            } else {
+                client.remove_endpoint(endpoint).await
+            };
+            match changed {
+                Ok(()) => {
+                    in_service[i] = answers;
+                    if answers {
+                        tracing::info!(%endpoint, "etcd member answers again; back in service");
+                    } else {
+                        tracing::warn!(%endpoint, "etcd member does not answer; out of service until it does");
+                    }
+                    metrics::gauge!("switchboard_etcd_endpoints_in_service")
+                        .set(in_service.iter().filter(|s| **s).count() as f64);
+                }
+                Err(error) => {
+                    tracing::warn!(%endpoint, %error, "cannot change the etcd client's endpoints")
+                }
+            }
+        }
+    }
+}
+
+/// Whether the member at `endpoint` answers a status request within [`PROBE_TIMEOUT`], on a
+/// connection of its own.
+async fn probe(slot: &mut Option<etcd_client::Client>, endpoint: &str) -> bool {
+    if slot.is_none() {
+        let options = options().with_connect_timeout(PROBE_TIMEOUT);
+        match tokio::time::timeout(
+            PROBE_TIMEOUT,
+            etcd_client::Client::connect([endpoint], Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(client)) => *slot = Some(client),
+            _ => return false,
+        }
+    }
+    let Some(client) = slot.as_mut() else {
+        return false;
+    };
+    let answered = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, client.status()).await,
+        Ok(Ok(_))
+    );
+    if !answered {
+        // A fresh connection next time: a connection to a paused member can hang.
+        *slot = None;
+    }
+    answered
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}
