@@ -38,7 +38,12 @@ impl Evaluation {
         self.outcomes
             .iter()
             .filter(|o| !o.passed)
-            .map(|o| format!("gate {} saw {}, needs {}", o.name, o.saw, o.wanted))
+            .map(|o| {
+                format!(
+                    "gate {} saw {}, needs {} ({})",
+                    o.name, o.saw, o.wanted, o.target
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -132,6 +137,7 @@ impl GateChecker {
                 passed,
                 saw,
                 wanted: gate.wanted(),
+                target: gate.target(),
             });
         }
         Ok(evaluation)
@@ -189,13 +195,11 @@ fn error_text(error: &reqwest::Error) -> String {
 
 async fn read_manifest(store: &Store, ns: &str, hash: &str) -> Result<Manifest> {
     let key = store.keys().manifest(ns, hash);
-    let raw = store
-        .get_raw(&key)
-        .await?
-        .ok_or_else(|| CoordinatorError::CorruptRecord {
-            key: key.clone(),
-            reason: "missing".into(),
-        })?;
+    let raw = store.get_raw(&key).await?.ok_or_else(|| {
+        CoordinatorError::Refused(format!(
+            "the manifest {hash} of {ns} is no longer retained, so its items cannot be checked"
+        ))
+    })?;
     Manifest::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
         key,
         reason: e.to_string(),

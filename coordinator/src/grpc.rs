@@ -408,12 +408,17 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let policy: Policy = serde_json::from_str(&r.policy_json)
             .map_err(|e| Status::invalid_argument(format!("policy_json is not a policy: {e}")))?;
-        let expected: Option<Policy> = match r.expected_policy_json.as_str() {
-            "" => None,
-            json => Some(serde_json::from_str(json).map_err(|e| {
+        // Without the policy it was decided on, a write would silently drop settings the
+        // caller did not know of (gates, the approval requirement): it is refused.
+        if r.expected_policy_json.is_empty() {
+            return Err(Status::invalid_argument(
+                "expected_policy_json is required: read the policy, change it, and send both",
+            ));
+        }
+        let expected: Option<Policy> =
+            Some(serde_json::from_str(&r.expected_policy_json).map_err(|e| {
                 Status::invalid_argument(format!("expected_policy_json is not a policy: {e}"))
-            })?),
-        };
+            })?);
         let stored = self
             .releases
             .set_policy(&r.namespace, policy, expected.as_ref(), &r.reason, &actor)

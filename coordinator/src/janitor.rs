@@ -3,7 +3,8 @@
 //!
 //! A manifest is kept while a slot or routing (active, canary, previous) names it, or while it
 //! is among the newest `retain_versions` of the history (for `rollback --to` and `snapshot save
-//! --version`). A chunk is kept while a kept manifest lists it. Every delete is a transaction
+//! --version`). A chunk is kept while a kept manifest lists it, and an approval while its
+//! manifest is kept. Every delete is a transaction
 //! that compares routing and both slot records with what the round read, and the leader's
 //! fence: a stage that begins meanwhile (and may count on a chunk being present) makes the
 //! round stop, and the next round sees it.
@@ -189,12 +190,17 @@ pub async fn collect(
     let manifests_prefix = keys.manifests_prefix(ns);
     let mut doomed: Vec<String> = Vec::new();
     let mut kept_chunks: HashSet<String> = HashSet::new();
-    for (key, value) in store.get_prefix(&manifests_prefix).await? {
+    // Keys first, then each kept manifest on its own: all of them in one answer could pass
+    // gRPC's message limit.
+    for key in store.keys_under(&manifests_prefix).await? {
         let hash = key.strip_prefix(&manifests_prefix).unwrap_or_default();
         if !keep.contains(hash) {
             doomed.push(key);
             continue;
         }
+        let Some(value) = store.get_raw(&key).await? else {
+            continue;
+        };
         let manifest =
             Manifest::from_json(&value).map_err(|e| CoordinatorError::CorruptRecord {
                 key: key.clone(),
@@ -203,6 +209,17 @@ pub async fn collect(
         kept_chunks.extend(manifest.chunks.into_iter().map(|c| c.hash));
     }
     let manifests = doomed.len();
+    // Approvals go with their manifest.
+    let approvals_prefix = keys.approvals_prefix(ns);
+    for key in store.keys_under(&approvals_prefix).await? {
+        let manifest = key
+            .strip_prefix(&approvals_prefix)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_default();
+        if !keep.contains(manifest) {
+            doomed.push(key);
+        }
+    }
     let chunk_prefix = keys.chunk(ns, "");
     let chunk_keys = store.keys_under(&chunk_prefix).await?;
     let mut chunks = 0;

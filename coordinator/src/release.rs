@@ -511,7 +511,7 @@ impl Releases {
             .get_raw(&key)
             .await?
             .ok_or_else(|| match version {
-                Some(version) => CoordinatorError::NotFound(format!(
+                Some(version) => CoordinatorError::Refused(format!(
                     "version {version} of {ns} is no longer retained: its manifest was collected"
                 )),
                 None => CoordinatorError::CorruptRecord {
@@ -548,7 +548,7 @@ impl Releases {
             .get_json(&self.store.keys().history(ns, version))
             .await?
             .ok_or_else(|| {
-                CoordinatorError::NotFound(format!(
+                CoordinatorError::Refused(format!(
                     "version {version} was never staged in {ns}; `sbctl history {ns}` lists the versions"
                 ))
             })
@@ -563,10 +563,10 @@ impl Releases {
         let raw = self.store.get_prefix(&keys.history_prefix(ns)).await?;
         let manifests: HashSet<String> = self
             .store
-            .get_prefix(&keys.manifests_prefix(ns))
+            .keys_under(&keys.manifests_prefix(ns))
             .await?
             .into_iter()
-            .filter_map(|(key, _)| key.rsplit('/').next().map(str::to_string))
+            .filter_map(|key| key.rsplit('/').next().map(str::to_string))
             .collect();
         let routing = state.routing.value.as_ref();
         let mut versions = Vec::with_capacity(raw.len());

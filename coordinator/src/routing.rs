@@ -151,7 +151,13 @@ impl Releases {
             let target = sealed_target(ns, state, slot, &routing.active)?;
             check_expected_version(ns, slot, &target, expected_version)?;
             let canary = canary_of(&target, slot, weight_bp);
-            let gated = if weight_bp > 0 {
+            // Only raising the share of consumers on a version needs its approval and gates:
+            // lowering it is a step back, like a rollback.
+            let live_weight = routing
+                .live_canary()
+                .filter(|c| c.manifest == target.manifest)
+                .map_or(0, |c| c.weight_bp);
+            let gated = if weight_bp > live_weight {
                 Target::approved(&target)
             } else {
                 None
@@ -257,8 +263,28 @@ impl Releases {
             .as_ref()
             .is_some_and(|s| s.version == version && s.state == SlotState::Sealed);
         if !in_idle {
-            // A version that is not in the history is a refusal of this request, not a
-            // missing resource.
+            // Approval and gates are checked before the idle slot is touched: a refused
+            // `--to` must not have replaced what that slot held (often the previous version,
+            // which a plain rollback needs). The flip checks them again in its transaction.
+            let entry = self.history_entry(ns, version).await?;
+            let target = Target {
+                slot_ref: SlotRef {
+                    version: entry.version.clone(),
+                    manifest: entry.manifest.clone(),
+                    state: SlotState::Sealed,
+                    item_count: entry.item_count,
+                    bytes: entry.bytes,
+                    checksum: entry.checksum.clone(),
+                    seed: switchboard_proto::bucket::seed_for_checksum(&entry.checksum),
+                    // Restaged by this actor, so that is whom an approval must not come from.
+                    staged_by: request.actor.name.clone(),
+                    message: entry.message.clone(),
+                    at_ms: entry.at_ms,
+                },
+                needs_approval: true,
+            };
+            self.check_preconditions(ns, request.action, &state, &target)
+                .await?;
             self.restage_retained(ns, version, request.reason, request.actor)
                 .await
                 .map_err(|e| match e {

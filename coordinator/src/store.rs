@@ -137,8 +137,12 @@ impl Store {
         if let Some(TxnOpResponse::Get(get)) = responses.next() {
             for kv in get.kvs() {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let approval: Approval = parse_record(&key, kv.value())?;
-                approvals.push((key, approval));
+                // A bad approval counts for nothing, and must not block a rollback: it is
+                // logged here and skipped.
+                match parse_record::<Approval>(&key, kv.value()) {
+                    Ok(approval) => approvals.push((key, approval)),
+                    Err(error) => tracing::warn!(%error, "approval record skipped"),
+                }
             }
         }
         let mut next = found.into_iter().zip(keys.iter());

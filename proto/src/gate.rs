@@ -114,6 +114,9 @@ pub struct GateOutcome {
     pub saw: String,
     /// What it needed (">= 192", "a 2xx answer").
     pub wanted: String,
+    /// Where it looked ("etcd key /apps/migration").
+    #[serde(default)]
+    pub target: String,
 }
 
 /// What `sbctl gate check` prints: every gate of a namespace evaluated against one version.

@@ -14,14 +14,18 @@ use crate::commands::Context;
 use crate::exit::CliError;
 use crate::output;
 
-/// How often `--wait-for-gates` asks again while a gate blocks.
+/// How soon `--wait-for-gates` first asks again while a gate blocks; each wait is half as long
+/// again, up to [`GATE_POLL_MAX`], so that a long wait does not run slow HTTP gates in a tight
+/// loop and a change still follows its gates within a second.
 pub const GATE_POLL: Duration = Duration::from_millis(100);
+pub const GATE_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// One attempt at a gated change.
 pub type Attempt<'a, T> = Pin<Box<dyn Future<Output = Result<T, CliError>> + Send + 'a>>;
 
 /// Makes a change; with `wait`, while a gate refuses it, says which on stderr and tries again
-/// every [`GATE_POLL`] until the gates pass or `wait` is over. The coordinator checks the
+/// (after [`GATE_POLL`], backing off to [`GATE_POLL_MAX`]) until the gates pass or `wait` is
+/// over. The coordinator checks the
 /// gates inside the change's own transaction, so the change happens only when they hold.
 pub async fn gated<R: Clone, T>(
     coordinator: &mut Coordinator,
@@ -34,6 +38,7 @@ pub async fn gated<R: Clone, T>(
     };
     let deadline = Instant::now() + wait;
     let mut shown = String::new();
+    let mut pause = GATE_POLL;
     loop {
         match call(coordinator, request.clone()).await {
             Err(error) if error.is_gate_refusal() => {
@@ -48,10 +53,9 @@ pub async fn gated<R: Clone, T>(
                     output::note(&format!("waiting for gates: {message}"));
                     shown = message;
                 }
-                tokio::time::sleep(
-                    GATE_POLL.min(deadline.saturating_duration_since(Instant::now())),
-                )
-                .await;
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 3 / 2).min(GATE_POLL_MAX);
             }
             other => return other,
         }
@@ -188,7 +192,12 @@ pub async fn check(ctx: &Context, namespace: &str, version: Option<&str>) -> Res
             .gates
             .iter()
             .filter(|g| !g.passed)
-            .map(|g| format!("gate {} saw {}, needs {}", g.name, g.saw, g.wanted))
+            .map(|g| {
+                format!(
+                    "gate {} saw {}, needs {} ({})",
+                    g.name, g.saw, g.wanted, g.target
+                )
+            })
             .collect();
         Err(CliError::Refused(format!(
             "version {} of {namespace} is blocked: {}",

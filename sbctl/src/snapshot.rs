@@ -100,7 +100,10 @@ pub async fn save(
             return Err(error);
         }
     };
-    std::fs::rename(&partial, file).map_err(|e| io_error(file, "cannot be written", e))?;
+    if let Err(error) = std::fs::rename(&partial, file) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(io_error(file, "cannot be written", error));
+    }
     let report = SaveReport {
         header,
         file: file.to_path_buf(),
@@ -289,7 +292,11 @@ pub fn parse(data: &[u8]) -> Result<Snapshot, String> {
     let (manifest_line, mut rest) = split_line(rest).ok_or("the manifest line is missing")?;
     let manifest = Manifest::from_json(manifest_line)
         .map_err(|e| format!("the manifest is not valid: {e}"))?;
-    if manifest.hash() != header.manifest || manifest.version != header.version {
+    if manifest.hash() != header.manifest
+        || manifest.version != header.version
+        || manifest.item_count != header.items
+        || manifest.bytes != header.bytes
+    {
         return Err("the manifest does not match the header".into());
     }
     let mut verifier = SetVerifier::verify_only(&manifest);
@@ -443,6 +450,9 @@ mod tests {
         let sha = sha256_hex(&data);
         data.extend(format!("sha256 {sha}\n").as_bytes());
         let problem = parse(&data).expect_err("forged");
-        assert!(!problem.is_empty());
+        assert!(
+            problem.contains("hashes to") || problem.contains("does not verify"),
+            "caught by a chunk's hash or the set's checksum, not by the framing: {problem}"
+        );
     }
 }

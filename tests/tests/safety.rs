@@ -326,6 +326,20 @@ async fn item_and_http_gates_check_the_target_set_and_a_url() -> Result<()> {
         .ensure_success()?;
     let report = sbctl.run_json(&["gate", "check", NS]).await?;
     assert_eq!(report["passed"], true, "{report}");
+    // A canary is gated when it rises, not when it falls back.
+    sbctl.run(&["canary", NS, "20"]).await?.ensure_success()?;
+    let args = item_gate("g3");
+    sbctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await?
+        .ensure_success()?;
+    expect_exit(&sbctl, &["canary", NS, "30"], REFUSED, "gate schema saw").await?;
+    sbctl.run(&["canary", NS, "10"]).await?.ensure_success()?;
+    let args = item_gate("g2");
+    sbctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await?
+        .ensure_success()?;
 
     let answer = Arc::new(Mutex::new((503u16, String::from("{}"))));
     let url = answering_server(answer.clone()).await?;
@@ -498,6 +512,38 @@ async fn history_lists_versions_and_rollback_to_restages_a_retained_one() -> Res
     let text = sbctl.run(&["history", NS]).await?.ensure_success()?;
     assert!(text.stdout.contains(&versions[0]), "{text}");
 
+    // A `--to` that a gate refuses changes nothing: the idle slot still holds the previous
+    // version, which a plain rollback needs.
+    let slots_before = status(&sbctl, NS).await?["slots"].clone();
+    let hold = format!("/apps{}/hold", env.prefix());
+    sbctl
+        .run(&[
+            "gate",
+            "set",
+            NS,
+            "hold",
+            "--etcd-key",
+            &hold,
+            "--op",
+            "==",
+            "--value",
+            "go",
+        ])
+        .await?
+        .ensure_success()?;
+    expect_exit(
+        &sbctl,
+        &["rollback", NS, "--to", &versions[0]],
+        REFUSED,
+        "gate hold saw null",
+    )
+    .await?;
+    assert_eq!(status(&sbctl, NS).await?["slots"], slots_before);
+    sbctl
+        .run(&["gate", "remove", NS, "hold"])
+        .await?
+        .ensure_success()?;
+
     sbctl
         .run(&[
             "rollback",
@@ -654,6 +700,17 @@ async fn a_policy_change_decided_on_a_stale_read_is_a_conflict() -> Result<()> {
         reason: "from a stale read".into(),
         expected_policy_json: serde_json::to_string(&read_before)?,
     };
+    // A write that does not say what it was decided on is refused: it could drop the gates.
+    let blind = SetPolicyRequest {
+        expected_policy_json: String::new(),
+        ..overwrite.clone()
+    };
+    let refused = client
+        .set_policy(blind)
+        .await
+        .err()
+        .context("a blind policy write went through")?;
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     let refused = client
         .set_policy(overwrite)
         .await
