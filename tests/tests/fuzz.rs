@@ -33,14 +33,17 @@ where
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases: CASES_PER_ROUND,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
     let started = Instant::now();
     let mut rounds = 0u64;
     loop {
+        // A fresh runner per round, with a fresh random seed: a runner that has passed its
+        // cases once runs none the next time.
+        let mut runner = TestRunner::new(config.clone());
         if let Err(failure) = runner.run(&strategy, &test) {
             panic!("fuzz target {name} failed: {failure}");
         }
