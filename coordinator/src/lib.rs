@@ -85,6 +85,10 @@ pub struct Args {
     /// Seconds after which etcd's old revisions are compacted.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub compact_after: u64,
+    /// The etcd user to connect as (see deploy/etcd/setup-auth.sh); its password comes from
+    /// SWITCHBOARD_ETCD_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    pub etcd_user: Option<String>,
     /// Configuration file (reserved; no settings are read from it yet).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -124,7 +128,12 @@ async fn serve(
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let client = connect_etcd(&args.etcd).await?;
+    let etcd_user = switchboard_runtime::EtcdUser::from_flag(args.etcd_user.as_deref())?;
+    let Some(client) =
+        switchboard_runtime::connect_etcd_as(&args.etcd, etcd_user.as_ref(), &shutdown).await?
+    else {
+        return Ok(());
+    };
     let keys = Keys::new(&args.prefix);
     let releases = release::Releases::new(store::Store::new(client.clone(), keys.clone()))
         .with_capacity(capacity::Capacity {

@@ -35,6 +35,74 @@ pub async fn connect_etcd(endpoints: &[String]) -> anyhow::Result<etcd_client::C
         .with_context(|| format!("cannot set up the etcd client for {}", endpoints.join(",")))
 }
 
+/// An etcd user (`--etcd-user`, with the password from `SWITCHBOARD_ETCD_PASSWORD`). The
+/// password is never printed: `Debug` leaves it out.
+#[derive(Clone)]
+pub struct EtcdUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The environment variable that holds the password of `--etcd-user`.
+pub const ETCD_PASSWORD_ENV: &str = "SWITCHBOARD_ETCD_PASSWORD";
+
+impl EtcdUser {
+    /// The user named by `--etcd-user`, with its password from the environment.
+    pub fn from_flag(name: Option<&str>) -> anyhow::Result<Option<Self>> {
+        let Some(name) = name else { return Ok(None) };
+        let password = std::env::var(ETCD_PASSWORD_ENV).map_err(|_| {
+            anyhow::anyhow!("--etcd-user {name} needs its password in {ETCD_PASSWORD_ENV}")
+        })?;
+        Ok(Some(Self {
+            name: name.to_string(),
+            password,
+        }))
+    }
+}
+
+/// Connects to etcd as `user`, or anonymously. Authenticating needs etcd, so with a user this
+/// tries again (every second, logging why) until etcd answers or `shutdown`; `None` then.
+pub async fn connect_etcd_as(
+    endpoints: &[String],
+    user: Option<&EtcdUser>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<etcd_client::Client>> {
+    let Some(user) = user else {
+        return connect_etcd(endpoints).await.map(Some);
+    };
+    loop {
+        let options = options().with_user(user.name.clone(), user.password.clone());
+        match etcd_client::Client::connect(endpoints, Some(options)).await {
+            Ok(client) => return Ok(Some(client)),
+            // Authentication refused is not going to change by trying again.
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.message().contains("authentication failed") =>
+            {
+                anyhow::bail!(
+                    "etcd refused the user {} (--etcd-user): {}",
+                    user.name,
+                    status.message()
+                );
+            }
+            Err(error) => {
+                tracing::warn!(user = %user.name, %error, "cannot authenticate to etcd yet; trying again in 1 s");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Keeps `client`'s endpoints to the members that answer, until `shutdown`. Does nothing for a
 /// single endpoint, which is never taken out: its errors must stay visible. At least one
 /// endpoint always stays in service for the same reason.

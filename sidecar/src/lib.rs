@@ -60,6 +60,10 @@ pub struct Args {
     /// Address of the gRPC read API.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub grpc: SocketAddr,
+    /// The etcd user to connect as (see deploy/etcd/setup-auth.sh: read-only on its namespaces);
+    /// its password comes from SWITCHBOARD_ETCD_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    pub etcd_user: Option<String>,
     /// This sidecar's id; the host name by default.
     #[arg(long)]
     pub id: Option<String>,
@@ -132,7 +136,7 @@ pub async fn run(
     // this sidecar's counts started again from zero.
     let started_at_ms = switchboard_proto::time::now_ms();
     let keys = Keys::new(&args.prefix);
-    let client = connect_etcd(&args.etcd).await?;
+    let etcd_user = switchboard_runtime::EtcdUser::from_flag(args.etcd_user.as_deref())?;
     let namespaces: HashMap<String, Arc<namespace::Namespace>> = args
         .namespaces
         .iter()
@@ -154,36 +158,76 @@ pub async fn run(
     if let Some(handle) = &metrics {
         tasks.spawn(telemetry::keep_up(handle.clone(), background.clone()));
     }
-    tasks.spawn(switchboard_runtime::keep_endpoints_answering(
-        client.clone(),
-        args.etcd.clone(),
-        background.clone(),
-    ));
     for namespace in namespaces.values() {
         tasks.spawn(cache::keep_written(
             cache.clone(),
             namespace.clone(),
             background.clone(),
         ));
-        let sync = sync::NamespaceSync {
-            client: client.clone(),
-            keys: keys.clone(),
-            namespace: namespace.clone(),
-            health_dirty: health_dirty.clone(),
-        };
-        tasks.spawn(sync.run(background.clone()));
     }
-    let health = health::HealthPublisher {
-        client: client.clone(),
-        keys: keys.clone(),
-        id: id.clone(),
-        namespaces: namespaces.values().cloned().collect(),
-        started_at_ms,
-        dirty: health_dirty,
-        reports_changed: reports_changed.clone(),
-    };
+    // The etcd connection is made in the background: with an etcd user, connecting needs etcd
+    // to answer, and the last-known-good copies must be served meanwhile (invariant 5). Once
+    // connected, the sync loops start on the same tracker, and the health publisher gets the
+    // client.
+    let (client_ready, client_for_health) = tokio::sync::oneshot::channel();
+    {
+        let (tasks, background, keys) = (tasks.clone(), background.clone(), keys.clone());
+        let (endpoints, health_dirty) = (args.etcd.clone(), health_dirty.clone());
+        let syncing: Vec<_> = namespaces.values().cloned().collect();
+        tasks.clone().spawn(async move {
+            let client = match switchboard_runtime::connect_etcd_as(
+                &endpoints,
+                etcd_user.as_ref(),
+                &background,
+            )
+            .await
+            {
+                Ok(Some(client)) => client,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "cannot connect to etcd; serving the last-known-good copies only");
+                    return;
+                }
+            };
+            tasks.spawn(switchboard_runtime::keep_endpoints_answering(
+                client.clone(),
+                endpoints,
+                background.clone(),
+            ));
+            for namespace in syncing {
+                let sync = sync::NamespaceSync {
+                    client: client.clone(),
+                    keys: keys.clone(),
+                    namespace,
+                    health_dirty: health_dirty.clone(),
+                };
+                tasks.spawn(sync.run(background.clone()));
+            }
+            let _ = client_ready.send(client);
+        });
+    }
     let health_stop = CancellationToken::new();
-    let health_task = tokio::spawn(health.run(health_stop.clone()));
+    let health_task = {
+        let health_stop = health_stop.clone();
+        let (keys, id, reports_changed) = (keys.clone(), id.clone(), reports_changed.clone());
+        let namespaces: Vec<_> = namespaces.values().cloned().collect();
+        tokio::spawn(async move {
+            // Without a connection (shutdown before one was made) there is nothing to publish.
+            let Ok(client) = client_for_health.await else {
+                return;
+            };
+            let health = health::HealthPublisher {
+                client,
+                keys,
+                id,
+                namespaces,
+                started_at_ms,
+                dirty: health_dirty,
+                reports_changed,
+            };
+            health.run(health_stop).await;
+        })
+    };
 
     let served = Arc::new(serve::Served {
         id: id.clone(),

@@ -556,3 +556,154 @@ async fn wait_for_flip(sbctl: &switchboard_tests::SbctlRunner, args: &[&str]) ->
     }
     anyhow::bail!("the flip never went through; last:\n{last}")
 }
+
+/// Least privilege (issue 5, acceptance 6, first half): after `deploy/etcd/setup-auth.sh`, the
+/// coordinator and a sidecar work under their own etcd users, and the sidecar's credentials
+/// can neither write outside its health records nor read another namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_auth_gives_sidecars_read_only_access_to_their_namespace() -> Result<()> {
+    let cluster = EtcdCluster::start(1).await?;
+    let endpoints = cluster.endpoints_csv();
+    let prefix = unique_prefix();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/etcd/setup-auth.sh");
+    let setup = tokio::process::Command::new("bash")
+        .arg(&script)
+        .args([
+            "--endpoints",
+            &endpoints,
+            "--prefix",
+            &prefix,
+            NS,
+            "billing",
+        ])
+        .env("ETCD_ROOT_PASSWORD", "root-secret")
+        .env("SWITCHBOARD_COORDINATOR_PASSWORD", "coordinator-secret")
+        .env("SWITCHBOARD_SIDECAR_PASSWORD", "sidecar-secret")
+        .output()
+        .await?;
+    ensure!(
+        setup.status.success(),
+        "setup-auth.sh failed: {}{}",
+        String::from_utf8_lossy(&setup.stdout),
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let output = String::from_utf8_lossy(&setup.stdout).into_owned();
+    ensure!(
+        !output.contains("secret"),
+        "the script printed a given password: {output}"
+    );
+
+    let coordinator = Coordinator::start_with_env(
+        &endpoints,
+        &prefix,
+        &["--etcd-user", "coordinator"],
+        &[("SWITCHBOARD_ETCD_PASSWORD", "coordinator-secret")],
+    )
+    .await?;
+    let user = format!("sidecar-{NS}");
+    let sidecar = Sidecar::start_with_env(
+        &endpoints,
+        &prefix,
+        "least-privilege",
+        &[NS],
+        &["--etcd-user", &user],
+        &[("SWITCHBOARD_ETCD_PASSWORD", "sidecar-secret")],
+    )
+    .await?;
+    let sbctl = coordinator.sbctl();
+    let dir = tempfile::tempdir()?;
+    let v1 = stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "g1", 20, 50)?.display().to_string(),
+    )
+    .await?;
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    stage(
+        &sbctl,
+        "billing",
+        &write_set(dir.path(), "b1", 5, 10)?.display().to_string(),
+    )
+    .await?;
+    sbctl.run(&["flip", "billing"]).await?.ensure_success()?;
+    let epoch = epoch(&sbctl, NS).await?;
+    sidecar.wait_for_epoch(NS, epoch, DEADLINE).await?;
+    assert_eq!(
+        sidecar
+            .get_item(NS, "items/k00001", None)
+            .await?
+            .version
+            .as_deref(),
+        Some(v1.as_str())
+    );
+    // Its health record is published under its own user.
+    wait_until(DEADLINE, "the sidecar's health record", async || {
+        let shown = status(&sbctl, NS).await?;
+        Ok(shown["sidecars"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["id"] == "least-privilege")))
+    })
+    .await?;
+
+    // The sidecar's credentials, used directly.
+    let options = etcd_client::ConnectOptions::new().with_user(user.as_str(), "sidecar-secret");
+    let mut as_sidecar = etcd_client::Client::connect([endpoints.as_str()], Some(options)).await?;
+    let keys = switchboard_proto::Keys::new(&prefix);
+    let denied = |result: Result<(), etcd_client::Error>, what: &str| -> Result<()> {
+        match result {
+            Err(error) if error.to_string().contains("permission denied") => Ok(()),
+            other => anyhow::bail!("{what} was not denied: {other:?}"),
+        }
+    };
+    denied(
+        as_sidecar.put(keys.routing(NS), "{}", None).await.map(drop),
+        "writing its namespace's routing",
+    )?;
+    denied(
+        as_sidecar
+            .put(keys.chunk(NS, &"0".repeat(64)), "x", None)
+            .await
+            .map(drop),
+        "writing a chunk",
+    )?;
+    denied(
+        as_sidecar
+            .get(keys.routing("billing"), None)
+            .await
+            .map(drop),
+        "reading another namespace",
+    )?;
+    denied(
+        as_sidecar
+            .put(format!("{prefix}/coordinator/leader/x"), "x", None)
+            .await
+            .map(drop),
+        "writing the leader key",
+    )?;
+    let own = as_sidecar.get(keys.routing(NS), None).await?;
+    ensure!(
+        own.kvs().len() == 1,
+        "the sidecar cannot read its own routing"
+    );
+    // Without a user, nothing at all.
+    let mut anonymous = etcd_client::Client::connect([endpoints.as_str()], None).await?;
+    ensure!(
+        anonymous.get(keys.routing(NS), None).await.is_err(),
+        "anonymous read allowed"
+    );
+
+    // With a user, connecting needs etcd; the sidecar serves its disk copy meanwhile.
+    cluster.member(0).kill()?;
+    sidecar.restart().await?;
+    sidecar.wait_ready(DEADLINE).await?;
+    assert_eq!(
+        sidecar
+            .get_item(NS, "items/k00001", None)
+            .await?
+            .version
+            .as_deref(),
+        Some(v1.as_str())
+    );
+    Ok(())
+}

@@ -69,6 +69,18 @@ impl Sidecar {
         namespaces: &[&str],
         extra_args: &[&str],
     ) -> Result<Self> {
+        Self::start_with_env(etcd_endpoints, prefix, id, namespaces, extra_args, &[]).await
+    }
+
+    /// [`Self::start_with`] with environment variables (an etcd password).
+    pub async fn start_with_env(
+        etcd_endpoints: &str,
+        prefix: &str,
+        id: &str,
+        namespaces: &[&str],
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let program = bin_path(SIDECAR)?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("sbtest-sidecar-{id}-"))
@@ -84,6 +96,9 @@ impl Sidecar {
                 let mut spec = CommandSpec::new(&program);
                 for ns in namespaces {
                     spec = spec.args(["--namespace", ns]);
+                }
+                for (key, value) in env {
+                    spec = spec.env(*key, *value);
                 }
                 spec.args(["--etcd", etcd_endpoints])
                     .args(["--http", &format!("127.0.0.1:{http_port}")])
