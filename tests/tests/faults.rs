@@ -64,13 +64,7 @@ async fn sidecars_serve_through_a_30_second_loss_of_every_etcd_member() -> Resul
     let sbctl = coordinator.sbctl();
     let sidecar = Sidecar::start(&endpoints, &prefix, "through-the-outage", &[NS]).await?;
     let dir = tempfile::tempdir()?;
-    let v1 = stage(
-        &sbctl,
-        NS,
-        &write_set(dir.path(), "g1", 50, 200)?.display().to_string(),
-    )
-    .await?;
-    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    let v1 = release(&sbctl, NS, dir.path(), "g1", (50, 200)).await?;
     let epoch1 = epoch(&sbctl, NS).await?;
     sidecar.wait_for_epoch(NS, epoch1, DEADLINE).await?;
     let v2 = stage(
@@ -192,13 +186,7 @@ async fn a_deposed_leaders_queued_write_fails() -> Result<()> {
         .run(&["policy", "set", NS, "--bake", "1"])
         .await?
         .ensure_success()?;
-    let v2 = stage(
-        &sbctl,
-        NS,
-        &write_set(dir.path(), "g2", 10, 10)?.display().to_string(),
-    )
-    .await?;
-    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    let v2 = release(&sbctl, NS, dir.path(), "g2", (10, 10)).await?;
     coordinator.kill()?;
     let mut client = cluster.client().await?;
     let keys = switchboard_proto::Keys::new(&prefix);
@@ -443,13 +431,7 @@ async fn the_etcd_leader_killed_during_a_stage_and_paused_during_a_flip() -> Res
     let sbctl = coordinator.sbctl();
     let sidecar = Sidecar::start(&endpoints, &prefix, "beside-the-cluster", &[NS]).await?;
     let dir = tempfile::tempdir()?;
-    let v1 = stage(
-        &sbctl,
-        NS,
-        &write_set(dir.path(), "g1", 20, 50)?.display().to_string(),
-    )
-    .await?;
-    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    let v1 = release(&sbctl, NS, dir.path(), "g1", (20, 50)).await?;
 
     // About 3 MB: several upload batches, so the kill lands in the middle.
     let big = write_set(dir.path(), "g2", 3000, 1000)?
@@ -613,20 +595,8 @@ async fn etcd_auth_gives_sidecars_read_only_access_to_their_namespace() -> Resul
     .await?;
     let sbctl = coordinator.sbctl();
     let dir = tempfile::tempdir()?;
-    let v1 = stage(
-        &sbctl,
-        NS,
-        &write_set(dir.path(), "g1", 20, 50)?.display().to_string(),
-    )
-    .await?;
-    sbctl.run(&["flip", NS]).await?.ensure_success()?;
-    stage(
-        &sbctl,
-        "billing",
-        &write_set(dir.path(), "b1", 5, 10)?.display().to_string(),
-    )
-    .await?;
-    sbctl.run(&["flip", "billing"]).await?.ensure_success()?;
+    let v1 = release(&sbctl, NS, dir.path(), "g1", (20, 50)).await?;
+    release(&sbctl, "billing", dir.path(), "b1", (5, 10)).await?;
     let epoch = epoch(&sbctl, NS).await?;
     sidecar.wait_for_epoch(NS, epoch, DEADLINE).await?;
     assert_eq!(

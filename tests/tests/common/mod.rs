@@ -80,6 +80,23 @@ pub async fn stage_and_flip(env: &TestEnv, ns: &str, path: &str) -> Result<(Stri
     Ok((version, epoch(&sbctl, ns).await?))
 }
 
+/// Writes one generation of a set (see [`write_set`]), stages it and flips to it; returns the
+/// version.
+pub async fn release(
+    sbctl: &SbctlRunner,
+    ns: &str,
+    dir: &Path,
+    generation: &str,
+    (count, pad): (usize, usize),
+) -> Result<String> {
+    let set = write_set(dir, generation, count, pad)?
+        .display()
+        .to_string();
+    let version = stage(sbctl, ns, &set).await?;
+    sbctl.run(&["flip", ns]).await?.ensure_success()?;
+    Ok(version)
+}
+
 /// With no bake time (so that each stage may follow a flip at once), stages and flips one set
 /// per generation of `count` items with `pad` bytes of padding; returns the versions in order.
 pub async fn release_generations(
