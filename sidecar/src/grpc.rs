@@ -57,12 +57,30 @@ fn json_text(value: &[u8]) -> String {
 
 type ServedStream = Pin<Box<dyn Stream<Item = Result<pb::Served, Status>> + Send>>;
 
+impl ReaderService {
+    /// Refuses a call without the bearer token, when the sidecar has one.
+    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        if self.served.authorized(authorization) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "this sidecar needs its bearer token: authorization: Bearer <token>",
+            ))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Reader for ReaderService {
     async fn get(
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GetReply>, Status> {
+        self.check_token(&request)?;
         let r = request.into_inner();
         let snapshot = self.served.snapshot(&r.namespace)?;
         let choice = snapshot.choose(self.served.consumer(Some(&r.consumer)));
@@ -84,6 +102,7 @@ impl Reader for ReaderService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListReply>, Status> {
+        self.check_token(&request)?;
         let r = request.into_inner();
         let snapshot = self.served.snapshot(&r.namespace)?;
         let choice = snapshot.choose(self.served.consumer(Some(&r.consumer)));
@@ -108,6 +127,7 @@ impl Reader for ReaderService {
         &self,
         request: Request<pb::WatchVersionsRequest>,
     ) -> Result<Response<Self::WatchVersionsStream>, Status> {
+        self.check_token(&request)?;
         let r = request.into_inner();
         let namespace = self.served.namespace(&r.namespace)?.clone();
         let consumer = self.served.consumer(Some(&r.consumer)).to_string();
@@ -141,6 +161,7 @@ impl Reader for ReaderService {
         &self,
         request: Request<pb::ReportRequest>,
     ) -> Result<Response<pb::ReportReply>, Status> {
+        self.check_token(&request)?;
         let r = request.into_inner();
         self.served
             .report(&r.namespace, &r.version, r.ok, r.errors)?;

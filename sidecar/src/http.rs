@@ -22,11 +22,19 @@ pub const CONSUMER_HEADER: &str = "x-switchboard-consumer";
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(served: Arc<Served>) -> Router {
-    Router::new()
+    // Reads, reports and the status need the bearer token when one is set; the probes and
+    // the metrics do not.
+    let api = Router::new()
         .route("/v1/ns/{ns}/items/{*key}", get(get_item))
         .route("/v1/ns/{ns}/items", get(list_items))
         .route("/v1/ns/{ns}/report", post(report))
         .route("/v1/status", get(status))
+        .route_layer(axum::middleware::from_fn_with_state(
+            served.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(api)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
@@ -36,6 +44,25 @@ pub fn router(served: Arc<Served>) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(served)
+}
+
+/// Refuses a request without the bearer token, when the sidecar has one.
+async fn require_token(
+    State(served): State<Arc<Served>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if served.authorized(authorization) {
+        return next.run(request).await;
+    }
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "this sidecar needs its bearer token: Authorization: Bearer <token>".into(),
+    )
 }
 
 /// Every error answer is a JSON body `{"error": ...}`, including axum's own rejections.

@@ -64,6 +64,15 @@ pub struct Args {
     /// its password comes from SWITCHBOARD_ETCD_PASSWORD.
     #[arg(long, value_name = "NAME")]
     pub etcd_user: Option<String>,
+    /// A bearer token that reads, reports and /v1/status need (the probes and /metrics stay
+    /// open). Set it in the environment, not on the command line.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SIDECAR_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
     /// This sidecar's id; the host name by default.
     #[arg(long)]
     pub id: Option<String>,
@@ -229,7 +238,12 @@ pub async fn run(
         })
     };
 
+    let api_token_sha256 = args.api_token.as_deref().map(|token| {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes()).to_vec()
+    });
     let served = Arc::new(serve::Served {
+        api_token_sha256,
         id: id.clone(),
         namespaces,
         started_at_ms,

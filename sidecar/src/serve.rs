@@ -56,9 +56,26 @@ pub struct Served {
     pub metrics: Option<PrometheusHandle>,
     /// Cancelled at shutdown; ends the streams that would otherwise outlive the servers.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The SHA-256 of the bearer token reads and reports need, when one is set
+    /// (`SWITCHBOARD_SIDECAR_TOKEN`); the health, readiness and metrics endpoints stay open.
+    pub api_token_sha256: Option<Vec<u8>>,
 }
 
 impl Served {
+    /// Whether an `Authorization` header value is what the API needs: anything when no token
+    /// is set, else `Bearer <token>`.
+    pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        use sha2::Digest;
+        let Some(wanted) = &self.api_token_sha256 else {
+            return true;
+        };
+        let Some(token) = authorization.and_then(|value| value.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        // Digests are compared, so the comparison's timing says nothing about the token.
+        sha2::Sha256::digest(token).as_slice() == wanted.as_slice()
+    }
+
     pub fn namespace(&self, name: &str) -> Result<&Arc<Namespace>, ReadError> {
         self.namespaces
             .get(name)

@@ -176,6 +176,7 @@ fn served_with_id(id: &str) -> Arc<Served> {
         .map(|ns| (ns.name.clone(), ns))
         .collect();
     Arc::new(Served {
+        api_token_sha256: None,
         id: id.to_string(),
         namespaces,
         started_at_ms: STARTED_AT_MS,

@@ -663,6 +663,15 @@ async fn etcd_auth_gives_sidecars_read_only_access_to_their_namespace() -> Resul
         "anonymous read allowed"
     );
 
+    // No password reaches a log (the harness's own line shows the environment it set).
+    for log in [coordinator.log_tail(100_000), sidecar.log_tail(100_000)] {
+        let leaked = log
+            .lines()
+            .filter(|l| !l.starts_with("===== harness"))
+            .any(|l| l.contains("secret"));
+        ensure!(!leaked, "a password in a log:\n{log}");
+    }
+
     // With a user, connecting needs etcd; the sidecar serves its disk copy meanwhile.
     cluster.member(0).kill()?;
     sidecar.restart().await?;

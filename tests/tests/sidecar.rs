@@ -289,3 +289,87 @@ async fn a_sidecar_restarted_without_etcd_serves_its_verified_disk_copy() -> Res
     assert_eq!((answer.status, &answer.version), (200, &before[0]));
     Ok(())
 }
+
+/// With `SWITCHBOARD_SIDECAR_TOKEN` set, reads and reports over HTTP and gRPC need the bearer
+/// token; the probes and the metrics stay open; the token is never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_with_a_token_refuses_reads_without_it() -> Result<()> {
+    const TOKEN: &str = "local-api-token-0123456789";
+    let env = TestEnv::start(&[NS]).await?;
+    let sidecar = switchboard_tests::Sidecar::start_with_env(
+        &env.etcd_endpoints(),
+        env.prefix(),
+        "guarded",
+        &[NS],
+        &[],
+        &[("SWITCHBOARD_SIDECAR_TOKEN", TOKEN)],
+    )
+    .await?;
+    let (v1, _) = stage_and_flip(&env, NS, &example("catalog-v1")).await?;
+    sidecar.wait_ready(DEADLINE).await?;
+    let http = reqwest::Client::new();
+    let item = format!("{}/v1/ns/{NS}/items/schema_version", sidecar.http_url());
+    let refused = http.get(&item).send().await?;
+    assert_eq!(refused.status().as_u16(), 401);
+    let body: serde_json::Value = refused.json().await?;
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bearer token")),
+        "{body}"
+    );
+    let wrong = http.get(&item).bearer_auth("not-it").send().await?;
+    assert_eq!(wrong.status().as_u16(), 401);
+    let answer = http.get(&item).bearer_auth(TOKEN).send().await?;
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(
+        answer
+            .headers()
+            .get("x-switchboard-version")
+            .and_then(|v| v.to_str().ok()),
+        Some(v1.as_str())
+    );
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        let url = format!("{}{open}", sidecar.http_url());
+        assert_eq!(
+            http.get(&url).send().await?.status().as_u16(),
+            200,
+            "{open}"
+        );
+    }
+    let status = format!("{}/v1/status", sidecar.http_url());
+    assert_eq!(http.get(&status).send().await?.status().as_u16(), 401);
+
+    let mut reader = ReaderClient::connect(sidecar.grpc_url()).await?;
+    let get = || pb::GetRequest {
+        namespace: NS.into(),
+        key: "schema_version".into(),
+        consumer: "app-1".into(),
+    };
+    let refused = reader
+        .get(get())
+        .await
+        .err()
+        .context("a gRPC read without the token")?;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let mut request = tonic::Request::new(get());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse()?);
+    let answer = reader.get(request).await?.into_inner();
+    assert_eq!(answer.served.context("served")?.version, v1);
+
+    // The harness's own line shows the environment it started the sidecar with; the
+    // sidecar's lines must not show the token.
+    let log = sidecar.log_tail(100_000);
+    let own: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with("===== harness"))
+        .collect();
+    assert!(!own.is_empty());
+    assert!(
+        own.iter().all(|l| !l.contains(TOKEN)),
+        "the token in the log:\n{log}"
+    );
+    Ok(())
+}
