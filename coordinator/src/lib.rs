@@ -21,6 +21,7 @@ pub mod leader;
 pub mod release;
 pub mod routing;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -89,6 +90,15 @@ pub struct Args {
     /// SWITCHBOARD_ETCD_PASSWORD.
     #[arg(long, value_name = "NAME")]
     pub etcd_user: Option<String>,
+    /// A PEM certificate (chain) for TLS on the gRPC and HTTP listeners; with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// A PEM CA: clients must present a certificate it signed (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Configuration file (reserved; no settings are read from it yet).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -162,6 +172,23 @@ async fn serve(
         ),
     }
     let gate = auth::Gate::new(users, releases.clone());
+    let tls = tls::TlsSettings::from_flags(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_client_ca.as_deref(),
+    )?;
+    let grpc_tls = tls.as_ref().map(tls::TlsSettings::tonic).transpose()?;
+    let http_tls = tls.as_ref().map(tls::TlsSettings::rustls).transpose()?;
+    match &tls {
+        Some(tls) => tracing::info!(
+            cert = %tls.cert.display(),
+            client_certificates = tls.client_ca.is_some(),
+            "TLS on the gRPC and HTTP listeners"
+        ),
+        None => tracing::warn!(
+            "no --tls-cert: the listeners speak plain text; keep them on a network you trust"
+        ),
+    }
 
     // The leader's loops stop after the servers: a change accepted before shutdown is still
     // judged, and the lease is revoked last so another replica takes over at once.
@@ -187,15 +214,25 @@ async fn serve(
     tracing::info!(%id, "campaigning for leadership");
     let grpc = serve_grpc(
         grpc_listener,
+        grpc_tls,
         releases.clone(),
         gate.clone(),
         shutdown.clone(),
     );
-    let http = serve_http(
-        http_listener,
-        http::router(releases, gate, metrics),
-        shutdown.clone(),
-    );
+    let router = http::router(releases, gate, metrics);
+    let http = async {
+        match http_tls {
+            Some(config) => {
+                serve_http(
+                    tls::TlsListener::new(http_listener, config),
+                    router,
+                    shutdown.clone(),
+                )
+                .await
+            }
+            None => serve_http(http_listener, router, shutdown.clone()).await,
+        }
+    };
     let (grpc, http) = tokio::join!(grpc, http);
     loops.cancel();
     let _ = leader.await;
@@ -208,23 +245,34 @@ async fn serve(
 /// Serves the admin API on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`.
 pub async fn serve_grpc(
     listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     releases: release::Releases,
     gate: auth::Gate,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("cannot set up TLS on the gRPC listener")?;
+    }
+    let server = builder
         .add_service(grpc::AdminService::new(releases, gate).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     drain(server, shutdown).await
 }
 
 /// Serves HTTP on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`.
-pub async fn serve_http(
-    listener: TcpListener,
+pub async fn serve_http<L>(
+    listener: L,
     router: axum::Router,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let server = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();

@@ -39,6 +39,15 @@ pub struct Cli {
     /// Machine-readable output (JSON) on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The CA of an https:// coordinator (PEM).
+    #[arg(long, global = true, env = "SWITCHBOARD_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for a coordinator that requires one; with --tls-key.
+    #[arg(long, global = true, env = "SWITCHBOARD_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "SWITCHBOARD_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Act as NAME (default: $USER, else $LOGNAME).
     #[arg(long = "as", global = true, value_name = "NAME")]
     pub actor: Option<String>,

@@ -40,6 +40,47 @@ pub struct ConnectOptions {
     pub coordinator: String,
     pub token: Option<String>,
     pub actor: String,
+    /// TLS to an `https://` coordinator: its CA, and a client certificate when it wants one.
+    pub tls: Option<ClientTls>,
+}
+
+/// `--tls-ca`, `--tls-cert`, `--tls-key`.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ClientTls {
+    /// tonic's client TLS; a file that cannot be read is a usage error naming its flag.
+    fn config(&self) -> Result<tonic::transport::ClientTlsConfig, CliError> {
+        let read = |path: &std::path::Path, flag: &str| {
+            std::fs::read(path)
+                .map_err(|e| CliError::Usage(format!("{flag} {}: {e}", path.display())))
+        };
+        let mut config = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &self.ca {
+            config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(
+                ca, "--tls-ca",
+            )?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(tonic::transport::Identity::from_pem(
+                    read(cert, "--tls-cert")?,
+                    read(key, "--tls-key")?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(CliError::Usage(
+                    "--tls-cert and --tls-key go together".into(),
+                ));
+            }
+        }
+        Ok(config)
+    }
 }
 
 /// The acting user: `--as NAME` if given, else `$USER`, else `$LOGNAME`, else "unknown".
@@ -434,9 +475,27 @@ fn prepare(
             Some(value)
         }
     };
-    let endpoint = Endpoint::from_shared(url.clone())
+    let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| CliError::Usage(format!("--coordinator {url:?} is not a valid URL: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT);
+    match (&options.tls, url.starts_with("https://")) {
+        (Some(tls), true) => {
+            endpoint = endpoint.tls_config(tls.config()?).map_err(|e| {
+                CliError::Usage(format!("cannot set up TLS to {url}: {}", error_chain(&e)))
+            })?;
+        }
+        (None, true) => {
+            return Err(CliError::Usage(format!(
+                "{url} is https: give the coordinator's CA with --tls-ca (and --tls-cert/--tls-key if it asks for a client certificate)"
+            )));
+        }
+        (Some(_), false) => {
+            return Err(CliError::Usage(format!(
+                "--tls-ca/--tls-cert/--tls-key need an https:// coordinator, not {url}"
+            )));
+        }
+        (None, false) => {}
+    }
     Ok((endpoint, url, actor, authorization))
 }
 
@@ -524,6 +583,7 @@ mod tests {
             coordinator: "127.0.0.1:7100".into(),
             token: Some("s3cret".into()),
             actor: "alice".into(),
+            tls: None,
         };
         let coordinator = Coordinator::connect_lazy(&options).expect("valid options");
         assert_eq!(coordinator.url(), "http://127.0.0.1:7100");
@@ -557,9 +617,11 @@ mod tests {
             coordinator: "http://127.0.0.1:7100".into(),
             token: None,
             actor: "alice".into(),
+            tls: None,
         };
         let bad_actor = ConnectOptions {
             actor: "al\nice".into(),
+            tls: None,
             ..options.clone()
         };
         let err = Coordinator::connect_lazy(&bad_actor)

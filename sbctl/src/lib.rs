@@ -71,6 +71,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             coordinator: cli.coordinator,
             token: cli.token,
             actor: client::actor_name(cli.actor.as_deref()),
+            tls: (cli.tls_ca.is_some() || cli.tls_cert.is_some() || cli.tls_key.is_some()).then(
+                || client::ClientTls {
+                    ca: cli.tls_ca.clone(),
+                    cert: cli.tls_cert.clone(),
+                    key: cli.tls_key.clone(),
+                },
+            ),
         },
         json: cli.json,
     };

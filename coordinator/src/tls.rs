@@ -1,0 +1,171 @@
+//! TLS on the coordinator's listeners, with rustls (ring): the admin gRPC API through tonic's
+//! own TLS, and the HTTP API through a listener that completes each handshake before axum sees
+//! the connection. With `--tls-client-ca`, both require a client certificate signed by that
+//! CA; a client without one never gets past the handshake.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a client may take to finish the TLS handshake on the HTTP listener.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--tls-cert`, `--tls-key` and `--tls-client-ca`.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The settings of the flags: none, or a certificate with its key (and maybe a client CA).
+    pub fn from_flags(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        client_ca: Option<&Path>,
+    ) -> anyhow::Result<Option<Self>> {
+        match (cert, key) {
+            (None, None) => {
+                anyhow::ensure!(
+                    client_ca.is_none(),
+                    "--tls-client-ca needs --tls-cert and --tls-key"
+                );
+                Ok(None)
+            }
+            (Some(cert), Some(key)) => Ok(Some(Self {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: client_ca.map(Path::to_path_buf),
+            })),
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        }
+    }
+
+    fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+    }
+
+    /// tonic's server TLS for the admin gRPC API.
+    pub fn tonic(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        let identity = tonic::transport::Identity::from_pem(
+            Self::read(&self.cert, "--tls-cert")?,
+            Self::read(&self.key, "--tls-key")?,
+        );
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(Self::read(
+                ca,
+                "--tls-client-ca",
+            )?));
+        }
+        Ok(config)
+    }
+
+    /// rustls's server configuration for the HTTP API.
+    pub fn rustls(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .and_then(|certs| certs.collect())
+            .with_context(|| {
+                format!(
+                    "--tls-cert {} holds no valid PEM certificate",
+                    self.cert.display()
+                )
+            })?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).with_context(|| {
+            format!(
+                "--tls-key {} holds no valid PEM private key",
+                self.key.display()
+            )
+        })?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .context("no TLS protocol version is available")?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(ca)
+                    .with_context(|| format!("cannot read --tls-client-ca {}", ca.display()))?
+                {
+                    let cert = cert.with_context(|| {
+                        format!(
+                            "--tls-client-ca {} holds an invalid certificate",
+                            ca.display()
+                        )
+                    })?;
+                    roots.add(cert).with_context(|| {
+                        format!(
+                            "--tls-client-ca {} holds an unusable certificate",
+                            ca.display()
+                        )
+                    })?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .context("cannot build the client certificate verifier")?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .context("--tls-cert and --tls-key do not make a usable identity")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// A listener that hands axum only connections whose TLS handshake completed.
+pub struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, address) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a little instead of spinning.
+                    tracing::warn!(%error, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, address),
+                Ok(Err(error)) => {
+                    tracing::info!(%address, %error, "TLS handshake refused on the HTTP listener")
+                }
+                Err(_) => tracing::info!(%address, "TLS handshake timed out on the HTTP listener"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}

@@ -1,0 +1,214 @@
+//! TLS on the coordinator's listeners (issue 5, acceptance 6, second half): with a client CA,
+//! sbctl and HTTP clients get in only with a certificate that CA signed; without one, or with
+//! one from another CA, or in plain text, the connection is refused.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::*;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use switchboard_tests::{
+    ChildProcess, EtcdServer, SbctlRunner, bin_path, free_port, unique_prefix, wait_until,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const NS: &str = "catalog";
+
+/// Runs openssl; its failure names the step.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let output = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl (Debian: openssl)")?;
+    ensure!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A new P-256 key in `NAME.key` and, with `-x509`, a self-signed certificate in `NAME.pem`,
+/// else a request in `NAME.csr`.
+fn new_key(dir: &Path, name: &str, self_signed: bool) -> Result<()> {
+    let (key, subject) = (format!("{name}.key"), format!("/CN={name}"));
+    let out = format!("{name}.{}", if self_signed { "pem" } else { "csr" });
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+    ];
+    args.extend(["-nodes", "-keyout", &key, "-out", &out, "-subj", &subject]);
+    if self_signed {
+        args.extend(["-x509", "-days", "2"]);
+    }
+    openssl(dir, &args)
+}
+
+/// A CA: `CA.key` and `CA.pem`.
+fn ca(dir: &Path, ca: &str) -> Result<()> {
+    new_key(dir, ca, true)
+}
+
+/// A certificate that `ca` signs for `name`, for `usage` (serverAuth or clientAuth).
+fn signed(dir: &Path, ca: &str, name: &str, usage: &str) -> Result<()> {
+    new_key(dir, name, false)?;
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"),
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    )
+}
+
+fn file(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// One HTTP/1.1 GET over TLS, with a client certificate when given; the status code.
+async fn https_get(dir: &Path, port: u16, path: &str, client: Option<&str>) -> Result<u16> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dir.join("ca.pem"))? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some(name) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))?
+                    .collect::<Result<_, _>>()?;
+            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key")))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("127.0.0.1")?.to_owned(), tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {text}"))?;
+    Ok(code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_admits_only_clients_with_a_certificate_of_its_ca() -> Result<()> {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    ca(dir, "ca")?;
+    signed(dir, "ca", "server", "serverAuth")?;
+    signed(dir, "ca", "operator", "clientAuth")?;
+    ca(dir, "rogue-ca")?;
+    signed(dir, "rogue-ca", "rogue", "clientAuth")?;
+
+    let etcd = EtcdServer::start().await?;
+    let (grpc_port, http_port) = (free_port()?, free_port()?);
+    let mut command = std::process::Command::new(bin_path("switchboard-coordinator")?);
+    command
+        .args(["--etcd", &etcd.endpoint(), "--prefix", &unique_prefix()])
+        .args(["--listen", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--http", &format!("127.0.0.1:{http_port}")])
+        .args([
+            "--tls-cert",
+            &file(dir, "server.pem"),
+            "--tls-key",
+            &file(dir, "server.key"),
+        ])
+        .args(["--tls-client-ca", &file(dir, "ca.pem")])
+        .current_dir(dir);
+    let coordinator =
+        ChildProcess::spawn_logged("coordinator", command, &dir.join("coordinator.log"))?;
+    let url = format!("https://127.0.0.1:{grpc_port}");
+    let with = |client: Option<&str>| {
+        let mut runner = SbctlRunner::new(&url)
+            .timeout(Duration::from_secs(20))
+            .env("SWITCHBOARD_TLS_CA", &file(dir, "ca.pem"));
+        if let Some(name) = client {
+            runner = runner
+                .env("SWITCHBOARD_TLS_CERT", &file(dir, &format!("{name}.pem")))
+                .env("SWITCHBOARD_TLS_KEY", &file(dir, &format!("{name}.key")));
+        }
+        runner
+    };
+    let operator = with(Some("operator"));
+    wait_until(DEADLINE, "the coordinator to answer over TLS", async || {
+        Ok(operator.run(&["status", NS]).await?.success())
+    })
+    .await
+    .with_context(|| coordinator.log_tail(40))?;
+
+    let v1 = release(&operator, NS, dir, "g1", (10, 10)).await?;
+    assert_eq!(
+        status(&operator, NS).await?["active"]["version"],
+        v1.as_str()
+    );
+
+    for (client, who) in [
+        (None, "without a certificate"),
+        (Some("rogue"), "with another CA's certificate"),
+    ] {
+        let refused = with(client).run(&["status", NS]).await?;
+        ensure!(!refused.success(), "a client {who} got in:\n{refused}");
+    }
+    let plain = SbctlRunner::new(&format!("http://127.0.0.1:{grpc_port}"))
+        .timeout(Duration::from_secs(20))
+        .run(&["status", NS])
+        .await?;
+    ensure!(!plain.success(), "a plain-text client got in:\n{plain}");
+
+    assert_eq!(
+        https_get(dir, http_port, "/healthz", Some("operator")).await?,
+        200
+    );
+    ensure!(
+        https_get(dir, http_port, "/healthz", None).await.is_err(),
+        "the HTTP listener admitted a client without a certificate"
+    );
+    ensure!(
+        https_get(dir, http_port, "/healthz", Some("rogue"))
+            .await
+            .is_err(),
+        "the HTTP listener admitted another CA's certificate"
+    );
+    Ok(())
+}
