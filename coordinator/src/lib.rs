@@ -86,10 +86,9 @@ pub struct Args {
     /// Seconds after which etcd's old revisions are compacted.
     #[arg(long, default_value_t = 300, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub compact_after: u64,
-    /// The etcd user to connect as (see deploy/etcd/setup-auth.sh); its password comes from
-    /// SWITCHBOARD_ETCD_PASSWORD.
-    #[arg(long, value_name = "NAME")]
-    pub etcd_user: Option<String>,
+    /// How to connect to etcd: as which user, with which TLS.
+    #[command(flatten)]
+    pub etcd_connection: switchboard_runtime::EtcdArgs,
     /// A PEM certificate (chain) for TLS on the gRPC and HTTP listeners; with --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -138,9 +137,9 @@ async fn serve(
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let etcd_user = switchboard_runtime::EtcdUser::from_flag(args.etcd_user.as_deref())?;
+    let etcd_options = args.etcd_connection.options()?;
     let Some(client) =
-        switchboard_runtime::connect_etcd_as(&args.etcd, etcd_user.as_ref(), &shutdown).await?
+        switchboard_runtime::connect_etcd_as(&args.etcd, &etcd_options, &shutdown).await?
     else {
         return Ok(());
     };
@@ -196,6 +195,7 @@ async fn serve(
     let endpoints = tokio::spawn(switchboard_runtime::keep_endpoints_answering(
         client.clone(),
         args.etcd.clone(),
+        etcd_options,
         loops.clone(),
     ));
     let janitor = janitor::JanitorSettings {

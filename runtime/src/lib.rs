@@ -68,19 +68,121 @@ impl EtcdUser {
     }
 }
 
-/// Connects to etcd as `user`, or anonymously. Authenticating needs etcd, so with a user this
-/// tries again (every second, logging why) until etcd answers or `shutdown`; `None` then.
+/// TLS to etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`), read once at start.
+#[derive(Clone)]
+pub struct EtcdTls {
+    ca: Vec<u8>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    /// The settings of the flags: none, or a CA with, maybe, a client certificate and key.
+    pub fn from_flags(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<Self>> {
+        let read = |path: &std::path::Path, flag: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
+        };
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((read(cert, "--etcd-cert")?, read(key, "--etcd-key")?)),
+            (None, None) => None,
+            _ => anyhow::bail!("--etcd-cert and --etcd-key go together"),
+        };
+        match ca {
+            Some(ca) => Ok(Some(Self {
+                ca: read(ca, "--etcd-ca")?,
+                identity,
+            })),
+            None if identity.is_some() => anyhow::bail!("--etcd-cert needs --etcd-ca"),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The command-line flags of an etcd connection, shared by the coordinator and the sidecar.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct EtcdArgs {
+    /// The etcd user to connect as (see deploy/etcd/setup-auth.sh); its password comes from
+    /// SWITCHBOARD_ETCD_PASSWORD.
+    #[arg(long, value_name = "NAME")]
+    pub etcd_user: Option<String>,
+    /// The CA (PEM) of an etcd that speaks TLS (https:// endpoints).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for an etcd that requires one; with --etcd-key.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+}
+
+impl EtcdArgs {
+    /// The connection these flags describe, with the password read from the environment and
+    /// the TLS files read now, so that a bad one stops the start.
+    pub fn options(&self) -> anyhow::Result<EtcdOptions> {
+        Ok(EtcdOptions {
+            user: EtcdUser::from_flag(self.etcd_user.as_deref())?,
+            tls: EtcdTls::from_flags(
+                self.etcd_ca.as_deref(),
+                self.etcd_cert.as_deref(),
+                self.etcd_key.as_deref(),
+            )?,
+        })
+    }
+}
+
+/// How to connect to etcd: as whom, and with which TLS.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    pub user: Option<EtcdUser>,
+    pub tls: Option<EtcdTls>,
+}
+
+impl EtcdOptions {
+    fn connect_options(&self) -> etcd_client::ConnectOptions {
+        let mut options = options();
+        if let Some(user) = &self.user {
+            options = options.with_user(user.name.clone(), user.password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
+        options
+    }
+}
+
+/// Connects to etcd with `options`. Authenticating needs etcd, so with a user this tries
+/// again (every second, logging why) until etcd answers or `shutdown`; `None` then. Without
+/// a user the connection is lazy.
 pub async fn connect_etcd_as(
     endpoints: &[String],
-    user: Option<&EtcdUser>,
+    options: &EtcdOptions,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<etcd_client::Client>> {
-    let Some(user) = user else {
-        return connect_etcd(endpoints).await.map(Some);
+    let Some(user) = &options.user else {
+        return etcd_client::Client::connect(endpoints, Some(options.connect_options()))
+            .await
+            .map(Some)
+            .with_context(|| format!("cannot set up the etcd client for {}", endpoints.join(",")));
     };
     loop {
-        let options = options().with_user(user.name.clone(), user.password.clone());
-        match etcd_client::Client::connect(endpoints, Some(options)).await {
+        match etcd_client::Client::connect(endpoints, Some(options.connect_options())).await {
             Ok(client) => return Ok(Some(client)),
             // Authentication refused is not going to change by trying again.
             Err(etcd_client::Error::GRpcStatus(status))
@@ -109,6 +211,7 @@ pub async fn connect_etcd_as(
 pub async fn keep_endpoints_answering(
     client: etcd_client::Client,
     endpoints: Vec<String>,
+    options: EtcdOptions,
     shutdown: CancellationToken,
 ) {
     if endpoints.len() < 2 {
@@ -124,7 +227,7 @@ pub async fn keep_endpoints_answering(
             _ = tick.tick() => {}
         }
         for (i, endpoint) in endpoints.iter().enumerate() {
-            let answers = probe(&mut probes[i], endpoint).await;
+            let answers = probe(&mut probes[i], endpoint, &options).await;
             if answers == in_service[i] {
                 continue;
             }
@@ -158,9 +261,15 @@ pub async fn keep_endpoints_answering(
 
 /// Whether the member at `endpoint` answers a status request within [`PROBE_TIMEOUT`], on a
 /// connection of its own.
-async fn probe(slot: &mut Option<etcd_client::Client>, endpoint: &str) -> bool {
+async fn probe(
+    slot: &mut Option<etcd_client::Client>,
+    endpoint: &str,
+    options: &EtcdOptions,
+) -> bool {
     if slot.is_none() {
-        let options = options().with_connect_timeout(PROBE_TIMEOUT);
+        let options = options
+            .connect_options()
+            .with_connect_timeout(PROBE_TIMEOUT);
         match tokio::time::timeout(
             PROBE_TIMEOUT,
             etcd_client::Client::connect([endpoint], Some(options)),

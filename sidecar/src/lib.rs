@@ -60,10 +60,9 @@ pub struct Args {
     /// Address of the gRPC read API.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub grpc: SocketAddr,
-    /// The etcd user to connect as (see deploy/etcd/setup-auth.sh: read-only on its namespaces);
-    /// its password comes from SWITCHBOARD_ETCD_PASSWORD.
-    #[arg(long, value_name = "NAME")]
-    pub etcd_user: Option<String>,
+    /// How to connect to etcd: as which user, with which TLS.
+    #[command(flatten)]
+    pub etcd_connection: switchboard_runtime::EtcdArgs,
     /// A bearer token that reads, reports and /v1/status need (the probes and /metrics stay
     /// open). Set it in the environment, not on the command line.
     #[arg(
@@ -145,7 +144,7 @@ pub async fn run(
     // this sidecar's counts started again from zero.
     let started_at_ms = switchboard_proto::time::now_ms();
     let keys = Keys::new(&args.prefix);
-    let etcd_user = switchboard_runtime::EtcdUser::from_flag(args.etcd_user.as_deref())?;
+    let etcd_options = args.etcd_connection.options()?;
     let namespaces: HashMap<String, Arc<namespace::Namespace>> = args
         .namespaces
         .iter()
@@ -186,7 +185,7 @@ pub async fn run(
         tasks.clone().spawn(async move {
             let client = match switchboard_runtime::connect_etcd_as(
                 &endpoints,
-                etcd_user.as_ref(),
+                &etcd_options,
                 &background,
             )
             .await
@@ -201,6 +200,7 @@ pub async fn run(
             tasks.spawn(switchboard_runtime::keep_endpoints_answering(
                 client.clone(),
                 endpoints,
+                etcd_options,
                 background.clone(),
             ));
             for namespace in syncing {

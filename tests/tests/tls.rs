@@ -212,3 +212,109 @@ async fn the_coordinator_admits_only_clients_with_a_certificate_of_its_ca() -> R
     );
     Ok(())
 }
+
+/// Every etcd connection can speak TLS with a client certificate: an etcd that requires one
+/// serves a coordinator and a sidecar that present theirs, and refuses a client that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_connections_use_tls_with_client_certificates() -> Result<()> {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    ca(dir, "ca")?;
+    signed(dir, "ca", "etcd", "serverAuth")?;
+    signed(dir, "ca", "switchboard", "clientAuth")?;
+    let (client_port, peer_port) = (free_port()?, free_port()?);
+    let endpoint = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut command = std::process::Command::new(switchboard_tests::etcd_binary()?);
+    command
+        .args(["--name", "m0", "--data-dir", &file(dir, "etcd-data")])
+        .args([
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("m0={peer}")])
+        .args([
+            "--cert-file",
+            &file(dir, "etcd.pem"),
+            "--key-file",
+            &file(dir, "etcd.key"),
+        ])
+        .args([
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &file(dir, "ca.pem"),
+        ])
+        .args(["--logger", "zap", "--log-outputs", "stderr"]);
+    let etcd = ChildProcess::spawn_logged("etcd", command, &dir.join("etcd.log"))?;
+    let tls = |with_certificate: bool| -> Result<etcd_client::TlsOptions> {
+        let mut options = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(std::fs::read(dir.join("ca.pem"))?),
+        );
+        if with_certificate {
+            options = options.identity(etcd_client::Identity::from_pem(
+                std::fs::read(dir.join("switchboard.pem"))?,
+                std::fs::read(dir.join("switchboard.key"))?,
+            ));
+        }
+        Ok(options)
+    };
+    let connect = async |with_certificate: bool| -> Result<etcd_client::Client> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_tls(tls(with_certificate)?);
+        Ok(etcd_client::Client::connect([endpoint.as_str()], Some(options)).await?)
+    };
+    wait_until(DEADLINE, "etcd to answer over TLS", async || {
+        Ok(connect(true).await?.get("probe", None).await.is_ok())
+    })
+    .await
+    .with_context(|| etcd.log_tail(30))?;
+    let refused = match connect(false).await {
+        Ok(mut client) => client.get("probe", None).await.is_err(),
+        Err(_) => true,
+    };
+    ensure!(refused, "etcd served a client without a certificate");
+
+    let prefix = unique_prefix();
+    let certificate = [
+        "--etcd-ca",
+        &file(dir, "ca.pem"),
+        "--etcd-cert",
+        &file(dir, "switchboard.pem"),
+        "--etcd-key",
+        &file(dir, "switchboard.key"),
+    ];
+    let coordinator =
+        switchboard_tests::Coordinator::start_with(&endpoint, &prefix, &certificate).await?;
+    let sidecar =
+        switchboard_tests::Sidecar::start_with(&endpoint, &prefix, "over-tls", &[NS], &certificate)
+            .await?;
+    let sbctl = coordinator.sbctl();
+    let v1 = release(&sbctl, NS, dir, "g1", (10, 10)).await?;
+    let epoch = epoch(&sbctl, NS).await?;
+    sidecar.wait_for_epoch(NS, epoch, DEADLINE).await?;
+    let answer = sidecar.get_item(NS, "items/k00001", None).await?;
+    assert_eq!(answer.version.as_deref(), Some(v1.as_str()));
+
+    // A coordinator with the CA but no client certificate gets nothing from etcd.
+    let without = switchboard_tests::Coordinator::start_with(
+        &endpoint,
+        &prefix,
+        &["--etcd-ca", &file(dir, "ca.pem")],
+    )
+    .await?;
+    let refused = without.sbctl().run(&["status", NS]).await?;
+    ensure!(
+        !refused.success(),
+        "a coordinator without a certificate read etcd:\n{refused}"
+    );
+    Ok(())
+}
