@@ -419,11 +419,47 @@ async fn a_sidecar_stopped_across_a_compaction_converges() -> Result<()> {
     Ok(())
 }
 
+/// What happens to the etcd leader.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// `kill -9`, and a restart afterwards.
+    Kill,
+    /// `SIGSTOP`, and `SIGCONT` afterwards.
+    Pause,
+}
+
+fn inflict(member: &switchboard_tests::EtcdServer, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::Kill => member.kill(),
+        Fault::Pause => member.pause(),
+    }
+}
+
+fn heal(member: &switchboard_tests::EtcdServer, fault: Fault) -> Result<()> {
+    match fault {
+        Fault::Kill => member.respawn(),
+        Fault::Pause => member.resume(),
+    }
+}
+
 /// The etcd leader killed (kill -9) during a stage, and the new leader paused (SIGSTOP) during
 /// a flip: each operation either completes or fails cleanly and completes when retried, the
 /// audit trail stays in step with routing, and the sidecar serves the result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_etcd_leader_killed_during_a_stage_and_paused_during_a_flip() -> Result<()> {
+    leader_faults_during_a_stage_and_a_flip(Fault::Kill, Fault::Pause).await
+}
+
+/// The same with the faults the other way round: paused during a stage, killed during a flip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_leader_paused_during_a_stage_and_killed_during_a_flip() -> Result<()> {
+    leader_faults_during_a_stage_and_a_flip(Fault::Pause, Fault::Kill).await
+}
+
+async fn leader_faults_during_a_stage_and_a_flip(
+    during_stage: Fault,
+    during_flip: Fault,
+) -> Result<()> {
     let cluster = EtcdCluster::start(3).await?;
     let endpoints = cluster.endpoints_csv();
     let prefix = unique_prefix();
@@ -447,20 +483,20 @@ async fn the_etcd_leader_killed_during_a_stage_and_paused_during_a_flip() -> Res
         Ok(client.get(chunks.as_str(), Some(options)).await?.count() > 1)
     })
     .await?;
-    let killed = cluster.leader_index().await?;
-    cluster.member(killed).kill()?;
+    let struck = cluster.leader_index().await?;
+    inflict(cluster.member(struck), during_stage)?;
     let first_try = staging.wait(Duration::from_secs(60)).await?;
-    println!("the stage during the leader's kill exited with {first_try:?}");
+    println!("the stage during the leader's {during_stage:?} exited with {first_try:?}");
     let v2 = wait_for_success(&sbctl, &["stage", NS, &big]).await?;
     let shown = status(&sbctl, NS).await?;
     assert_eq!(shown["slots"]["green"]["state"], "sealed", "{shown}");
     assert_eq!(shown["slots"]["green"]["version"], v2.as_str(), "{shown}");
-    cluster.member(killed).respawn()?;
+    heal(cluster.member(struck), during_stage)?;
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
 
     let epoch_before = epoch(&sbctl, NS).await?;
-    let paused = cluster.leader_index().await?;
-    cluster.member(paused).pause()?;
+    let struck = cluster.leader_index().await?;
+    inflict(cluster.member(struck), during_flip)?;
     // Pinned to the epoch and version decided on: a retry after a flip that committed but
     // whose answer was lost is a conflict (3), never a second flip.
     let epoch_text = epoch_before.to_string();
@@ -473,7 +509,7 @@ async fn the_etcd_leader_killed_during_a_stage_and_paused_during_a_flip() -> Res
         &v2,
     ];
     let outcome = wait_for_flip(&sbctl, &flip).await;
-    cluster.member(paused).resume()?;
+    heal(cluster.member(struck), during_flip)?;
     outcome?;
     let after = status(&sbctl, NS).await?;
     assert_eq!(
