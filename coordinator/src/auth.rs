@@ -34,12 +34,11 @@ use switchboard_proto::set::sha256_hex;
 use crate::error::{CoordinatorError, Result};
 use crate::release::{Actor, Releases};
 
-/// The actor named in the audit record of a request that presented no known token.
-pub const UNAUTHENTICATED: &str = "unauthenticated";
+pub use switchboard_proto::keys::{UNAUTHENTICATED, validate_user_name};
 /// The actor of a request without a claimed name while the coordinator runs open.
 pub const ANONYMOUS: &str = "anonymous";
 /// The longest user name.
-pub const MAX_NAME_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = switchboard_proto::keys::MAX_USER_NAME_LEN;
 /// The largest auth file read.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// How long writing a denial's audit record may hold up the denial.
@@ -205,29 +204,6 @@ fn roles_that_permit(rpc: Rpc) -> String {
         Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
         None => "no role".to_string(),
     }
-}
-
-/// Checks a user name: 1 to 64 of `A-Z a-z 0-9 . _ @ -`. (`sbctl token new` checks the same.)
-pub fn validate_user_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "user name {name:?} must be 1 to {MAX_NAME_LEN} characters long"
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "._@-".contains(*c)))
-    {
-        return Err(format!(
-            "user name {name:?} has the character {bad:?}; use A-Z a-z 0-9 . _ @ -"
-        ));
-    }
-    if name == UNAUTHENTICATED {
-        return Err(format!(
-            "user name {name:?} is reserved for callers without a known token in the audit trail"
-        ));
-    }
-    Ok(())
 }
 
 /// One user of the auth file, checked.

@@ -121,6 +121,37 @@ impl Keys {
     }
 }
 
+/// The actor named in the audit record of a request that presented no known token; no user
+/// may be called so.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+/// The longest user name.
+pub const MAX_USER_NAME_LEN: usize = 64;
+
+/// Checks a user name: 1 to 64 of `A-Z a-z 0-9 . _ @ -`, and not [`UNAUTHENTICATED`]. The
+/// coordinator checks its `--auth` file with it and `sbctl token new` its argument; a user
+/// name is also part of an approval's key.
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_USER_NAME_LEN {
+        return Err(format!(
+            "user name {name:?} must be 1 to {MAX_USER_NAME_LEN} characters long"
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._@-".contains(*c)))
+    {
+        return Err(format!(
+            "user name {name:?} has the character {bad:?}; use A-Z a-z 0-9 . _ @ -"
+        ));
+    }
+    if name == UNAUTHENTICATED {
+        return Err(format!(
+            "user name {name:?} is reserved for callers without a known token in the audit trail"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a namespace name: 1 to 64 of `a-z 0-9 - _ .`, not starting with a dot.
 pub fn validate_namespace(ns: &str) -> Result<(), String> {
     if ns.is_empty() || ns.len() > 64 {

@@ -12,10 +12,6 @@ use crate::output;
 
 /// Random bytes in a token: 256 bits.
 pub const TOKEN_BYTES: usize = 32;
-/// The longest user name (the coordinator's limit).
-pub const MAX_NAME_LEN: usize = 64;
-/// The actor name the coordinator gives callers without a known token.
-const RESERVED_NAME: &str = "unauthenticated";
 
 /// The roles of the coordinator's permission table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
@@ -42,27 +38,10 @@ impl Role {
     }
 }
 
-/// Checks a user name as the coordinator does: 1 to 64 of `A-Z a-z 0-9 . _ @ -`, and not the
-/// reserved "unauthenticated". A clap value parser, so a bad name is a usage error (exit 2).
+/// Checks a user name as the coordinator does (`keys::validate_user_name`). A clap value
+/// parser, so a bad name is a usage error (exit 2).
 pub fn parse_user_name(name: &str) -> Result<String, String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "user name {name:?} must be 1 to {MAX_NAME_LEN} characters long"
-        ));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "._@-".contains(*c)))
-    {
-        return Err(format!(
-            "user name {name:?} has the character {bad:?}; use A-Z a-z 0-9 . _ @ -"
-        ));
-    }
-    if name == RESERVED_NAME {
-        return Err(format!(
-            "user name {name:?} is reserved for callers without a known token"
-        ));
-    }
+    switchboard_proto::keys::validate_user_name(name)?;
     Ok(name.to_string())
 }
 
