@@ -403,12 +403,26 @@ impl Coordinator {
         Reply::decode("GetPolicy", reply.into_inner())
     }
 
-    /// Replaces the policy; the reply is the policy as stored.
+    /// Replaces the policy `current`, as read, with `policy`; the reply is the policy as
+    /// stored. The change is made only if the policy is still `current`, so that two people
+    /// changing it at once never lose one of the changes.
     pub async fn set_policy(
         &mut self,
-        request: SetPolicyRequest,
+        namespace: &str,
+        current: &Policy,
+        policy: &Policy,
+        reason: &str,
     ) -> Result<Reply<Policy>, CliError> {
-        let request = self.request(request);
+        let as_json = |policy: &Policy| {
+            serde_json::to_string(policy)
+                .map_err(|e| CliError::Failed(format!("cannot write the policy as JSON: {e}")))
+        };
+        let request = self.request(SetPolicyRequest {
+            namespace: namespace.to_string(),
+            policy_json: as_json(policy)?,
+            reason: reason.to_string(),
+            expected_policy_json: as_json(current)?,
+        });
         let reply = self
             .client
             .set_policy(request)

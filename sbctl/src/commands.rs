@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use switchboard_proto::pb::{
     BeginStageRequest, ChunkData, FlipRequest, RollbackRequest, RolloutRequest, SealRequest,
-    SetCanaryRequest, SetPolicyRequest,
+    SetCanaryRequest,
 };
 use switchboard_proto::set::Chunk;
 use switchboard_proto::time::now_ms;
@@ -493,21 +493,8 @@ pub async fn policy_set(
     let mut coordinator = ctx.coordinator().await?;
     let current = coordinator.get_policy(namespace).await?.document;
     let policy = merge_policy(&current, settings)?;
-    let as_json = |policy: &Policy| {
-        serde_json::to_string(policy)
-            .map_err(|e| CliError::Failed(format!("cannot write the policy as JSON: {e}")))
-    };
-    let policy_json = as_json(&policy)?;
-    // The change is made only if the policy is still the one read, so that two people
-    // changing it at once never lose one of the changes.
-    let expected_policy_json = as_json(&current)?;
     let reply = coordinator
-        .set_policy(SetPolicyRequest {
-            namespace: namespace.to_string(),
-            policy_json,
-            reason: reason.to_string(),
-            expected_policy_json,
-        })
+        .set_policy(namespace, &current, &policy, reason)
         .await?;
     ctx.print(&reply, |stored| {
         output::render_policy(namespace, stored, Some(&current))

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use switchboard_proto::pb::{CheckGatesRequest, SetPolicyRequest};
+use switchboard_proto::pb::CheckGatesRequest;
 use switchboard_proto::{Gate, GateCheck, GateOp, Policy};
 
 use crate::client::{Coordinator, Reply};
@@ -222,21 +222,8 @@ async fn change_gates(
         gates,
         ..current.clone()
     };
-    let as_json = |policy: &Policy| {
-        serde_json::to_string(policy)
-            .map_err(|e| CliError::Failed(format!("cannot write the policy as JSON: {e}")))
-    };
-    let policy_json = as_json(&policy)?;
-    // The change is made only if the policy is still the one read, so that two people
-    // changing it at once never lose one of the changes.
-    let expected_policy_json = as_json(&current)?;
     let reply = coordinator
-        .set_policy(SetPolicyRequest {
-            namespace: namespace.to_string(),
-            policy_json,
-            reason: reason.to_string(),
-            expected_policy_json,
-        })
+        .set_policy(namespace, &current, &policy, reason)
         .await?;
     if ctx.json {
         return output::print_json(&reply.document.gates);
