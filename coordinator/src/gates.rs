@@ -33,19 +33,9 @@ impl Evaluation {
         self.outcomes.iter().all(|o| o.passed)
     }
 
-    /// "gate a: … ; gate b: …" for the gates that do not hold.
+    /// The gates that do not hold, in words (`gate::blocking`).
     pub fn blocking(&self) -> String {
-        self.outcomes
-            .iter()
-            .filter(|o| !o.passed)
-            .map(|o| {
-                format!(
-                    "gate {} saw {}, needs {} ({})",
-                    o.name, o.saw, o.wanted, o.target
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
+        gate::blocking(&self.outcomes)
     }
 }
 

@@ -128,6 +128,22 @@ pub struct GateReport {
     pub gates: Vec<GateOutcome>,
 }
 
+/// The gates that do not hold, in words: `gate a saw …, needs … (where); gate b …`. The
+/// coordinator's refusal and `sbctl gate check` say it alike.
+pub fn blocking(outcomes: &[GateOutcome]) -> String {
+    outcomes
+        .iter()
+        .filter(|o| !o.passed)
+        .map(|o| {
+            format!(
+                "gate {} saw {}, needs {} ({})",
+                o.name, o.saw, o.wanted, o.target
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Gate {
     /// Checks a definition; the message names the gate and the problem. `switchboard_prefix`
     /// is the coordinator's etcd prefix, which an etcd gate may not look into.

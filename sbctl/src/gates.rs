@@ -187,22 +187,10 @@ pub async fn check(ctx: &Context, namespace: &str, version: Option<&str>) -> Res
     if reply.document.passed {
         Ok(())
     } else {
-        let blocking: Vec<String> = reply
-            .document
-            .gates
-            .iter()
-            .filter(|g| !g.passed)
-            .map(|g| {
-                format!(
-                    "gate {} saw {}, needs {} ({})",
-                    g.name, g.saw, g.wanted, g.target
-                )
-            })
-            .collect();
         Err(CliError::Refused(format!(
             "version {} of {namespace} is blocked: {}",
             reply.document.version,
-            blocking.join("; ")
+            switchboard_proto::gate::blocking(&reply.document.gates)
         )))
     }
 }
