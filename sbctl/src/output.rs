@@ -441,11 +441,7 @@ pub fn render_history(history: &History) -> String {
 
 /// `sbctl diff`: the plan's text, headed as a diff.
 pub fn render_diff(plan: &PlanReport) -> String {
-    let text = render_plan(plan);
-    match text.strip_prefix("plan for ") {
-        Some(rest) => format!("diff for {rest}"),
-        None => text,
-    }
+    render_report(plan, "diff")
 }
 
 fn state_text(state: RolloutState) -> &'static str {
@@ -796,19 +792,24 @@ pub struct PlanReport {
 /// The human text of `sbctl plan`: a summary line, then the keys under `+`, `~` and `-`, each
 /// changed key with its changes; then the count of each class and every destructive change.
 pub fn render_plan(plan: &PlanReport) -> String {
+    render_report(plan, "plan")
+}
+
+/// A plan under the heading `title` ("plan", or "diff" for `sbctl diff`).
+fn render_report(plan: &PlanReport, title: &str) -> String {
     let mut out = String::new();
     let active = plan.active_version.as_deref().unwrap_or("none");
     if plan.active_version.as_deref() == Some(plan.new_version.as_str()) {
         let _ = writeln!(
             out,
-            "plan for {}: no changes ({} items unchanged, version {active} is active)",
+            "{title} for {}: no changes ({} items unchanged, version {active} is active)",
             plan.namespace, plan.unchanged
         );
         return out;
     }
     let _ = writeln!(
         out,
-        "plan for {}: {} added, {} changed, {} removed, {} unchanged (active {active} -> new {})",
+        "{title} for {}: {} added, {} changed, {} removed, {} unchanged (active {active} -> new {})",
         plan.namespace,
         plan.added.len(),
         plan.changed.len(),
