@@ -321,6 +321,42 @@ impl Chunk {
     }
 }
 
+/// A writer that passes everything on to `inner` and keeps the SHA-256 and the count of what
+/// passed: the sidecar's disk copy and sbctl's snapshot files end with that hash.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
+    }
+
+    /// The inner writer, the SHA-256 of everything written and how many bytes that was.
+    pub fn finish(self) -> (W, [u8; 32], u64) {
+        (self.inner, self.hasher.finalize().into(), self.written)
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }

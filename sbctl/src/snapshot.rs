@@ -19,9 +19,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use switchboard_proto::Manifest;
-use switchboard_proto::set::{Chunk, SetVerifier, sha256_hex};
+use switchboard_proto::set::{Chunk, HashingWriter, SetVerifier, sha256_hex};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 
 use crate::commands::{Context, print_stage, stage_manifest};
@@ -179,11 +178,7 @@ pub struct SnapshotWriter<W: Write> {
 impl<W: Write> SnapshotWriter<W> {
     /// Writes the magic line, the header and the manifest.
     pub fn new(out: W, header: &SnapshotHeader, manifest: &Manifest) -> std::io::Result<Self> {
-        let mut out = HashingWriter {
-            inner: out,
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
+        let mut out = HashingWriter::new(out);
         out.write_all(MAGIC)?;
         serde_json::to_writer(&mut out, header)?;
         out.write_all(b"\n")?;
@@ -201,13 +196,13 @@ impl<W: Write> SnapshotWriter<W> {
     }
 
     /// Writes the trailer; returns the writer, the file's size and the trailer's hash.
-    pub fn finish(mut self) -> std::io::Result<(W, u64, String)> {
-        let sha256 = hex::encode(self.out.hasher.finalize_reset());
+    pub fn finish(self) -> std::io::Result<(W, u64, String)> {
+        let (mut out, digest, written) = self.out.finish();
+        let sha256 = hex::encode(digest);
         let trailer = format!("sha256 {sha256}\n");
-        self.out.inner.write_all(trailer.as_bytes())?;
-        self.out.inner.flush()?;
-        let bytes = self.out.bytes + trailer.len() as u64;
-        Ok((self.out.inner, bytes, sha256))
+        out.write_all(trailer.as_bytes())?;
+        out.flush()?;
+        Ok((out, written + trailer.len() as u64, sha256))
     }
 }
 
@@ -366,26 +361,6 @@ fn partial_path(file: &Path) -> PathBuf {
 
 fn io_error(path: &Path, what: &str, error: std::io::Error) -> CliError {
     CliError::Failed(format!("{} {what}: {error}", path.display()))
-}
-
-/// A writer that hashes and counts what passes through it.
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let written = self.inner.write(buf)?;
-        self.hasher.update(&buf[..written]);
-        self.bytes += written as u64;
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier};
+use switchboard_proto::set::{HashingWriter, MAX_CHUNK_BYTES, SetVerifier};
 use switchboard_proto::{Manifest, Routing};
 use tokio_util::sync::CancellationToken;
 
@@ -149,40 +149,6 @@ impl DiskCache {
         decode(namespace, &data)
             .map(Some)
             .map_err(|reason| CacheError::Corrupt { path, reason })
-    }
-}
-
-/// A writer that hashes what passes through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
-    }
-
-    fn finish(self) -> (W, [u8; TRAILER_BYTES], u64) {
-        (self.inner, self.hasher.finalize().into(), self.written)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 
