@@ -44,6 +44,17 @@ async fn read_for(
     Ok((latencies, failures))
 }
 
+/// A 3-member etcd cluster on a fresh prefix, with a coordinator and a sidecar (named `id`)
+/// that know all three members.
+async fn cluster_stack(id: &str) -> Result<(EtcdCluster, String, Coordinator, Sidecar)> {
+    let cluster = EtcdCluster::start(3).await?;
+    let endpoints = cluster.endpoints_csv();
+    let prefix = unique_prefix();
+    let coordinator = Coordinator::start(&endpoints, &prefix).await?;
+    let sidecar = Sidecar::start(&endpoints, &prefix, id, &[NS]).await?;
+    Ok((cluster, prefix, coordinator, sidecar))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -57,12 +68,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// restart everything converges: the next flip is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_serve_through_a_30_second_loss_of_every_etcd_member() -> Result<()> {
-    let cluster = EtcdCluster::start(3).await?;
-    let endpoints = cluster.endpoints_csv();
-    let prefix = unique_prefix();
-    let coordinator = Coordinator::start(&endpoints, &prefix).await?;
+    let (cluster, _, coordinator, sidecar) = cluster_stack("through-the-outage").await?;
     let sbctl = coordinator.sbctl();
-    let sidecar = Sidecar::start(&endpoints, &prefix, "through-the-outage", &[NS]).await?;
     let dir = tempfile::tempdir()?;
     let v1 = release(&sbctl, NS, dir.path(), "g1", (50, 200)).await?;
     let epoch1 = epoch(&sbctl, NS).await?;
@@ -460,12 +467,8 @@ async fn leader_faults_during_a_stage_and_a_flip(
     during_stage: Fault,
     during_flip: Fault,
 ) -> Result<()> {
-    let cluster = EtcdCluster::start(3).await?;
-    let endpoints = cluster.endpoints_csv();
-    let prefix = unique_prefix();
-    let coordinator = Coordinator::start(&endpoints, &prefix).await?;
+    let (cluster, prefix, coordinator, sidecar) = cluster_stack("beside-the-cluster").await?;
     let sbctl = coordinator.sbctl();
-    let sidecar = Sidecar::start(&endpoints, &prefix, "beside-the-cluster", &[NS]).await?;
     let dir = tempfile::tempdir()?;
     let v1 = release(&sbctl, NS, dir.path(), "g1", (20, 50)).await?;
 
