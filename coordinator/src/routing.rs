@@ -269,17 +269,9 @@ impl Releases {
             let entry = self.history_entry(ns, version).await?;
             let target = Target {
                 slot_ref: SlotRef {
-                    version: entry.version.clone(),
-                    manifest: entry.manifest.clone(),
-                    state: SlotState::Sealed,
-                    item_count: entry.item_count,
-                    bytes: entry.bytes,
-                    checksum: entry.checksum.clone(),
-                    seed: switchboard_proto::bucket::seed_for_checksum(&entry.checksum),
                     // Restaged by this actor, so that is whom an approval must not come from.
                     staged_by: request.actor.name.clone(),
-                    message: entry.message.clone(),
-                    at_ms: entry.at_ms,
+                    ..entry.sealed_slot()
                 },
                 needs_approval: true,
             };
@@ -490,21 +482,7 @@ impl Releases {
         check_namespace(ns)?;
         let state = self.store().read_namespace(ns).await?;
         let target = match version {
-            Some(version) => {
-                let entry = self.history_entry(ns, version).await?;
-                SlotRef {
-                    version: entry.version,
-                    manifest: entry.manifest,
-                    state: SlotState::Sealed,
-                    item_count: entry.item_count,
-                    bytes: entry.bytes,
-                    checksum: entry.checksum.clone(),
-                    seed: switchboard_proto::bucket::seed_for_checksum(&entry.checksum),
-                    staged_by: entry.staged_by,
-                    message: entry.message,
-                    at_ms: entry.at_ms,
-                }
-            }
+            Some(version) => self.history_entry(ns, version).await?.sealed_slot(),
             None => match &state.routing.value {
                 Some(routing) => sealed(ns, &state, routing.active.slot.other())?,
                 None => sealed(ns, &state, first_slot_to_flip(ns, &state)?)?,

@@ -408,6 +408,24 @@ pub struct HistoryEntry {
     pub at_ms: u64,
 }
 
+impl HistoryEntry {
+    /// The record of a slot sealed with this version, as its last staging left it.
+    pub fn sealed_slot(&self) -> SlotRef {
+        SlotRef {
+            version: self.version.clone(),
+            manifest: self.manifest.clone(),
+            state: SlotState::Sealed,
+            item_count: self.item_count,
+            bytes: self.bytes,
+            checksum: self.checksum.clone(),
+            seed: crate::bucket::seed_for_checksum(&self.checksum),
+            staged_by: self.staged_by.clone(),
+            message: self.message.clone(),
+            at_ms: self.at_ms,
+        }
+    }
+}
+
 /// `sbctl history`: the versions of a namespace, newest first, with where each is now.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
