@@ -752,6 +752,13 @@ impl Releases {
                 ));
             }
             compares.extend(fence.map(Fence::compare));
+            // Stamped after the checks and reads above, right before the transaction, so that
+            // `at_ms` is the commit time to within the transaction's own latency: sidecars and
+            // the propagation benchmark measure from it.
+            let routing = Routing {
+                at_ms: now_ms(),
+                ..routing
+            };
             let mut operations = vec![TxnOp::put(keys.routing(ns), to_json(&routing), None)];
             operations.extend(audit_ops(&keys, ns, &record));
             if let Some(rollout) = &rollout_after {

@@ -4,9 +4,13 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 use switchboard_loadtest::judge_sim::{self, NamedPolicy, SCENARIOS, TableConfig, Timing};
+use switchboard_loadtest::{propagation, read, report, rollback, stage};
 
 /// Switchboard's load tests and simulations.
 #[derive(Parser)]
@@ -21,14 +25,93 @@ enum Scenario {
     /// Simulate the health judge on Poisson traffic: false rollbacks, detection time, and how
     /// often it has too little data to judge. Needs no cluster.
     Judge(JudgeArgs),
-    /// Read throughput and latency of sidecars (not implemented yet).
-    Read,
-    /// Time from a routing change until every sidecar serves it (not implemented yet).
-    Propagation,
-    /// Staging and sealing throughput (not implemented yet).
-    Stage,
-    /// Time to roll back under load (not implemented yet).
-    Rollback,
+    /// Reads through a sidecar (HTTP, gRPC) beside nginx serving the same bytes and etcd read
+    /// directly: throughput at saturation, latency at a fixed rate.
+    Read(ReadArgs),
+    /// N in-process sidecars, each with its own etcd watch, and repeated flips: commit to
+    /// serving per sidecar, beside raw etcd watch delivery to as many watchers.
+    Propagation(PropagationArgs),
+    /// A large set staged beside raw etcd puts of the same bytes; bytes re-uploaded after a
+    /// 1% change; a sidecar's cold load time and memory.
+    Stage(StageArgs),
+    /// Time from the first bad report to every sidecar back on the baseline.
+    Rollback(RollbackArgs),
+    /// Collects the results in a directory into markdown with SVG charts.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct Output {
+    /// Where to write the JSON report; the markdown table goes beside it (`.md`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReadArgs {
+    /// Items in the served set.
+    #[arg(long, default_value_t = 1000)]
+    items: usize,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Client connections per run.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests per second of the light-load runs.
+    #[arg(long, default_value_t = 1000.0)]
+    light_rate: f64,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct PropagationArgs {
+    /// Numbers of sidecars; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1000])]
+    sidecars: Vec<usize>,
+    /// Flips per number of sidecars.
+    #[arg(long, default_value_t = 20)]
+    flips: usize,
+    /// Items in each of the two sets.
+    #[arg(long, default_value_t = 100)]
+    items: usize,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct StageArgs {
+    /// Items of about 1 KB each.
+    #[arg(long, default_value_t = 100_000)]
+    items: usize,
+    /// Percent of the items that the second and third versions change.
+    #[arg(long, default_value_t = 1.0)]
+    change_percent: f64,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct RollbackArgs {
+    /// Sidecar processes.
+    #[arg(long, default_value_t = 5)]
+    sidecars: usize,
+    /// Flips to a bad version, each rolled back automatically.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The judge's window.
+    #[arg(long, default_value_t = 5)]
+    window_seconds: u64,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The directory holding `<scenario>.json` and `<scenario>.md`; the charts are written
+    /// there and the markdown to stdout.
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -66,10 +149,58 @@ struct JudgeArgs {
 fn main() -> ExitCode {
     let (name, result) = match Cli::parse().scenario {
         Scenario::Judge(args) => ("judge", judge(args)),
-        Scenario::Read => ("read", Err(not_implemented())),
-        Scenario::Propagation => ("propagation", Err(not_implemented())),
-        Scenario::Stage => ("stage", Err(not_implemented())),
-        Scenario::Rollback => ("rollback", Err(not_implemented())),
+        Scenario::Read(args) => (
+            "read",
+            measured(&args.output, async |work| {
+                let config = read::ReadConfig {
+                    items: args.items,
+                    seconds: args.seconds,
+                    connections: args.connections,
+                    light_rate: args.light_rate,
+                };
+                let report = read::run(&config, work).await?;
+                Ok((read::render(&report), report))
+            }),
+        ),
+        Scenario::Propagation(args) => (
+            "propagation",
+            measured(&args.output, async |work| {
+                let config = propagation::PropagationConfig {
+                    sidecar_counts: args.sidecars.clone(),
+                    flips: args.flips,
+                    items: args.items,
+                };
+                let report = propagation::run(&config, work).await?;
+                Ok((propagation::render(&report), report))
+            }),
+        ),
+        Scenario::Stage(args) => (
+            "stage",
+            measured(&args.output, async |work| {
+                let config = stage::StageConfig {
+                    items: args.items,
+                    change_percent: args.change_percent,
+                };
+                let report = stage::run(&config, work).await?;
+                Ok((stage::render(&report), report))
+            }),
+        ),
+        Scenario::Rollback(args) => (
+            "rollback",
+            measured(&args.output, async |work| {
+                let config = rollback::RollbackConfig {
+                    sidecars: args.sidecars,
+                    rounds: args.rounds,
+                    window_seconds: args.window_seconds,
+                };
+                let report = rollback::run(&config, work).await?;
+                Ok((rollback::render(&report), report))
+            }),
+        ),
+        Scenario::Report(args) => (
+            "report",
+            report::write(&args.dir).map(|markdown| print!("{markdown}")),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,8 +211,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn not_implemented() -> anyhow::Error {
-    anyhow::anyhow!("not implemented yet")
+/// Runs a scenario on a tokio runtime with a scratch directory, prints its table and writes its
+/// JSON (and the table beside it) to `--out`.
+fn measured<R: Serialize>(
+    output: &Output,
+    scenario: impl AsyncFnOnce(&Path) -> anyhow::Result<(String, R)>,
+) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("switchboard-loadtest-")
+        .tempdir()
+        .context("creating a scratch directory")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let (table, report) = runtime.block_on(scenario(work.path()))?;
+    print!("{table}");
+    if let Some(out) = &output.out {
+        let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
+        std::fs::write(out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
+        let markdown = out.with_extension("md");
+        std::fs::write(&markdown, &table)
+            .with_context(|| format!("writing {}", markdown.display()))?;
+        println!("\nJSON report: {}", out.display());
+    }
+    Ok(())
 }
 
 fn judge(args: JudgeArgs) -> anyhow::Result<()> {
@@ -127,6 +281,9 @@ fn judge(args: JudgeArgs) -> anyhow::Result<()> {
     } else {
         print!("{table}");
         std::fs::write(&args.out, json + "\n").with_context(|| format!("writing {}", args.out))?;
+        let markdown = Path::new(&args.out).with_extension("md");
+        std::fs::write(&markdown, &table)
+            .with_context(|| format!("writing {}", markdown.display()))?;
         println!("\nJSON report: {}", args.out);
     }
     Ok(())

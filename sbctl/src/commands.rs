@@ -128,6 +128,8 @@ pub async fn stage_manifest(
         bytes: manifest.bytes,
         chunks_total: manifest.chunks.len() as u64,
         chunks_uploaded: 0,
+        chunk_bytes_total: chunks.iter().map(|c| c.data.len() as u64).sum(),
+        chunk_bytes_uploaded: 0,
         replaced_version: Some(begun.replaced_version.clone()).filter(|v| !v.is_empty()),
     };
     if let Some(replaced) = &report.replaced_version {
@@ -156,6 +158,7 @@ pub async fn stage_manifest(
     report.chunks_uploaded = to_send.len() as u64;
     if !to_send.is_empty() {
         let total: u64 = to_send.iter().map(|c| c.data.len() as u64).sum();
+        report.chunk_bytes_uploaded = total;
         let bar = progress_bar(total);
         let counter = bar.clone();
         let ns = namespace.to_string();

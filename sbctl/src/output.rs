@@ -746,6 +746,12 @@ pub struct StageReport {
     pub bytes: u64,
     pub chunks_total: u64,
     pub chunks_uploaded: u64,
+    /// Bytes of all the set's chunks, and of the chunks this stage had to upload (those etcd
+    /// did not hold already).
+    #[serde(default)]
+    pub chunk_bytes_total: u64,
+    #[serde(default)]
+    pub chunk_bytes_uploaded: u64,
     /// The sealed version the idle slot held before this stage overwrote it.
     pub replaced_version: Option<String>,
 }
@@ -1275,6 +1281,8 @@ mod tests {
             bytes: 1_234_567,
             chunks_total: 40,
             chunks_uploaded: 3,
+            chunk_bytes_total: 1_300_000,
+            chunk_bytes_uploaded: 97_000,
             replaced_version: None,
         };
         let text = render_stage(&report);

@@ -259,7 +259,9 @@ pub async fn run(
     let grpc = tonic::transport::Server::builder()
         .add_service(grpc::ReaderService::new(served))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            // Without TCP_NODELAY every answer waits for the client's delayed ACK (about 40 ms),
+            // and `serve_with_incoming` does not set it for us.
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
     let servers = async {

@@ -1,0 +1,274 @@
+//! The `stage` scenario: a large set staged through sbctl and the coordinator, beside raw etcd
+//! puts of the same chunk bytes (and of the items one key each) in the same run; the bytes
+//! uploaded again after 1% of the items change, scattered and clustered; a sidecar's cold load
+//! of the set and its memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use etcd_client::GetOptions;
+use serde::{Deserialize, Serialize};
+use switchboard_proto::Keys;
+use switchboard_tests::TestEnv;
+use tokio::sync::Semaphore;
+
+use crate::catalog::{self, ChangePattern};
+use crate::stats;
+
+pub const NAMESPACE: &str = "bench";
+
+#[derive(Clone, Debug)]
+pub struct StageConfig {
+    pub items: usize,
+    pub change_percent: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StageReport {
+    pub items: usize,
+    pub json_bytes: u64,
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    /// `sbctl stage` from start to exit: reading, validating, chunking, uploading, sealing.
+    pub stage_seconds: f64,
+    /// The same chunk bytes put into etcd directly, 8 requests in flight.
+    pub raw_chunk_put_seconds: f64,
+    /// Every item as its own key, 64 requests in flight: what a store without chunks does.
+    pub raw_item_put_seconds: f64,
+    pub restage: Vec<Restage>,
+    /// From the sidecar's start to its readiness with the set loaded.
+    pub cold_load_seconds: f64,
+    pub sidecar_rss_bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Restage {
+    pub pattern: ChangePattern,
+    pub percent_items_changed: f64,
+    pub seconds: f64,
+    pub chunks_uploaded: u64,
+    pub chunks_total: u64,
+    pub bytes_uploaded: u64,
+    pub bytes_total: u64,
+}
+
+impl StageReport {
+    pub fn stage_mb_per_s(&self) -> f64 {
+        self.chunk_bytes as f64 / 1e6 / self.stage_seconds
+    }
+
+    pub fn raw_chunk_mb_per_s(&self) -> f64 {
+        self.chunk_bytes as f64 / 1e6 / self.raw_chunk_put_seconds
+    }
+}
+
+pub async fn run(config: &StageConfig, work: &std::path::Path) -> Result<StageReport> {
+    let env = TestEnv::start(&[NAMESPACE]).await?;
+    let sbctl = env.sbctl().timeout(Duration::from_secs(600));
+    eprintln!("stage: generating {} items", config.items);
+    let v1 = work.join("stage-v1.json");
+    let json_bytes = catalog::write(&v1, config.items, None)?;
+    let mut variants = Vec::new();
+    for (pattern, seed) in [
+        (ChangePattern::Scattered, 11),
+        (ChangePattern::Clustered, 12),
+    ] {
+        let path = work.join(format!("stage-{pattern:?}.json").to_lowercase());
+        let changed = catalog::changed_items(config.items, config.change_percent, pattern, seed);
+        catalog::write(&path, config.items, Some(&changed))?;
+        variants.push((pattern, path));
+    }
+
+    eprintln!("stage: staging {} MB of JSON", json_bytes / 1_000_000);
+    let started = Instant::now();
+    let first = sbctl
+        .run_json(&[
+            "stage",
+            NAMESPACE,
+            &v1.display().to_string(),
+            "-m",
+            "stage benchmark",
+        ])
+        .await?;
+    let stage_seconds = started.elapsed().as_secs_f64();
+    let chunks = field(&first, "chunks_total")?;
+    let chunk_bytes = field(&first, "chunk_bytes_total")?;
+    sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
+
+    eprintln!("stage: raw etcd puts of the same chunks");
+    let raw_chunk_put_seconds = raw_chunk_puts(&env).await?;
+    eprintln!("stage: raw etcd puts of the items, one key each");
+    let raw_item_put_seconds = raw_item_puts(&env, config.items).await?;
+
+    eprintln!("stage: sidecar cold load");
+    let started = Instant::now();
+    let sidecar = env.start_sidecar("bench-stage").await?;
+    sidecar.wait_ready(Duration::from_secs(120)).await?;
+    let cold_load_seconds = started.elapsed().as_secs_f64();
+    let sidecar_rss_bytes = rss_bytes(sidecar.pid())?;
+
+    let mut restage = Vec::new();
+    for (pattern, path) in variants {
+        eprintln!("stage: re-staging after a {pattern:?} change");
+        let started = Instant::now();
+        let report = sbctl
+            .run_json(&[
+                "stage",
+                NAMESPACE,
+                &path.display().to_string(),
+                "-m",
+                "restage",
+            ])
+            .await?;
+        restage.push(Restage {
+            pattern,
+            percent_items_changed: config.change_percent,
+            seconds: started.elapsed().as_secs_f64(),
+            chunks_uploaded: field(&report, "chunks_uploaded")?,
+            chunks_total: field(&report, "chunks_total")?,
+            bytes_uploaded: field(&report, "chunk_bytes_uploaded")?,
+            bytes_total: field(&report, "chunk_bytes_total")?,
+        });
+    }
+    drop(sidecar);
+    Ok(StageReport {
+        items: config.items,
+        json_bytes,
+        chunks,
+        chunk_bytes,
+        stage_seconds,
+        raw_chunk_put_seconds,
+        raw_item_put_seconds,
+        restage,
+        cold_load_seconds,
+        sidecar_rss_bytes,
+    })
+}
+
+fn field(report: &serde_json::Value, name: &str) -> Result<u64> {
+    report[name]
+        .as_u64()
+        .with_context(|| format!("sbctl stage --json gave no {name}: {report}"))
+}
+
+/// Copies every chunk of the namespace (only the first set's exist yet) to other keys with
+/// plain puts, and times the puts alone.
+async fn raw_chunk_puts(env: &TestEnv) -> Result<f64> {
+    let keys = Keys::new(env.prefix());
+    let prefix = keys.chunk(NAMESPACE, "");
+    let mut client = env.etcd_client().await?;
+    let response = client
+        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        .await?;
+    let values: Vec<Vec<u8>> = response
+        .kvs()
+        .iter()
+        .map(|kv| kv.value().to_vec())
+        .collect();
+    if values.is_empty() {
+        bail!("no chunks under {prefix}");
+    }
+    let target = format!("{}/bench-raw-chunks/", env.prefix());
+    timed_puts(
+        &client,
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{target}{i:08}"), v))
+            .collect(),
+        8,
+    )
+    .await
+}
+
+async fn raw_item_puts(env: &TestEnv, items: usize) -> Result<f64> {
+    let client = env.etcd_client().await?;
+    let target = format!("{}/bench-raw-items/", env.prefix());
+    let puts = (0..items)
+        .map(|i| {
+            let value = serde_json::to_vec(&catalog::value(i, 1)).unwrap_or_default();
+            (format!("{target}{}", catalog::key(i)), value)
+        })
+        .collect();
+    timed_puts(&client, puts, 64).await
+}
+
+async fn timed_puts(
+    client: &etcd_client::Client,
+    puts: Vec<(String, Vec<u8>)>,
+    in_flight: usize,
+) -> Result<f64> {
+    let permits = Arc::new(Semaphore::new(in_flight));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (key, value) in puts {
+        let permit = permits.clone().acquire_owned().await?;
+        let mut client = client.kv_client();
+        tasks.spawn(async move {
+            let result = client.put(key, value, None).await;
+            drop(permit);
+            result
+        });
+        while let Some(done) = tasks.try_join_next() {
+            done.context("a put task panicked")??;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("a put task panicked")??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")?;
+    Ok(kb * 1024)
+}
+
+pub fn render(report: &StageReport) -> String {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let mut out = format!(
+        "stage: {} items, {:.1} MB of JSON, {} chunks of {:.1} MB\n\n\
+         | measure | value |\n|---|---:|\n\
+         | sbctl stage (read, validate, chunk, upload, seal) | {:.2} s, {:.1} MB/s |\n\
+         | raw etcd puts of the same chunk bytes (8 in flight) | {:.2} s, {:.1} MB/s |\n\
+         | staging throughput vs raw chunk puts | {:.0}% |\n\
+         | raw etcd puts of the items, one key each (64 in flight) | {:.2} s, {:.1} MB/s |\n\
+         | sidecar cold load (start to ready) | {:.2} s |\n\
+         | sidecar RSS with the set loaded | {:.1} MB ({:.2}x the chunk bytes) |\n",
+        report.items,
+        mb(report.json_bytes),
+        report.chunks,
+        mb(report.chunk_bytes),
+        report.stage_seconds,
+        report.stage_mb_per_s(),
+        report.raw_chunk_put_seconds,
+        report.raw_chunk_mb_per_s(),
+        stats::percent(report.stage_mb_per_s(), report.raw_chunk_mb_per_s()),
+        report.raw_item_put_seconds,
+        mb(report.chunk_bytes) / report.raw_item_put_seconds,
+        report.cold_load_seconds,
+        mb(report.sidecar_rss_bytes),
+        report.sidecar_rss_bytes as f64 / report.chunk_bytes.max(1) as f64,
+    );
+    for restage in &report.restage {
+        out.push_str(&format!(
+            "| re-stage after {}% of items changed, {:?} | {} of {} chunks, {:.1} of {:.1} MB ({:.1}% of the bytes), {:.2} s |\n",
+            restage.percent_items_changed,
+            restage.pattern,
+            restage.chunks_uploaded,
+            restage.chunks_total,
+            mb(restage.bytes_uploaded),
+            mb(restage.bytes_total),
+            stats::percent(restage.bytes_uploaded as f64, restage.bytes_total as f64),
+            restage.seconds,
+        ));
+    }
+    out
+}
