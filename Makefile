@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: deps build run test fuzz lint fmt clean
+.PHONY: deps build run test bench fuzz lint fmt clean
 
 # Installs the system packages the build and the tests need, when they are missing.
 deps:
@@ -11,6 +11,7 @@ deps:
 	command -v etcdctl >/dev/null 2>&1 || missing="$$missing etcd-client"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	if [ -n "$$missing" ]; then \
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 		echo "installing$$missing"; \
@@ -28,6 +29,22 @@ run: build
 test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
+
+# Every benchmark scenario at the sizes of BENCHMARKS.md, with release binaries: about 5 minutes
+# here. Each writes bench/<scenario>.json and its table; bench/RESULTS.md gathers the tables
+# with SVG charts, for BENCHMARKS.md.
+BENCH_DIR ?= bench
+LOADTEST := target/release/switchboard-loadtest
+bench: deps
+	$(CARGO) build --release --workspace --bins
+	mkdir -p $(BENCH_DIR)
+	$(LOADTEST) read --out $(BENCH_DIR)/read.json
+	$(LOADTEST) propagation --out $(BENCH_DIR)/propagation.json
+	$(LOADTEST) stage --out $(BENCH_DIR)/stage.json
+	$(LOADTEST) rollback --out $(BENCH_DIR)/rollback.json
+	$(LOADTEST) judge --runs 500 --out $(BENCH_DIR)/judge.json
+	$(LOADTEST) report $(BENCH_DIR) > $(BENCH_DIR)/RESULTS.md
+	@echo "results: $(BENCH_DIR)/RESULTS.md"
 
 # The long fuzz run: every target of tests/tests/fuzz.rs for FUZZ_SECONDS (default 600) each,
 # one after the other; `make test` runs one short round of each.

@@ -158,14 +158,26 @@ async fn raw_chunk_puts(env: &TestEnv) -> Result<f64> {
     let keys = Keys::new(env.prefix());
     let prefix = keys.chunk(NAMESPACE, "");
     let mut client = env.etcd_client().await?;
-    let response = client
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let values: Vec<Vec<u8>> = response
-        .kvs()
-        .iter()
-        .map(|kv| kv.value().to_vec())
-        .collect();
+    // Read in pages: the whole set is far over gRPC's 4 MiB message limit.
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    let mut from = prefix.clone().into_bytes();
+    let mut end = prefix.clone().into_bytes();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    loop {
+        let options = GetOptions::new().with_range(end.clone()).with_limit(32);
+        let response = client.get(from.clone(), Some(options)).await?;
+        let Some(last) = response.kvs().last() else {
+            break;
+        };
+        from = last.key().to_vec();
+        from.push(0);
+        values.extend(response.kvs().iter().map(|kv| kv.value().to_vec()));
+        if !response.more() {
+            break;
+        }
+    }
     if values.is_empty() {
         bail!("no chunks under {prefix}");
     }

@@ -1,0 +1,137 @@
+//! Every benchmark scenario, at a small size, against real etcd, coordinator and sidecars: the
+//! numbers are not judged here (benchmarks are, in BENCHMARKS.md), only that each scenario
+//! measures what it says, with every sample accounted for.
+
+use anyhow::Result;
+use switchboard_loadtest::catalog::ChangePattern;
+use switchboard_loadtest::{propagation, read, report, rollback, stage};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propagation_counts_every_sidecar_on_every_flip() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = propagation::PropagationConfig {
+        sidecar_counts: vec![3, 5],
+        flips: 3,
+        items: 20,
+    };
+    let report = propagation::run(&config, work.path()).await?;
+    assert_eq!(report.rows.len(), 2);
+    for row in &report.rows {
+        assert_eq!(
+            row.flip.count,
+            (row.sidecars * config.flips) as u64,
+            "{row:?}"
+        );
+        assert_eq!(row.first_flip.count, row.sidecars as u64, "{row:?}");
+        assert_eq!(
+            row.raw_watch.count,
+            (row.sidecars * config.flips) as u64,
+            "{row:?}"
+        );
+        assert_eq!(row.flip_spread.count, config.flips as u64, "{row:?}");
+        assert!(row.flip.p50_us <= row.flip.max_us);
+    }
+    let table = propagation::render(&report);
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("| 3 |") || l.starts_with("| 5 |"))
+            .count(),
+        2,
+        "{table}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_reuses_chunks_of_a_clustered_change() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = stage::StageConfig {
+        items: 3000,
+        change_percent: 1.0,
+    };
+    let report = stage::run(&config, work.path()).await?;
+    assert_eq!(report.items, 3000);
+    assert!(report.chunk_bytes > 2_000_000, "{report:?}");
+    assert!(report.sidecar_rss_bytes > 0);
+    assert_eq!(report.restage.len(), 2);
+    for restage in &report.restage {
+        assert_eq!(restage.bytes_total, report.chunk_bytes, "{restage:?}");
+        assert!(
+            restage.chunks_uploaded > 0,
+            "a change uploads something: {restage:?}"
+        );
+        assert!(restage.bytes_uploaded < restage.bytes_total, "{restage:?}");
+    }
+    let clustered = report
+        .restage
+        .iter()
+        .find(|r| r.pattern == ChangePattern::Clustered)
+        .expect("a clustered restage");
+    // 30 items in a row touch at most a few chunks of about 64 KB out of about 50.
+    assert!(clustered.chunks_uploaded <= 4, "{clustered:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_brings_every_sidecar_back() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = rollback::RollbackConfig {
+        sidecars: 2,
+        rounds: 1,
+        window_seconds: 3,
+    };
+    let report = rollback::run(&config, work.path()).await?;
+    assert_eq!(report.rounds.len(), 1);
+    assert_eq!(report.rollback.count, 1);
+    Ok(())
+}
+
+/// Needs nginx (`make deps` installs nginx-light); fails when it is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_measures_every_target_and_writes_a_chart() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = read::ReadConfig {
+        items: 50,
+        seconds: 0.5,
+        connections: 2,
+        light_rate: 200.0,
+    };
+    let report = read::run(&config, work.path()).await?;
+    let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            read::NGINX,
+            read::SIDECAR_HTTP,
+            read::SIDECAR_GRPC,
+            read::ETCD
+        ]
+    );
+    for target in &report.targets {
+        assert!(target.saturation.completed > 0, "{target:?}");
+        assert_eq!(target.saturation.errors, 0, "{target:?}");
+        assert!(target.light.completed > 0, "{target:?}");
+    }
+    assert!(report.answer_bytes > 500, "{report:?}");
+
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("read.json"),
+        serde_json::to_string(&report)?,
+    )?;
+    std::fs::write(dir.path().join("read.md"), read::render(&report))?;
+    let markdown = report::write(dir.path())?;
+    assert!(markdown.contains("![read latency"), "{markdown}");
+    assert!(markdown.contains("## propagation\n\nnot run"), "{markdown}");
+    let svg = std::fs::read_to_string(dir.path().join("read-latency.svg"))?;
+    assert_eq!(
+        svg.matches("<polyline").count(),
+        report
+            .targets
+            .iter()
+            .filter(|t| t.common_rate.is_some())
+            .count()
+    );
+    Ok(())
+}
