@@ -183,6 +183,10 @@ impl Admin for AdminService {
         let mut namespace: Option<String> = None;
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         let mut batch_bytes = 0;
+        // Batches are verified and written while the next ones arrive, a few at a time: with
+        // one write at a time the upload waits for every etcd commit in turn. Chunks are
+        // content-addressed, so the order of the writes does not matter.
+        let mut writes = tokio::task::JoinSet::new();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             if !is_sha256_hex(&chunk.hash) {
@@ -205,20 +209,28 @@ impl Admin for AdminService {
             // Verify and write in batches near etcd's request limit, so that memory stays
             // bounded however large the set is.
             if batch_bytes >= MAX_TXN_BYTES {
-                let ns = namespace.as_deref().unwrap_or_default();
-                reply.chunks_written += batch.len() as u64;
-                reply.bytes_written += self
-                    .releases
-                    .put_chunks(ns, std::mem::take(&mut batch))
-                    .await?;
+                while writes.len() >= UPLOAD_WRITES_IN_FLIGHT {
+                    written(&mut reply, writes.join_next().await)?;
+                }
+                let ns = namespace.clone().unwrap_or_default();
+                let (releases, batch) = (self.releases.clone(), std::mem::take(&mut batch));
+                writes.spawn(async move {
+                    let chunks = batch.len() as u64;
+                    releases
+                        .put_chunks(&ns, batch)
+                        .await
+                        .map(|bytes| (chunks, bytes))
+                });
                 batch_bytes = 0;
-                crate::crash::point(crate::crash::STAGE_BETWEEN_BATCHES, "stage");
             }
         }
         if !batch.is_empty() {
             let ns = namespace.as_deref().unwrap_or_default();
             reply.chunks_written += batch.len() as u64;
             reply.bytes_written += self.releases.put_chunks(ns, batch).await?;
+        }
+        while !writes.is_empty() {
+            written(&mut reply, writes.join_next().await)?;
         }
         Ok(Response::new(reply))
     }
@@ -522,4 +534,23 @@ impl Admin for AdminService {
         let report = self.releases.check_gates(&r.namespace, version).await?;
         json_reply(&report)
     }
+}
+
+/// Batches of uploaded chunks verified and written at once by one upload.
+const UPLOAD_WRITES_IN_FLIGHT: usize = 4;
+
+/// Adds a finished batch write to the upload's reply; the first failure ends the upload.
+fn written(
+    reply: &mut pb::UploadChunksReply,
+    joined: Option<Result<crate::error::Result<(u64, u64)>, tokio::task::JoinError>>,
+) -> Result<(), Status> {
+    let Some(joined) = joined else {
+        return Ok(());
+    };
+    let (chunks, bytes) =
+        joined.map_err(|error| Status::internal(format!("a chunk write failed: {error}")))??;
+    reply.chunks_written += chunks;
+    reply.bytes_written += bytes;
+    crate::crash::point(crate::crash::STAGE_BETWEEN_BATCHES, "stage");
+    Ok(())
 }
