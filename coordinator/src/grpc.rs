@@ -355,13 +355,30 @@ impl Admin for AdminService {
             .admit(&request, Rpc::Flip, &request.get_ref().namespace)
             .await?;
         let r = request.into_inner();
-        let change = self
-            .releases
-            .flip(
-                change_request(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor),
-                &r.expected_version,
-            )
-            .await?;
+        let change_request =
+            change_request(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor);
+        let change = if r.sync {
+            let lead_ms = match r.sync_lead_ms {
+                0 => crate::routing::DEFAULT_SYNC_LEAD_MS,
+                ms => ms,
+            };
+            let ack_timeout = match r.sync_ack_timeout_ms {
+                0 => crate::routing::DEFAULT_SYNC_ACK_TIMEOUT,
+                ms => std::time::Duration::from_millis(ms),
+            };
+            self.releases
+                .sync_flip(
+                    change_request,
+                    &r.expected_version,
+                    std::time::Duration::from_millis(lead_ms),
+                    ack_timeout,
+                )
+                .await?
+        } else {
+            self.releases
+                .flip(change_request, &r.expected_version)
+                .await?
+        };
         json_reply(&change)
     }
 

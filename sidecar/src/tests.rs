@@ -96,6 +96,8 @@ fn routing(epoch: u64, active: (Slot, &str), canary: Option<(Slot, &str, u32)>) 
         }),
         previous: None,
         bake_until_ms: None,
+        prepare: None,
+        activate_at_ms: None,
         action: "canary".to_string(),
         by: "test".to_string(),
         reason: "unit test".to_string(),
@@ -135,6 +137,8 @@ fn baking_routing(epoch: u64) -> Routing {
             manifest: format!("manifest-of-{V1}"),
         }),
         bake_until_ms: Some(BAKE_UNTIL_MS),
+        prepare: None,
+        activate_at_ms: None,
         action: "flip".to_string(),
         ..routing(epoch, (Slot::Green, V2), None)
     }
@@ -1098,6 +1102,9 @@ mod http {
                         errors: 0,
                     },
                 ],
+                prepared: None,
+                activated_epoch: None,
+                activated_at_us: None,
             }
         );
         // As JSON, the record carries them under the names the coordinator reads.
@@ -1483,6 +1490,8 @@ mod bake {
     fn without_a_bake_time_the_previous_slot_is_not_baking() {
         let routing = Routing {
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             ..baking_routing(3)
         };
         assert!(routing.baking().is_none());
@@ -1559,6 +1568,8 @@ mod bake {
             epoch: 3,
             previous: Some(flip.active.clone()),
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             action: "rollback".to_string(),
             ..routing(3, (Slot::Blue, V1), None)
         };
@@ -1588,6 +1599,8 @@ mod bake {
         let baked = Routing {
             epoch: 3,
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             ..baking_routing(3)
         };
         sync.apply(&mut cache, &raw(&baked))
