@@ -250,6 +250,18 @@ pub async fn keep_written(
             () = shutdown.cancelled() => return,
             changed = updates.changed() => if changed.is_err() { return },
         }
+        let settle = updates
+            .borrow()
+            .as_ref()
+            .and_then(|snapshot| crate::sync::settle_delay(&snapshot.routing));
+        if let Some(delay) = settle {
+            // Right after a synchronized switch, other sidecars on this host are switching:
+            // the copy is written once they are done.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
         let Some(snapshot) = updates.borrow_and_update().clone() else {
             continue;
         };
