@@ -26,6 +26,8 @@ pub const WAIT_POLL: Duration = Duration::from_millis(200);
 /// How often `flip --sync` reads the status while the sidecars switch: the activation point is
 /// usually a fraction of a second away.
 const SYNC_WAIT_POLL: Duration = Duration::from_millis(50);
+/// How long after the activation point sidecars put off reporting their switch.
+const SYNC_SETTLE_MS: u64 = 100;
 
 /// What every command needs: how to reach the coordinator and how to print.
 #[derive(Clone, Debug)]
@@ -388,6 +390,16 @@ pub async fn sync_flip(
     }
     let epoch = reply.document.routing.epoch;
     let deadline = Instant::now() + change.timeout;
+    // The sidecars report their switch only after the activation point and the time they
+    // leave each other to switch (100 ms): reading the status before that only takes the CPU
+    // that sidecars sharing this host need at the instant.
+    let quiet = Duration::from_millis(
+        prepared
+            .activate_at_ms
+            .saturating_add(SYNC_SETTLE_MS)
+            .saturating_sub(now_ms()),
+    );
+    tokio::time::sleep(quiet.min(change.timeout)).await;
     let (report, waited) = loop {
         match coordinator.status(namespace).await {
             Ok(status) => {
