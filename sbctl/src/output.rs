@@ -1312,6 +1312,64 @@ mod tests {
     }
 
     #[test]
+    fn sync_report_measures_the_acknowledged_sidecars_against_the_point() {
+        let mut status = status();
+        let point_ms = 1_795_000_000_000;
+        let switched = |id: &str, epoch: u64, at_us: Option<u64>| StatusSidecar {
+            id: id.into(),
+            epoch,
+            serving: vec![],
+            etcd_reachable: true,
+            at_ms: 0,
+            reports: vec![],
+            drift: None,
+            prepared: None,
+            activated_epoch: at_us.map(|_| epoch),
+            activated_at_us: at_us,
+        };
+        status.sidecars = vec![
+            switched("a", 9, Some(point_ms * 1000 + 300)),
+            switched("b", 9, Some(point_ms * 1000 + 1_200)),
+            switched("c", 8, None),
+            switched("d", 10, Some(point_ms * 1000 + 90_000)),
+            // Live, but it was not there to acknowledge: not measured.
+            switched("new", 9, Some(point_ms * 1000 + 50_000)),
+        ];
+        let prepared = switchboard_proto::SyncPrepared {
+            prepare_epoch: 8,
+            acknowledged: ["a", "b", "c", "d", "gone"].map(String::from).to_vec(),
+            ack_wait_ms: 40,
+            lead_ms: 250,
+            activate_at_ms: point_ms,
+        };
+        let report = SyncReport::measure(&status, 9, &prepared);
+        assert!(!report.converged);
+        assert_eq!(report.behind, vec!["c".to_string()]);
+        assert_eq!(report.gone, vec!["gone".to_string()]);
+        assert_eq!(report.moved_on, vec!["d".to_string()]);
+        assert_eq!(report.spread_us, Some(900));
+        assert_eq!(
+            (report.min_late_us, report.max_late_us),
+            (Some(300), Some(1_200))
+        );
+        let text = render_sync_report(&report);
+        assert!(
+            text.contains(
+                "spread     0.900 ms across 2 sidecar(s); the latest switched 1.200 ms after"
+            ),
+            "{text}"
+        );
+
+        // The --json document is the change with the measurements added to its `sync`.
+        let change = serde_json::json!({"routing": {"epoch": 9}, "sync": {"acknowledged": ["a"], "ack_wait_ms": 40}});
+        let document = sync_flip_document(&change, &report);
+        assert_eq!(document["sync"]["acknowledged"], serde_json::json!(["a"]));
+        assert_eq!(document["sync"]["spread_us"], 900);
+        assert_eq!(document["sync"]["converged"], false);
+        assert_eq!(document["routing"]["epoch"], 9);
+    }
+
+    #[test]
     fn flip_wait_json_is_the_change_plus_wait() {
         let change = json!({"namespace": "catalog", "routing": {"epoch": 8}, "audit_seq": 12});
         let wait = WaitReport {
