@@ -955,9 +955,10 @@ impl Releases {
             let (prepare, activate_at_ms) = match sync {
                 SyncStep::None => (None, None),
                 SyncStep::Prepare => (decision.routing.prepare.clone(), None),
+                // Set again just before the transaction, after the gates have been evaluated.
                 SyncStep::Activate { lead_ms } => (None, Some(now.saturating_add(lead_ms))),
             };
-            let routing = Routing {
+            let mut routing = Routing {
                 epoch,
                 action: action.to_string(),
                 by: actor.name.clone(),
@@ -986,6 +987,15 @@ impl Releases {
                     for (name, value) in evidence {
                         object.insert(name, value);
                     }
+                }
+            }
+            if let SyncStep::Activate { lead_ms } = sync {
+                // The lead counts from the commit, not from the decision: an HTTP gate may
+                // take seconds to answer, and a point already passed is no synchronization.
+                let activate_at_ms = now_ms().saturating_add(lead_ms);
+                routing.activate_at_ms = Some(activate_at_ms);
+                if let Some(object) = detail.as_object_mut() {
+                    object.insert("activate_at".into(), json!(rfc3339_ms(activate_at_ms)));
                 }
             }
             if let Some(object) = detail.as_object_mut() {
