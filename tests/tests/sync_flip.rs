@@ -393,6 +393,51 @@ async fn sync_flip_refuses_when_a_sidecar_cannot_acknowledge() -> Result<()> {
     Ok(())
 }
 
+/// The routing record as etcd holds it.
+async fn routing_in_etcd(env: &TestEnv) -> Result<Routing> {
+    let mut client = env.etcd_client().await?;
+    let raw = client.get(env.keys().routing(NS), None).await?;
+    Ok(serde_json::from_slice(
+        raw.kvs().first().context("no routing")?.value(),
+    )?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preparation_is_withdrawn_even_when_sbctl_goes_away() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let (sidecars, v1, _v2, _dir) = two_versions(&env, 2).await?;
+    let epoch_before = epoch(&env.sbctl(), NS).await?;
+    // One sidecar cannot acknowledge, so the coordinator waits out the timeout.
+    let paused = sidecars.first().context("no sidecar")?;
+    paused.pause()?;
+    let sbctl = env
+        .sbctl()
+        .spawn(&["flip", NS, "--sync", "--sync-timeout", "3"])?;
+    let waited = wait_until(DEADLINE, "the preparation in routing", async || {
+        Ok(routing_in_etcd(&env).await?.prepare.is_some())
+    })
+    .await;
+    // The release manager gives up (Ctrl-C) while the coordinator waits.
+    sbctl.kill()?;
+    let withdrawn = match waited {
+        Ok(()) => {
+            wait_until(DEADLINE, "the preparation withdrawn", async || {
+                let routing = routing_in_etcd(&env).await?;
+                ensure!(routing.prepare.is_none(), "still prepared: {routing:?}");
+                Ok(routing.action == "prepare-cancel")
+            })
+            .await
+        }
+        Err(error) => Err(error),
+    };
+    paused.resume()?;
+    withdrawn?;
+    let routing = routing_in_etcd(&env).await?;
+    assert_eq!(routing.active.version, v1);
+    assert_eq!(routing.epoch, epoch_before + 2);
+    Ok(())
+}
+
 /// The measurement behind the README's numbers: `SWITCHBOARD_SYNC_SIDECARS` sidecars (default
 /// 100) on this machine, `SWITCHBOARD_SYNC_FLIPS` synchronized flips (default 10) with a lead
 /// of `SWITCHBOARD_SYNC_LEAD_MS` (default 250), each one's spread printed, then the median and
