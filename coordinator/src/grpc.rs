@@ -367,13 +367,36 @@ impl Admin for AdminService {
             .admit(&request, Rpc::Flip, &request.get_ref().namespace)
             .await?;
         let r = request.into_inner();
-        let change = self
-            .releases
-            .flip(
-                change_request(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor),
-                &r.expected_version,
-            )
-            .await?;
+        let change = if r.sync {
+            let lead_ms = match r.sync_lead_ms {
+                0 => crate::routing::DEFAULT_SYNC_LEAD_MS,
+                ms => ms,
+            };
+            let ack_timeout = match r.sync_ack_timeout_ms {
+                0 => crate::routing::DEFAULT_SYNC_ACK_TIMEOUT,
+                ms => Duration::from_millis(ms),
+            };
+            // The synchronized flip runs on a task of its own: if sbctl goes away while the
+            // sidecars acknowledge, the preparation is still committed or withdrawn, not left
+            // in routing until the next change.
+            let releases = self.releases.clone();
+            let (ns, reason, version) = (r.namespace.clone(), r.reason.clone(), r.expected_version);
+            let (expected_epoch, actor) = (r.expected_epoch, actor.clone());
+            let lead = Duration::from_millis(lead_ms);
+            tokio::spawn(async move {
+                let request = change_request(&ns, expected_epoch, "flip", &reason, &actor);
+                releases
+                    .sync_flip(request, &version, lead, ack_timeout)
+                    .await
+            })
+            .await
+            .map_err(|error| {
+                Status::internal(format!("the synchronized flip's task failed: {error}"))
+            })??
+        } else {
+            let request = change_request(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor);
+            self.releases.flip(request, &r.expected_version).await?
+        };
         json_reply(&change)
     }
 

@@ -388,6 +388,9 @@ mod tests {
                     errors: *errors,
                 })
                 .collect(),
+            prepared: None,
+            activated_epoch: None,
+            activated_at_us: None,
         }
     }
 

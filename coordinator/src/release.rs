@@ -431,6 +431,9 @@ impl Releases {
                 etcd_reachable: h.etcd_reachable,
                 at_ms: h.at_ms,
                 reports: h.reports,
+                prepared: h.prepared,
+                activated_epoch: h.activated_epoch,
+                activated_at_us: h.activated_at_us,
             })
             .collect();
         let slot_manifests: Vec<&str> = Slot::BOTH

@@ -14,7 +14,7 @@ use switchboard_proto::judge::Verdict;
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
     BUCKETS, Canary, Policy, Rollout, RolloutState, Routing, RoutingChange, Slot, SlotRef,
-    SlotState, SlotVersion,
+    SlotState, SlotVersion, SyncPrepared,
 };
 
 use crate::audit;
@@ -40,6 +40,7 @@ impl Fence {
 }
 
 /// Who changes what, decided against which epoch.
+#[derive(Clone, Copy)]
 pub struct ChangeRequest<'a> {
     pub ns: &'a str,
     pub expected_epoch: u64,
@@ -57,6 +58,27 @@ enum RolloutAfter {
     /// The change does not concern the rollout (the end of the bake time).
     Keep,
     Put(Rollout),
+}
+
+/// The longest activation lead a synchronized flip accepts.
+pub const MAX_SYNC_LEAD_MS: u64 = 60_000;
+/// The longest a synchronized flip waits for its sidecars' acknowledgements.
+pub const MAX_SYNC_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The defaults when the request leaves them at 0.
+pub const DEFAULT_SYNC_LEAD_MS: u64 = 250;
+pub const DEFAULT_SYNC_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a synchronized flip reads the health records while it waits.
+const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// What a routing change does with the fields of a synchronized flip.
+#[derive(Clone, Copy, Debug)]
+enum SyncStep {
+    /// Not a step of a synchronized flip: both fields are cleared.
+    None,
+    /// The preparation: the decision's `prepare` is written, `activate_at_ms` cleared.
+    Prepare,
+    /// The commit: `prepare` is cleared, and sidecars switch `lead_ms` after the commit.
+    Activate { lead_ms: u64 },
 }
 
 /// A routing change decided on one consistent read.
@@ -191,22 +213,240 @@ impl Releases {
             let Some(routing) = routing else {
                 return first_flip(ns, state, expected_version);
             };
-            let slot = routing.active.slot.other();
-            let target = sealed_target(ns, state, slot, &routing.active)?;
-            check_expected_version(ns, slot, &target, expected_version)?;
-            Ok(Decision {
-                detail: json!({
-                    "from": {"slot": routing.active.slot, "version": routing.active.version},
-                    "to": {"slot": slot, "version": target.version},
-                    "bake_seconds": state.policy().bake_seconds,
-                }),
-                routing: flipped(routing, &target, slot, &state.policy()),
-                compare_slots: vec![slot],
-                rollout: RolloutAfter::EndActive,
-                target: Target::approved(&target),
-            })
+            flip_decision(ns, state, routing, expected_version)
         })
         .await
+    }
+
+    /// A synchronized flip: the sidecars load and acknowledge the target first, then the flip
+    /// commits with an activation point `lead` ahead, at which every sidecar switches.
+    ///
+    /// 1. The preparation is a routing change of its own (action `prepare`, audited), made only
+    ///    if the flip itself could be made now: the same target, expected version, approval and
+    ///    gates. It names the target in `prepare` and serves nothing new.
+    /// 2. Every live sidecar (every health record) must acknowledge it within `ack_timeout`.
+    ///    Otherwise the preparation is withdrawn (action `prepare-cancel`) and the flip refused,
+    ///    naming the sidecars that did not acknowledge.
+    /// 3. The flip commits exactly as a plain flip does, compared against the preparation's
+    ///    epoch, so that any change in between makes it a conflict.
+    pub async fn sync_flip(
+        &self,
+        request: ChangeRequest<'_>,
+        expected_version: &str,
+        lead: std::time::Duration,
+        ack_timeout: std::time::Duration,
+    ) -> Result<RoutingChange> {
+        let ns = request.ns;
+        check_namespace(ns)?;
+        let lead_ms = u64::try_from(lead.as_millis()).unwrap_or(u64::MAX);
+        if lead_ms == 0 || lead_ms > MAX_SYNC_LEAD_MS {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "a synchronized flip's lead of {lead_ms} ms must be 1 to {MAX_SYNC_LEAD_MS} ms"
+            )));
+        }
+        if ack_timeout.is_zero() || ack_timeout > MAX_SYNC_ACK_TIMEOUT {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "a synchronized flip's acknowledgement timeout of {ack_timeout:?} must be above 0 and at most {MAX_SYNC_ACK_TIMEOUT:?}"
+            )));
+        }
+        let prepare_request = ChangeRequest {
+            action: "prepare",
+            ..request
+        };
+        let prepared = self
+            .change_routing_with(prepare_request, SyncStep::Prepare, |state, routing| {
+                let routing = routing.ok_or_else(|| {
+                    CoordinatorError::Refused(format!(
+                        "nothing is active in {ns} yet, so no sidecar serves anything to switch from: make the first flip without --sync"
+                    ))
+                })?;
+                let flip = flip_decision(ns, state, routing, expected_version)?;
+                let target = flip.routing.active.clone();
+                Ok(Decision {
+                    detail: json!({
+                        "prepare": {"slot": target.slot, "version": target.version},
+                        "lead_ms": lead_ms,
+                    }),
+                    routing: Routing {
+                        prepare: Some(target),
+                        ..routing.clone()
+                    },
+                    compare_slots: flip.compare_slots,
+                    // Preparing moves nobody: a running rollout goes on until the commit.
+                    rollout: RolloutAfter::Keep,
+                    target: flip.target,
+                })
+            })
+            .await?;
+        let prepare_epoch = prepared.routing.epoch;
+        let target =
+            prepared
+                .routing
+                .prepare
+                .clone()
+                .ok_or_else(|| CoordinatorError::CorruptRecord {
+                    key: self.store().keys().routing(ns),
+                    reason: "the preparation was written without its target".into(),
+                })?;
+        let started = std::time::Instant::now();
+        let acknowledged = match self
+            .await_acknowledgements(ns, prepare_epoch, &target, ack_timeout)
+            .await
+        {
+            Ok(acknowledged) => acknowledged,
+            Err(error) => {
+                self.cancel_prepare(&request, prepare_epoch, &error).await;
+                return Err(error);
+            }
+        };
+        let ack_wait_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let sync_detail = json!({
+            "prepare_epoch": prepare_epoch,
+            "acknowledged": acknowledged.len(),
+            "ack_wait_ms": ack_wait_ms,
+            "lead_ms": lead_ms,
+        });
+        let commit_request = ChangeRequest {
+            expected_epoch: prepare_epoch,
+            ..request
+        };
+        let committed = self
+            .change_routing_with(
+                commit_request,
+                SyncStep::Activate { lead_ms },
+                |state, routing| {
+                    let routing = routing.ok_or_else(|| nothing_active(ns))?;
+                    let mut decision = flip_decision(ns, state, routing, &target.version)?;
+                    if let Some(detail) = decision.detail.as_object_mut() {
+                        detail.insert("sync".into(), sync_detail.clone());
+                    }
+                    Ok(decision)
+                },
+            )
+            .await;
+        match committed {
+            Ok(mut change) => {
+                let activate_at_ms = change
+                    .routing
+                    .activate_at_ms
+                    .unwrap_or(change.routing.at_ms);
+                change.sync = Some(SyncPrepared {
+                    prepare_epoch,
+                    acknowledged,
+                    ack_wait_ms,
+                    lead_ms,
+                    activate_at_ms,
+                });
+                Ok(change)
+            }
+            Err(error) => {
+                self.cancel_prepare(&request, prepare_epoch, &error).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Waits until every live sidecar of `ns` holds the prepared set: its health record is on
+    /// the preparation's epoch or later and names the prepared manifest. Returns their ids, or
+    /// a refusal naming those that did not acknowledge in time. A routing change meanwhile is
+    /// a conflict at once, since the sidecars then drop the preparation.
+    async fn await_acknowledgements(
+        &self,
+        ns: &str,
+        prepare_epoch: u64,
+        target: &SlotVersion,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<String>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let records = self.store().health_records(ns).await?;
+            let (mut done, mut waiting): (Vec<_>, Vec<_>) =
+                records.into_iter().partition(|record| {
+                    record.epoch >= prepare_epoch
+                        && record.prepared.as_deref() == Some(target.manifest.as_str())
+                });
+            if waiting.is_empty() {
+                let mut ids: Vec<String> = done.drain(..).map(|r| r.id).collect();
+                ids.sort();
+                return Ok(ids);
+            }
+            let routing: Option<Routing> = self
+                .store()
+                .get_json(&self.store().keys().routing(ns))
+                .await?;
+            let epoch = routing.as_ref().map_or(0, |r| r.epoch);
+            if epoch != prepare_epoch {
+                return Err(conflict(ns, prepare_epoch, routing.as_ref()));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                waiting.sort_by(|a, b| a.id.cmp(&b.id));
+                let names: Vec<String> = waiting
+                    .iter()
+                    .map(|r| format!("{} (epoch {})", r.id, r.epoch))
+                    .collect();
+                return Err(CoordinatorError::Refused(format!(
+                    "the synchronized flip of {ns} to version {} is refused: {} of {} live sidecars did not acknowledge the prepared set within {:?}: {}; the preparation was withdrawn and nobody was moved",
+                    target.version,
+                    waiting.len(),
+                    waiting.len() + done.len(),
+                    timeout,
+                    names.join(", ")
+                )));
+            }
+            tokio::time::sleep(ACK_POLL).await;
+        }
+    }
+
+    /// Withdraws a preparation that will not be committed, so that sidecars stop holding the
+    /// set. A routing change made meanwhile has cleared it already (every change but a
+    /// synchronized flip's clears it), so a conflict here is not a failure; any failure is
+    /// logged and the flip's own error is what the caller gets.
+    async fn cancel_prepare(
+        &self,
+        request: &ChangeRequest<'_>,
+        prepare_epoch: u64,
+        why: &CoordinatorError,
+    ) {
+        let ns = request.ns;
+        let reason = format!("synchronized flip not made: {why}");
+        let cancel = ChangeRequest {
+            ns,
+            expected_epoch: prepare_epoch,
+            action: "prepare-cancel",
+            reason: &reason,
+            actor: request.actor,
+            fence: request.fence,
+        };
+        let cancelled = self
+            .change_routing(cancel, |_, routing| {
+                let routing = routing.ok_or_else(|| nothing_active(ns))?;
+                let prepare = routing.prepare.as_ref().ok_or_else(|| {
+                    CoordinatorError::Conflict(format!("{ns} has no preparation to withdraw"))
+                })?;
+                Ok(Decision {
+                    detail: json!({"prepare": {"slot": prepare.slot, "version": prepare.version}}),
+                    routing: routing.clone(),
+                    compare_slots: vec![],
+                    rollout: RolloutAfter::Keep,
+                    target: None,
+                })
+            })
+            .await;
+        match cancelled {
+            Ok(change) => {
+                tracing::info!(
+                    ns,
+                    epoch = change.routing.epoch,
+                    "synchronized flip's preparation withdrawn"
+                )
+            }
+            Err(CoordinatorError::Conflict(message)) => {
+                tracing::info!(ns, %message, "synchronized flip's preparation already superseded")
+            }
+            Err(error) => {
+                tracing::error!(ns, %error, "synchronized flip's preparation could not be withdrawn; the next routing change clears it")
+            }
+        }
     }
 
     pub async fn rollback(&self, request: ChangeRequest<'_>) -> Result<RoutingChange> {
@@ -672,6 +912,18 @@ impl Releases {
         request: ChangeRequest<'_>,
         decide: impl Fn(&NamespaceState, Option<&Routing>) -> Result<Decision>,
     ) -> Result<RoutingChange> {
+        self.change_routing_with(request, SyncStep::None, decide)
+            .await
+    }
+
+    /// `change_routing` for every step of a synchronized flip too: `sync` says what becomes
+    /// of the routing's `prepare` and `activate_at_ms`.
+    async fn change_routing_with(
+        &self,
+        request: ChangeRequest<'_>,
+        sync: SyncStep,
+        decide: impl Fn(&NamespaceState, Option<&Routing>) -> Result<Decision>,
+    ) -> Result<RoutingChange> {
         let ChangeRequest {
             ns,
             expected_epoch,
@@ -696,12 +948,24 @@ impl Releases {
                         key: keys.routing(ns),
                         reason: "the epoch cannot grow any further".into(),
                     })?;
-            let routing = Routing {
+            let now = now_ms();
+            // Both fields belong to one routing change only: a change that is not a step of a
+            // synchronized flip clears them, so that no later change inherits a preparation or
+            // an activation point that was meant for another.
+            let (prepare, activate_at_ms) = match sync {
+                SyncStep::None => (None, None),
+                SyncStep::Prepare => (decision.routing.prepare.clone(), None),
+                // Set again just before the transaction, after the gates have been evaluated.
+                SyncStep::Activate { lead_ms } => (None, Some(now.saturating_add(lead_ms))),
+            };
+            let mut routing = Routing {
                 epoch,
                 action: action.to_string(),
                 by: actor.name.clone(),
                 reason: reason.to_string(),
-                at_ms: now_ms(),
+                at_ms: now,
+                prepare,
+                activate_at_ms,
                 ..decision.routing
             };
             let rollout_after = match decision.rollout {
@@ -723,6 +987,15 @@ impl Releases {
                     for (name, value) in evidence {
                         object.insert(name, value);
                     }
+                }
+            }
+            if let SyncStep::Activate { lead_ms } = sync {
+                // The lead counts from the commit, not from the decision: an HTTP gate may
+                // take seconds to answer, and a point already passed is no synchronization.
+                let activate_at_ms = now_ms().saturating_add(lead_ms);
+                routing.activate_at_ms = Some(activate_at_ms);
+                if let Some(object) = detail.as_object_mut() {
+                    object.insert("activate_at".into(), json!(rfc3339_ms(activate_at_ms)));
                 }
             }
             if let Some(object) = detail.as_object_mut() {
@@ -779,6 +1052,7 @@ impl Releases {
                     namespace: ns.to_string(),
                     routing,
                     audit_seq: record.seq,
+                    sync: None,
                 });
             }
             if fence.is_some() && !self.still_leader(fence).await? {
@@ -886,6 +1160,30 @@ impl Releases {
     }
 }
 
+/// Everyone to the staged slot, when something is active: the decision of a flip, and what a
+/// synchronized flip checks before it asks the sidecars to prepare.
+fn flip_decision(
+    ns: &str,
+    state: &NamespaceState,
+    routing: &Routing,
+    expected_version: &str,
+) -> Result<Decision> {
+    let slot = routing.active.slot.other();
+    let target = sealed_target(ns, state, slot, &routing.active)?;
+    check_expected_version(ns, slot, &target, expected_version)?;
+    Ok(Decision {
+        detail: json!({
+            "from": {"slot": routing.active.slot, "version": routing.active.version},
+            "to": {"slot": slot, "version": target.version},
+            "bake_seconds": state.policy().bake_seconds,
+        }),
+        routing: flipped(routing, &target, slot, &state.policy()),
+        compare_slots: vec![slot],
+        rollout: RolloutAfter::EndActive,
+        target: Target::approved(&target),
+    })
+}
+
 /// Everyone back to the previous set (a rollback after a flip).
 fn flip_back(
     ns: &str,
@@ -946,6 +1244,8 @@ fn first_flip(ns: &str, state: &NamespaceState, expected_version: &str) -> Resul
             canary: None,
             previous: None,
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             action: String::new(),
             by: String::new(),
             reason: String::new(),

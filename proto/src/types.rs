@@ -88,6 +88,16 @@ pub struct Routing {
     /// watches the new version; cleared by the leader when the bake time is over.
     #[serde(default)]
     pub bake_until_ms: Option<u64>,
+    /// A synchronized flip's target while its sidecars prepare: every sidecar loads and
+    /// verifies this set and holds it without serving it, then acknowledges it in its health
+    /// record (`HealthRecord::prepared`). Any other routing change clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepare: Option<SlotVersion>,
+    /// When (Unix ms) sidecars switch to this routing. Absent means at once, as every routing
+    /// change but the commit of a synchronized flip does. Until then a sidecar keeps serving
+    /// the routing it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate_at_ms: Option<u64>,
     /// The action that made this routing: flip, canary, rollback.
     pub action: String,
     pub by: String,
@@ -300,6 +310,16 @@ pub struct HealthRecord {
     /// Cumulative outcomes per version since `started_at_ms`.
     #[serde(default)]
     pub reports: Vec<VersionReports>,
+    /// The manifest hash of the set routing asks to prepare (`Routing::prepare`), once this
+    /// sidecar holds it loaded and verified: its acknowledgement of a synchronized flip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
+    /// The epoch of the last routing this sidecar switched to, and when it switched (Unix
+    /// microseconds by its own clock): the measure of a synchronized flip's spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at_us: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,6 +500,15 @@ pub struct StatusSidecar {
     /// (another version or another checksum): what differs.
     #[serde(default)]
     pub drift: Option<String>,
+    /// The manifest hash of the prepared set this sidecar acknowledged, during a
+    /// synchronized flip's preparation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<String>,
+    /// The epoch this sidecar last switched to, and when (Unix microseconds, its clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_epoch: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activated_at_us: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -496,6 +525,24 @@ pub struct RoutingChange {
     pub namespace: String,
     pub routing: Routing,
     pub audit_seq: u64,
+    /// How a synchronized flip's preparation went; absent for every other change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncPrepared>,
+}
+
+/// The preparation of a synchronized flip, as the coordinator saw it before the commit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPrepared {
+    /// The epoch of the routing that asked the sidecars to prepare.
+    pub prepare_epoch: u64,
+    /// The live sidecars that acknowledged the prepared set, sorted: every live one did.
+    pub acknowledged: Vec<String>,
+    /// From the prepare write to the last acknowledgement.
+    pub ack_wait_ms: u64,
+    /// How far after the commit the activation point was set.
+    pub lead_ms: u64,
+    /// The activation point, Unix ms: `routing.activate_at_ms`.
+    pub activate_at_ms: u64,
 }
 
 /// The outcome of sealing a slot.
@@ -522,4 +569,55 @@ pub struct AuditVerification {
     /// The first record that does not match, with what is wrong with it.
     pub first_bad_seq: Option<u64>,
     pub problem: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A routing record written before synchronized flips existed.
+    const OLD_ROUTING: &str = r#"{"epoch":7,"active":{"slot":"blue","version":"v1","manifest":"m1"},
+        "canary":null,"previous":null,"bake_until_ms":null,"action":"flip","by":"alice",
+        "reason":"","at_ms":1}"#;
+
+    #[test]
+    fn old_routing_parses_without_the_sync_fields() {
+        let routing: Routing = serde_json::from_str(OLD_ROUTING).expect("old routing parses");
+        assert_eq!(routing.epoch, 7);
+        assert_eq!(routing.prepare, None);
+        assert_eq!(routing.activate_at_ms, None);
+    }
+
+    #[test]
+    fn absent_sync_fields_are_not_written() {
+        let routing: Routing = serde_json::from_str(OLD_ROUTING).expect("old routing parses");
+        let json = serde_json::to_string(&routing).expect("serializes");
+        assert!(!json.contains("prepare"), "{json}");
+        assert!(!json.contains("activate_at_ms"), "{json}");
+        let synced = Routing {
+            prepare: Some(routing.active.clone()),
+            activate_at_ms: Some(42),
+            ..routing
+        };
+        let back: Routing =
+            serde_json::from_str(&serde_json::to_string(&synced).expect("serializes"))
+                .expect("parses");
+        assert_eq!(back, synced);
+    }
+
+    #[test]
+    fn old_health_record_and_change_parse() {
+        let health: HealthRecord = serde_json::from_str(
+            r#"{"id":"s1","namespace":"cat","epoch":3,"serving":[],"etcd_reachable":true,"at_ms":5}"#,
+        )
+        .expect("old health record parses");
+        assert_eq!(health.prepared, None);
+        assert_eq!(health.activated_epoch, None);
+        assert_eq!(health.activated_at_us, None);
+        let change: RoutingChange = serde_json::from_str(&format!(
+            r#"{{"namespace":"cat","routing":{OLD_ROUTING},"audit_seq":2}}"#
+        ))
+        .expect("old change parses");
+        assert_eq!(change.sync, None);
+    }
 }

@@ -110,6 +110,16 @@ pub enum Command {
         /// Wait until every live sidecar serves the new epoch.
         #[arg(long)]
         wait: bool,
+        /// Synchronized flip: every live sidecar first loads and acknowledges the staged set,
+        /// then all switch at one activation point; waits for them and reports the spread.
+        #[arg(long)]
+        sync: bool,
+        /// With --sync: how far after the commit the activation point lies (default 250).
+        #[arg(long, value_name = "MS", requires = "sync", value_parser = clap::value_parser!(u64).range(1..=60_000))]
+        sync_lead: Option<u64>,
+        /// With --sync: how long the sidecars have to acknowledge the staged set (default 10).
+        #[arg(long, value_name = "SECONDS", requires = "sync", value_parser = parse_seconds)]
+        sync_timeout: Option<Duration>,
         #[command(flatten)]
         change: ChangeArgs,
     },
@@ -1103,6 +1113,40 @@ mod tests {
                 assert!(!change.wait_for_gates);
             }
             other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "sbctl",
+            "flip",
+            "cat",
+            "--sync",
+            "--sync-lead",
+            "400",
+            "--sync-timeout",
+            "2.5",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Flip {
+                sync,
+                sync_lead,
+                sync_timeout,
+                ..
+            } => {
+                assert!(sync);
+                assert_eq!(sync_lead, Some(400));
+                assert_eq!(sync_timeout, Some(Duration::from_millis(2500)));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The tuning of a synchronized flip means nothing without --sync, and a lead is
+        // bounded like the coordinator bounds it.
+        for args in [
+            &["sbctl", "flip", "cat", "--sync-lead", "300"][..],
+            &["sbctl", "flip", "cat", "--sync", "--sync-lead", "0"],
+            &["sbctl", "flip", "cat", "--sync", "--sync-lead", "60001"],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("usage error");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
 }

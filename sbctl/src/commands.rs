@@ -23,6 +23,11 @@ use crate::pipeline;
 
 /// How often `flip --wait` reads the status.
 pub const WAIT_POLL: Duration = Duration::from_millis(200);
+/// How often `flip --sync` reads the status while the sidecars switch: the activation point is
+/// usually a fraction of a second away.
+const SYNC_WAIT_POLL: Duration = Duration::from_millis(50);
+/// How long after the activation point sidecars put off reporting their switch.
+const SYNC_SETTLE_MS: u64 = 100;
 
 /// What every command needs: how to reach the coordinator and how to print.
 #[derive(Clone, Debug)]
@@ -321,6 +326,7 @@ pub async fn flip(
         expected_epoch,
         reason: change.reason.clone(),
         expected_version,
+        ..FlipRequest::default()
     };
     let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
         Box::pin(c.flip(r))
@@ -338,6 +344,92 @@ pub async fn flip(
         output::print_json(&output::flip_wait_document(&reply.json, &report))?;
     } else if waited.is_ok() {
         output::print_text(&output::render_wait(&report))?;
+    }
+    waited
+}
+
+/// The tuning of `flip --sync`; 0 leaves each to the coordinator's default.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    pub lead_ms: u64,
+    pub ack_timeout: Duration,
+}
+
+/// `sbctl flip NS --sync [--sync-lead MS] [--sync-timeout SECONDS] [--timeout SECONDS]`
+///
+/// The coordinator prepares, waits for every live sidecar's acknowledgement and commits with an
+/// activation point. Then this waits (up to `--timeout`) until every sidecar that acknowledged
+/// reports when it switched, and reports the spread of those times and the latest one's
+/// lateness. `--json` prints one document: the change, with the measurements added to `sync`.
+pub async fn sync_flip(
+    ctx: &Context,
+    namespace: &str,
+    options: &SyncOptions,
+    change: &ChangeArgs,
+) -> Result<(), CliError> {
+    let mut coordinator = ctx.coordinator().await?;
+    let (expected_epoch, expected_version) =
+        expected_epoch_and_version(&mut coordinator, namespace, change).await?;
+    let request = FlipRequest {
+        namespace: namespace.to_string(),
+        expected_epoch,
+        reason: change.reason.clone(),
+        expected_version,
+        sync: true,
+        sync_lead_ms: options.lead_ms,
+        sync_ack_timeout_ms: u64::try_from(options.ack_timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
+        Box::pin(c.flip(r))
+    })
+    .await?;
+    let Some(prepared) = reply.document.sync.clone() else {
+        return Err(CliError::Failed(format!(
+            "the coordinator flipped {namespace} without synchronizing it: it does not know              synchronized flips (an older version?); the flip was made at once"
+        )));
+    };
+    if !ctx.json {
+        output::print_text(&output::render_routing_change(&reply.document))?;
+    }
+    let epoch = reply.document.routing.epoch;
+    let deadline = Instant::now() + change.timeout;
+    // The sidecars report their switch only after the activation point and the time they
+    // leave each other to switch (100 ms): reading the status before that only takes the CPU
+    // that sidecars sharing this host need at the instant.
+    let quiet = Duration::from_millis(
+        prepared
+            .activate_at_ms
+            .saturating_add(SYNC_SETTLE_MS)
+            .saturating_sub(now_ms()),
+    );
+    tokio::time::sleep(quiet.min(change.timeout)).await;
+    let (report, waited) = loop {
+        match coordinator.status(namespace).await {
+            Ok(status) => {
+                let report = output::SyncReport::measure(&status.document, epoch, &prepared);
+                if report.converged {
+                    break (report, Ok(()));
+                }
+                if Instant::now() >= deadline {
+                    let error = CliError::Failed(format!(
+                        "timed out after {} waiting for the sidecars of {namespace} to switch                          to epoch {epoch}; not yet: {}",
+                        seconds(change.timeout),
+                        report.behind.join(", ")
+                    ));
+                    break (report, Err(error));
+                }
+            }
+            // The coordinator may be failing over; keep trying until the deadline.
+            Err(e) if e.grpc_code() == Some(Code::Unavailable) && Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(SYNC_WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+    };
+    if ctx.json {
+        output::print_json(&output::sync_flip_document(&reply.json, &report))?;
+    } else {
+        output::print_text(&output::render_sync_report(&report))?;
     }
     waited
 }
@@ -728,6 +820,9 @@ mod tests {
                     at_ms: 0,
                     reports: vec![],
                     drift: None,
+                    prepared: None,
+                    activated_epoch: None,
+                    activated_at_us: None,
                 })
                 .collect(),
             last_change: None,

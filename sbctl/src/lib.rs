@@ -27,6 +27,7 @@ pub mod validate;
 pub mod versions;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -117,8 +118,23 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         } => commands::canary(&ctx, &namespace, weight_bp, &change).await,
         Command::Flip {
             namespace,
+            sync: true,
+            sync_lead,
+            sync_timeout,
+            change,
+            ..
+        } => {
+            let options = commands::SyncOptions {
+                lead_ms: sync_lead.unwrap_or(0),
+                ack_timeout: sync_timeout.unwrap_or(Duration::ZERO),
+            };
+            commands::sync_flip(&ctx, &namespace, &options, &change).await
+        }
+        Command::Flip {
+            namespace,
             wait,
             change,
+            ..
         } => commands::flip(&ctx, &namespace, wait.then_some(change.timeout), &change).await,
         Command::Rollback {
             namespace,

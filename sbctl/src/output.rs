@@ -659,6 +659,158 @@ pub fn flip_wait_document(change: &serde_json::Value, wait: &WaitReport) -> serd
     }
 }
 
+/// What `flip --sync` measured: when each acknowledged sidecar switched to the flip's epoch,
+/// against the activation point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub epoch: u64,
+    pub prepare_epoch: u64,
+    pub acknowledged: usize,
+    pub ack_wait_ms: u64,
+    pub lead_ms: u64,
+    pub activate_at_ms: u64,
+    /// Every acknowledged sidecar reported a switch to `epoch`, moved past it, or left.
+    pub converged: bool,
+    /// Each sidecar that reported its switch to `epoch`, by id.
+    pub sidecars: Vec<SyncSidecar>,
+    /// Acknowledged sidecars not switched yet.
+    pub behind: Vec<String>,
+    /// Acknowledged sidecars that are no longer live (their health record went).
+    pub gone: Vec<String>,
+    /// Acknowledged sidecars already on a later epoch, whose switch to `epoch` is not known.
+    pub moved_on: Vec<String>,
+    /// Latest switch minus earliest, over `sidecars`; `None` without any.
+    pub spread_us: Option<u64>,
+    /// The earliest and the latest switch relative to the activation point (negative: early).
+    pub min_late_us: Option<i64>,
+    pub max_late_us: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncSidecar {
+    pub id: String,
+    pub activated_at_us: u64,
+    pub late_us: i64,
+}
+
+impl SyncReport {
+    /// Reads from `status` how far the acknowledged sidecars are with `epoch`.
+    pub fn measure(
+        status: &NamespaceStatus,
+        epoch: u64,
+        prepared: &switchboard_proto::SyncPrepared,
+    ) -> SyncReport {
+        let point_us = i128::from(prepared.activate_at_ms) * 1000;
+        let mut report = SyncReport {
+            epoch,
+            prepare_epoch: prepared.prepare_epoch,
+            acknowledged: prepared.acknowledged.len(),
+            ack_wait_ms: prepared.ack_wait_ms,
+            lead_ms: prepared.lead_ms,
+            activate_at_ms: prepared.activate_at_ms,
+            converged: false,
+            sidecars: Vec::new(),
+            behind: Vec::new(),
+            gone: Vec::new(),
+            moved_on: Vec::new(),
+            spread_us: None,
+            min_late_us: None,
+            max_late_us: None,
+        };
+        for id in &prepared.acknowledged {
+            let Some(sidecar) = status.sidecars.iter().find(|s| &s.id == id) else {
+                report.gone.push(id.clone());
+                continue;
+            };
+            match (sidecar.activated_epoch, sidecar.activated_at_us) {
+                (Some(e), Some(at_us)) if e == epoch => {
+                    let late = i128::from(at_us) - point_us;
+                    report.sidecars.push(SyncSidecar {
+                        id: id.clone(),
+                        activated_at_us: at_us,
+                        late_us: i64::try_from(late).unwrap_or(i64::MAX),
+                    });
+                }
+                (Some(e), _) if e > epoch => report.moved_on.push(id.clone()),
+                _ => report.behind.push(id.clone()),
+            }
+        }
+        report.converged = report.behind.is_empty();
+        let times = report.sidecars.iter().map(|s| s.activated_at_us);
+        if let (Some(min), Some(max)) = (times.clone().min(), times.max()) {
+            report.spread_us = Some(max - min);
+        }
+        report.min_late_us = report.sidecars.iter().map(|s| s.late_us).min();
+        report.max_late_us = report.sidecars.iter().map(|s| s.late_us).max();
+        report
+    }
+}
+
+/// The one `--json` document of `flip --sync`: the coordinator's routing change as it came,
+/// with the measurements added to its `sync` member.
+pub fn sync_flip_document(change: &serde_json::Value, report: &SyncReport) -> serde_json::Value {
+    let mut document = change.clone();
+    let measured = serde_json::to_value(report).unwrap_or_default();
+    if let (Some(sync), serde_json::Value::Object(measured)) = (
+        document.get_mut("sync").and_then(|s| s.as_object_mut()),
+        measured,
+    ) {
+        for (name, value) in measured {
+            // The coordinator's list of acknowledging sidecars stays; the count is `acknowledged`
+            // there already.
+            if name != "acknowledged" {
+                sync.insert(name, value);
+            }
+        }
+    }
+    document
+}
+
+/// Microseconds as milliseconds with three decimals.
+fn micros(us: i64) -> String {
+    format!("{:.3} ms", us as f64 / 1000.0)
+}
+
+/// The human text after `flip --sync`.
+pub fn render_sync_report(report: &SyncReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "prepared   {} sidecar(s) acknowledged in {} ms (epoch {})",
+        report.acknowledged, report.ack_wait_ms, report.prepare_epoch
+    );
+    let _ = writeln!(
+        out,
+        "activation {} (lead {} ms)",
+        rfc3339_ms(report.activate_at_ms),
+        report.lead_ms
+    );
+    match (report.spread_us, report.max_late_us) {
+        (Some(spread), Some(late)) => {
+            let _ = writeln!(
+                out,
+                "spread     {} across {} sidecar(s); the latest switched {} after the activation point",
+                micros(i64::try_from(spread).unwrap_or(i64::MAX)),
+                report.sidecars.len(),
+                micros(late)
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "spread     no sidecar reported its switch");
+        }
+    }
+    for (what, ids) in [
+        ("not yet", &report.behind),
+        ("gone", &report.gone),
+        ("moved on", &report.moved_on),
+    ] {
+        if !ids.is_empty() {
+            let _ = writeln!(out, "{what:<10} {}", ids.join(", "));
+        }
+    }
+    out
+}
+
 /// The human line after `flip --wait` converged.
 pub fn render_wait(wait: &WaitReport) -> String {
     match wait.sidecars {
@@ -934,6 +1086,9 @@ mod tests {
                     at_ms: 1_795_000_000_000,
                     reports: vec![],
                     drift: None,
+                    prepared: None,
+                    activated_epoch: None,
+                    activated_at_us: None,
                 },
                 StatusSidecar {
                     id: "host-b".into(),
@@ -943,6 +1098,9 @@ mod tests {
                     at_ms: 0,
                     reports: vec![],
                     drift: None,
+                    prepared: None,
+                    activated_epoch: None,
+                    activated_at_us: None,
                 },
             ],
             last_change: Some(StatusChange {
@@ -1160,6 +1318,64 @@ mod tests {
     }
 
     #[test]
+    fn sync_report_measures_the_acknowledged_sidecars_against_the_point() {
+        let mut status = status();
+        let point_ms = 1_795_000_000_000;
+        let switched = |id: &str, epoch: u64, at_us: Option<u64>| StatusSidecar {
+            id: id.into(),
+            epoch,
+            serving: vec![],
+            etcd_reachable: true,
+            at_ms: 0,
+            reports: vec![],
+            drift: None,
+            prepared: None,
+            activated_epoch: at_us.map(|_| epoch),
+            activated_at_us: at_us,
+        };
+        status.sidecars = vec![
+            switched("a", 9, Some(point_ms * 1000 + 300)),
+            switched("b", 9, Some(point_ms * 1000 + 1_200)),
+            switched("c", 8, None),
+            switched("d", 10, Some(point_ms * 1000 + 90_000)),
+            // Live, but it was not there to acknowledge: not measured.
+            switched("new", 9, Some(point_ms * 1000 + 50_000)),
+        ];
+        let prepared = switchboard_proto::SyncPrepared {
+            prepare_epoch: 8,
+            acknowledged: ["a", "b", "c", "d", "gone"].map(String::from).to_vec(),
+            ack_wait_ms: 40,
+            lead_ms: 250,
+            activate_at_ms: point_ms,
+        };
+        let report = SyncReport::measure(&status, 9, &prepared);
+        assert!(!report.converged);
+        assert_eq!(report.behind, vec!["c".to_string()]);
+        assert_eq!(report.gone, vec!["gone".to_string()]);
+        assert_eq!(report.moved_on, vec!["d".to_string()]);
+        assert_eq!(report.spread_us, Some(900));
+        assert_eq!(
+            (report.min_late_us, report.max_late_us),
+            (Some(300), Some(1_200))
+        );
+        let text = render_sync_report(&report);
+        assert!(
+            text.contains(
+                "spread     0.900 ms across 2 sidecar(s); the latest switched 1.200 ms after"
+            ),
+            "{text}"
+        );
+
+        // The --json document is the change with the measurements added to its `sync`.
+        let change = serde_json::json!({"routing": {"epoch": 9}, "sync": {"acknowledged": ["a"], "ack_wait_ms": 40}});
+        let document = sync_flip_document(&change, &report);
+        assert_eq!(document["sync"]["acknowledged"], serde_json::json!(["a"]));
+        assert_eq!(document["sync"]["spread_us"], 900);
+        assert_eq!(document["sync"]["converged"], false);
+        assert_eq!(document["routing"]["epoch"], 9);
+    }
+
+    #[test]
     fn flip_wait_json_is_the_change_plus_wait() {
         let change = json!({"namespace": "catalog", "routing": {"epoch": 8}, "audit_seq": 12});
         let wait = WaitReport {
@@ -1224,12 +1440,15 @@ mod tests {
                 }),
                 previous: None,
                 bake_until_ms: None,
+                prepare: None,
+                activate_at_ms: None,
                 action: "canary".into(),
                 by: "alice".into(),
                 reason: "".into(),
                 at_ms: 1,
             },
             audit_seq: 12,
+            sync: None,
         };
         let text = render_routing_change(&change);
         assert!(

@@ -250,6 +250,18 @@ pub async fn keep_written(
             () = shutdown.cancelled() => return,
             changed = updates.changed() => if changed.is_err() { return },
         }
+        let settle = updates
+            .borrow()
+            .as_ref()
+            .and_then(|snapshot| crate::sync::settle_delay(&snapshot.routing));
+        if let Some(delay) = settle {
+            // Right after a synchronized switch, other sidecars on this host are switching:
+            // the copy is written once they are done.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
         let Some(snapshot) = updates.borrow_and_update().clone() else {
             continue;
         };
@@ -310,6 +322,8 @@ mod tests {
             }),
             previous: None,
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             action: "canary".into(),
             by: "test".into(),
             reason: String::new(),
@@ -390,6 +404,8 @@ mod tests {
                 manifest: previous.manifest_hash.clone(),
             }),
             bake_until_ms: Some(1_800_000_000_000),
+            prepare: None,
+            activate_at_ms: None,
             action: "flip".into(),
             by: "test".into(),
             reason: String::new(),

@@ -49,6 +49,7 @@ pub fn health_record(
     at_ms: u64,
 ) -> HealthRecord {
     let snapshot = namespace.current();
+    let sync = namespace.sync_state();
     HealthRecord {
         id: id.to_string(),
         namespace: namespace.name.clone(),
@@ -68,10 +69,13 @@ pub fn health_record(
                     .collect()
             })
             .unwrap_or_default(),
-        etcd_reachable: namespace.sync_state().etcd_reachable,
+        etcd_reachable: sync.etcd_reachable,
         at_ms,
         started_at_ms,
         reports: namespace.reports(),
+        prepared: sync.prepared,
+        activated_epoch: sync.activated_epoch,
+        activated_at_us: sync.activated_at_us,
     }
 }
 

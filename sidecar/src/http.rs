@@ -283,6 +283,12 @@ async fn status(State(served): State<Arc<Served>>) -> Json<serde_json::Value> {
                     "loaded": held.is_some(),
                 })),
                 "reports": ns.reports(),
+                // A synchronized flip: the set held for it, the routing waiting for its
+                // activation point, and when this sidecar last switched (Unix microseconds).
+                "prepared": sync.prepared,
+                "pending": sync.pending_epoch.map(|epoch| json!({"epoch": epoch, "activate_at_ms": sync.pending_activate_at_ms})),
+                "activated_epoch": sync.activated_epoch,
+                "activated_at_us": sync.activated_at_us,
             }),
         );
     }

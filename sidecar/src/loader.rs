@@ -122,6 +122,11 @@ impl SetCache {
         Ok(set)
     }
 
+    /// The set with this manifest hash, if it is held.
+    pub fn get(&self, manifest_hash: &str) -> Option<Arc<LoadedSet>> {
+        self.sets.get(manifest_hash).cloned()
+    }
+
     /// Drops every set not in `keep`, so that memory holds only what is served or kept hot for
     /// a flip back.
     pub fn retain(&mut self, keep: &[&str]) {

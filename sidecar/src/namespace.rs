@@ -37,6 +37,15 @@ pub struct SyncState {
     /// When the sidecar last had a confirmed view of routing, Unix ms; 0: never.
     pub last_sync_ms: u64,
     pub last_error: Option<String>,
+    /// The manifest hash of the set routing asks to prepare, once it is loaded, verified and
+    /// held: the acknowledgement of a synchronized flip.
+    pub prepared: Option<String>,
+    /// A routing loaded and waiting for its activation point: its epoch and the point (Unix ms).
+    pub pending_epoch: Option<u64>,
+    pub pending_activate_at_ms: Option<u64>,
+    /// The epoch of the last routing switched to from etcd, and when (Unix microseconds).
+    pub activated_epoch: Option<u64>,
+    pub activated_at_us: Option<u64>,
 }
 
 pub struct Namespace {
@@ -45,6 +54,10 @@ pub struct Namespace {
     sync: Mutex<SyncState>,
     /// The versions served recently and the outcomes reported for them.
     reports: Mutex<Reports>,
+    /// Counts the routings the sync loop applied. A snapshot that waits for its activation
+    /// point is published only if no newer routing came meanwhile, checked and published under
+    /// this lock so that the newer one's snapshot can never be overtaken by the older one.
+    generation: Mutex<u64>,
 }
 
 impl Namespace {
@@ -54,7 +67,33 @@ impl Namespace {
             snapshot: watch::Sender::new(None),
             sync: Mutex::new(SyncState::default()),
             reports: Mutex::new(Reports::default()),
+            generation: Mutex::new(0),
         })
+    }
+
+    /// A newer routing is being applied: a snapshot waiting for its activation point under an
+    /// older generation will not be published. Returns the new generation.
+    pub fn next_generation(&self) -> u64 {
+        let mut generation = self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *generation = generation.wrapping_add(1);
+        *generation
+    }
+
+    /// Runs `publish` if no routing was applied since `generation`, holding the generation
+    /// lock throughout. Returns whether it ran.
+    pub fn publish_if_current(&self, generation: u64, publish: impl FnOnce()) -> bool {
+        let current = self
+            .generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *current != generation {
+            return false;
+        }
+        publish();
+        true
     }
 
     /// The snapshot served now; `None` before the first load.

@@ -96,6 +96,8 @@ fn routing(epoch: u64, active: (Slot, &str), canary: Option<(Slot, &str, u32)>) 
         }),
         previous: None,
         bake_until_ms: None,
+        prepare: None,
+        activate_at_ms: None,
         action: "canary".to_string(),
         by: "test".to_string(),
         reason: "unit test".to_string(),
@@ -135,6 +137,8 @@ fn baking_routing(epoch: u64) -> Routing {
             manifest: format!("manifest-of-{V1}"),
         }),
         bake_until_ms: Some(BAKE_UNTIL_MS),
+        prepare: None,
+        activate_at_ms: None,
         action: "flip".to_string(),
         ..routing(epoch, (Slot::Green, V2), None)
     }
@@ -1098,6 +1102,9 @@ mod http {
                         errors: 0,
                     },
                 ],
+                prepared: None,
+                activated_epoch: None,
+                activated_at_us: None,
             }
         );
         // As JSON, the record carries them under the names the coordinator reads.
@@ -1483,6 +1490,8 @@ mod bake {
     fn without_a_bake_time_the_previous_slot_is_not_baking() {
         let routing = Routing {
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             ..baking_routing(3)
         };
         assert!(routing.baking().is_none());
@@ -1559,6 +1568,8 @@ mod bake {
             epoch: 3,
             previous: Some(flip.active.clone()),
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             action: "rollback".to_string(),
             ..routing(3, (Slot::Blue, V1), None)
         };
@@ -1588,6 +1599,8 @@ mod bake {
         let baked = Routing {
             epoch: 3,
             bake_until_ms: None,
+            prepare: None,
+            activate_at_ms: None,
             ..baking_routing(3)
         };
         sync.apply(&mut cache, &raw(&baked))
@@ -1657,6 +1670,147 @@ mod bake {
         assert_eq!(snapshot.routing.epoch, 2);
         assert!(Arc::ptr_eq(&snapshot.active, &v2));
         assert!(snapshot.previous.is_none());
+    }
+
+    /// Polls `condition` every millisecond until it holds, for at most `deadline`.
+    async fn eventually(deadline: std::time::Duration, mut condition: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + deadline;
+        while !condition() {
+            assert!(
+                std::time::Instant::now() < end,
+                "the condition did not hold within {deadline:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// v1 served at epoch 1, then v2 put in memory: where a synchronized flip starts.
+    async fn serving_v1(ns: &Arc<Namespace>) -> (NamespaceSync, SetCache, Arc<LoadedSet>) {
+        let sync = offline_sync(ns).await;
+        let (v1, v2) = (loaded(V1, &v1_items()), loaded(V2, &v2_items()));
+        let mut cache = SetCache::default();
+        cache.insert(v1);
+        sync.apply(&mut cache, &raw(&routing(1, (Slot::Blue, V1), None)))
+            .await
+            .expect("v1 is in memory");
+        // As if loaded from etcd by a preparation: the sync loop points nowhere.
+        cache.insert(v2.clone());
+        (sync, cache, v2)
+    }
+
+    fn prepare_v2(epoch: u64) -> Routing {
+        Routing {
+            prepare: Some(SlotVersion {
+                slot: Slot::Green,
+                version: V2.into(),
+                manifest: manifest_of(V2),
+            }),
+            ..routing(epoch, (Slot::Blue, V1), None)
+        }
+    }
+
+    fn commit_v2(epoch: u64, activate_at_ms: u64) -> Routing {
+        Routing {
+            activate_at_ms: Some(activate_at_ms),
+            ..routing(epoch, (Slot::Green, V2), None)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prepared_set_is_held_and_acknowledged_but_not_served() {
+        let ns = Namespace::new(NS);
+        let (sync, mut cache, _) = serving_v1(&ns).await;
+        sync.apply(&mut cache, &raw(&prepare_v2(2)))
+            .await
+            .expect("v2 is in memory");
+        let snapshot = ns.current().expect("published");
+        assert_eq!(snapshot.routing.epoch, 2);
+        assert_eq!(
+            snapshot.active.version, V1,
+            "the prepared set is not served"
+        );
+        assert!(cache.holds(&manifest_of(V2)), "the prepared set is held");
+        assert_eq!(ns.sync_state().prepared, Some(manifest_of(V2)));
+        let record = crate::health::health_record("s", &ns, 0, 0);
+        assert_eq!(record.prepared, Some(manifest_of(V2)));
+
+        // Withdrawn: the acknowledgement goes, and so does the set.
+        sync.apply(&mut cache, &raw(&routing(3, (Slot::Blue, V1), None)))
+            .await
+            .expect("v1 is in memory");
+        assert_eq!(ns.sync_state().prepared, None);
+        assert!(!cache.holds(&manifest_of(V2)));
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_served_from_its_activation_point_and_not_before() {
+        let ns = Namespace::new(NS);
+        let (sync, mut cache, v2) = serving_v1(&ns).await;
+        sync.apply(&mut cache, &raw(&prepare_v2(2)))
+            .await
+            .expect("v2 is in memory");
+        let point_ms = switchboard_proto::time::now_ms() + 150;
+        sync.apply(&mut cache, &raw(&commit_v2(3, point_ms)))
+            .await
+            .expect("v2 is in memory");
+        // Until the point the old routing serves, and the pending switch shows.
+        let state = ns.sync_state();
+        assert_eq!(state.pending_epoch, Some(3));
+        assert_eq!(state.pending_activate_at_ms, Some(point_ms));
+        assert_eq!(ns.current().expect("published").active.version, V1);
+
+        eventually(std::time::Duration::from_secs(5), || {
+            ns.current().is_some_and(|s| s.routing.epoch == 3)
+        })
+        .await;
+        let switched_us = switchboard_proto::time::now_us();
+        let snapshot = ns.current().expect("published");
+        assert!(Arc::ptr_eq(&snapshot.active, &v2));
+        let state = ns.sync_state();
+        assert_eq!(state.activated_epoch, Some(3));
+        let at_us = state.activated_at_us.expect("the switch time is recorded");
+        assert!(
+            at_us >= point_ms * 1000,
+            "switched {} µs early",
+            point_ms * 1000 - at_us
+        );
+        assert!(at_us <= switched_us);
+        assert_eq!(state.pending_epoch, None);
+    }
+
+    #[tokio::test]
+    async fn a_newer_routing_wins_over_a_pending_activation() {
+        let ns = Namespace::new(NS);
+        let (sync, mut cache, _) = serving_v1(&ns).await;
+        let point_ms = switchboard_proto::time::now_ms() + 100;
+        sync.apply(&mut cache, &raw(&commit_v2(2, point_ms)))
+            .await
+            .expect("v2 is in memory");
+        // A rollback before the point, served at once.
+        let rollback = routing(3, (Slot::Blue, V1), None);
+        sync.apply(&mut cache, &raw(&rollback))
+            .await
+            .expect("v1 is in memory");
+        assert_eq!(ns.current().expect("published").routing, rollback);
+        assert_eq!(ns.sync_state().pending_epoch, None);
+        // Well past the point, the rollback still serves: the pending switch was dropped.
+        eventually(std::time::Duration::from_secs(5), || {
+            switchboard_proto::time::now_ms() > point_ms + 50
+        })
+        .await;
+        assert_eq!(ns.current().expect("published").routing, rollback);
+        assert_eq!(ns.sync_state().activated_epoch, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_point_has_passed_is_served_at_once() {
+        let ns = Namespace::new(NS);
+        let (sync, mut cache, v2) = serving_v1(&ns).await;
+        let past = switchboard_proto::time::now_ms().saturating_sub(1_000);
+        sync.apply(&mut cache, &raw(&commit_v2(2, past)))
+            .await
+            .expect("v2 is in memory");
+        assert!(Arc::ptr_eq(&ns.current().expect("published").active, &v2));
     }
 }
 
