@@ -13,3 +13,4 @@ pub mod report;
 pub mod rollback;
 pub mod stage;
 pub mod stats;
+pub mod sync_flip;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use switchboard_loadtest::judge_sim::{self, NamedPolicy, SCENARIOS, TableConfig, Timing};
-use switchboard_loadtest::{propagation, read, report, rollback, stage};
+use switchboard_loadtest::{propagation, read, report, rollback, stage, sync_flip};
 
 /// Switchboard's load tests and simulations.
 #[derive(Parser)]
@@ -31,6 +31,9 @@ enum Scenario {
     /// N in-process sidecars, each with its own etcd watch, and repeated flips: commit to
     /// serving per sidecar, beside raw etcd watch delivery to as many watchers.
     Propagation(PropagationArgs),
+    /// Synchronized flips (`sbctl flip --sync`) across N sidecar processes: the activation
+    /// spread, the lateness after the activation point, the acknowledgement wait.
+    Sync(SyncArgs),
     /// A large set staged beside raw etcd puts of the same bytes; bytes re-uploaded after a
     /// 1% change; a sidecar's cold load time and memory.
     Stage(StageArgs),
@@ -76,6 +79,21 @@ struct PropagationArgs {
     /// Items in each of the two sets.
     #[arg(long, default_value_t = 100)]
     items: usize,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    /// Sidecar processes.
+    #[arg(long, default_value_t = 100)]
+    sidecars: usize,
+    /// Synchronized flips.
+    #[arg(long, default_value_t = 20)]
+    flips: usize,
+    /// Milliseconds from the commit to the activation point.
+    #[arg(long, default_value_t = 250)]
+    lead_ms: u64,
     #[command(flatten)]
     output: Output,
 }
@@ -172,6 +190,18 @@ fn main() -> ExitCode {
                 };
                 let report = propagation::run(&config, work).await?;
                 Ok((propagation::render(&report), report))
+            }),
+        ),
+        Scenario::Sync(args) => (
+            "sync",
+            measured(&args.output, async |work| {
+                let config = sync_flip::SyncConfig {
+                    sidecars: args.sidecars,
+                    flips: args.flips,
+                    lead_ms: args.lead_ms,
+                };
+                let report = sync_flip::run(&config, work).await?;
+                Ok((sync_flip::render(&report), report))
             }),
         ),
         Scenario::Stage(args) => (

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use switchboard_loadtest::catalog::ChangePattern;
-use switchboard_loadtest::{propagation, read, report, rollback, stage};
+use switchboard_loadtest::{propagation, read, report, rollback, stage, sync_flip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propagation_counts_every_sidecar_on_every_flip() -> Result<()> {
@@ -132,6 +132,25 @@ async fn read_measures_every_target_and_writes_a_chart() -> Result<()> {
             .iter()
             .filter(|t| t.common_rate.is_some())
             .count()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_measures_every_flip_across_every_sidecar() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = sync_flip::SyncConfig {
+        sidecars: 3,
+        flips: 2,
+        lead_ms: 250,
+    };
+    let report = sync_flip::run(&config, work.path()).await?;
+    assert_eq!(report.spread.count, 2, "{report:?}");
+    assert_eq!(report.last_late.count, 2, "{report:?}");
+    assert_eq!(report.ack_wait.count, 2, "{report:?}");
+    assert!(
+        report.spread.max_us <= report.last_late.max_us,
+        "the first switch is at or after the point: {report:?}"
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use common::*;
 use etcd_client::{EventType, WatchOptions};
 use serde_json::Value;
@@ -435,72 +435,5 @@ async fn a_preparation_is_withdrawn_even_when_sbctl_goes_away() -> Result<()> {
     let routing = routing_in_etcd(&env).await?;
     assert_eq!(routing.active.version, v1);
     assert_eq!(routing.epoch, epoch_before + 2);
-    Ok(())
-}
-
-/// The measurement behind the README's numbers: `SWITCHBOARD_SYNC_SIDECARS` sidecars (default
-/// 100) on this machine, `SWITCHBOARD_SYNC_FLIPS` synchronized flips (default 10) with a lead
-/// of `SWITCHBOARD_SYNC_LEAD_MS` (default 250), each one's spread printed, then the median and
-/// the percentiles. Run it by hand, best with release binaries
-/// (`SWITCHBOARD_TEST_BIN_DIR=$PWD/target/release`):
-/// `cargo test -p switchboard-tests --test sync_flip -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement with many sidecar processes; run by hand"]
-async fn sync_flip_spread_with_many_sidecars() -> Result<()> {
-    let count = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let n = count("SWITCHBOARD_SYNC_SIDECARS", 100);
-    let flips = count("SWITCHBOARD_SYNC_FLIPS", 10);
-    let lead = count("SWITCHBOARD_SYNC_LEAD_MS", 250).to_string();
-    let env = TestEnv::start(&[NS]).await?;
-    let (_sidecars, _v1, _v2, dir) = two_versions(&env, n).await?;
-    let sbctl = env.sbctl().timeout(Duration::from_secs(120));
-    let mut spreads = Vec::new();
-    for round in 0..flips {
-        if round > 0 {
-            let set = write_set(dir.path(), &format!("g{round}"), 50, 100)?;
-            stage(&sbctl, NS, &set.display().to_string()).await?;
-        }
-        let flip = sbctl
-            .run_json(&[
-                "flip",
-                NS,
-                "--sync",
-                "--sync-lead",
-                &lead,
-                "--sync-timeout",
-                "30",
-                "--timeout",
-                "60",
-            ])
-            .await?;
-        let sync = &flip["sync"];
-        let Some(spread) = sync["spread_us"].as_u64() else {
-            bail!("no spread measured: {flip}");
-        };
-        assert_eq!(sync["sidecars"].as_array().map(Vec::len), Some(n), "{flip}");
-        eprintln!(
-            "flip {round}: {n} sidecars, lead {lead} ms, acknowledged in {} ms, spread {spread} µs, switched {} to {} µs after the point",
-            sync["ack_wait_ms"], sync["min_late_us"], sync["max_late_us"]
-        );
-        spreads.push(spread);
-    }
-    spreads.sort_unstable();
-    // The nearest-rank percentile of the flips' spreads.
-    let percentile = |p: usize| {
-        let rank = (p * spreads.len()).div_ceil(100).max(1);
-        spreads.get(rank - 1).copied().unwrap_or(0)
-    };
-    eprintln!(
-        "{n} sidecars, {flips} flips: spread p50 {} µs, p90 {} µs, p99 {} µs, worst {} µs",
-        percentile(50),
-        percentile(90),
-        percentile(99),
-        spreads.last().copied().unwrap_or(0)
-    );
     Ok(())
 }
