@@ -95,17 +95,22 @@ pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
 
 fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
     use serde_json::Value;
+    // Keys and scalars are written straight into `out` by serde_json's compact serializer
+    // (the same bytes `to_string` gives), without a String for each: this runs for every
+    // value of every item staged.
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
+            // serde_json's map is usually sorted already; sorting keeps the bytes canonical if
+            // a dependency turns on its `preserve_order` feature.
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push(b'{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                // Serialising a string cannot fail.
-                out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                // Writing a string or a scalar into a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, k);
                 out.push(b':');
                 write_canonical(v, out);
             }
@@ -121,7 +126,9 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
 
@@ -697,6 +704,20 @@ mod tests {
         assert_eq!(
             canonical_json(&value),
             br#"{"a":{"y":"s","z":[true,null]},"b":1}"#
+        );
+    }
+
+    /// The canonical bytes are what versions and checksums are made of: they must never change.
+    #[test]
+    fn canonical_json_bytes_are_pinned_for_escapes_and_numbers() {
+        let value = json!({
+            "quote\"and\\slash": "line\nbreak \u{1} é 😀",
+            "numbers": [0, -1, 1.5, 1e300, 18446744073709551615u64, -9223372036854775808i64],
+            "empty": {}, "nothing": [], "flag": false
+        });
+        assert_eq!(
+            String::from_utf8(canonical_json(&value)).expect("utf-8"),
+            r#"{"empty":{},"flag":false,"nothing":[],"numbers":[0,-1,1.5,1e+300,18446744073709551615,-9223372036854775808],"quote\"and\\slash":"line\nbreak \u0001 é 😀"}"#
         );
     }
 

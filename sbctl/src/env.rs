@@ -315,7 +315,11 @@ pub fn scan(items: &[SourceItem]) -> PlaceholderScan {
     let mut scan = PlaceholderScan::default();
     for item in items {
         let mut first = None;
-        find_first(&item.value, &mut String::new(), &mut first);
+        // Most sets have no placeholder at all: a plain walk finds that without building the
+        // JSON pointer of every value on the way.
+        if has_placeholder(&item.value) {
+            find_first(&item.value, &mut String::new(), &mut first);
+        }
         if let Some((path, name)) = first {
             scan.items += 1;
             if scan.first.is_none() {
@@ -324,6 +328,15 @@ pub fn scan(items: &[SourceItem]) -> PlaceholderScan {
         }
     }
     scan
+}
+
+fn has_placeholder(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains("${") && !placeholders_in(text).is_empty(),
+        Value::Array(elements) => elements.iter().any(has_placeholder),
+        Value::Object(map) => map.values().any(has_placeholder),
+        _ => false,
+    }
 }
 
 fn find_first(value: &Value, path: &mut String, first: &mut Option<(String, String)>) {
