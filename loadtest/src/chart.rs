@@ -19,10 +19,10 @@ const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
 /// The largest quantile below 1 that the axis shows; the maximum is drawn at its right edge.
-const MAX_NINES: f64 = 4.0;
+const MAX_NINES: f64 = 5.0;
 
-/// Position on the "nines" axis: 0 at p0, 1 at p90, 2 at p99, 3 at p99.9; the maximum (q = 1)
-/// sits at the right edge.
+/// Position on the "nines" axis: 0 at p0, 1 at p90, 2 at p99, 3 at p99.9, 4 at p99.99; the
+/// maximum (q = 1) sits at the right edge.
 fn nines(q: f64) -> f64 {
     if q >= 1.0 {
         MAX_NINES
@@ -72,6 +72,7 @@ pub fn percentile_chart(title: &str, series: &[Series]) -> String {
         (0.9, "p90"),
         (0.99, "p99"),
         (0.999, "p99.9"),
+        (0.9999, "p99.99"),
         (1.0, "max"),
     ] {
         let px = x(q);
@@ -143,8 +144,10 @@ fn nice_ceiling(value: f64) -> f64 {
 }
 
 fn format_ms(ms: f64) -> String {
-    if ms >= 10.0 || ms == 0.0 {
+    if ms.fract() == 0.0 {
         format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
     } else {
         format!("{ms:.2}")
     }

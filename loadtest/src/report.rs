@@ -23,13 +23,21 @@ pub fn write(dir: &Path) -> Result<String> {
             let _ = writeln!(out, "## {scenario}\n\nnot run\n");
             continue;
         };
-        let _ = writeln!(out, "## {scenario}\n\n{}", text.trim_end());
+        if scenario == "judge" {
+            // The judge's table is aligned text, not markdown.
+            let _ = writeln!(out, "## {scenario}\n\n```text\n{}\n```", text.trim_end());
+        } else {
+            let _ = writeln!(out, "## {scenario}\n\n{}", text.trim_end());
+        }
         match scenario {
             "read" => {
                 let report: ReadReport = read_json(&dir.join("read.json"))?;
                 let file = "read-latency.svg";
                 std::fs::write(dir.join(file), read_chart(&report))?;
                 let _ = writeln!(out, "\n![read latency at the common rate]({file})");
+                let file = "read-light.svg";
+                std::fs::write(dir.join(file), light_chart(&report))?;
+                let _ = writeln!(out, "\n![read latency at light load]({file})");
             }
             "propagation" => {
                 let report: PropagationReport = read_json(&dir.join("propagation.json"))?;
@@ -67,6 +75,21 @@ fn read_chart(report: &ReadReport) -> String {
         &format!(
             "read latency at {:.0} req/s (half the sidecar's HTTP saturation)",
             report.common_rate
+        ),
+        &series,
+    )
+}
+
+fn light_chart(report: &ReadReport) -> String {
+    let series: Vec<Series> = report
+        .targets
+        .iter()
+        .map(|t| chart::series(&t.name, &t.light.latency))
+        .collect();
+    chart::percentile_chart(
+        &format!(
+            "read latency at {:.0} req/s (light load)",
+            report.light_rate
         ),
         &series,
     )
