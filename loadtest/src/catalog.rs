@@ -105,6 +105,24 @@ pub fn write(path: &Path, count: usize, changed: Option<&[bool]>) -> Result<u64>
     Ok(bytes.len() as u64)
 }
 
+/// `sbctl --json stage NS PATH -m MESSAGE`: its report (version, chunks and bytes uploaded).
+pub async fn stage(
+    sbctl: &switchboard_tests::SbctlRunner,
+    namespace: &str,
+    path: &Path,
+    message: &str,
+) -> Result<Value> {
+    sbctl
+        .run_json(&[
+            "stage",
+            namespace,
+            &path.display().to_string(),
+            "-m",
+            message,
+        ])
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,16 +74,7 @@ pub async fn run(config: &PropagationConfig, work: &std::path::Path) -> Result<P
         let path = work.join(format!("propagation-{name}.json"));
         let changed = revision.map(|()| vec![true; config.items]);
         catalog::write(&path, config.items, changed.as_deref())?;
-        sbctl
-            .run(&[
-                "stage",
-                NAMESPACE,
-                &path.display().to_string(),
-                "-m",
-                "propagation",
-            ])
-            .await?
-            .ensure_success()?;
+        catalog::stage(&sbctl, NAMESPACE, &path, "propagation").await?;
         if name == "v1" {
             sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
         }

@@ -67,11 +67,7 @@ pub async fn run(config: &ReadConfig, work: &Path) -> Result<ReadReport> {
     let env = TestEnv::start(&[NAMESPACE]).await?;
     let set = work.join("read-set.json");
     catalog::write(&set, config.items, None)?;
-    let set = set.display().to_string();
-    env.sbctl()
-        .run(&["stage", NAMESPACE, &set, "-m", "read benchmark"])
-        .await?
-        .ensure_success()?;
+    catalog::stage(&env.sbctl(), NAMESPACE, &set, "read benchmark").await?;
     env.sbctl()
         .run(&["flip", NAMESPACE])
         .await?

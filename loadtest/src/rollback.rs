@@ -59,9 +59,7 @@ pub async fn run(config: &RollbackConfig, work: &std::path::Path) -> Result<Roll
     for (name, changed) in [("good", None), ("bad", Some(vec![true; 200]))] {
         let path = work.join(format!("rollback-{name}.json"));
         catalog::write(&path, 200, changed.as_deref())?;
-        let report = sbctl
-            .run_json(&["stage", NAMESPACE, &path.display().to_string(), "-m", name])
-            .await?;
+        let report = catalog::stage(&sbctl, NAMESPACE, &path, name).await?;
         versions.push(
             report["version"]
                 .as_str()

@@ -92,15 +92,7 @@ pub async fn run(config: &StageConfig, work: &std::path::Path) -> Result<StageRe
     let prepare_seconds = started.elapsed().as_secs_f64();
     eprintln!("stage: staging {} MB of JSON", json_bytes / 1_000_000);
     let started = Instant::now();
-    let first = sbctl
-        .run_json(&[
-            "stage",
-            NAMESPACE,
-            &v1.display().to_string(),
-            "-m",
-            "stage benchmark",
-        ])
-        .await?;
+    let first = catalog::stage(&sbctl, NAMESPACE, &v1, "stage benchmark").await?;
     let stage_seconds = started.elapsed().as_secs_f64();
     let chunks = field(&first, "chunks_total")?;
     let chunk_bytes = field(&first, "chunk_bytes_total")?;
@@ -122,15 +114,7 @@ pub async fn run(config: &StageConfig, work: &std::path::Path) -> Result<StageRe
     for (pattern, path) in variants {
         eprintln!("stage: re-staging after a {pattern:?} change");
         let started = Instant::now();
-        let report = sbctl
-            .run_json(&[
-                "stage",
-                NAMESPACE,
-                &path.display().to_string(),
-                "-m",
-                "restage",
-            ])
-            .await?;
+        let report = catalog::stage(&sbctl, NAMESPACE, &path, "restage").await?;
         restage.push(Restage {
             pattern,
             percent_items_changed: config.change_percent,

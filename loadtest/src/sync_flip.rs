@@ -56,16 +56,7 @@ pub async fn run(config: &SyncConfig, work: &std::path::Path) -> Result<SyncRepo
             serde_json::from_slice(&std::fs::read(&path)?)?;
         set.insert("generation".into(), serde_json::json!(generation));
         std::fs::write(&path, serde_json::to_vec(&set)?)?;
-        sbctl
-            .run(&[
-                "stage",
-                NAMESPACE,
-                &path.display().to_string(),
-                "-m",
-                "sync benchmark",
-            ])
-            .await?
-            .ensure_success()?;
+        catalog::stage(&sbctl, NAMESPACE, &path, "sync benchmark").await?;
         Ok(())
     };
     stage(0).await?;

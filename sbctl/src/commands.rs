@@ -319,15 +319,7 @@ pub async fn flip(
     change: &ChangeArgs,
 ) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
-    let (expected_epoch, expected_version) =
-        expected_epoch_and_version(&mut coordinator, namespace, change).await?;
-    let request = FlipRequest {
-        namespace: namespace.to_string(),
-        expected_epoch,
-        reason: change.reason.clone(),
-        expected_version,
-        ..FlipRequest::default()
-    };
+    let request = flip_request(&mut coordinator, namespace, change).await?;
     let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
         Box::pin(c.flip(r))
     })
@@ -346,6 +338,24 @@ pub async fn flip(
         output::print_text(&output::render_wait(&report))?;
     }
     waited
+}
+
+/// The request of a flip of `namespace` as `change` describes it: the epoch and version it
+/// was decided on, and why.
+async fn flip_request(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    change: &ChangeArgs,
+) -> Result<FlipRequest, CliError> {
+    let (expected_epoch, expected_version) =
+        expected_epoch_and_version(coordinator, namespace, change).await?;
+    Ok(FlipRequest {
+        namespace: namespace.to_string(),
+        expected_epoch,
+        reason: change.reason.clone(),
+        expected_version,
+        ..FlipRequest::default()
+    })
 }
 
 /// The tuning of `flip --sync`; 0 leaves each to the coordinator's default.
@@ -368,16 +378,11 @@ pub async fn sync_flip(
     change: &ChangeArgs,
 ) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
-    let (expected_epoch, expected_version) =
-        expected_epoch_and_version(&mut coordinator, namespace, change).await?;
     let request = FlipRequest {
-        namespace: namespace.to_string(),
-        expected_epoch,
-        reason: change.reason.clone(),
-        expected_version,
         sync: true,
         sync_lead_ms: options.lead_ms,
         sync_ack_timeout_ms: u64::try_from(options.ack_timeout.as_millis()).unwrap_or(u64::MAX),
+        ..flip_request(&mut coordinator, namespace, change).await?
     };
     let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
         Box::pin(c.flip(r))
@@ -385,7 +390,7 @@ pub async fn sync_flip(
     .await?;
     let Some(prepared) = reply.document.sync.clone() else {
         return Err(CliError::Failed(format!(
-            "the coordinator flipped {namespace} without synchronizing it: it does not know              synchronized flips (an older version?); the flip was made at once"
+            "the coordinator flipped {namespace} without synchronizing it: it does not know synchronized flips (an older version?); the flip was made at once"
         )));
     };
     if !ctx.json {
