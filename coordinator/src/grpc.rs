@@ -222,6 +222,11 @@ impl Admin for AdminService {
                         .map(|bytes| (chunks, bytes))
                 });
                 batch_bytes = 0;
+                // Account for the writes that have finished, so that a failure ends the upload
+                // early and the crash point between batches fires while more are to come.
+                while let Some(done) = writes.try_join_next() {
+                    written(&mut reply, Some(done))?;
+                }
             }
         }
         if !batch.is_empty() {

@@ -105,6 +105,19 @@ pub fn write(path: &Path, count: usize, changed: Option<&[bool]>) -> Result<u64>
     Ok(bytes.len() as u64)
 }
 
+/// Writes `count` unchanged items plus an item `generation` holding `generation`, so that each
+/// generation is a version of its own that shares every chunk but one with the others.
+pub fn write_generation(path: &Path, count: usize, generation: usize) -> Result<u64> {
+    let mut items = serde_json::Map::with_capacity(count + 1);
+    for index in 0..count {
+        items.insert(key(index), value(index, 1));
+    }
+    items.insert("generation".into(), json!(generation));
+    let bytes = serde_json::to_vec(&Value::Object(items)).context("encoding the catalog")?;
+    std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(bytes.len() as u64)
+}
+
 /// `sbctl --json stage NS PATH -m MESSAGE`: its report (version, chunks and bytes uploaded).
 pub async fn stage(
     sbctl: &switchboard_tests::SbctlRunner,

@@ -1,10 +1,10 @@
 //! A small load generator: closed-loop saturation and open-loop fixed-rate runs over any kind
 //! of connection (HTTP/1.1, gRPC, etcd), with the same scheduling and clock for every target.
 //!
-//! The fixed-rate run measures a request that was due while the connection still waited for the
-//! last answer from the instant it was *scheduled*, not from the instant it was sent, so a
-//! stall shows up in every request it delayed (no coordinated omission); a request sent on time
-//! is measured from its send.
+//! The fixed-rate run releases requests from one pacing thread as they fall due (to within
+//! about 0.1 ms) to whichever connection is free, and measures each from the instant it fell
+//! due, not from the instant it was sent: a stall shows up in every request it delayed (no
+//! coordinated omission).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,38 +81,25 @@ async fn run(
     }
     let started = Instant::now();
     let end = started + duration;
+    // The fixed rate is paced by one thread that releases a permit for every request as it
+    // falls due, checking every 100 µs: tokio's timer rounds every sleep up to a whole
+    // millisecond, which at tens of thousands of requests a second would turn the schedule
+    // into bursts and charge the client's own lateness to the server.
+    let pacer = rate.map(|rate| Pacer::start(rate, started, end));
     let mut workers = tokio::task::JoinSet::new();
-    for (index, mut conn) in opened.into_iter().enumerate() {
-        // Each connection carries an equal share of the rate, its first request staggered so
-        // that the connections do not fire in step.
-        let interval = rate.map(|rate| Duration::from_secs_f64(connections as f64 / rate));
-        let offset = interval.map_or(Duration::ZERO, |i| {
-            i.mul_f64(index as f64 / connections as f64)
-        });
+    for mut conn in opened {
+        let pacer = pacer.clone();
         workers.spawn(async move {
             let mut samples = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
-            let mut next = started + offset;
             loop {
-                let measured_from = match interval {
-                    Some(interval) => {
-                        let scheduled = next;
-                        next += interval;
-                        if scheduled >= end {
-                            break;
-                        }
-                        if Instant::now() < scheduled {
-                            // The connection is idle: send at the scheduled time and measure
-                            // from the actual send, so that the timer's millisecond resolution
-                            // is not counted against the server.
-                            tokio::time::sleep_until(scheduled.into()).await;
-                            Instant::now()
-                        } else {
-                            // The last answer came after this request was due: it waited for
-                            // the server, and that wait counts.
-                            scheduled
-                        }
-                    }
+                let measured_from = match &pacer {
+                    // Measured from when the request fell due, not from when a connection
+                    // was free to send it: waiting for the server counts.
+                    Some(pacer) => match pacer.next_due().await {
+                        Some(due) => due,
+                        None => break,
+                    },
                     None => Instant::now(),
                 };
                 if measured_from >= end {
@@ -144,6 +131,56 @@ async fn run(
         achieved_rps: completed as f64 / seconds,
         latency: Latency::from_samples(&mut samples),
     })
+}
+
+/// Releases requests at a fixed rate to whichever connection is free.
+#[derive(Clone)]
+struct Pacer {
+    permits: Arc<tokio::sync::Semaphore>,
+    taken: Arc<std::sync::atomic::AtomicU64>,
+    started: Instant,
+    rate: f64,
+}
+
+impl Pacer {
+    /// Starts the pacing thread, which stops (and closes the permits) at `end`.
+    fn start(rate: f64, started: Instant, end: Instant) -> Self {
+        let pacer = Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            taken: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            started,
+            rate,
+        };
+        let permits = pacer.permits.clone();
+        std::thread::spawn(move || {
+            let mut released = 0u64;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    permits.close();
+                    return;
+                }
+                // Request k (from 0) falls due at k / rate.
+                let due = ((now - started).as_secs_f64() * rate) as u64 + 1;
+                if due > released {
+                    permits.add_permits(usize::try_from(due - released).unwrap_or(usize::MAX));
+                    released = due;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        pacer
+    }
+
+    /// Waits for the next request to fall due and returns when it did; `None` at the end.
+    async fn next_due(&self) -> Option<Instant> {
+        self.permits.acquire().await.ok()?.forget();
+        // Permits are released only once due, so the k-th one taken was due at k / rate.
+        let k = self
+            .taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(self.started + Duration::from_secs_f64(k as f64 / self.rate))
+    }
 }
 
 /// HTTP/1.1 GETs of one path over keep-alive connections, with hyper's own client connection

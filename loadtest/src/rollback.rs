@@ -55,22 +55,19 @@ pub async fn run(config: &RollbackConfig, work: &std::path::Path) -> Result<Roll
         ])
         .await?
         .ensure_success()?;
-    let mut versions = Vec::new();
-    for (name, changed) in [("good", None), ("bad", Some(vec![true; 200]))] {
-        let path = work.join(format!("rollback-{name}.json"));
-        catalog::write(&path, 200, changed.as_deref())?;
-        let report = catalog::stage(&sbctl, NAMESPACE, &path, name).await?;
-        versions.push(
-            report["version"]
-                .as_str()
-                .context("stage --json gave no version")?
-                .to_string(),
-        );
-        if name == "good" {
-            sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
-        }
-    }
-    let (good, bad) = (versions[0].clone(), versions[1].clone());
+    // Each round flips to a bad version of its own, so that the judge's window holds only that
+    // round's reports: a version it already breached would be flipped back on its first tick.
+    let stage = async |generation: usize, message: &str| -> Result<String> {
+        let path = work.join(format!("rollback-{generation}.json"));
+        catalog::write_generation(&path, 200, generation)?;
+        let report = catalog::stage(&sbctl, NAMESPACE, &path, message).await?;
+        Ok(report["version"]
+            .as_str()
+            .context("stage --json gave no version")?
+            .to_string())
+    };
+    let good = stage(0, "good").await?;
+    sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
     let mut sidecars = Vec::new();
     for index in 0..config.sidecars {
         let sidecar = env
@@ -82,6 +79,7 @@ pub async fn run(config: &RollbackConfig, work: &std::path::Path) -> Result<Roll
 
     let mut rounds = Vec::new();
     for round in 0..config.rounds {
+        let bad = stage(round + 1, "bad").await?;
         let change = sbctl.run_json(&["flip", NAMESPACE]).await?;
         let flipped = change["routing"]["epoch"]
             .as_u64()

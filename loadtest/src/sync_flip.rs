@@ -48,14 +48,7 @@ pub async fn run(config: &SyncConfig, work: &std::path::Path) -> Result<SyncRepo
         .ensure_success()?;
     let stage = async |generation: usize| -> Result<()> {
         let path = work.join(format!("sync-{generation}.json"));
-        let changed = vec![generation % 2 == 1; 50];
-        catalog::write(&path, 50, Some(&changed))?;
-        // Alternate contents make a new version each time: a different revision and a
-        // different item count.
-        let mut set: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&std::fs::read(&path)?)?;
-        set.insert("generation".into(), serde_json::json!(generation));
-        std::fs::write(&path, serde_json::to_vec(&set)?)?;
+        catalog::write_generation(&path, 50, generation)?;
         catalog::stage(&sbctl, NAMESPACE, &path, "sync benchmark").await?;
         Ok(())
     };

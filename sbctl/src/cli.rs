@@ -107,8 +107,8 @@ pub enum Command {
         /// The namespace.
         #[arg(value_name = "NS")]
         namespace: String,
-        /// Wait until every live sidecar serves the new epoch.
-        #[arg(long)]
+        /// Wait until every live sidecar serves the new epoch (--sync always waits).
+        #[arg(long, conflicts_with = "sync")]
         wait: bool,
         /// Synchronized flip: every live sidecar first loads and acknowledges the staged set,
         /// then all switch at one activation point; waits for them and reports the spread.
@@ -118,7 +118,7 @@ pub enum Command {
         #[arg(long, value_name = "MS", requires = "sync", value_parser = clap::value_parser!(u64).range(1..=60_000))]
         sync_lead: Option<u64>,
         /// With --sync: how long the sidecars have to acknowledge the staged set (default 10).
-        #[arg(long, value_name = "SECONDS", requires = "sync", value_parser = parse_seconds)]
+        #[arg(long, value_name = "SECONDS", requires = "sync", value_parser = parse_positive_seconds)]
         sync_timeout: Option<Duration>,
         #[command(flatten)]
         change: ChangeArgs,
@@ -731,6 +731,14 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 /// A positive number of seconds, with decimals allowed.
+/// [`parse_seconds`], refusing 0 where 0 would mean nothing sensible.
+fn parse_positive_seconds(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        Duration::ZERO => Err(format!("{text:?}: give more than 0 seconds")),
+        duration => Ok(duration),
+    }
+}
+
 pub fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .trim()
@@ -748,6 +756,18 @@ pub fn parse_seconds(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_sync_flip_refuses_options_it_would_ignore() {
+        assert!(Cli::try_parse_from(["sbctl", "flip", "cat", "--sync", "--wait"]).is_err());
+        assert!(
+            Cli::try_parse_from(["sbctl", "flip", "cat", "--sync", "--sync-timeout", "0"]).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["sbctl", "flip", "cat", "--sync", "--sync-timeout", "0.5"])
+                .is_ok()
+        );
+    }
 
     #[test]
     fn percentages_become_exact_basis_points() {

@@ -417,7 +417,7 @@ pub async fn sync_flip(
                 }
                 if Instant::now() >= deadline {
                     let error = CliError::Failed(format!(
-                        "timed out after {} waiting for the sidecars of {namespace} to switch                          to epoch {epoch}; not yet: {}",
+                        "timed out after {} waiting for the sidecars of {namespace} to switch to epoch {epoch}; not yet: {}",
                         seconds(change.timeout),
                         report.behind.join(", ")
                     ));

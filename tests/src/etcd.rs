@@ -359,17 +359,31 @@ impl EtcdCluster {
         .map(drop)
     }
 
-    /// The index of the member that is the raft leader now.
+    /// The index of the member that is the raft leader now. A member that does not answer
+    /// (killed, paused, or restarted and not yet listening) is not it; asks again for up to
+    /// 10 s while no member answering is the leader.
     pub async fn leader_index(&self) -> Result<usize> {
-        let mut client = self.client().await?;
-        let leader = client.status().await?.leader();
-        for (i, member) in self.members().iter().enumerate() {
-            let status = member.client().await?.status().await?;
-            if status.header().map(|h| h.member_id()) == Some(leader) {
-                return Ok(i);
-            }
-        }
-        anyhow::bail!("no member has the leader's id {leader:x}")
+        crate::wait::wait_for(
+            Duration::from_secs(10),
+            "the leader's member index",
+            async || {
+                let mut client = self.client().await?;
+                let leader = client.status().await?.leader();
+                for (i, member) in self.members().iter().enumerate() {
+                    let Ok(mut member_client) = member.client().await else {
+                        continue;
+                    };
+                    let Ok(status) = member_client.status().await else {
+                        continue;
+                    };
+                    if status.header().map(|h| h.member_id()) == Some(leader) {
+                        return Ok(i);
+                    }
+                }
+                anyhow::bail!("no member answering has the leader's id {leader:x}")
+            },
+        )
+        .await
     }
 
     pub fn size(&self) -> usize {
