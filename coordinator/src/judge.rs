@@ -195,6 +195,21 @@ impl Judge {
         let Some(routing) = state.routing.value.clone() else {
             return Ok(());
         };
+        if routing.prepare.is_some()
+            && now
+                >= routing
+                    .at_ms
+                    .saturating_add(crate::routing::STALE_PREPARATION_MS)
+        {
+            let request = self.request(
+                ns,
+                &state,
+                "prepare-withdraw",
+                "no coordinator finished this synchronized flip",
+            );
+            self.releases.withdraw_stale_preparation(request).await?;
+            return Ok(());
+        }
         record_convergence(ns, &routing, &records);
         let policy = state.policy();
         let since = now.saturating_sub(policy.window_seconds.saturating_mul(1000));

@@ -66,6 +66,10 @@ pub const MAX_SYNC_LEAD_MS: u64 = 60_000;
 pub const MAX_SYNC_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 /// The defaults when the request leaves them at 0.
 pub const DEFAULT_SYNC_LEAD_MS: u64 = 250;
+/// How old a synchronized flip's preparation is when the leader withdraws it: no coordinator
+/// waits for acknowledgements longer than [`MAX_SYNC_ACK_TIMEOUT`], so an older one was left by
+/// a coordinator that died between the preparation and the commit.
+pub const STALE_PREPARATION_MS: u64 = MAX_SYNC_ACK_TIMEOUT.as_secs() * 1000 + 10_000;
 pub const DEFAULT_SYNC_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often a synchronized flip reads the health records while it waits.
 const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
@@ -875,6 +879,38 @@ impl Releases {
                     slot_ref: target.clone(),
                     needs_approval: false,
                 }),
+            })
+        })
+        .await
+    }
+
+    /// Withdraws a preparation older than [`STALE_PREPARATION_MS`], so that sidecars stop
+    /// holding a set that no synchronized flip will commit.
+    pub async fn withdraw_stale_preparation(
+        &self,
+        request: ChangeRequest<'_>,
+    ) -> Result<RoutingChange> {
+        let ns = request.ns;
+        self.change_routing(request, |_, routing| {
+            let routing = routing.ok_or_else(|| nothing_active(ns))?;
+            let prepare = routing.prepare.as_ref().ok_or_else(|| {
+                CoordinatorError::Conflict(format!("{ns} has no preparation to withdraw"))
+            })?;
+            if now_ms() < routing.at_ms.saturating_add(STALE_PREPARATION_MS) {
+                return Err(CoordinatorError::Conflict(format!(
+                    "the preparation of {ns} may still be committed"
+                )));
+            }
+            // Any routing change but a synchronized flip's clears the preparation.
+            Ok(Decision {
+                detail: json!({
+                    "prepare": {"slot": prepare.slot, "version": prepare.version},
+                    "prepared_at": rfc3339_ms(routing.at_ms),
+                }),
+                routing: routing.clone(),
+                compare_slots: vec![],
+                rollout: RolloutAfter::Keep,
+                target: None,
             })
         })
         .await

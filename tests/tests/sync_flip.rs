@@ -437,3 +437,43 @@ async fn a_preparation_is_withdrawn_even_when_sbctl_goes_away() -> Result<()> {
     assert_eq!(routing.epoch, epoch_before + 2);
     Ok(())
 }
+
+/// A coordinator that dies between a synchronized flip's preparation and its commit leaves
+/// `prepare` in routing; the leader withdraws it once no coordinator could still be waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_withdraws_a_preparation_that_no_coordinator_finished() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let (_sidecars, v1, v2, _dir) = two_versions(&env, 1).await?;
+    let mut routing = routing_in_etcd(&env).await?;
+    let status = env.sbctl().run_json(&["status", NS]).await?;
+    let staged = ["blue", "green"]
+        .into_iter()
+        .find(|slot| status["slots"][*slot]["version"] == v2.as_str())
+        .context("no slot holds v2")?;
+    routing.prepare = Some(switchboard_proto::SlotVersion {
+        slot: staged.parse().map_err(anyhow::Error::msg)?,
+        version: v2.clone(),
+        manifest: status["slots"][staged]["manifest"]
+            .as_str()
+            .context("no manifest")?
+            .to_string(),
+    });
+    // Prepared 11 minutes ago by a coordinator that is gone.
+    routing.at_ms = now_us() / 1000 - 11 * 60 * 1000;
+    routing.epoch += 1;
+    let mut client = env.etcd_client().await?;
+    client
+        .put(env.keys().routing(NS), serde_json::to_vec(&routing)?, None)
+        .await?;
+    wait_until(
+        DEADLINE,
+        "the leader withdraws the preparation",
+        async || Ok(routing_in_etcd(&env).await?.prepare.is_none()),
+    )
+    .await?;
+    let after = routing_in_etcd(&env).await?;
+    assert_eq!(after.active.version, v1, "nobody was moved");
+    assert_eq!(after.action, "prepare-withdraw");
+    assert!(after.epoch > routing.epoch);
+    Ok(())
+}
