@@ -136,6 +136,14 @@ pub async fn stage(
         .await
 }
 
+/// The routing epoch of `namespace`, from `sbctl --json status`.
+pub async fn epoch(sbctl: &switchboard_tests::SbctlRunner, namespace: &str) -> Result<u64> {
+    let status = sbctl.run_json(&["status", namespace]).await?;
+    status["epoch"]
+        .as_u64()
+        .with_context(|| format!("status of {namespace} has no epoch: {status}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 use switchboard_proto::Keys;
-use switchboard_proto::time::now_ms;
+use switchboard_proto::time::{now_ms, now_us};
 use switchboard_sidecar::namespace::Namespace;
 use switchboard_sidecar::sync::NamespaceSync;
 use switchboard_tests::{TestEnv, wait_until};
@@ -63,12 +63,6 @@ pub struct PropagationRow {
 /// When each sidecar first served each epoch, in µs since the Unix epoch.
 type Served = mpsc::UnboundedSender<(usize, u64, u64)>;
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 pub async fn run(config: &PropagationConfig, work: &std::path::Path) -> Result<PropagationReport> {
     let env = TestEnv::start(&[NAMESPACE]).await?;
     let sbctl = env.sbctl();
@@ -115,15 +109,13 @@ async fn measure(
     }
     drop(served_tx);
     let mut latest: HashMap<usize, u64> = HashMap::new();
-    let current = current_epoch(env).await?;
-    let mut log: Vec<(usize, u64, u64)> = Vec::new();
+    let current = catalog::epoch(&env.sbctl(), NAMESPACE).await?;
     wait_until(
         DEADLINE,
         "every sidecar to serve the current routing",
         async || {
-            while let Ok(event) = served_rx.try_recv() {
-                latest.insert(event.0, event.1);
-                log.push(event);
+            while let Ok((sidecar, epoch, _)) = served_rx.try_recv() {
+                latest.insert(sidecar, epoch);
             }
             Ok(latest.values().filter(|&&e| e >= current).count() == count)
         },
@@ -183,14 +175,6 @@ fn spread(times: &[u64]) -> u64 {
         .iter()
         .fold((u64::MAX, 0), |(lo, hi), &t| (lo.min(t), hi.max(t)));
     max.saturating_sub(min)
-}
-
-async fn current_epoch(env: &TestEnv) -> Result<u64> {
-    let status = env.sbctl().run_json(&["status", NAMESPACE]).await?;
-    status["epoch"]
-        .as_u64()
-        .or_else(|| status["routing"]["epoch"].as_u64())
-        .with_context(|| format!("status has no epoch: {status}"))
 }
 
 /// One sidecar's sync loop, and a task that notes when each snapshot is published.

@@ -54,9 +54,7 @@ pub async fn run(config: &SyncConfig, work: &std::path::Path) -> Result<SyncRepo
     };
     stage(0).await?;
     sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
-    let epoch = sbctl.run_json(&["status", NAMESPACE]).await?["epoch"]
-        .as_u64()
-        .context("status gave no epoch")?;
+    let epoch = catalog::epoch(&sbctl, NAMESPACE).await?;
     let mut sidecars = Vec::new();
     for index in 0..config.sidecars {
         if index % 20 == 0 {

@@ -116,13 +116,7 @@ async fn the_tour_stage_canary_flip_rollback_through_a_sidecar() -> Result<()> {
         .await?
         .ensure_success()?;
     assert!(audit.stdout.contains("intact"), "{audit}");
-    let trail = sbctl.run_json(&["audit", NS]).await?;
-    let actions: Vec<&str> = trail["records"]
-        .as_array()
-        .context("records")?
-        .iter()
-        .filter_map(|r| r["action"].as_str())
-        .collect();
+    let actions = audit_actions(&sbctl, NS).await?;
     assert_eq!(
         actions,
         ["stage", "flip", "stage", "canary", "flip", "rollback"]

@@ -7,24 +7,18 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use common::*;
 use etcd_client::{EventType, WatchOptions};
 use serde_json::Value;
+use switchboard_proto::time::{now_ms, now_us};
 use switchboard_proto::{HealthRecord, Routing};
 use switchboard_tests::{Sidecar, TestEnv, wait_until};
 
 const NS: &str = "catalog";
 const KEY: &str = "items/k00000";
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
 
 /// No bake time, so that a flip may follow a flip at once (staging into a baking slot is
 /// refused).
@@ -303,14 +297,12 @@ async fn sync_flip_acknowledges_then_switches_everyone_at_the_activation_point()
     );
 
     // The audit trail has the preparation and the flip, and stays intact.
-    let trail = sbctl.run_json(&["audit", NS]).await?;
-    let actions: Vec<&str> = trail["records"]
-        .as_array()
-        .context("no records")?
-        .iter()
-        .filter_map(|r| r["action"].as_str())
-        .collect();
-    assert!(actions.ends_with(&["prepare", "flip"]), "{actions:?}");
+    let actions = audit_actions(&sbctl, NS).await?;
+    assert_eq!(
+        actions[actions.len().saturating_sub(2)..],
+        ["prepare", "flip"],
+        "{actions:?}"
+    );
     let verified = sbctl
         .run(&["audit", NS, "--verify"])
         .await?
@@ -366,15 +358,10 @@ async fn sync_flip_refuses_when_a_sidecar_cannot_acknowledge() -> Result<()> {
     assert_eq!(routing.activate_at_ms, None, "{routing:?}");
     assert_eq!(routing.epoch, epoch_before + 2, "{routing:?}");
     assert_eq!(routing.action, "prepare-cancel");
-    let trail = sbctl.run_json(&["audit", NS]).await?;
-    let actions: Vec<&str> = trail["records"]
-        .as_array()
-        .context("no records")?
-        .iter()
-        .filter_map(|r| r["action"].as_str())
-        .collect();
-    assert!(
-        actions.ends_with(&["prepare", "prepare-cancel"]),
+    let actions = audit_actions(&sbctl, NS).await?;
+    assert_eq!(
+        actions[actions.len().saturating_sub(2)..],
+        ["prepare", "prepare-cancel"],
         "{actions:?}"
     );
 
@@ -445,7 +432,7 @@ async fn the_leader_withdraws_a_preparation_that_no_coordinator_finished() -> Re
     let env = TestEnv::start(&[NS]).await?;
     let (_sidecars, v1, v2, _dir) = two_versions(&env, 1).await?;
     let mut routing = routing_in_etcd(&env).await?;
-    let status = env.sbctl().run_json(&["status", NS]).await?;
+    let status = status(&env.sbctl(), NS).await?;
     let staged = ["blue", "green"]
         .into_iter()
         .find(|slot| status["slots"][*slot]["version"] == v2.as_str())
@@ -459,7 +446,7 @@ async fn the_leader_withdraws_a_preparation_that_no_coordinator_finished() -> Re
             .to_string(),
     });
     // Prepared 11 minutes ago by a coordinator that is gone.
-    routing.at_ms = now_us() / 1000 - 11 * 60 * 1000;
+    routing.at_ms = now_ms() - 11 * 60 * 1000;
     routing.epoch += 1;
     let mut client = env.etcd_client().await?;
     client

@@ -72,6 +72,17 @@ pub async fn epoch(sbctl: &SbctlRunner, ns: &str) -> Result<u64> {
         .context("status has no epoch")
 }
 
+/// The actions of the namespace's audit records, oldest first.
+pub async fn audit_actions(sbctl: &SbctlRunner, ns: &str) -> Result<Vec<String>> {
+    let trail = sbctl.run_json(&["audit", ns]).await?;
+    Ok(trail["records"]
+        .as_array()
+        .context("the audit trail has no records")?
+        .iter()
+        .filter_map(|r| r["action"].as_str().map(str::to_string))
+        .collect())
+}
+
 /// Stages `path` and flips to it; returns (version, epoch after the flip).
 pub async fn stage_and_flip(env: &TestEnv, ns: &str, path: &str) -> Result<(String, u64)> {
     let sbctl = env.sbctl();
