@@ -184,15 +184,10 @@ fn error_text(error: &reqwest::Error) -> String {
 }
 
 async fn read_manifest(store: &Store, ns: &str, hash: &str) -> Result<Manifest> {
-    let key = store.keys().manifest(ns, hash);
-    let raw = store.get_raw(&key).await?.ok_or_else(|| {
+    store.read_manifest(ns, hash).await?.ok_or_else(|| {
         CoordinatorError::Refused(format!(
             "the manifest {hash} of {ns} is no longer retained, so its items cannot be checked"
         ))
-    })?;
-    Manifest::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
-        key,
-        reason: e.to_string(),
     })
 }
 

@@ -120,6 +120,7 @@ impl Admin for AdminService {
             .begin_stage(
                 &request.namespace,
                 request.manifest_json.as_bytes(),
+                request.pages,
                 &request.message,
                 &actor,
             )
@@ -138,6 +139,7 @@ impl Admin for AdminService {
                 missing_chunks,
                 slot_revision,
                 replaced_version: replaced_version.unwrap_or_default(),
+                missing_pages: Vec::new(),
             },
             BeginStage::AlreadyStaged { slot, version } => pb::BeginStageReply {
                 outcome: "already_staged".into(),
@@ -149,6 +151,15 @@ impl Admin for AdminService {
                 outcome: "already_active".into(),
                 slot: slot.to_string(),
                 version,
+                ..Default::default()
+            },
+            BeginStage::PagesNeeded {
+                version,
+                missing_pages,
+            } => pb::BeginStageReply {
+                outcome: "pages_needed".into(),
+                version,
+                missing_pages,
                 ..Default::default()
             },
         };

@@ -3,8 +3,10 @@
 //!
 //! A manifest is kept while a slot or routing (active, canary, previous) names it, or while it
 //! is among the newest `retain_versions` of the history (for `rollback --to` and `snapshot save
-//! --version`). A chunk is kept while a kept manifest lists it, and an approval while its
-//! manifest is kept. Every delete is a transaction
+//! --version`). A page is kept while a kept manifest's head lists it, a chunk while a kept
+//! manifest's pages list it, and an approval while its manifest is kept. When a page of a kept
+//! manifest is missing (a stage writes its pages just after the slot names the manifest), the
+//! chunks that page lists are unknown, so that round collects no chunk. Every delete is a transaction
 //! that compares routing and both slot records with what the round read, and the leader's
 //! fence: a stage that begins meanwhile (and may count on a chunk being present) makes the
 //! round stop, and the next round sees it.
@@ -13,7 +15,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Compare, Txn, TxnOp};
-use switchboard_proto::{HistoryEntry, Manifest, Slot};
+use switchboard_proto::{HistoryEntry, Slot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{CoordinatorError, Result};
@@ -46,6 +48,7 @@ impl Default for JanitorSettings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Collected {
     pub manifests: usize,
+    pub pages: usize,
     pub chunks: usize,
 }
 
@@ -101,6 +104,7 @@ impl Janitor {
                     tracing::info!(
                         ns,
                         manifests = collected.manifests,
+                        pages = collected.pages,
                         chunks = collected.chunks,
                         "collected what nothing needs"
                     );
@@ -189,7 +193,9 @@ pub async fn collect(
 
     let manifests_prefix = keys.manifests_prefix(ns);
     let mut doomed: Vec<String> = Vec::new();
+    let mut kept_pages: HashSet<String> = HashSet::new();
     let mut kept_chunks: HashSet<String> = HashSet::new();
+    let mut chunks_unknown = false;
     // Keys first, then each kept manifest on its own: all of them in one answer could pass
     // gRPC's message limit.
     for key in store.keys_under(&manifests_prefix).await? {
@@ -198,14 +204,21 @@ pub async fn collect(
             doomed.push(key);
             continue;
         }
-        let Some(value) = store.get_raw(&key).await? else {
+        let Some(head) = store.read_head(ns, hash).await? else {
             continue;
         };
-        let manifest =
-            Manifest::from_json(&value).map_err(|e| CoordinatorError::CorruptRecord {
-                key: key.clone(),
-                reason: e.to_string(),
-            })?;
+        kept_pages.extend(head.pages.iter().map(|p| p.hash.clone()));
+        let pages = store.read_pages(ns, &head.pages).await?;
+        if pages.iter().any(Option::is_none) {
+            tracing::info!(
+                ns,
+                manifest = hash,
+                "a page of a kept manifest is not written yet: no chunk is collected this round"
+            );
+            chunks_unknown = true;
+            continue;
+        }
+        let manifest = store.assemble_manifest(ns, hash, &head, &pages)?;
         kept_chunks.extend(manifest.chunks.into_iter().map(|c| c.hash));
     }
     let manifests = doomed.len();
@@ -220,14 +233,24 @@ pub async fn collect(
             doomed.push(key);
         }
     }
-    let chunk_prefix = keys.chunk(ns, "");
-    let chunk_keys = store.keys_under(&chunk_prefix).await?;
-    let mut chunks = 0;
-    for key in chunk_keys {
-        let hash = key.strip_prefix(&chunk_prefix).unwrap_or_default();
-        if !kept_chunks.contains(hash) {
+    let page_prefix = keys.page(ns, "");
+    let mut pages = 0;
+    for key in store.keys_under(&page_prefix).await? {
+        let hash = key.strip_prefix(&page_prefix).unwrap_or_default();
+        if !kept_pages.contains(hash) {
             doomed.push(key);
-            chunks += 1;
+            pages += 1;
+        }
+    }
+    let mut chunks = 0;
+    if !chunks_unknown {
+        let chunk_prefix = keys.chunk(ns, "");
+        for key in store.keys_under(&chunk_prefix).await? {
+            let hash = key.strip_prefix(&chunk_prefix).unwrap_or_default();
+            if !kept_chunks.contains(hash) {
+                doomed.push(key);
+                chunks += 1;
+            }
         }
     }
 
@@ -256,6 +279,11 @@ pub async fn collect(
         }
     }
     metrics::counter!("switchboard_gc_manifests_deleted_total").increment(manifests as u64);
+    metrics::counter!("switchboard_gc_pages_deleted_total").increment(pages as u64);
     metrics::counter!("switchboard_gc_chunks_deleted_total").increment(chunks as u64);
-    Ok(Collected { manifests, chunks })
+    Ok(Collected {
+        manifests,
+        pages,
+        chunks,
+    })
 }

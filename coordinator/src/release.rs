@@ -2,7 +2,7 @@
 //! and the audit trail. Each change is one etcd transaction that compares the revisions it
 //! decided on (invariant 2) and writes its audit record (invariant 8).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use etcd_client::{Txn, TxnOp};
 use serde_json::json;
@@ -11,8 +11,9 @@ use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier, decode_chunk, sha256_
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
     Approval, AuditHead, AuditRecord, AuditTrail, History, HistoryEntry, HistoryVersion, Manifest,
-    NamespaceStatus, Routing, SealOutcome, Slot, SlotRef, SlotState, SlotVersion, StatusCanary,
-    StatusChange, StatusSidecar, StatusSlotVersion, StatusSlots, keys::validate_namespace,
+    ManifestHead, NamespaceStatus, PageRef, Routing, SealOutcome, Slot, SlotRef, SlotState,
+    SlotVersion, StatusCanary, StatusChange, StatusSidecar, StatusSlotVersion, StatusSlots,
+    keys::validate_namespace,
 };
 
 use crate::audit;
@@ -51,6 +52,12 @@ pub enum BeginStage {
         slot: Slot,
         version: String,
     },
+    /// Etcd lacks these pages of the manifest, and the request did not bring them. Nothing was
+    /// written; the caller sends them with the next request.
+    PagesNeeded {
+        version: String,
+        missing_pages: Vec<String>,
+    },
 }
 
 #[derive(Clone)]
@@ -86,19 +93,75 @@ impl Releases {
         &self.gates
     }
 
-    /// Announces a set: picks the idle slot, marks it staging with this manifest, and returns
-    /// the chunks that etcd does not hold yet.
+    /// Announces a set by the head of its paged manifest: picks the idle slot, marks it staging
+    /// with this manifest, writes the pages the request brings, and returns the chunks that
+    /// etcd does not hold yet. When etcd lacks pages that the request does not bring, nothing
+    /// is written and the reply names them.
+    ///
+    /// The pages are written after the slot names the manifest, never before: an unreferenced
+    /// page could be collected by the janitor between its write and the slot's. A page read
+    /// here and collected before the slot's write (a page of a version that was just dropped)
+    /// makes the seal fail, naming it, and the next stage sends it.
     pub async fn begin_stage(
         &self,
         ns: &str,
-        manifest_json: &[u8],
+        head_json: &[u8],
+        pages: Vec<Vec<u8>>,
         message: &str,
         actor: &Actor,
     ) -> Result<BeginStage> {
         check_namespace(ns)?;
-        let manifest = Manifest::from_json(manifest_json)
+        let head = ManifestHead::from_json(head_json)
             .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
-        let manifest_hash = manifest.hash();
+        let manifest_hash = head.hash();
+        let listed: HashSet<&str> = head.pages.iter().map(|p| p.hash.as_str()).collect();
+        let mut sent: HashMap<String, Vec<u8>> = HashMap::new();
+        for data in pages {
+            let hash = sha256_hex(&data);
+            if !listed.contains(hash.as_str()) {
+                return Err(CoordinatorError::InvalidInput(format!(
+                    "page {hash} is not one of the pages the manifest lists"
+                )));
+            }
+            sent.insert(hash, data);
+        }
+        let unsent: Vec<PageRef> = head
+            .pages
+            .iter()
+            .filter(|p| !sent.contains_key(&p.hash))
+            .cloned()
+            .collect();
+        let fetched = self.store.read_pages(ns, &unsent).await?;
+        let mut stored: HashMap<&str, Vec<u8>> = HashMap::new();
+        let mut missing_pages = Vec::new();
+        for (page_ref, data) in unsent.iter().zip(fetched) {
+            match data {
+                Some(data) => {
+                    stored.insert(page_ref.hash.as_str(), data);
+                }
+                None if !missing_pages.contains(&page_ref.hash) => {
+                    missing_pages.push(page_ref.hash.clone());
+                }
+                None => {}
+            }
+        }
+        if !missing_pages.is_empty() {
+            return Ok(BeginStage::PagesNeeded {
+                version: head.version,
+                missing_pages,
+            });
+        }
+        let page_data = head.pages.iter().map(|p| {
+            sent.get(&p.hash)
+                .or_else(|| stored.get(p.hash.as_str()))
+                .map_or(&[][..], Vec::as_slice)
+        });
+        let manifest = head
+            .assemble(page_data)
+            .map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
+        let sent: Vec<(String, Vec<u8>)> = sent.into_iter().collect();
+        let record_bytes =
+            head_json.len() as u64 + sent.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
         let keys = self.store.keys().clone();
         for _ in 0..MAX_ATTEMPTS {
             let state = self.store.read_namespace(ns).await?;
@@ -161,8 +224,7 @@ impl Releases {
                 at_ms: now_ms(),
             };
             // Refuse before anything is written when etcd would not hold the new chunks.
-            self.check_capacity(ns, &manifest, manifest_json.len() as u64)
-                .await?;
+            self.check_capacity(ns, &manifest, record_bytes).await?;
             // The slot must still be idle (routing unchanged) and nobody else may have begun
             // staging into it since we read it.
             let txn = Txn::new()
@@ -171,11 +233,7 @@ impl Releases {
                     unchanged(keys.slot(ns, slot), current.mod_revision),
                 ])
                 .and_then(vec![
-                    TxnOp::put(
-                        keys.manifest(ns, &manifest_hash),
-                        manifest.to_canonical_json(),
-                        None,
-                    ),
+                    TxnOp::put(keys.manifest(ns, &manifest_hash), head_json.to_vec(), None),
                     TxnOp::put(keys.slot(ns, slot), to_json(&slot_ref), None),
                     // Registers the namespace for the leader's loops.
                     TxnOp::put(keys.namespace_marker(ns), Vec::new(), None),
@@ -185,6 +243,7 @@ impl Releases {
                 continue;
             }
             let slot_revision = response.header().map_or(0, |h| h.revision());
+            self.store.put_pages(ns, &sent).await?;
             let hashes: Vec<String> = unique(manifest.chunks.iter().map(|c| c.hash.clone()));
             let missing_chunks = self.store.missing_chunks(ns, &hashes).await?;
             tracing::info!(ns, %slot, version = %manifest.version, missing = missing_chunks.len(), total = hashes.len(), "staging begun");
@@ -265,21 +324,13 @@ impl Releases {
     ) -> Result<SealOutcome> {
         check_namespace(ns)?;
         let keys = self.store.keys().clone();
-        let manifest_key = keys.manifest(ns, manifest_hash);
-        let manifest_raw = self.store.get_raw(&manifest_key).await?.ok_or_else(|| {
-            CoordinatorError::Refused(format!("manifest {manifest_hash} is not staged in {ns}"))
-        })?;
-        let manifest =
-            Manifest::from_json(&manifest_raw).map_err(|e| CoordinatorError::CorruptRecord {
-                key: manifest_key.clone(),
-                reason: e.to_string(),
+        let manifest = self
+            .store
+            .read_manifest(ns, manifest_hash)
+            .await?
+            .ok_or_else(|| {
+                CoordinatorError::Refused(format!("manifest {manifest_hash} is not staged in {ns}"))
             })?;
-        if sha256_hex(&manifest.to_canonical_json()) != manifest_hash {
-            return Err(CoordinatorError::CorruptRecord {
-                key: manifest_key,
-                reason: "content does not match its hash".into(),
-            });
-        }
         self.verify_set(ns, &manifest).await?;
 
         for _ in 0..MAX_ATTEMPTS {
@@ -508,31 +559,18 @@ impl Releases {
                 })?
             }
         };
-        let key = self.store.keys().manifest(ns, &hash);
-        let raw = self
-            .store
-            .get_raw(&key)
+        self.store
+            .read_manifest(ns, &hash)
             .await?
             .ok_or_else(|| match version {
                 Some(version) => CoordinatorError::Refused(format!(
                     "version {version} of {ns} is no longer retained: its manifest was collected"
                 )),
                 None => CoordinatorError::CorruptRecord {
-                    key: key.clone(),
+                    key: self.store.keys().manifest(ns, &hash),
                     reason: "missing".into(),
                 },
-            })?;
-        let manifest = Manifest::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
-        if manifest.hash() != hash {
-            return Err(CoordinatorError::CorruptRecord {
-                key,
-                reason: "content does not match its hash".into(),
-            });
-        }
-        Ok(manifest)
+            })
     }
 
     /// The history record of `version`: NotFound when it was never sealed in `ns`.

@@ -554,8 +554,9 @@ impl Releases {
         } else {
             format!("rollback to {version}: {reason}")
         };
+        let head = manifest.to_pages().0;
         let begun = self
-            .begin_stage(ns, &manifest.to_canonical_json(), &message, actor)
+            .begin_stage(ns, &head.to_canonical_json(), Vec::new(), &message, actor)
             .await?;
         match begun {
             BeginStage::Staging {
@@ -577,6 +578,12 @@ impl Releases {
             BeginStage::AlreadyActive { .. } => Err(CoordinatorError::Refused(format!(
                 "version {version} is already active in {ns}"
             ))),
+            BeginStage::PagesNeeded { missing_pages, .. } => {
+                Err(CoordinatorError::Conflict(format!(
+                    "{} pages of the manifest of version {version} of {ns} vanished while it was restaged; retry",
+                    missing_pages.len()
+                )))
+            }
         }
     }
 

@@ -7,7 +7,8 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpRespo
 use serde::de::DeserializeOwned;
 use switchboard_proto::set::read_batches;
 use switchboard_proto::{
-    Approval, AuditHead, HealthRecord, Keys, Policy, Rollout, Routing, Slot, SlotRef,
+    Approval, AuditHead, HealthRecord, Keys, Manifest, ManifestHead, Page, PageRef, Policy,
+    Rollout, Routing, Slot, SlotRef,
 };
 
 use crate::error::{CoordinatorError, Result};
@@ -284,9 +285,24 @@ impl Store {
     /// Writes chunks in as few requests as etcd's limits allow. Chunks are content-addressed,
     /// so writing one that exists already changes nothing but its revision.
     pub async fn put_chunks(&self, ns: &str, chunks: &[(String, Vec<u8>)]) -> Result<()> {
+        self.put_content(chunks, |hash| self.keys.chunk(ns, hash))
+            .await
+    }
+
+    /// Writes manifest pages, as `put_chunks` writes chunks.
+    pub async fn put_pages(&self, ns: &str, pages: &[(String, Vec<u8>)]) -> Result<()> {
+        self.put_content(pages, |hash| self.keys.page(ns, hash))
+            .await
+    }
+
+    async fn put_content(
+        &self,
+        blobs: &[(String, Vec<u8>)],
+        key: impl Fn(&str) -> String,
+    ) -> Result<()> {
         let mut batch: Vec<TxnOp> = Vec::new();
         let mut batch_bytes = 0;
-        for (hash, data) in chunks {
+        for (hash, data) in blobs {
             if !batch.is_empty()
                 && (batch.len() == MAX_TXN_OPS || batch_bytes + data.len() > MAX_TXN_BYTES)
             {
@@ -294,13 +310,85 @@ impl Store {
                     .await?;
                 batch_bytes = 0;
             }
-            batch.push(TxnOp::put(self.keys.chunk(ns, hash), data.clone(), None));
+            batch.push(TxnOp::put(key(hash), data.clone(), None));
             batch_bytes += data.len();
         }
         if !batch.is_empty() {
             self.txn(Txn::new().and_then(batch)).await?;
         }
         Ok(())
+    }
+
+    /// The manifest head stored under `hash`, checked against its name; `None` when absent.
+    pub async fn read_head(&self, ns: &str, hash: &str) -> Result<Option<ManifestHead>> {
+        let key = self.keys.manifest(ns, hash);
+        let Some(raw) = self.get_raw(&key).await? else {
+            return Ok(None);
+        };
+        let head = ManifestHead::from_json(&raw).map_err(|e| CoordinatorError::CorruptRecord {
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        if head.hash() != hash {
+            return Err(CoordinatorError::CorruptRecord {
+                key,
+                reason: "content does not match its hash".into(),
+            });
+        }
+        Ok(Some(head))
+    }
+
+    /// The pages named, in the order given; `None` for each page etcd lacks.
+    pub async fn read_pages(&self, ns: &str, pages: &[PageRef]) -> Result<Vec<Option<Vec<u8>>>> {
+        let sizes: Vec<u64> = pages.iter().map(|p| Page::stored_len(p.chunks)).collect();
+        let mut found = Vec::with_capacity(sizes.len());
+        for range in read_batches(&sizes) {
+            let reads: Vec<TxnOp> = pages[range]
+                .iter()
+                .map(|p| TxnOp::get(self.keys.page(ns, &p.hash), None))
+                .collect();
+            let response = self.txn(Txn::new().and_then(reads)).await?;
+            found.extend(response.op_responses().into_iter().map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            }));
+        }
+        Ok(found)
+    }
+
+    /// The whole manifest named `hash`: its head and every page, verified against the name.
+    /// `None` when there is no such manifest; a missing page is an error naming it.
+    pub async fn read_manifest(&self, ns: &str, hash: &str) -> Result<Option<Manifest>> {
+        let Some(head) = self.read_head(ns, hash).await? else {
+            return Ok(None);
+        };
+        let pages = self.read_pages(ns, &head.pages).await?;
+        self.assemble_manifest(ns, hash, &head, &pages).map(Some)
+    }
+
+    /// Builds the manifest from its head and pages read from etcd.
+    pub fn assemble_manifest(
+        &self,
+        ns: &str,
+        hash: &str,
+        head: &ManifestHead,
+        pages: &[Option<Vec<u8>>],
+    ) -> Result<Manifest> {
+        let mut data = Vec::with_capacity(pages.len());
+        for (page_ref, page) in head.pages.iter().zip(pages) {
+            let page = page.as_deref().ok_or_else(|| {
+                CoordinatorError::Refused(format!(
+                    "page {} of manifest {hash} in namespace {ns} is missing from etcd; run sbctl stage again to upload it",
+                    page_ref.hash
+                ))
+            })?;
+            data.push(page);
+        }
+        head.assemble(data)
+            .map_err(|e| CoordinatorError::CorruptRecord {
+                key: self.keys.manifest(ns, hash),
+                reason: e.to_string(),
+            })
     }
 
     /// Reads chunks in batches of bounded size; `sizes` are the expected byte counts from the

@@ -52,8 +52,27 @@ pub struct Restage {
     pub seconds: f64,
     pub chunks_uploaded: u64,
     pub chunks_total: u64,
+    /// Chunk bytes uploaded, and the bytes of all the set's chunks.
     pub bytes_uploaded: u64,
     pub bytes_total: u64,
+    /// The manifest's share of the upload: its head, sent with each request, and the pages of
+    /// its chunk list that etcd lacked.
+    #[serde(default)]
+    pub manifest_bytes_uploaded: u64,
+    #[serde(default)]
+    pub pages_uploaded: u64,
+    #[serde(default)]
+    pub pages_total: u64,
+}
+
+impl Restage {
+    /// Everything this re-stage sent, chunks and manifest, as a share of the set's chunk bytes.
+    pub fn percent_uploaded(&self) -> f64 {
+        stats::percent(
+            (self.bytes_uploaded + self.manifest_bytes_uploaded) as f64,
+            self.bytes_total as f64,
+        )
+    }
 }
 
 impl StageReport {
@@ -123,6 +142,9 @@ pub async fn run(config: &StageConfig, work: &std::path::Path) -> Result<StageRe
             chunks_total: field(&report, "chunks_total")?,
             bytes_uploaded: field(&report, "chunk_bytes_uploaded")?,
             bytes_total: field(&report, "chunk_bytes_total")?,
+            manifest_bytes_uploaded: field(&report, "manifest_bytes_uploaded")?,
+            pages_uploaded: field(&report, "pages_uploaded")?,
+            pages_total: field(&report, "pages_total")?,
         });
     }
     drop(sidecar);
@@ -271,14 +293,17 @@ pub fn render(report: &StageReport) -> String {
     );
     for restage in &report.restage {
         out.push_str(&format!(
-            "| re-stage after {}% of items changed, {:?} | {} of {} chunks, {:.1} of {:.1} MB ({:.1}% of the bytes), {:.2} s |\n",
+            "| re-stage after {}% of items changed, {:?} | {} of {} chunks and {} of {} manifest pages; {:.2} MB of chunks and {:.2} MB of manifest, of {:.1} MB ({:.1}% of the bytes); {:.2} s |\n",
             restage.percent_items_changed,
             restage.pattern,
             restage.chunks_uploaded,
             restage.chunks_total,
+            restage.pages_uploaded,
+            restage.pages_total,
             mb(restage.bytes_uploaded),
+            mb(restage.manifest_bytes_uploaded),
             mb(restage.bytes_total),
-            stats::percent(restage.bytes_uploaded as f64, restage.bytes_total as f64),
+            restage.percent_uploaded(),
             restage.seconds,
         ));
     }

@@ -3,7 +3,8 @@
 //! ```text
 //! <prefix>/ns/<ns>/routing             Routing (the only key sidecars watch)
 //! <prefix>/ns/<ns>/slots/<blue|green>  SlotRef
-//! <prefix>/ns/<ns>/manifests/<sha256>  Manifest, content-addressed
+//! <prefix>/ns/<ns>/manifests/<sha256>  Manifest head (paged), content-addressed
+//! <prefix>/ns/<ns>/pages/<sha256>      page of a manifest's chunk references, content-addressed
 //! <prefix>/ns/<ns>/chunks/<sha256>     chunk of consecutive items, content-addressed
 //! <prefix>/ns/<ns>/health/<sidecar-id> HealthRecord, bound to the sidecar's lease
 //! <prefix>/ns/<ns>/audit/<seq>         AuditRecord, hash-chained, seq zero-padded to 20 digits
@@ -54,6 +55,11 @@ impl Keys {
 
     pub fn chunk(&self, ns: &str, hash: &str) -> String {
         format!("{}/chunks/{hash}", self.ns(ns))
+    }
+
+    /// A page of a manifest's chunk references; `page(ns, "")` is the prefix of all of them.
+    pub fn page(&self, ns: &str, hash: &str) -> String {
+        format!("{}/pages/{hash}", self.ns(ns))
     }
 
     pub fn health(&self, ns: &str, sidecar_id: &str) -> String {

@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod gate;
 pub mod judge;
 pub mod keys;
+pub mod paged;
 pub mod set;
 pub mod time;
 pub mod types;
@@ -21,5 +22,6 @@ pub mod pb {
 pub use bucket::{BUCKETS, bucket};
 pub use gate::{Gate, GateCheck, GateOp, GateOutcome, GateReport};
 pub use keys::Keys;
+pub use paged::{ManifestHead, Page, PageRef};
 pub use set::{ContractError, ItemSet};
 pub use types::*;

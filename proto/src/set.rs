@@ -22,8 +22,11 @@ use crate::types::{ChunkRef, Manifest};
 pub const MAX_KEY_BYTES: usize = 512;
 /// Largest value, in bytes of canonical JSON.
 pub const MAX_ITEM_BYTES: usize = 1024 * 1024;
-/// Average chunk size the boundaries aim at.
-pub const TARGET_CHUNK_BYTES: usize = 64 * 1024;
+/// Average chunk size the boundaries aim at. Small, so that a change scattered over a few items
+/// replaces few bytes: with items of 1 KB a chunk holds about two, and a change of 1% of the
+/// items scattered at random re-uploads about 3% of the bytes. The chunk list this makes is
+/// long, which is why manifests are stored paged (`crate::paged`).
+pub const TARGET_CHUNK_BYTES: usize = 2 * 1024;
 /// No chunk grows past this unless a single item needs it; with one item of `MAX_ITEM_BYTES`
 /// a chunk stays under etcd's 1.5 MiB request limit.
 pub const MAX_CHUNK_BYTES: usize = 1024 * 1024 + 4096;
@@ -31,8 +34,12 @@ pub const MAX_CHUNK_BYTES: usize = 1024 * 1024 + 4096;
 pub const MAX_READS_PER_TXN: usize = 100;
 /// Most chunk bytes asked for in one etcd transaction, under the 4 MiB gRPC message limit.
 pub const MAX_READ_BYTES: u64 = 3 * 1024 * 1024;
-/// Largest manifest document: it must fit in one etcd request with room to spare.
+/// Largest stored manifest head (`crate::paged`): it must fit in one etcd request with room to
+/// spare.
 pub const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Largest whole manifest, with every chunk listed, as a snapshot file or a gRPC answer holds
+/// it: about 150,000 chunks, under the gRPC message limit of 16 MiB.
+pub const MAX_WHOLE_MANIFEST_BYTES: usize = 15 * 1024 * 1024;
 /// Version of the manifest document format.
 pub const MANIFEST_FORMAT: u32 = 1;
 const CHUNK_MAGIC: &[u8; 4] = b"SBC1";
@@ -421,31 +428,29 @@ fn take_field(input: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 impl Manifest {
-    /// The SHA-256 of the manifest's canonical JSON: its name in etcd and in routing.
-    pub fn hash(&self) -> String {
-        sha256_hex(&self.to_canonical_json())
-    }
-
     pub fn to_canonical_json(&self) -> Vec<u8> {
         // A manifest is plain data; serialising it to a Value cannot fail.
         canonical_json(&serde_json::to_value(self).unwrap_or_default())
     }
 
-    /// Parses a manifest and checks that it is internally consistent.
+    /// Parses a whole manifest (from a snapshot file or a coordinator's answer) and checks that
+    /// it is internally consistent. In etcd a manifest is stored paged (`crate::paged`).
     pub fn from_json(data: &[u8]) -> Result<Self, ContractError> {
-        if data.len() > MAX_MANIFEST_BYTES {
+        if data.len() > MAX_WHOLE_MANIFEST_BYTES {
             return Err(ContractError::InvalidManifest(format!(
-                "{} bytes, over the limit of {MAX_MANIFEST_BYTES}: the set has too many chunks for one manifest",
+                "{} bytes, over the limit of {MAX_WHOLE_MANIFEST_BYTES}",
                 data.len()
             )));
         }
         let manifest: Manifest = serde_json::from_slice(data)
             .map_err(|e| ContractError::InvalidManifest(format!("not a manifest: {e}")))?;
-        manifest.check_shape()?;
+        manifest.check()?;
         Ok(manifest)
     }
 
-    fn check_shape(&self) -> Result<(), ContractError> {
+    /// Checks that the manifest is internally consistent: format, hashes, and counts that add
+    /// up without overflow.
+    pub(crate) fn check(&self) -> Result<(), ContractError> {
         let bad = |m: String| Err(ContractError::InvalidManifest(m));
         if self.format != MANIFEST_FORMAT {
             return bad(format!("format {} is not {MANIFEST_FORMAT}", self.format));

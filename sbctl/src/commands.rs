@@ -103,16 +103,46 @@ pub async fn stage_manifest(
     chunks: Vec<Chunk>,
     message: &str,
 ) -> Result<StageReport, CliError> {
-    let manifest_hash = manifest.hash();
-    let manifest_json = String::from_utf8(manifest.to_canonical_json())
+    let (head, pages) = manifest.to_pages();
+    let manifest_hash = head.hash();
+    let head_json = String::from_utf8(head.to_canonical_json())
         .map_err(|e| CliError::Failed(format!("the manifest is not UTF-8: {e}")))?;
-    let begun = coordinator
-        .begin_stage(BeginStageRequest {
-            namespace: namespace.to_string(),
-            manifest_json,
-            message: message.to_string(),
-        })
-        .await?;
+    let begin = |pages: Vec<Vec<u8>>| BeginStageRequest {
+        namespace: namespace.to_string(),
+        manifest_json: head_json.clone(),
+        message: message.to_string(),
+        pages,
+    };
+    let mut manifest_bytes_uploaded = head_json.len() as u64;
+    let mut pages_uploaded = 0;
+    let mut begun = coordinator.begin_stage(begin(Vec::new())).await?;
+    if begun.outcome == "pages_needed" {
+        // Etcd lacks some pages of the chunk list: send those, and only those, with the head.
+        let wanted: HashSet<&str> = begun.missing_pages.iter().map(String::as_str).collect();
+        let known: HashSet<&str> = pages.iter().map(|p| p.hash.as_str()).collect();
+        if let Some(stranger) = wanted.iter().find(|h| !known.contains(*h)) {
+            return Err(CliError::BadReply {
+                rpc: "BeginStage",
+                problem: format!("it asks for page {stranger}, which the manifest does not have"),
+            });
+        }
+        let to_send: Vec<Vec<u8>> = pages
+            .iter()
+            .filter(|p| wanted.contains(p.hash.as_str()))
+            .map(|p| p.data.clone())
+            .collect();
+        pages_uploaded = to_send.len() as u64;
+        manifest_bytes_uploaded +=
+            head_json.len() as u64 + to_send.iter().map(|p| p.len() as u64).sum::<u64>();
+        begun = coordinator.begin_stage(begin(to_send)).await?;
+        if begun.outcome == "pages_needed" {
+            // Pages that etcd held a moment ago were collected meanwhile (a dropped version's).
+            return Err(CliError::Failed(format!(
+                "{} pages of the manifest vanished from etcd while staging began; run sbctl stage again",
+                begun.missing_pages.len()
+            )));
+        }
+    }
     let bad_reply = |problem: String| CliError::BadReply {
         rpc: "BeginStage",
         problem,
@@ -135,6 +165,9 @@ pub async fn stage_manifest(
         chunks_uploaded: 0,
         chunk_bytes_total: chunks.iter().map(|c| c.data.len() as u64).sum(),
         chunk_bytes_uploaded: 0,
+        pages_total: pages.len() as u64,
+        pages_uploaded,
+        manifest_bytes_uploaded,
         replaced_version: Some(begun.replaced_version.clone()).filter(|v| !v.is_empty()),
     };
     if let Some(replaced) = &report.replaced_version {

@@ -904,6 +904,15 @@ pub struct StageReport {
     pub chunk_bytes_total: u64,
     #[serde(default)]
     pub chunk_bytes_uploaded: u64,
+    /// Pages of the manifest's chunk list, and those this stage had to upload.
+    #[serde(default)]
+    pub pages_total: u64,
+    #[serde(default)]
+    pub pages_uploaded: u64,
+    /// Bytes of manifest sent to the coordinator: the head (once per request) and the pages
+    /// uploaded.
+    #[serde(default)]
+    pub manifest_bytes_uploaded: u64,
     /// The sealed version the idle slot held before this stage overwrote it.
     pub replaced_version: Option<String>,
 }
@@ -1502,6 +1511,9 @@ mod tests {
             chunks_uploaded: 3,
             chunk_bytes_total: 1_300_000,
             chunk_bytes_uploaded: 97_000,
+            pages_total: 4,
+            pages_uploaded: 1,
+            manifest_bytes_uploaded: 2_000,
             replaced_version: None,
         };
         let text = render_stage(&report);

@@ -1,14 +1,14 @@
 //! Loads a set from etcd by its manifest hash and verifies it before anyone may see it.
 //!
-//! Manifests and chunks are content-addressed and never change once written, so they need no
+//! Manifest heads, pages and chunks are content-addressed and never change once written, so they need no
 //! revision pinning: what routing names at revision R is exactly what is read here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Txn, TxnOp, TxnOpResponse};
-use switchboard_proto::set::{SetVerifier, read_batches, sha256_hex};
-use switchboard_proto::{Keys, Manifest};
+use switchboard_proto::set::{SetVerifier, read_batches};
+use switchboard_proto::{ContractError, Keys, Manifest, ManifestHead, Page};
 
 use crate::snapshot::LoadedSet;
 
@@ -58,10 +58,13 @@ pub async fn load_set(
         key: manifest_key.clone(),
         reason,
     };
-    let manifest = Manifest::from_json(&raw).map_err(|e| invalid(e.to_string()))?;
-    if sha256_hex(&manifest.to_canonical_json()) != manifest_hash {
+    let head = ManifestHead::from_json(&raw).map_err(|e| invalid(e.to_string()))?;
+    if head.hash() != manifest_hash {
         return Err(invalid("content does not match its hash".into()));
     }
+    let manifest = read_pages(&mut client, keys, ns, &head)
+        .await?
+        .map_err(|e| invalid(e.to_string()))?;
 
     let mut verifier = SetVerifier::new(&manifest);
     let chunks = &manifest.chunks;
@@ -93,6 +96,41 @@ pub async fn load_set(
         checksum: manifest.checksum,
         items,
     })
+}
+
+/// Reads the pages of a manifest head and assembles the manifest; the inner error is a page
+/// that does not verify against the head.
+async fn read_pages(
+    client: &mut Client,
+    keys: &Keys,
+    ns: &str,
+    head: &ManifestHead,
+) -> Result<Result<Manifest, ContractError>, LoadError> {
+    let sizes: Vec<u64> = head
+        .pages
+        .iter()
+        .map(|p| Page::stored_len(p.chunks))
+        .collect();
+    let mut pages = Vec::with_capacity(sizes.len());
+    for range in read_batches(&sizes) {
+        let batch = &head.pages[range];
+        let reads: Vec<TxnOp> = batch
+            .iter()
+            .map(|p| TxnOp::get(keys.page(ns, &p.hash), None))
+            .collect();
+        let response = with_timeout(client.txn(Txn::new().and_then(reads))).await?;
+        for (page, op) in batch.iter().zip(response.op_responses()) {
+            let data = match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                _ => None,
+            }
+            .ok_or_else(|| LoadError::Missing {
+                key: keys.page(ns, &page.hash),
+            })?;
+            pages.push(data);
+        }
+    }
+    Ok(head.assemble(pages.iter().map(Vec::as_slice)))
 }
 
 /// Keeps loaded sets by manifest hash, so that a routing change that only moves the canary

@@ -16,8 +16,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use sha2::{Digest, Sha256};
 use switchboard_proto::set::{SetVerifier, decode_chunk, sha256_hex};
 use switchboard_proto::{
-    Approval, AuditHead, AuditRecord, HealthRecord, HistoryEntry, ItemSet, Manifest, Policy,
-    Rollout, Routing, Slot, SlotRef, SlotVersion,
+    Approval, AuditHead, AuditRecord, HealthRecord, HistoryEntry, ItemSet, Manifest, ManifestHead,
+    Policy, Rollout, Routing, Slot, SlotRef, SlotVersion,
 };
 
 const CASES_PER_ROUND: u32 = 256;
@@ -145,6 +145,33 @@ fn fuzz_manifest_json() {
             // Whatever parses is usable: its hash and its chunk sizes can be taken.
             let _ = manifest.hash();
             let _: u64 = manifest.chunks.iter().map(|c| c.stored_len()).sum();
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_manifest_head_and_pages() {
+    let (manifest, _) = sample_set(1500).to_chunks();
+    let (head, pages) = manifest.to_pages();
+    fuzz("manifest head", input(head.to_canonical_json()), |data| {
+        if let Ok(parsed) = ManifestHead::from_json(&data) {
+            let _ = parsed.hash();
+            // Only the true head assembles from the true pages.
+            if parsed
+                .assemble(pages.iter().map(|p| p.data.as_slice()))
+                .is_ok()
+            {
+                prop_assert_eq!(&parsed, &head);
+            }
+        }
+        Ok(())
+    });
+    fuzz("manifest page", input(pages[0].data.clone()), |data| {
+        let mut all: Vec<&[u8]> = pages.iter().map(|p| p.data.as_slice()).collect();
+        all[0] = &data;
+        if let Ok(assembled) = head.assemble(all) {
+            prop_assert_eq!(&assembled, &manifest);
         }
         Ok(())
     });

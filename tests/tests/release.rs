@@ -402,6 +402,151 @@ async fn staging_identical_content_is_a_no_op() -> Result<()> {
     Ok(())
 }
 
+/// A set whose chunk list spans many manifest pages: a change scattered over 1% of the items
+/// uploads only the chunks and the manifest pages that hold them, and the sidecar serves the
+/// new version whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scattered_change_re_uploads_only_the_chunks_and_pages_it_touches() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let sidecar = env.start_sidecar("sidecar-1").await?;
+    let (first_dir, second_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let first = write_set(first_dir.path(), "a", 3000, 1000)?;
+    let second = write_set(second_dir.path(), "a", 3000, 1000)?;
+    // Every 100th item changes, keeping its length, so no chunk boundary moves.
+    let changed: Vec<usize> = (7..3000).step_by(100).collect();
+    for &i in &changed {
+        let value = serde_json::json!({"generation": "b", "i": i, "pad": "x".repeat(1000)});
+        std::fs::write(
+            second.join(format!("items/k{i:05}.json")),
+            value.to_string(),
+        )?;
+    }
+
+    let staged = sbctl
+        .run_json(&["stage", NS, &first.display().to_string()])
+        .await?;
+    let pages_total = staged["pages_total"].as_u64().context("pages_total")?;
+    ensure!(pages_total > 20, "the set spans few pages: {staged}");
+    assert_eq!(staged["pages_uploaded"], pages_total, "{staged}");
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    sidecar
+        .wait_for_epoch(NS, epoch(&sbctl, NS).await?, DEADLINE)
+        .await?;
+
+    let restaged = sbctl
+        .run_json(&["stage", NS, &second.display().to_string()])
+        .await?;
+    let field = |name: &str| restaged[name].as_u64().context(name.to_string());
+    ensure!(
+        field("chunks_uploaded")? <= changed.len() as u64,
+        "{} items changed: {restaged}",
+        changed.len()
+    );
+    ensure!(
+        field("pages_uploaded")? <= changed.len() as u64 && field("pages_uploaded")? > 0,
+        "{restaged}"
+    );
+    let uploaded = field("chunk_bytes_uploaded")? + field("manifest_bytes_uploaded")?;
+    ensure!(
+        uploaded * 100 < field("chunk_bytes_total")? * 5,
+        "a 1% change sent {uploaded} bytes: {restaged}"
+    );
+
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    sidecar
+        .wait_for_epoch(NS, epoch(&sbctl, NS).await?, DEADLINE)
+        .await?;
+    let changed_item = sidecar.get_item(NS, "items/k00107", None).await?;
+    assert_eq!(changed_item.body["generation"], "b");
+    let unchanged_item = sidecar.get_item(NS, "items/k00108", None).await?;
+    assert_eq!(unchanged_item.body["generation"], "a");
+    let status = sidecar.status().await?;
+    assert_eq!(
+        status["namespaces"][NS]["loaded"][0]["items"], 3000,
+        "the sidecar holds the whole set: {status}"
+    );
+    Ok(())
+}
+
+/// Bad input at the coordinator's stage entry, on real etcd: a head whose pages etcd lacks is
+/// answered with the missing pages and nothing written; a page that the head does not list is
+/// refused, naming it; with its pages, the stage begins and the pages are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_stage_asks_for_missing_pages_and_refuses_pages_it_did_not_list() -> Result<()> {
+    use switchboard_coordinator::error::CoordinatorError;
+    use switchboard_coordinator::release::{Actor, BeginStage, Releases};
+    use switchboard_coordinator::store::Store;
+
+    const PAGED: &str = "paged";
+    let env = TestEnv::start(&[NS]).await?;
+    let client = env.etcd_client().await?;
+    let releases = Releases::new(Store::new(client.clone(), env.keys().clone()));
+    let actor = Actor {
+        name: "tester".into(),
+    };
+    let mut set = switchboard_proto::ItemSet::new();
+    for i in 0..2000 {
+        let value = serde_json::json!({"i": i, "pad": "x".repeat(1000)});
+        set.insert_value(&format!("items/k{i:05}"), &value)?;
+    }
+    let (manifest, _) = set.to_chunks();
+    let (head, pages) = manifest.to_pages();
+    ensure!(pages.len() > 10, "{} pages", pages.len());
+    let head_json = head.to_canonical_json();
+    let namespace_keys = async || -> Result<usize> {
+        let mut client = client.clone();
+        let prefix = format!("{}/ns/{PAGED}/", env.prefix());
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        Ok(client.get(prefix.as_str(), Some(options)).await?.count() as usize)
+    };
+
+    let begun = releases
+        .begin_stage(PAGED, &head_json, Vec::new(), "m", &actor)
+        .await?;
+    let BeginStage::PagesNeeded { missing_pages, .. } = begun else {
+        anyhow::bail!("expected pages_needed, got {begun:?}");
+    };
+    let unique: HashSet<&str> = pages.iter().map(|p| p.hash.as_str()).collect();
+    assert_eq!(missing_pages.len(), unique.len());
+    assert_eq!(namespace_keys().await?, 0, "pages_needed wrote something");
+
+    let mut foreign = pages[0].data.clone();
+    foreign[10] ^= 1;
+    let refused = releases
+        .begin_stage(PAGED, &head_json, vec![foreign], "m", &actor)
+        .await;
+    match refused {
+        Err(CoordinatorError::InvalidInput(reason)) => {
+            ensure!(reason.contains("not one of the pages"), "{reason}")
+        }
+        other => anyhow::bail!("a foreign page was not refused: {other:?}"),
+    }
+    assert_eq!(
+        namespace_keys().await?,
+        0,
+        "a refused stage wrote something"
+    );
+
+    let all: Vec<Vec<u8>> = pages.iter().map(|p| p.data.clone()).collect();
+    let begun = releases
+        .begin_stage(PAGED, &head_json, all, "m", &actor)
+        .await?;
+    let BeginStage::Staging { missing_chunks, .. } = begun else {
+        anyhow::bail!("expected staging, got {begun:?}");
+    };
+    assert_eq!(missing_chunks.len(), manifest.chunks.len());
+    let stored = releases
+        .store()
+        .read_manifest(PAGED, &head.hash())
+        .await?
+        .context("the manifest is stored")?;
+    assert_eq!(stored, manifest);
+    Ok(())
+}
+
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {

@@ -130,8 +130,15 @@ async fn corrupt_data_in_etcd_is_never_served() -> Result<()> {
         .context("green manifest")?
         .to_string();
     let raw = client.get(env.keys().manifest(NS, &manifest), None).await?;
-    let manifest: switchboard_proto::Manifest =
-        serde_json::from_slice(raw.kvs().first().context("manifest missing")?.value())?;
+    let head = switchboard_proto::ManifestHead::from_json(
+        raw.kvs().first().context("manifest missing")?.value(),
+    )?;
+    let mut pages = Vec::new();
+    for page in &head.pages {
+        let raw = client.get(env.keys().page(NS, &page.hash), None).await?;
+        pages.push(raw.kvs().first().context("page missing")?.value().to_vec());
+    }
+    let manifest = head.assemble(pages.iter().map(Vec::as_slice))?;
     let chunk_key = env.keys().chunk(NS, &manifest.chunks[0].hash);
     let mut chunk = client
         .get(chunk_key.as_str(), None)
