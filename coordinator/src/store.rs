@@ -1,9 +1,11 @@
 //! Typed access to one namespace's records in etcd: reads at one revision, the transactions
 //! that change them, and chunk transfer in batches that respect etcd's request limits.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use switchboard_proto::set::read_batches;
 use switchboard_proto::{
@@ -17,6 +19,13 @@ use crate::error::{CoordinatorError, Result};
 pub const MAX_TXN_OPS: usize = 100;
 /// Most chunk bytes one request may carry; etcd refuses requests over 1.5 MiB.
 pub const MAX_TXN_BYTES: usize = 1024 * 1024 + 64 * 1024;
+/// Chunk read batches in flight at once (`for_each_chunk`).
+const READS_IN_FLIGHT: usize = 3;
+/// Most keys one listing request returns (`keys_under`).
+const KEYS_PER_READ: i64 = 10_000;
+/// Above this many chunk hashes, `missing_chunks` lists the namespace's chunks instead of
+/// looking each one up.
+const LOOKUPS_BEFORE_LISTING: usize = 1_000;
 /// How long one etcd request may take before the caller gives up.
 pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -196,14 +205,40 @@ impl Store {
 
     /// The keys under a prefix, without their values, in key order.
     pub async fn keys_under(&self, prefix: &str) -> Result<Vec<String>> {
+        self.keys_under_in_pages(prefix, KEYS_PER_READ).await
+    }
+
+    /// `keys_under`, reading at most `per_read` keys per request: the keys of a large set's
+    /// chunks (about 100 bytes each) would pass gRPC's 4 MiB message limit in one answer.
+    pub async fn keys_under_in_pages(&self, prefix: &str, per_read: i64) -> Result<Vec<String>> {
         let mut client = self.client.clone();
-        let options = GetOptions::new().with_prefix().with_keys_only();
-        let response = with_timeout(client.get(prefix, Some(options))).await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .collect())
+        let mut end = prefix.as_bytes().to_vec();
+        // The end of the prefix range: its last byte incremented ("a/" ends before "a0").
+        if let Some(last) = end.last_mut() {
+            *last = last.saturating_add(1);
+        }
+        let mut from = prefix.as_bytes().to_vec();
+        let mut keys = Vec::new();
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_keys_only()
+                .with_limit(per_read);
+            let response = with_timeout(client.get(from.clone(), Some(options))).await?;
+            keys.extend(
+                response
+                    .kvs()
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+            );
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(keys),
+            }
+        }
     }
 
     /// The id of the coordinator replica currently elected leader, if any.
@@ -259,8 +294,24 @@ impl Store {
         Ok(records)
     }
 
-    /// Which of `hashes` have no chunk in etcd yet.
+    /// Which of `hashes` have no chunk in etcd yet. Many hashes are looked up in the listing of
+    /// the namespace's chunk keys, which is one range read per 10,000 keys instead of one
+    /// lookup per hash; a few are looked up one by one.
     pub async fn missing_chunks(&self, ns: &str, hashes: &[String]) -> Result<Vec<String>> {
+        if hashes.len() > LOOKUPS_BEFORE_LISTING {
+            let prefix = self.keys.chunk(ns, "");
+            let present: HashSet<String> = self
+                .keys_under(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|key| key.strip_prefix(&prefix).map(str::to_string))
+                .collect();
+            return Ok(hashes
+                .iter()
+                .filter(|h| !present.contains(*h))
+                .cloned()
+                .collect());
+        }
         let mut missing = Vec::new();
         for batch in hashes.chunks(MAX_TXN_OPS) {
             let reads: Vec<TxnOp> = batch
@@ -401,13 +452,19 @@ impl Store {
         mut each: impl FnMut(&str, &[u8]) -> Result<()>,
     ) -> Result<()> {
         let sizes: Vec<u64> = hashes.iter().map(|(_, size)| *size).collect();
-        for range in read_batches(&sizes) {
+        // A few batches in flight at once, handed over in order: etcd answers a batch of small
+        // chunks in about the time it takes to verify one, so reading ahead halves the wait.
+        let mut batches = futures::stream::iter(read_batches(&sizes).into_iter().map(|range| {
             let batch = &hashes[range];
             let reads: Vec<TxnOp> = batch
                 .iter()
                 .map(|(h, _)| TxnOp::get(self.keys.chunk(ns, h), None))
                 .collect();
-            let response = self.txn(Txn::new().and_then(reads)).await?;
+            async move { (batch, self.txn(Txn::new().and_then(reads)).await) }
+        }))
+        .buffered(READS_IN_FLIGHT);
+        while let Some((batch, response)) = batches.next().await {
+            let response = response?;
             for ((hash, _), op) in batch.iter().zip(response.op_responses()) {
                 let data = match op {
                     TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),

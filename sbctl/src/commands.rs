@@ -9,7 +9,7 @@ use switchboard_proto::pb::{
     BeginStageRequest, ChunkData, FlipRequest, RollbackRequest, RolloutRequest, SealRequest,
     SetCanaryRequest,
 };
-use switchboard_proto::set::Chunk;
+use switchboard_proto::set::{Chunk, MAX_WHOLE_MANIFEST_BYTES};
 use switchboard_proto::time::now_ms;
 use switchboard_proto::{AuditTrail, Manifest, NamespaceStatus, Policy, RoutingChange, Slot};
 use tonic::Code;
@@ -103,6 +103,14 @@ pub async fn stage_manifest(
     chunks: Vec<Chunk>,
     message: &str,
 ) -> Result<StageReport, CliError> {
+    let whole = manifest.to_canonical_json().len();
+    if whole > MAX_WHOLE_MANIFEST_BYTES {
+        return Err(CliError::Refused(format!(
+            "the set has {} chunks, and its manifest of {} bytes is over the {MAX_WHOLE_MANIFEST_BYTES} that plan, diff and snapshots can fetch; split it over more namespaces",
+            manifest.chunks.len(),
+            whole
+        )));
+    }
     let (head, pages) = manifest.to_pages();
     let manifest_hash = head.hash();
     let head_json = String::from_utf8(head.to_canonical_json())

@@ -207,3 +207,32 @@ async fn the_leader_collects_what_nothing_needs_and_compacts() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// The janitor and the stage list a namespace's chunk keys, which for a large set are more
+/// than one gRPC answer holds: the listing reads them in pages, in order, and stops at the end
+/// of the prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_listings_are_read_in_pages_and_end_at_the_prefix() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let mut client = env.etcd_client().await?;
+    let prefix = format!("{}/listing/", env.prefix());
+    let mut expected = Vec::new();
+    for i in 0..25 {
+        let key = format!("{prefix}k{i:03}");
+        client.put(key.as_str(), "v", None).await?;
+        expected.push(key);
+    }
+    // Just past the prefix range, and just before it.
+    client
+        .put(format!("{}/listing0", env.prefix()), "v", None)
+        .await?;
+    client
+        .put(format!("{}/listing.", env.prefix()), "v", None)
+        .await?;
+    let store = switchboard_coordinator::store::Store::new(client.clone(), env.keys().clone());
+    for per_read in [1, 4, 25, 1000] {
+        let keys = store.keys_under_in_pages(&prefix, per_read).await?;
+        assert_eq!(keys, expected, "{per_read} keys per read");
+    }
+    Ok(())
+}
