@@ -7,7 +7,8 @@
 //!   lists, and every `$(VAR)` in a container's arguments is defined in its environment;
 //! - the systemd units pass `systemd-analyze verify` and `systemd-analyze security`;
 //! - `deploy/etcd/local-cluster.sh` starts a healthy 3-member cluster that `setup-auth.sh`
-//!   secures, and a read-only sidecar user keeps its limits through etcd's gRPC proxy.
+//!   secures; through etcd's gRPC proxy (the scale-out tier of `overlays/grpc-proxy`) a sidecar's
+//!   read-only user keeps its limits, and a real sidecar serves releases and follows flips.
 //!
 //! The tools (`kubectl`, `systemd-analyze`, `etcd`, `etcdctl`) are required: a missing one fails
 //! the test with the package that brings it. `make deps` installs them.
@@ -16,13 +17,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::{Value, json};
 use switchboard_tests::binaries::{COORDINATOR, SIDECAR, bin_dir};
 use switchboard_tests::process::ChildProcess;
-use switchboard_tests::{bin_path, free_port, wait_until};
+use switchboard_tests::{Coordinator, Sidecar, bin_path, free_port, wait_until};
+
+mod common;
 
 /// The Kubernetes release whose schemas the manifests are checked against.
 const SCHEMA_VERSION: &str = "v1.32.0";
@@ -34,7 +36,6 @@ const KUSTOMIZATIONS: &[&str] = &["base", "overlays/grpc-proxy"];
 /// A unit's exposure score from `systemd-analyze security` (0 is best, 10 worst) may not exceed
 /// 2.0; both units score 1.4 with systemd 252. `--threshold` takes the score in tenths.
 const SYSTEMD_EXPOSURE_THRESHOLD_TENTHS: u32 = 20;
-const DEADLINE: Duration = Duration::from_secs(30);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -848,7 +849,8 @@ fn denied(output: &Output) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_cluster_script_runs_three_members_that_setup_auth_secures() -> Result<()> {
+async fn local_cluster_secured_by_setup_auth_serves_a_read_only_sidecar_through_the_grpc_proxy()
+-> Result<()> {
     tool("etcd", "etcd-server")?;
     tool("etcdctl", "etcd-client")?;
     let script = deploy_dir().join("etcd/local-cluster.sh");
@@ -933,13 +935,12 @@ async fn local_cluster_script_runs_three_members_that_setup_auth_secures() -> Re
         "setup-auth.sh said: {}",
         String::from_utf8_lossy(&auth.stdout)
     );
-    let routing = "/switchboard/ns/catalog/routing";
+    // A key of the namespace that Switchboard does not use, so that the coordinator started
+    // below finds nothing of this test in its way.
+    let probe = "/switchboard/ns/catalog/probe";
+    let coordinator_user = Some("coordinator:coordinator-secret");
     let sidecar = Some("sidecar-catalog:sidecar-secret");
-    let put = etcdctl(
-        &endpoints,
-        Some("coordinator:coordinator-secret"),
-        &["put", routing, "v1"],
-    )?;
+    let put = etcdctl(&endpoints, coordinator_user, &["put", probe, "v1"])?;
     ensure!(
         put.status.success(),
         "the coordinator user cannot write routing: {}",
@@ -962,8 +963,8 @@ async fn local_cluster_script_runs_three_members_that_setup_auth_secures() -> Re
         proxy_command,
         &cluster.dir.path().join("grpc-proxy.log"),
     )?;
-    wait_until(DEADLINE, "the gRPC proxy answering", async || {
-        let output = etcdctl(&proxy_endpoint, sidecar, &["get", routing])?;
+    wait_until(common::DEADLINE, "the gRPC proxy answering", async || {
+        let output = etcdctl(&proxy_endpoint, sidecar, &["get", probe])?;
         ensure!(
             output.status.success(),
             "{}",
@@ -973,7 +974,7 @@ async fn local_cluster_script_runs_three_members_that_setup_auth_secures() -> Re
     })
     .await
     .with_context(|| proxy.log_report())?;
-    let write = etcdctl(&proxy_endpoint, sidecar, &["put", routing, "evil"])?;
+    let write = etcdctl(&proxy_endpoint, sidecar, &["put", probe, "evil"])?;
     ensure!(
         denied(&write),
         "the sidecar user wrote routing through the proxy"
@@ -981,7 +982,7 @@ async fn local_cluster_script_runs_three_members_that_setup_auth_secures() -> Re
     let other = etcdctl(
         &proxy_endpoint,
         sidecar,
-        &["get", "/switchboard/ns/billing/routing"],
+        &["get", "/switchboard/ns/billing/probe"],
     )?;
     ensure!(
         denied(&other),
@@ -997,11 +998,65 @@ async fn local_cluster_script_runs_three_members_that_setup_auth_secures() -> Re
         "the sidecar user cannot write its health record through the proxy: {}",
         String::from_utf8_lossy(&health.stderr)
     );
-    let anonymous = etcdctl(&proxy_endpoint, None, &["get", routing])?;
+    let anonymous = etcdctl(&proxy_endpoint, None, &["get", probe])?;
     ensure!(
         !anonymous.status.success(),
         "a request without a user passed the proxy"
     );
+    let cleanup = etcdctl(
+        &endpoints,
+        coordinator_user,
+        &["del", "--prefix", "/switchboard/ns/catalog/"],
+    )?;
+    ensure!(
+        cleanup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cleanup.stderr)
+    );
+
+    // The real binaries, each under its own etcd user: a coordinator on the cluster, and a
+    // sidecar that reaches etcd only through the proxy. The sidecar serves a release, and
+    // follows the next flip through the proxy's watch.
+    let coordinator = Coordinator::start_with_env(
+        &endpoints,
+        "/switchboard",
+        &["--etcd-user", "coordinator"],
+        &[("SWITCHBOARD_ETCD_PASSWORD", "coordinator-secret")],
+    )
+    .await?;
+    let through_proxy = Sidecar::start_with_env(
+        &format!("http://{proxy_endpoint}"),
+        "/switchboard",
+        "through-proxy",
+        &["catalog"],
+        &["--etcd-user", "sidecar-catalog"],
+        &[("SWITCHBOARD_ETCD_PASSWORD", "sidecar-secret")],
+    )
+    .await?;
+    let sbctl = coordinator.sbctl();
+    let sets = tempfile::tempdir()?;
+    for generation in ["g1", "g2"] {
+        let version =
+            common::release_generations(&sbctl, "catalog", sets.path(), &[generation], (20, 50))
+                .await?
+                .pop()
+                .context("no version was released")?;
+        let epoch = common::epoch(&sbctl, "catalog").await?;
+        through_proxy
+            .wait_for_epoch("catalog", epoch, common::DEADLINE)
+            .await
+            .with_context(|| through_proxy.log_tail(20))?;
+        let answer = through_proxy
+            .get_item("catalog", "items/k00001", None)
+            .await?;
+        ensure!(
+            answer.version.as_deref() == Some(version.as_str()),
+            "through the proxy the sidecar serves {:?}, not {generation} ({version})",
+            answer.version
+        );
+    }
+    drop(through_proxy);
+    drop(coordinator);
     proxy.kill()?;
 
     cluster.stop()?;
