@@ -28,7 +28,9 @@ usage() {
 }
 die() { echo "local-cluster.sh: $*" >&2; exit 1; }
 
+help() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 [ $# -ge 1 ] || usage
+case "$1" in -h|--help) help ;; esac
 command="$1"; shift
 dir=""
 client_ports="2379,22379,32379"
@@ -40,7 +42,7 @@ while [ $# -gt 0 ]; do
     --client-ports) [ $# -ge 2 ] || usage; client_ports="$2"; shift 2 ;;
     --peer-ports) [ $# -ge 2 ] || usage; peer_ports="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) help ;;
     *) echo "local-cluster.sh: unknown argument $1" >&2; usage ;;
   esac
 done
@@ -54,7 +56,9 @@ IFS=, read -r -a peers <<<"$peer_ports"
 [ "${#clients[@]}" -eq 3 ] || die "--client-ports needs exactly 3 ports, got '$client_ports'"
 [ "${#peers[@]}" -eq 3 ] || die "--peer-ports needs exactly 3 ports, got '$peer_ports'"
 for port in "${clients[@]}" "${peers[@]}"; do
-  [[ "$port" =~ ^[0-9]+$ ]] && [ "$port" -ge 1 ] && [ "$port" -le 65535 ] || die "bad port '$port'"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+    die "bad port '$port'"
+  fi
 done
 
 names=(m1 m2 m3)
