@@ -18,20 +18,7 @@ const WINDOW_SECONDS: u64 = 10;
 async fn the_example_client_failing_on_a_canary_gets_it_flipped_back() -> Result<()> {
     let env = TestEnv::start(&[NS]).await?;
     let sbctl = env.sbctl();
-    sbctl
-        .run(&[
-            "policy",
-            "set",
-            NS,
-            "--max-error-rate",
-            "0.05",
-            "--min-requests",
-            "20",
-            "--window",
-            &WINDOW_SECONDS.to_string(),
-        ])
-        .await?
-        .ensure_success()?;
+    set_judge_policy(&sbctl, NS, 20, WINDOW_SECONDS, None).await?;
     let sidecar = env.start_sidecar("sidecar-1").await?;
     let dir = tempfile::tempdir()?;
     let (good, _) = stage_and_flip(

@@ -49,23 +49,7 @@ impl Traffic {
 }
 
 async fn set_test_policy(env: &TestEnv, bake_seconds: u64) -> Result<()> {
-    env.sbctl()
-        .run(&[
-            "policy",
-            "set",
-            NS,
-            "--max-error-rate",
-            "0.05",
-            "--min-requests",
-            "50",
-            "--window",
-            &WINDOW_SECONDS.to_string(),
-            "--bake",
-            &bake_seconds.to_string(),
-        ])
-        .await?
-        .ensure_success()?;
-    Ok(())
+    set_judge_policy(&env.sbctl(), NS, 50, WINDOW_SECONDS, Some(bake_seconds)).await
 }
 
 /// Two versions staged, `a` active and `b` in the idle slot, two sidecars serving.

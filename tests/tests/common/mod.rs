@@ -198,3 +198,32 @@ pub fn write_auth_file(dir: &Path, users: &[&User]) -> Result<String> {
     std::fs::write(&path, text)?;
     Ok(path.display().to_string())
 }
+
+/// `sbctl policy set` of the judge's settings: an error rate over 5% on at least
+/// `min_requests` outcomes in a window of `window_seconds`, and the bake time if given.
+pub async fn set_judge_policy(
+    sbctl: &SbctlRunner,
+    ns: &str,
+    min_requests: u64,
+    window_seconds: u64,
+    bake_seconds: Option<u64>,
+) -> Result<()> {
+    let (min_requests, window) = (min_requests.to_string(), window_seconds.to_string());
+    let mut args = vec![
+        "policy",
+        "set",
+        ns,
+        "--max-error-rate",
+        "0.05",
+        "--min-requests",
+        &min_requests,
+        "--window",
+        &window,
+    ];
+    let bake = bake_seconds.map(|b| b.to_string());
+    if let Some(bake) = &bake {
+        args.extend(["--bake", bake.as_str()]);
+    }
+    sbctl.run(&args).await?.ensure_success()?;
+    Ok(())
+}
