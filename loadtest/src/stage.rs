@@ -37,6 +37,10 @@ pub struct StageReport {
     pub prepare_seconds: f64,
     /// The same chunk bytes put into etcd directly, 8 requests in flight.
     pub raw_chunk_put_seconds: f64,
+    /// The same bytes packed into values of 64 KB, 8 requests in flight: etcd's best case for
+    /// these bytes, whatever keys a store would give them.
+    #[serde(default)]
+    pub raw_packed_put_seconds: f64,
     /// Every item as its own key, 64 requests in flight: what a store without chunks does.
     pub raw_item_put_seconds: f64,
     pub restage: Vec<Restage>,
@@ -83,7 +87,14 @@ impl StageReport {
     pub fn raw_chunk_mb_per_s(&self) -> f64 {
         self.chunk_bytes as f64 / 1e6 / self.raw_chunk_put_seconds
     }
+
+    pub fn raw_packed_mb_per_s(&self) -> f64 {
+        self.chunk_bytes as f64 / 1e6 / self.raw_packed_put_seconds
+    }
 }
+
+/// The value size of the packed baseline.
+const PACKED_VALUE_BYTES: usize = 64 * 1024;
 
 pub async fn run(config: &StageConfig, work: &std::path::Path) -> Result<StageReport> {
     let env = TestEnv::start(&[NAMESPACE]).await?;
@@ -118,7 +129,7 @@ pub async fn run(config: &StageConfig, work: &std::path::Path) -> Result<StageRe
     sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
 
     eprintln!("stage: raw etcd puts of the same chunks");
-    let raw_chunk_put_seconds = raw_chunk_puts(&env).await?;
+    let (raw_chunk_put_seconds, raw_packed_put_seconds) = raw_chunk_puts(&env).await?;
     eprintln!("stage: raw etcd puts of the items, one key each");
     let raw_item_put_seconds = raw_item_puts(&env, config.items).await?;
 
@@ -156,6 +167,7 @@ pub async fn run(config: &StageConfig, work: &std::path::Path) -> Result<StageRe
         stage_seconds,
         prepare_seconds,
         raw_chunk_put_seconds,
+        raw_packed_put_seconds,
         raw_item_put_seconds,
         restage,
         cold_load_seconds,
@@ -170,8 +182,8 @@ fn field(report: &serde_json::Value, name: &str) -> Result<u64> {
 }
 
 /// Copies every chunk of the namespace (only the first set's exist yet) to other keys with
-/// plain puts, and times the puts alone.
-async fn raw_chunk_puts(env: &TestEnv) -> Result<f64> {
+/// plain puts, and times the puts alone; then the same bytes packed into values of 64 KB.
+async fn raw_chunk_puts(env: &TestEnv) -> Result<(f64, f64)> {
     let keys = Keys::new(env.prefix());
     let prefix = keys.chunk(NAMESPACE, "");
     let mut client = env.etcd_client().await?;
@@ -198,8 +210,17 @@ async fn raw_chunk_puts(env: &TestEnv) -> Result<f64> {
     if values.is_empty() {
         bail!("no chunks under {prefix}");
     }
+    let mut packed: Vec<Vec<u8>> = vec![Vec::new()];
+    for value in &values {
+        if packed.last().is_some_and(|p| p.len() >= PACKED_VALUE_BYTES) {
+            packed.push(Vec::new());
+        }
+        if let Some(last) = packed.last_mut() {
+            last.extend_from_slice(value);
+        }
+    }
     let target = format!("{}/bench-raw-chunks/", env.prefix());
-    timed_puts(
+    let chunks = timed_puts(
         &client,
         values
             .into_iter()
@@ -208,7 +229,19 @@ async fn raw_chunk_puts(env: &TestEnv) -> Result<f64> {
             .collect(),
         8,
     )
-    .await
+    .await?;
+    let target = format!("{}/bench-raw-packed/", env.prefix());
+    let packed = timed_puts(
+        &client,
+        packed
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{target}{i:08}"), v))
+            .collect(),
+        8,
+    )
+    .await?;
+    Ok((chunks, packed))
 }
 
 async fn raw_item_puts(env: &TestEnv, items: usize) -> Result<f64> {
@@ -268,8 +301,10 @@ pub fn render(report: &StageReport) -> String {
          | sbctl stage (read, validate, chunk, upload, seal) | {:.2} s, {:.1} MB/s |\n\
          | of which preparing the set in sbctl (sbctl plan: read, validate, chunk, hash) | {:.2} s |\n\
          | of which uploading and sealing (the rest) | {:.2} s, {:.1} MB/s |\n\
-         | raw etcd puts of the same chunk bytes (8 in flight) | {:.2} s, {:.1} MB/s |\n\
-         | staging throughput vs raw chunk puts | {:.0}% |\n\
+         | raw etcd puts of the same chunks, one key each (8 in flight) | {:.2} s, {:.1} MB/s |\n\
+         | staging throughput vs raw puts of the same chunks | {:.0}% |\n\
+         | raw etcd puts of the same bytes in 64 KB values (8 in flight) | {:.2} s, {:.1} MB/s |\n\
+         | staging throughput vs raw puts of 64 KB values | {:.0}% |\n\
          | raw etcd puts of the items, one key each (64 in flight) | {:.2} s, {:.1} MB/s |\n\
          | sidecar cold load (start to ready) | {:.2} s |\n\
          | sidecar RSS with the set loaded | {:.1} MB ({:.2}x the chunk bytes) |\n",
@@ -285,6 +320,9 @@ pub fn render(report: &StageReport) -> String {
         report.raw_chunk_put_seconds,
         report.raw_chunk_mb_per_s(),
         stats::percent(report.stage_mb_per_s(), report.raw_chunk_mb_per_s()),
+        report.raw_packed_put_seconds,
+        report.raw_packed_mb_per_s(),
+        stats::percent(report.stage_mb_per_s(), report.raw_packed_mb_per_s()),
         report.raw_item_put_seconds,
         mb(report.chunk_bytes) / report.raw_item_put_seconds,
         report.cold_load_seconds,

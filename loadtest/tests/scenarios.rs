@@ -59,6 +59,7 @@ async fn stage_reuses_chunks_of_a_clustered_change() -> Result<()> {
     assert_eq!(report.items, 3000);
     assert!(report.chunk_bytes > 2_000_000, "{report:?}");
     assert!(report.sidecar_rss_bytes > 0);
+    assert!(report.raw_packed_put_seconds > 0.0, "{report:?}");
     assert_eq!(report.restage.len(), 2);
     for restage in &report.restage {
         assert_eq!(restage.bytes_total, report.chunk_bytes, "{restage:?}");
