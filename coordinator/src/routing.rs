@@ -23,7 +23,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::release::{
     Actor, BeginStage, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, to_json, unique,
 };
-use crate::store::{NamespaceState, absent, unchanged};
+use crate::store::{NamespaceState, absent, parse_health_records, parse_record, unchanged};
 
 /// The leader's claim: its key under the election name, and the revision that created it. A
 /// leader whose lease expired has lost that key, and every write fenced with it fails.
@@ -71,8 +71,6 @@ pub const DEFAULT_SYNC_LEAD_MS: u64 = 250;
 /// a coordinator that died between the preparation and the commit.
 pub const STALE_PREPARATION_MS: u64 = MAX_SYNC_ACK_TIMEOUT.as_secs() * 1000 + 10_000;
 pub const DEFAULT_SYNC_ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often a synchronized flip reads the health records while it waits.
-const ACK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What a routing change does with the fields of a synchronized flip.
 #[derive(Clone, Copy, Debug)]
@@ -362,8 +360,16 @@ impl Releases {
         timeout: std::time::Duration,
     ) -> Result<Vec<String>> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Watched, not polled: each acknowledgement wakes the wait as etcd delivers it, and
+        // etcd is not asked for every health record again and again while a fleet loads.
+        let keys = self.store().keys();
+        let mut health = self
+            .store()
+            .watch_records(&keys.health_prefix(ns), true)
+            .await?;
+        let mut routing_key = self.store().watch_records(&keys.routing(ns), false).await?;
         loop {
-            let records = self.store().health_records(ns).await?;
+            let records = parse_health_records(health.values());
             let (mut done, mut waiting): (Vec<_>, Vec<_>) =
                 records.into_iter().partition(|record| {
                     record.epoch >= prepare_epoch
@@ -374,15 +380,21 @@ impl Releases {
                 ids.sort();
                 return Ok(ids);
             }
-            let routing: Option<Routing> = self
-                .store()
-                .get_json(&self.store().keys().routing(ns))
-                .await?;
+            let routing: Option<Routing> = routing_key
+                .values()
+                .next()
+                .map(|(key, value)| parse_record(key, value))
+                .transpose()?;
             let epoch = routing.as_ref().map_or(0, |r| r.epoch);
             if epoch != prepare_epoch {
                 return Err(conflict(ns, prepare_epoch, routing.as_ref()));
             }
-            if tokio::time::Instant::now() >= deadline {
+            let timed_out = tokio::select! {
+                changed = health.changed() => { changed?; false }
+                changed = routing_key.changed() => { changed?; false }
+                () = tokio::time::sleep_until(deadline) => true,
+            };
+            if timed_out {
                 waiting.sort_by(|a, b| a.id.cmp(&b.id));
                 let names: Vec<String> = waiting
                     .iter()
@@ -397,7 +409,6 @@ impl Releases {
                     names.join(", ")
                 )));
             }
-            tokio::time::sleep(ACK_POLL).await;
         }
     }
 

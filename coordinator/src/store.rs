@@ -1,10 +1,13 @@
 //! Typed access to one namespace's records in etcd: reads at one revision, the transactions
 //! that change them, and chunk transfer in batches that respect etcd's request limits.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    WatchStream,
+};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use switchboard_proto::set::read_batches;
@@ -283,15 +286,40 @@ impl Store {
     }
 
     pub async fn health_records(&self, ns: &str) -> Result<Vec<HealthRecord>> {
-        let mut records = Vec::new();
-        for (key, value) in self.get_prefix(&self.keys.health_prefix(ns)).await? {
-            // A malformed health record is a broken sidecar, not a reason to fail status.
-            match serde_json::from_slice::<HealthRecord>(&value) {
-                Ok(record) => records.push(record),
-                Err(error) => tracing::warn!(%key, %error, "ignoring malformed health record"),
-            }
+        let raw = self.get_prefix(&self.keys.health_prefix(ns)).await?;
+        Ok(parse_health_records(
+            raw.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        ))
+    }
+
+    /// The values under `key` (or under the prefix `key`) now, kept current by a watch from
+    /// the revision they were read at: for waits that would otherwise poll etcd.
+    pub async fn watch_records(&self, key: &str, prefix: bool) -> Result<WatchedRecords> {
+        let mut client = self.client.clone();
+        let mut get_options = GetOptions::new();
+        // A watch on a member cut off from the others may stay silent; the caller bounds its
+        // wait with a deadline.
+        let mut watch_options = WatchOptions::new();
+        if prefix {
+            get_options = get_options.with_prefix();
+            watch_options = watch_options.with_prefix();
         }
-        Ok(records)
+        let response = with_timeout(client.get(key, Some(get_options))).await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let values = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect();
+        let stream =
+            with_timeout(client.watch(key, Some(watch_options.with_start_revision(revision + 1))))
+                .await?;
+        Ok(WatchedRecords { values, stream })
     }
 
     /// Which of `hashes` have no chunk in etcd yet. Many hashes are looked up in the listing of
@@ -476,6 +504,62 @@ impl Store {
                     ))
                 })?;
                 each(hash, &data)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Health records parsed from etcd's key-value pairs. A malformed one is a broken sidecar, not a
+/// reason to fail the caller: it is logged and left out.
+pub fn parse_health_records<'a>(
+    raw: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Vec<HealthRecord> {
+    let mut records = Vec::new();
+    for (key, value) in raw {
+        match serde_json::from_slice::<HealthRecord>(value) {
+            Ok(record) => records.push(record),
+            Err(error) => tracing::warn!(%key, %error, "ignoring malformed health record"),
+        }
+    }
+    records
+}
+
+/// Records under a key or prefix as of the last change seen: see [`Store::watch_records`].
+pub struct WatchedRecords {
+    values: BTreeMap<String, Vec<u8>>,
+    stream: WatchStream,
+}
+
+impl WatchedRecords {
+    /// The keys and values as of the last change applied.
+    pub fn values(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    /// Waits for the next changes and applies them. A watch that etcd ends or cancels is an
+    /// error: the caller cannot know what it missed.
+    pub async fn changed(&mut self) -> Result<()> {
+        let message =
+            self.stream.message().await?.ok_or_else(|| {
+                CoordinatorError::Conflict("etcd ended a watch; try again".into())
+            })?;
+        if message.canceled() {
+            return Err(CoordinatorError::Conflict(format!(
+                "etcd cancelled a watch ({}); try again",
+                message.cancel_reason()
+            )));
+        }
+        for event in message.events() {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match event.event_type() {
+                EventType::Put => {
+                    self.values.insert(key, kv.value().to_vec());
+                }
+                EventType::Delete => {
+                    self.values.remove(&key);
+                }
             }
         }
         Ok(())
