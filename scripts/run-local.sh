@@ -45,7 +45,8 @@ Switchboard is running:
   etcd         http://127.0.0.1:2379, data in .switchboard/dev-etcd
   sidecar-1    HTTP http://127.0.0.1:7070, gRPC 127.0.0.1:7071, namespace catalog  (log: .switchboard/sidecar-1.log)
 
-In another terminal: export PATH="\$PWD/target/debug:\$PATH" and follow the tour in README.md.
+In another terminal: export PATH="\$PWD/target/debug:\$PATH" and follow the tour in README.md;
+its last step runs the example application (switchboard-example-client) into an automatic flip-back.
 Ctrl-C stops everything.
 MSG
 wait "$coordinator"
