@@ -1014,9 +1014,9 @@ async fn local_cluster_secured_by_setup_auth_serves_a_read_only_sidecar_through_
         String::from_utf8_lossy(&cleanup.stderr)
     );
 
-    // The real binaries, each under its own etcd user: a coordinator on the cluster, and a
-    // sidecar that reaches etcd only through the proxy. The sidecar serves a release, and
-    // follows the next flip through the proxy's watch.
+    // The real binaries, each under its own etcd user: a coordinator on the cluster, and
+    // sidecars that reach etcd only through the proxy. They serve a release, and follow the
+    // next flip through the proxy's watch.
     let coordinator = Coordinator::start_with_env(
         &endpoints,
         "/switchboard",
@@ -1024,15 +1024,21 @@ async fn local_cluster_secured_by_setup_auth_serves_a_read_only_sidecar_through_
         &[("SWITCHBOARD_ETCD_PASSWORD", "coordinator-secret")],
     )
     .await?;
-    let through_proxy = Sidecar::start_with_env(
-        &format!("http://{proxy_endpoint}"),
-        "/switchboard",
-        "through-proxy",
-        &["catalog"],
-        &["--etcd-user", "sidecar-catalog"],
-        &[("SWITCHBOARD_ETCD_PASSWORD", "sidecar-secret")],
-    )
-    .await?;
+    // Three sidecars share the proxy, as a node's worth of applications would.
+    let mut through_proxy = Vec::new();
+    for n in 0..3 {
+        through_proxy.push(
+            Sidecar::start_with_env(
+                &format!("http://{proxy_endpoint}"),
+                "/switchboard",
+                &format!("through-proxy-{n}"),
+                &["catalog"],
+                &["--etcd-user", "sidecar-catalog"],
+                &[("SWITCHBOARD_ETCD_PASSWORD", "sidecar-secret")],
+            )
+            .await?,
+        );
+    }
     let sbctl = coordinator.sbctl();
     let sets = tempfile::tempdir()?;
     for generation in ["g1", "g2"] {
@@ -1042,18 +1048,18 @@ async fn local_cluster_secured_by_setup_auth_serves_a_read_only_sidecar_through_
                 .pop()
                 .context("no version was released")?;
         let epoch = common::epoch(&sbctl, "catalog").await?;
-        through_proxy
-            .wait_for_epoch("catalog", epoch, common::DEADLINE)
-            .await
-            .with_context(|| through_proxy.log_tail(20))?;
-        let answer = through_proxy
-            .get_item("catalog", "items/k00001", None)
-            .await?;
-        ensure!(
-            answer.version.as_deref() == Some(version.as_str()),
-            "through the proxy the sidecar serves {:?}, not {generation} ({version})",
-            answer.version
-        );
+        for sidecar in &through_proxy {
+            sidecar
+                .wait_for_epoch("catalog", epoch, common::DEADLINE)
+                .await
+                .with_context(|| sidecar.log_tail(20))?;
+            let answer = sidecar.get_item("catalog", "items/k00001", None).await?;
+            ensure!(
+                answer.version.as_deref() == Some(version.as_str()),
+                "through the proxy the sidecar serves {:?}, not {generation} ({version})",
+                answer.version
+            );
+        }
     }
     drop(through_proxy);
     drop(coordinator);
