@@ -26,6 +26,8 @@ pub const MAX_TXN_BYTES: usize = 1024 * 1024 + 64 * 1024;
 const READS_IN_FLIGHT: usize = 3;
 /// Most keys one listing request returns (`keys_under`).
 const KEYS_PER_READ: i64 = 10_000;
+/// Most values one prefix read returns (`get_prefix`): records of a few KB at most.
+const VALUES_PER_READ: i64 = 500;
 /// Above this many chunk hashes, `missing_chunks` lists the namespace's chunks instead of
 /// looking each one up.
 const LOOKUPS_BEFORE_LISTING: usize = 1_000;
@@ -189,21 +191,18 @@ impl Store {
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
-    /// All values under a prefix, in key order.
+    /// All values under a prefix, in key order, as of one revision.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut client = self.client.clone();
-        let response =
-            with_timeout(client.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                )
-            })
-            .collect())
+        self.get_prefix_in_pages(prefix, VALUES_PER_READ).await
+    }
+
+    /// `get_prefix`, reading at most `per_read` values per request.
+    pub async fn get_prefix_in_pages(
+        &self,
+        prefix: &str,
+        per_read: i64,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        self.range_in_pages(prefix, per_read, false).await
     }
 
     /// The keys under a prefix, without their values, in key order.
@@ -211,9 +210,22 @@ impl Store {
         self.keys_under_in_pages(prefix, KEYS_PER_READ).await
     }
 
-    /// `keys_under`, reading at most `per_read` keys per request: the keys of a large set's
-    /// chunks (about 100 bytes each) would pass gRPC's 4 MiB message limit in one answer.
+    /// `keys_under`, reading at most `per_read` keys per request.
     pub async fn keys_under_in_pages(&self, prefix: &str, per_read: i64) -> Result<Vec<String>> {
+        let pairs = self.range_in_pages(prefix, per_read, true).await?;
+        Ok(pairs.into_iter().map(|(key, _)| key).collect())
+    }
+
+    /// The keys (and values, unless `keys_only`) under a prefix, at most `per_read` per
+    /// request, every request at the revision of the first: one consistent answer, however
+    /// large. One answer for all could pass gRPC's 4 MiB message limit: the keys of a large
+    /// set's chunks alone (about 100 bytes each), or a long audit trail.
+    async fn range_in_pages(
+        &self,
+        prefix: &str,
+        per_read: i64,
+        keys_only: bool,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
         let mut client = self.client.clone();
         let mut end = prefix.as_bytes().to_vec();
         // The end of the prefix range: its last byte incremented ("a/" ends before "a0").
@@ -221,25 +233,32 @@ impl Store {
             *last = last.saturating_add(1);
         }
         let mut from = prefix.as_bytes().to_vec();
-        let mut keys = Vec::new();
+        let mut revision = 0;
+        let mut pairs = Vec::new();
         loop {
-            let options = GetOptions::new()
+            let mut options = GetOptions::new()
                 .with_range(end.clone())
-                .with_keys_only()
-                .with_limit(per_read);
+                .with_limit(per_read)
+                .with_revision(revision);
+            if keys_only {
+                options = options.with_keys_only();
+            }
             let response = with_timeout(client.get(from.clone(), Some(options))).await?;
-            keys.extend(
-                response
-                    .kvs()
-                    .iter()
-                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
-            );
+            if revision == 0 {
+                revision = response.header().map_or(0, |h| h.revision());
+            }
+            pairs.extend(response.kvs().iter().map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            }));
             match response.kvs().last() {
                 Some(last) if response.more() => {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(keys),
+                _ => return Ok(pairs),
             }
         }
     }

@@ -208,9 +208,9 @@ async fn the_leader_collects_what_nothing_needs_and_compacts() -> Result<()> {
     Ok(())
 }
 
-/// The janitor and the stage list a namespace's chunk keys, which for a large set are more
-/// than one gRPC answer holds: the listing reads them in pages, in order, and stops at the end
-/// of the prefix.
+/// The janitor and the stage list a namespace's chunk keys, and status and audit read records
+/// under a prefix, which can be more than one gRPC answer holds: both read in pages, in order,
+/// and stop at the end of the prefix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_listings_are_read_in_pages_and_end_at_the_prefix() -> Result<()> {
     let env = TestEnv::start(&[NS]).await?;
@@ -219,7 +219,7 @@ async fn key_listings_are_read_in_pages_and_end_at_the_prefix() -> Result<()> {
     let mut expected = Vec::new();
     for i in 0..25 {
         let key = format!("{prefix}k{i:03}");
-        client.put(key.as_str(), "v", None).await?;
+        client.put(key.as_str(), format!("value {i}"), None).await?;
         expected.push(key);
     }
     // Just past the prefix range, and just before it.
@@ -233,6 +233,13 @@ async fn key_listings_are_read_in_pages_and_end_at_the_prefix() -> Result<()> {
     for per_read in [1, 4, 25, 1000] {
         let keys = store.keys_under_in_pages(&prefix, per_read).await?;
         assert_eq!(keys, expected, "{per_read} keys per read");
+        let pairs = store.get_prefix_in_pages(&prefix, per_read).await?;
+        let values: Vec<(String, Vec<u8>)> = expected
+            .iter()
+            .enumerate()
+            .map(|(i, key)| (key.clone(), format!("value {i}").into_bytes()))
+            .collect();
+        assert_eq!(pairs, values, "{per_read} values per read");
     }
     Ok(())
 }
