@@ -146,7 +146,7 @@ impl ManifestHead {
                     .is_ok_and(|v| v.get("format").and_then(|f| f.as_u64()) == Some(1))
                 {
                     return bad(
-                        "format 1 (unpaged) was written by an older Switchboard; stage the set again"
+                        "format 1 (unpaged) comes from an older Switchboard: upgrade sbctl, or stage the set again"
                             .into(),
                     );
                 }
