@@ -22,6 +22,7 @@ use crate::error::CoordinatorError;
 use crate::release::{Actor, Releases};
 use crate::routing::{ChangeRequest, Fence};
 use crate::store::NamespaceState;
+use crate::telemetry;
 
 /// How often the judge looks.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -152,7 +153,7 @@ impl Judge {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = term.cancelled() => return,
+                () = term.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let namespaces = match self.releases.store().namespaces().await {
@@ -164,7 +165,7 @@ impl Judge {
             };
             for ns in namespaces {
                 if term.is_cancelled() {
-                    return;
+                    break;
                 }
                 if let Err(error) = self.judge_namespace(&ns).await {
                     match error {
@@ -174,7 +175,7 @@ impl Judge {
                         }
                         // A rollout step waits for its gates; the next tick checks them again.
                         CoordinatorError::GateBlocked(_) => {
-                            metrics::counter!("switchboard_rollout_steps_gated_total", "namespace" => ns.clone())
+                            metrics::counter!(telemetry::ROLLOUT_STEPS_GATED, "namespace" => ns.clone())
                                 .increment(1);
                             tracing::debug!(ns, %error, "rollout step waits for gates")
                         }
@@ -183,6 +184,7 @@ impl Judge {
                 }
             }
         }
+        telemetry::leader_gauges_off(self.samples.keys());
     }
 
     async fn judge_namespace(&mut self, ns: &str) -> Result<(), CoordinatorError> {
@@ -190,6 +192,9 @@ impl Judge {
         let state = store.read_namespace(ns).await?;
         let records = store.health_records(ns).await?;
         let now = now_ms();
+        if !self.samples.contains_key(ns) {
+            telemetry::register_namespace(ns);
+        }
         let samples = self.samples.entry(ns.to_string()).or_default();
         samples.observe(&records, now);
         let Some(routing) = state.routing.value.clone() else {
@@ -213,6 +218,15 @@ impl Judge {
         record_convergence(ns, &routing, &records);
         let policy = state.policy();
         let since = now.saturating_sub(policy.window_seconds.saturating_mul(1000));
+        metrics::gauge!(telemetry::JUDGE_MIN_REQUESTS, "namespace" => ns.to_string())
+            .set(policy.min_requests as f64);
+        // Set once per tick, never reset and set again: a scrape between the two would break
+        // the `for` of an alert on the starved gauge.
+        let judging = routing.live_canary().is_some()
+            || (routing.baking().is_some() && routing.bake_until_ms.is_some_and(|u| now < u));
+        if !judging {
+            telemetry::judging_nothing(ns);
+        }
 
         if let Some(canary) = routing.live_canary() {
             let candidate = samples.window(&canary.version, since);
@@ -262,7 +276,10 @@ impl Judge {
             .automatic_rollback(request, version, verdict, policy)
             .await?;
         tracing::warn!(ns, version, epoch = change.routing.epoch, reason = %verdict.reason, "automatic rollback");
-        metrics::counter!("switchboard_automatic_rollbacks_total", "namespace" => ns.to_string())
+        // A rollback during a canary ends the canary; during the bake time it flips everyone back.
+        let canary = state.routing.value.as_ref().and_then(Routing::live_canary);
+        let phase = if canary.is_some() { "canary" } else { "bake" };
+        metrics::counter!(telemetry::AUTOMATIC_ROLLBACKS, "namespace" => ns.to_string(), "phase" => phase)
             .increment(1);
         Ok(())
     }
@@ -301,8 +318,7 @@ impl Judge {
             epoch = change.routing.epoch,
             "rollout step taken"
         );
-        metrics::counter!("switchboard_rollout_steps_total", "namespace" => ns.to_string())
-            .increment(1);
+        metrics::counter!(telemetry::ROLLOUT_STEPS, "namespace" => ns.to_string()).increment(1);
         Ok(())
     }
 
@@ -330,20 +346,26 @@ fn count_verdict(ns: &str, verdict: &Verdict) {
         Outcome::Pass => "pass",
         Outcome::Breach => "breach",
     };
-    metrics::counter!("switchboard_judge_verdicts_total", "namespace" => ns.to_string(), "outcome" => outcome)
+    metrics::counter!(telemetry::JUDGE_VERDICTS, "namespace" => ns.to_string(), "outcome" => outcome)
         .increment(1);
-    metrics::gauge!("switchboard_judge_window_requests", "namespace" => ns.to_string(), "role" => "candidate")
+    metrics::gauge!(telemetry::JUDGE_WINDOW_REQUESTS, "namespace" => ns.to_string(), "role" => "candidate")
         .set(verdict.candidate.requests() as f64);
-    metrics::gauge!("switchboard_judge_window_requests", "namespace" => ns.to_string(), "role" => "baseline")
+    metrics::gauge!(telemetry::JUDGE_WINDOW_REQUESTS, "namespace" => ns.to_string(), "role" => "baseline")
         .set(verdict.baseline.requests() as f64);
+    let starved = verdict.outcome == Outcome::Insufficient;
+    metrics::gauge!(telemetry::JUDGE_STARVED, "namespace" => ns.to_string()).set(if starved {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// The share of live sidecars that serve the current epoch.
 fn record_convergence(ns: &str, routing: &Routing, records: &[HealthRecord]) {
     let on_epoch = records.iter().filter(|r| r.epoch >= routing.epoch).count();
-    metrics::gauge!("switchboard_sidecars_live", "namespace" => ns.to_string())
+    metrics::gauge!(telemetry::SIDECARS_LIVE, "namespace" => ns.to_string())
         .set(records.len() as f64);
-    metrics::gauge!("switchboard_sidecars_on_current_epoch", "namespace" => ns.to_string())
+    metrics::gauge!(telemetry::SIDECARS_ON_CURRENT_EPOCH, "namespace" => ns.to_string())
         .set(on_epoch as f64);
 }
 

@@ -41,6 +41,13 @@ pub(crate) fn settle_delay(routing: &Routing) -> Option<Duration> {
 /// `NamespaceSync::schedule`).
 const FINAL_SLEEP: Duration = Duration::from_millis(2);
 
+/// After this long without a watch message, the sync loop asks etcd for a progress report.
+/// etcd's own progress notifications come every 10 minutes by default, so without asking, a
+/// quiet routing key would leave the sidecar unable to tell a healthy watch from a dead
+/// connection, and its staleness gauge (`telemetry::LAST_ETCD_EVENT_AGE`) would climb on
+/// every healthy sidecar.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// The furthest ahead an activation point is waited for; the coordinator sets at most 60 s.
 const MAX_ACTIVATION_WAIT: Duration = Duration::from_secs(120);
 
@@ -124,7 +131,19 @@ impl NamespaceSync {
         let mut stream = client.watch(key.as_str(), Some(options)).await?;
         *backoff = BACKOFF_START;
         loop {
-            let Some(message) = stream.message().await? else {
+            // Reading a message is cancel-safe (tonic buffers a partial one in the stream), so
+            // the timer may win without losing anything.
+            let received = tokio::select! {
+                received = stream.message() => received?,
+                () = tokio::time::sleep(PROGRESS_EVERY) => {
+                    // The answer arrives as a watch message without events, which marks the
+                    // namespace synced below. A connection that does not answer leaves the
+                    // staleness gauge growing; the request itself must not block the loop.
+                    let _ = tokio::time::timeout(PROGRESS_EVERY, stream.request_progress()).await;
+                    continue;
+                }
+            };
+            let Some(message) = received else {
                 return Err(SyncError::WatchEnded);
             };
             if message.canceled() {
