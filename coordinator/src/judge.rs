@@ -175,7 +175,7 @@ impl Judge {
                         }
                         // A rollout step waits for its gates; the next tick checks them again.
                         CoordinatorError::GateBlocked(_) => {
-                            metrics::counter!(telemetry::ROLLOUT_STEPS_GATED, "namespace" => ns.clone())
+                            metrics::counter!("switchboard_rollout_steps_gated_total", "namespace" => ns.clone())
                                 .increment(1);
                             tracing::debug!(ns, %error, "rollout step waits for gates")
                         }
@@ -220,8 +220,8 @@ impl Judge {
         let since = now.saturating_sub(policy.window_seconds.saturating_mul(1000));
         metrics::gauge!(telemetry::JUDGE_MIN_REQUESTS, "namespace" => ns.to_string())
             .set(policy.min_requests as f64);
-        // Set once per tick, never reset and set again: a scrape between the two would break
-        // the `for` of an alert on the starved gauge.
+        // The starved gauge is set once per tick (here or by `count_verdict`), never reset and
+        // set again: a scrape between the two would restart the `for` of the alert on it.
         let judging = routing.live_canary().is_some()
             || (routing.baking().is_some() && routing.bake_until_ms.is_some_and(|u| now < u));
         if !judging {
@@ -318,7 +318,8 @@ impl Judge {
             epoch = change.routing.epoch,
             "rollout step taken"
         );
-        metrics::counter!(telemetry::ROLLOUT_STEPS, "namespace" => ns.to_string()).increment(1);
+        metrics::counter!("switchboard_rollout_steps_total", "namespace" => ns.to_string())
+            .increment(1);
         Ok(())
     }
 
@@ -346,11 +347,11 @@ fn count_verdict(ns: &str, verdict: &Verdict) {
         Outcome::Pass => "pass",
         Outcome::Breach => "breach",
     };
-    metrics::counter!(telemetry::JUDGE_VERDICTS, "namespace" => ns.to_string(), "outcome" => outcome)
+    metrics::counter!("switchboard_judge_verdicts_total", "namespace" => ns.to_string(), "outcome" => outcome)
         .increment(1);
-    metrics::gauge!(telemetry::JUDGE_WINDOW_REQUESTS, "namespace" => ns.to_string(), "role" => "candidate")
+    metrics::gauge!("switchboard_judge_window_requests", "namespace" => ns.to_string(), "role" => "candidate")
         .set(verdict.candidate.requests() as f64);
-    metrics::gauge!(telemetry::JUDGE_WINDOW_REQUESTS, "namespace" => ns.to_string(), "role" => "baseline")
+    metrics::gauge!("switchboard_judge_window_requests", "namespace" => ns.to_string(), "role" => "baseline")
         .set(verdict.baseline.requests() as f64);
     let starved = verdict.outcome == Outcome::Insufficient;
     metrics::gauge!(telemetry::JUDGE_STARVED, "namespace" => ns.to_string()).set(if starved {
@@ -363,9 +364,9 @@ fn count_verdict(ns: &str, verdict: &Verdict) {
 /// The share of live sidecars that serve the current epoch.
 fn record_convergence(ns: &str, routing: &Routing, records: &[HealthRecord]) {
     let on_epoch = records.iter().filter(|r| r.epoch >= routing.epoch).count();
-    metrics::gauge!(telemetry::SIDECARS_LIVE, "namespace" => ns.to_string())
+    metrics::gauge!("switchboard_sidecars_live", "namespace" => ns.to_string())
         .set(records.len() as f64);
-    metrics::gauge!(telemetry::SIDECARS_ON_CURRENT_EPOCH, "namespace" => ns.to_string())
+    metrics::gauge!("switchboard_sidecars_on_current_epoch", "namespace" => ns.to_string())
         .set(on_epoch as f64);
 }
 

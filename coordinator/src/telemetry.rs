@@ -199,3 +199,55 @@ pub fn judging_nothing(ns: &str) {
         .set(0.0);
     metrics::gauge!(JUDGE_STARVED, "namespace" => ns.to_string()).set(0.0);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(f: impl FnOnce()) -> String {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, f);
+        handle.render()
+    }
+
+    #[test]
+    fn a_namespace_is_registered_with_zeros_and_every_name_has_help() {
+        let text = render(|| {
+            describe();
+            register();
+            register_namespace("catalog");
+        });
+        for line in [
+            "switchboard_coordinator_is_leader 0",
+            "switchboard_stages_sealed_total 0",
+            r#"switchboard_automatic_rollbacks_total{namespace="catalog",phase="canary"} 0"#,
+            r#"switchboard_automatic_rollbacks_total{namespace="catalog",phase="bake"} 0"#,
+            r#"switchboard_judge_verdicts_total{namespace="catalog",outcome="insufficient"} 0"#,
+            r#"switchboard_gc_chunks_deleted_total{namespace="catalog"} 0"#,
+            r#"switchboard_judge_starved{namespace="catalog"} 0"#,
+            "# HELP switchboard_automatic_rollbacks_total Automatic rollbacks",
+            "# HELP switchboard_judge_starved 1 while the judge evaluates",
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_former_leader_exports_zeros_not_its_last_view() {
+        let namespaces = vec!["catalog".to_string()];
+        let text = render(|| {
+            metrics::gauge!(SIDECARS_LIVE, "namespace" => "catalog").set(3.0);
+            metrics::gauge!(JUDGE_STARVED, "namespace" => "catalog").set(1.0);
+            leader_gauges_off(&namespaces);
+        });
+        for line in [
+            r#"switchboard_sidecars_live{namespace="catalog"} 0"#,
+            r#"switchboard_sidecars_on_current_epoch{namespace="catalog"} 0"#,
+            r#"switchboard_judge_starved{namespace="catalog"} 0"#,
+            r#"switchboard_judge_window_requests{namespace="catalog",role="candidate"} 0"#,
+        ] {
+            assert!(text.contains(line), "no {line} in\n{text}");
+        }
+    }
+}
