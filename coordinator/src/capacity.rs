@@ -3,8 +3,14 @@
 //! an operator clears it, which would also block flips and rollbacks. A share of the quota is
 //! kept free for those.
 
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{CoordinatorError, Result};
+use crate::release::Releases;
 use crate::store::{Store, with_timeout};
+use crate::telemetry;
 
 /// etcd's own default for `--quota-backend-bytes`.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -56,9 +62,9 @@ impl Capacity {
             0 => self.quota_bytes,
             reported => reported,
         };
-        metrics::gauge!("switchboard_etcd_db_bytes").set(size as f64);
-        metrics::gauge!("switchboard_etcd_db_in_use_bytes").set(in_use as f64);
-        metrics::gauge!("switchboard_etcd_quota_bytes").set(quota as f64);
+        metrics::gauge!(telemetry::ETCD_DB_BYTES).set(size as f64);
+        metrics::gauge!(telemetry::ETCD_DB_IN_USE_BYTES).set(in_use as f64);
+        metrics::gauge!(telemetry::ETCD_QUOTA_BYTES).set(quota as f64);
         Ok(DbUsage {
             size,
             in_use,
@@ -77,6 +83,26 @@ impl Capacity {
     ) -> Result<()> {
         let usage = self.usage(store).await?;
         check(usage, ns, version, new_bytes)
+    }
+}
+
+/// How often the leader samples etcd's space for `/metrics`.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
+
+/// Samples etcd's space every [`SAMPLE_EVERY`] until `term` ends, so that the gauges of
+/// [`Capacity::usage`] stay current between stages and an alert on the quota's headroom sees
+/// the space fill as it fills. The leader runs it; a failure is logged and tried next time.
+pub async fn sample(releases: Releases, term: CancellationToken) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = term.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = releases.capacity().usage(releases.store()).await {
+            tracing::warn!(%error, "cannot read the size of etcd's database");
+        }
     }
 }
 

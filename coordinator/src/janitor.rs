@@ -22,6 +22,7 @@ use crate::error::{CoordinatorError, Result};
 use crate::release::Releases;
 use crate::routing::Fence;
 use crate::store::{MAX_TXN_OPS, parse_record, unchanged, with_timeout};
+use crate::telemetry;
 
 /// How the janitor works; the coordinator's `--gc-interval`, `--retain-versions` and
 /// `--compact-after`.
@@ -143,7 +144,7 @@ impl Janitor {
         match with_timeout(client.compact(revision, None)).await {
             Ok(_) => {
                 tracing::info!(revision, "compacted etcd's revisions");
-                metrics::gauge!("switchboard_etcd_compacted_revision").set(revision as f64);
+                metrics::gauge!(telemetry::ETCD_COMPACTED_REVISION).set(revision as f64);
                 Ok(())
             }
             // Another compaction (an operator's, or etcd's own) already went further.
@@ -278,9 +279,10 @@ pub async fn collect(
             )));
         }
     }
-    metrics::counter!("switchboard_gc_manifests_deleted_total").increment(manifests as u64);
-    metrics::counter!("switchboard_gc_pages_deleted_total").increment(pages as u64);
-    metrics::counter!("switchboard_gc_chunks_deleted_total").increment(chunks as u64);
+    let namespace = || ("namespace", ns.to_string());
+    metrics::counter!(telemetry::GC_MANIFESTS_DELETED, &[namespace()]).increment(manifests as u64);
+    metrics::counter!(telemetry::GC_PAGES_DELETED, &[namespace()]).increment(pages as u64);
+    metrics::counter!(telemetry::GC_CHUNKS_DELETED, &[namespace()]).increment(chunks as u64);
     Ok(Collected {
         manifests,
         pages,

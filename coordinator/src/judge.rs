@@ -22,6 +22,7 @@ use crate::error::CoordinatorError;
 use crate::release::{Actor, Releases};
 use crate::routing::{ChangeRequest, Fence};
 use crate::store::NamespaceState;
+use crate::telemetry;
 
 /// How often the judge looks.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -152,7 +153,7 @@ impl Judge {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = term.cancelled() => return,
+                () = term.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let namespaces = match self.releases.store().namespaces().await {
@@ -164,7 +165,7 @@ impl Judge {
             };
             for ns in namespaces {
                 if term.is_cancelled() {
-                    return;
+                    break;
                 }
                 if let Err(error) = self.judge_namespace(&ns).await {
                     match error {
@@ -183,6 +184,7 @@ impl Judge {
                 }
             }
         }
+        telemetry::leader_gauges_off(self.samples.keys());
     }
 
     async fn judge_namespace(&mut self, ns: &str) -> Result<(), CoordinatorError> {
@@ -190,6 +192,9 @@ impl Judge {
         let state = store.read_namespace(ns).await?;
         let records = store.health_records(ns).await?;
         let now = now_ms();
+        if !self.samples.contains_key(ns) {
+            telemetry::register_namespace(ns);
+        }
         let samples = self.samples.entry(ns.to_string()).or_default();
         samples.observe(&records, now);
         let Some(routing) = state.routing.value.clone() else {
@@ -213,6 +218,15 @@ impl Judge {
         record_convergence(ns, &routing, &records);
         let policy = state.policy();
         let since = now.saturating_sub(policy.window_seconds.saturating_mul(1000));
+        metrics::gauge!(telemetry::JUDGE_MIN_REQUESTS, "namespace" => ns.to_string())
+            .set(policy.min_requests as f64);
+        // The starved gauge is set once per tick (here or by `count_verdict`), never reset and
+        // set again: a scrape between the two would restart the `for` of the alert on it.
+        let judging = routing.live_canary().is_some()
+            || (routing.baking().is_some() && routing.bake_until_ms.is_some_and(|u| now < u));
+        if !judging {
+            telemetry::judging_nothing(ns);
+        }
 
         if let Some(canary) = routing.live_canary() {
             let candidate = samples.window(&canary.version, since);
@@ -262,7 +276,10 @@ impl Judge {
             .automatic_rollback(request, version, verdict, policy)
             .await?;
         tracing::warn!(ns, version, epoch = change.routing.epoch, reason = %verdict.reason, "automatic rollback");
-        metrics::counter!("switchboard_automatic_rollbacks_total", "namespace" => ns.to_string())
+        // A rollback during a canary ends the canary; during the bake time it flips everyone back.
+        let canary = state.routing.value.as_ref().and_then(Routing::live_canary);
+        let phase = if canary.is_some() { "canary" } else { "bake" };
+        metrics::counter!(telemetry::AUTOMATIC_ROLLBACKS, "namespace" => ns.to_string(), "phase" => phase)
             .increment(1);
         Ok(())
     }
@@ -336,6 +353,12 @@ fn count_verdict(ns: &str, verdict: &Verdict) {
         .set(verdict.candidate.requests() as f64);
     metrics::gauge!("switchboard_judge_window_requests", "namespace" => ns.to_string(), "role" => "baseline")
         .set(verdict.baseline.requests() as f64);
+    let starved = verdict.outcome == Outcome::Insufficient;
+    metrics::gauge!(telemetry::JUDGE_STARVED, "namespace" => ns.to_string()).set(if starved {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// The share of live sidecars that serve the current epoch.

@@ -1,6 +1,6 @@
 //! Leader election among coordinator replicas, through etcd's election API. Only the leader
-//! runs the loops (the health judge, rollouts, the end of bake times, and the janitor's
-//! collection and compaction). Its term is bound to a
+//! runs the loops (the health judge, rollouts, the end of bake times, the janitor's
+//! collection and compaction, and the sampling of etcd's space for `/metrics`). Its term is bound to a
 //! lease: when the lease cannot be kept alive the term ends at once, and every write the loops
 //! make is fenced with the leader's election key, so a deposed leader's queued writes fail.
 
@@ -29,6 +29,8 @@ pub async fn run(
     janitor: JanitorSettings,
     shutdown: CancellationToken,
 ) {
+    // Every replica exports the gauge, so that "no leader" is a sum of zeros, not an absence.
+    metrics::gauge!(crate::telemetry::IS_LEADER).set(0.0);
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -75,13 +77,14 @@ async fn term(
         });
     if let Some(fence) = fence {
         tracing::info!(%id, "elected leader: running the judge, rollouts and housekeeping");
-        metrics::gauge!("switchboard_coordinator_is_leader").set(1.0);
-        // Both loops end with the term; the judge also ends it when it returns.
+        metrics::gauge!(crate::telemetry::IS_LEADER).set(1.0);
+        // The loops end with the term; the judge also ends it when it returns.
         tokio::join!(
             Judge::new(releases.clone(), id, fence.clone()).run(term.clone()),
             Janitor::new(releases.clone(), fence, janitor).run(term.clone()),
+            crate::capacity::sample(releases.clone(), term.clone()),
         );
-        metrics::gauge!("switchboard_coordinator_is_leader").set(0.0);
+        metrics::gauge!(crate::telemetry::IS_LEADER).set(0.0);
         tracing::info!(%id, "leadership ended");
     }
     term.cancel();

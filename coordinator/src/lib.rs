@@ -21,6 +21,7 @@ pub mod leader;
 pub mod release;
 pub mod routing;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -137,6 +138,8 @@ async fn serve(
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    telemetry::describe();
+    telemetry::register();
     let etcd_options = args.etcd_connection.options()?;
     let Some(client) =
         switchboard_runtime::connect_etcd_as(&args.etcd, &etcd_options, &shutdown).await?

@@ -1100,7 +1100,7 @@ impl Releases {
             crash::point(crash::ROUTING_AFTER_TXN, action);
             if committed {
                 tracing::info!(ns, action, epoch = routing.epoch, actor = %actor.name, reason, "routing changed");
-                metrics::counter!("switchboard_routing_changes_total", "action" => action.to_string())
+                metrics::counter!(crate::telemetry::ROUTING_CHANGES, "namespace" => ns.to_string(), "action" => action.to_string())
                     .increment(1);
                 return Ok(RoutingChange {
                     namespace: ns.to_string(),

@@ -41,6 +41,19 @@ pub(crate) fn settle_delay(routing: &Routing) -> Option<Duration> {
 /// `NamespaceSync::schedule`).
 const FINAL_SLEEP: Duration = Duration::from_millis(2);
 
+/// After this long without a watch message, the sync loop asks etcd for a progress report.
+/// etcd's own progress notifications come every 10 minutes by default, so without asking, a
+/// quiet routing key would leave the sidecar unable to tell a healthy watch from a dead
+/// connection, and its staleness gauge (`telemetry::LAST_ETCD_EVENT_AGE`) would climb on
+/// every healthy sidecar.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// After this long without a watch message although progress was asked for, the sync loop
+/// reads the routing key's count instead. etcd's gRPC proxy (3.4) does not answer progress
+/// requests, so behind the proxy tier this read is what shows etcd still answers: one small
+/// read per namespace every 15 s. A read that fails ends the connected period, as a broken
+/// watch does, and the loop reconnects with back-off while the last snapshot keeps serving.
+pub const READ_AFTER_QUIET: Duration = Duration::from_secs(15);
+
 /// The furthest ahead an activation point is waited for; the coordinator sets at most 60 s.
 const MAX_ACTIVATION_WAIT: Duration = Duration::from_secs(120);
 
@@ -123,8 +136,30 @@ impl NamespaceSync {
             .with_progress_notify();
         let mut stream = client.watch(key.as_str(), Some(options)).await?;
         *backoff = BACKOFF_START;
+        // The last watch message or confirming read.
+        let mut heard_at = tokio::time::Instant::now();
         loop {
-            let Some(message) = stream.message().await? else {
+            // Reading a message is cancel-safe (tonic buffers a partial one in the stream), so
+            // the timer may win without losing anything.
+            let received = tokio::select! {
+                received = stream.message() => received?,
+                () = tokio::time::sleep(PROGRESS_EVERY) => {
+                    if heard_at.elapsed() < READ_AFTER_QUIET {
+                        // The answer arrives as a watch message without events, which marks
+                        // the namespace synced below. Sending must not block the loop: a
+                        // connection that does not answer is caught by the read that follows.
+                        let _ = tokio::time::timeout(PROGRESS_EVERY, stream.request_progress()).await;
+                    } else {
+                        let count_only = etcd_client::GetOptions::new().with_count_only();
+                        with_timeout(client.get(key.as_str(), Some(count_only))).await?;
+                        self.mark_synced();
+                        heard_at = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
+            };
+            heard_at = tokio::time::Instant::now();
+            let Some(message) = received else {
                 return Err(SyncError::WatchEnded);
             };
             if message.canceled() {

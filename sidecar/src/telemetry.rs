@@ -27,9 +27,18 @@ pub const REPORTS_ERRORS: &str = "switchboard_sidecar_reports_errors_total";
 pub const EPOCH: &str = "switchboard_sidecar_epoch";
 /// Seconds since the sync loop last heard from etcd about the namespace (a read of routing or
 /// any watch message, progress notifications included); since the sidecar started if never.
+/// The sync loop asks for progress when its watch has been quiet for a few seconds
+/// (`sync::PROGRESS_EVERY`), and reads the routing key when that brings no answer
+/// (`sync::READ_AFTER_QUIET`, behind etcd's gRPC proxy), so on a healthy connection this stays
+/// below about 5 s (15 s behind the proxy); it grows without bound while etcd does not answer,
+/// which is what the staleness alert watches.
 pub const LAST_ETCD_EVENT_AGE: &str = "switchboard_sidecar_last_etcd_event_age_seconds";
 /// 1 while the namespace is served from the last-known-good copy on disk, else 0.
 pub const SERVING_FROM_DISK: &str = "switchboard_sidecar_serving_from_disk";
+/// 1 while the sync loop's last exchange with etcd succeeded, 0 while it fails and retries.
+pub const ETCD_REACHABLE: &str = "switchboard_sidecar_etcd_reachable";
+/// 1 once the namespace has a verified set to serve, 0 while reads of it answer 503.
+pub const NAMESPACE_LOADED: &str = "switchboard_sidecar_namespace_loaded";
 /// Snapshots published: `namespace`.
 pub const SNAPSHOT_SWAPS: &str = "switchboard_sidecar_snapshot_swaps_total";
 
@@ -91,6 +100,14 @@ pub fn describe() {
         SERVING_FROM_DISK,
         "1 while the namespace is served from the last-known-good copy on disk."
     );
+    describe_gauge!(
+        ETCD_REACHABLE,
+        "1 while the namespace's sync loop last reached etcd, 0 while it fails and retries."
+    );
+    describe_gauge!(
+        NAMESPACE_LOADED,
+        "1 once the namespace has a verified set to serve, 0 while its reads answer 503."
+    );
     describe_counter!(SNAPSHOT_SWAPS, "Snapshots published.");
 }
 
@@ -120,6 +137,14 @@ pub fn update_gauges(served: &Served, now_ms: u64) {
             0.0
         };
         metrics::gauge!(SERVING_FROM_DISK, "namespace" => name.clone()).set(from_disk);
+        let reachable = if sync.etcd_reachable { 1.0 } else { 0.0 };
+        metrics::gauge!(ETCD_REACHABLE, "namespace" => name.clone()).set(reachable);
+        let loaded = if namespace.current().is_some() {
+            1.0
+        } else {
+            0.0
+        };
+        metrics::gauge!(NAMESPACE_LOADED, "namespace" => name.clone()).set(loaded);
     }
 }
 

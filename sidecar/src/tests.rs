@@ -1914,8 +1914,8 @@ mod telemetry {
     use metrics::with_local_recorder;
 
     use crate::telemetry::{
-        LAST_ETCD_EVENT_AGE, READ_SECONDS, SERVING_FROM_DISK, SNAPSHOT_SWAPS, prometheus_builder,
-        record_report, update_gauges,
+        ETCD_REACHABLE, LAST_ETCD_EVENT_AGE, NAMESPACE_LOADED, READ_SECONDS, SERVING_FROM_DISK,
+        SNAPSHOT_SWAPS, prometheus_builder, record_report, update_gauges,
     };
 
     #[test]
@@ -1954,6 +1954,7 @@ mod telemetry {
         served.namespaces[NS].update_sync(|s| {
             s.last_sync_ms = STARTED_AT_MS + 1_000;
             s.source = crate::namespace::Source::Disk;
+            s.etcd_reachable = true;
         });
         with_local_recorder(&recorder, || {
             record_report(NS, V1, 3, 1);
@@ -1974,6 +1975,10 @@ mod telemetry {
             // Never synced: the age counts from the sidecar's start.
             format!(r#"{LAST_ETCD_EVENT_AGE}{{namespace="{UNLOADED_NS}"}} 3.5"#),
             format!(r#"{SERVING_FROM_DISK}{{namespace="{UNLOADED_NS}"}} 0"#),
+            format!(r#"{ETCD_REACHABLE}{{namespace="{NS}"}} 1"#),
+            format!(r#"{ETCD_REACHABLE}{{namespace="{UNLOADED_NS}"}} 0"#),
+            format!(r#"{NAMESPACE_LOADED}{{namespace="{NS}"}} 1"#),
+            format!(r#"{NAMESPACE_LOADED}{{namespace="{UNLOADED_NS}"}} 0"#),
         ] {
             assert!(text.contains(&line), "no {line} in\n{text}");
         }
