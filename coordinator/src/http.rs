@@ -232,8 +232,7 @@ async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, what: &
 fn required_epoch(epoch: Option<u64>) -> Result<u64> {
     epoch.ok_or_else(|| {
         CoordinatorError::InvalidInput(
-            "expected_epoch is required: the epoch of the status this change was decided on"
-                .into(),
+            "expected_epoch is required: the epoch of the status this change was decided on".into(),
         )
     })
 }
@@ -258,9 +257,9 @@ fn canary_weight(body: &CanaryBody) -> Result<u32> {
     let invalid = |message: String| Err(CoordinatorError::InvalidInput(message));
     match (body.percent, body.weight_bp) {
         (Some(_), Some(_)) => invalid("give percent or weight_bp, not both".into()),
-        (None, None) => invalid(
-            "percent (0 to 100, two decimals) or weight_bp (0 to 10000) is required".into(),
-        ),
+        (None, None) => {
+            invalid("percent (0 to 100, two decimals) or weight_bp (0 to 10000) is required".into())
+        }
         (None, Some(weight_bp)) => match u32::try_from(weight_bp) {
             Ok(weight_bp) if weight_bp <= BUCKETS => Ok(weight_bp),
             _ => invalid(format!(
@@ -333,10 +332,7 @@ async fn flip(
             let expected_epoch = required_epoch(body.expected_epoch)?;
             known_namespace(&state, &ns).await?;
             let request = change_request(&ns, expected_epoch, "flip", &body.reason, &actor);
-            state
-                .releases
-                .flip(request, &body.expected_version)
-                .await
+            state.releases.flip(request, &body.expected_version).await
         }
         .await,
     )
@@ -466,7 +462,10 @@ mod tests {
             .await
             .expect_err("no content type");
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(message.contains("Content-Type: application/json"), "{message}");
+        assert!(
+            message.contains("Content-Type: application/json"),
+            "{message}"
+        );
         headers.insert(header::CONTENT_TYPE, "text/plain".parse().expect("header"));
         assert!(parse(headers.clone(), "{}").await.is_err());
         headers.insert(

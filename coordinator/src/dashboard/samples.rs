@@ -96,7 +96,9 @@ impl NamespaceSamples {
                         };
                         let sum = added.entry(report.version.as_str()).or_default();
                         sum.0 = sum.0.saturating_add(report.ok.saturating_sub(base_ok));
-                        sum.1 = sum.1.saturating_add(report.errors.saturating_sub(base_errors));
+                        sum.1 = sum
+                            .1
+                            .saturating_add(report.errors.saturating_sub(base_errors));
                     }
                 }
             }
@@ -324,7 +326,10 @@ mod tests {
             samples.observe(&[record("a", 1, &reports)], i as u64 + 1);
         }
         assert_eq!(samples.versions.len(), MAX_VERSIONS);
-        assert!(points(&samples, "v0").is_empty(), "the stalest version went");
+        assert!(
+            points(&samples, "v0").is_empty(),
+            "the stalest version went"
+        );
         assert_eq!(points(&samples, &names[MAX_VERSIONS + 1]).len(), 1);
     }
 }
