@@ -320,7 +320,7 @@ mod tests {
         let mut samples = NamespaceSamples::default();
         samples.observe(&[record("a", 1, &[])], 0);
         let names: Vec<String> = (0..MAX_VERSIONS + 2).map(|i| format!("v{i}")).collect();
-        for (i, name) in names.iter().enumerate() {
+        for i in 0..names.len() {
             let reports: Vec<(&str, u64, u64)> =
                 names[..=i].iter().map(|n| (n.as_str(), 1, 0)).collect();
             samples.observe(&[record("a", 1, &reports)], i as u64 + 1);
