@@ -15,6 +15,8 @@ use switchboard_tests::{Coordinator, EtcdServer, Sidecar, TestEnv, unique_prefix
 use webdriver::Browser;
 
 const NS: &str = "catalog";
+/// A stage message that is markup: the page must show it as text.
+const MARKUP: &str = "<img id=\"injected\" src=\"x\"> v2";
 
 /// A JSON client of the coordinator's HTTP API, with or without a bearer token.
 struct Api {
@@ -130,7 +132,9 @@ async fn report_until_sampled(api: &Api, sidecar: &Sidecar, versions: &[&str]) -
         async || {
             if last_report.is_none_or(|at| at.elapsed() > Duration::from_millis(400)) {
                 for (index, version) in versions.iter().enumerate() {
-                    let errors = 2 + 3 * index as u64;
+                    // Low error rates (1% and 2%), so that the judge never rolls the canary
+                    // back under the test.
+                    let errors = 1 + index as u64;
                     let (status, body) = sidecar.report(NS, version, 100, errors).await?;
                     ensure!(status == 202, "report answered {status}: {body}");
                 }
@@ -234,7 +238,19 @@ async fn the_dashboard_shows_a_release_and_its_buttons_pass_the_same_gate_as_sbc
         .run(&["flip", NS, "-m", "go live"])
         .await?
         .ensure_success()?;
-    let v2 = stage(&operator, NS, &set2).await?;
+    // A message that would be an element if the page rendered values as markup.
+    let staged = operator
+        .run(&["stage", NS, &set2, "-m", MARKUP])
+        .await?
+        .ensure_success()?;
+    let v2 = staged
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    ensure!(v2.len() == 16, "stage printed no version last:\n{staged}");
     operator
         .run(&["canary", NS, "10", "-m", "first look"])
         .await?
@@ -319,6 +335,13 @@ async fn the_dashboard_shows_a_release_and_its_buttons_pass_the_same_gate_as_sbc
         );
         let canary = browser.text("#canary").await?;
         ensure!(canary.contains("10%") && canary.contains(&v2), "canary shows {canary:?}");
+        // Values are text, never markup.
+        let message = browser.text(&format!("#slot-{idle_slot} .message")).await?;
+        assert_eq!(message, MARKUP);
+        ensure!(
+            page_flag(&browser, "return document.getElementById('injected') === null").await?,
+            "the stage message became an element"
+        );
         // The sidecar serves the current epoch, both versions.
         browser
             .wait_text("tr[data-sidecar='sc-1'] .converged", "sc-1 converged", DEADLINE, |t| {
@@ -622,7 +645,7 @@ async fn the_json_api_changes_routing_like_sbctl_and_refuses_bad_input() -> Resu
     ensure!(code == 200, "rollback answered {code}: {change}");
     assert_eq!(change["routing"]["active"]["version"], v1.as_str());
     // sbctl sees the same routing, and the API's latest audit records.
-    let seen = status_of(&sbctl).await?;
+    let seen = common::status(&sbctl, NS).await?;
     assert_eq!(seen["active"]["version"], v1.as_str(), "{seen}");
     let trail = api.ok(&format!("{}?limit=2", path("audit"))).await?;
     let actions: Vec<&str> = trail["records"]
@@ -666,6 +689,13 @@ async fn the_json_api_changes_routing_like_sbctl_and_refuses_bad_input() -> Resu
         );
     }
 
+    // A rollout, for the page to show its steps; the judge holds it at its first step for
+    // want of data.
+    sbctl
+        .run(&["rollout", NS, "--steps", "10,50,100", "--interval", "3600"])
+        .await?
+        .ensure_success()?;
+
     // Without --auth the page reads without a token.
     let browser = Browser::start().await?;
     with_screenshot_on_failure(&browser, async || {
@@ -684,6 +714,23 @@ async fn the_json_api_changes_routing_like_sbctl_and_refuses_bad_input() -> Resu
             "the page asks for a token from an open coordinator"
         );
         assert_eq!(browser.text("#token-state").await?, "no token");
+        browser
+            .wait_text("#rollout-state", "the rollout", DEADLINE, |t| {
+                t.starts_with("running")
+            })
+            .await?;
+        let steps = browser
+            .eval(
+                "return Array.from(document.querySelectorAll('#rollout-steps li'))\
+                 .map(li => [li.textContent, li.className]);",
+                vec![],
+            )
+            .await?;
+        assert_eq!(
+            steps,
+            json!([["10%", "current"], ["50%", ""], ["100%", ""]]),
+            "rollout steps"
+        );
         assert_eq!(
             browser.text("#active").await?,
             format!(
@@ -695,8 +742,4 @@ async fn the_json_api_changes_routing_like_sbctl_and_refuses_bad_input() -> Resu
     })
     .await?;
     browser.quit().await
-}
-
-async fn status_of(sbctl: &switchboard_tests::SbctlRunner) -> Result<Value> {
-    status(sbctl, NS).await
 }

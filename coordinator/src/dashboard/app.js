@@ -10,7 +10,9 @@
   const POLL_MS = 2000;
   const AUDIT_SHOWN = 20;
   const TOKEN_KEY = "switchboard-token";
-  const PALETTE = ["#2563eb", "#f59e0b", "#16a34a", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#b91c1c"];
+  // A version in a slot takes the slot's colour, as the slots are drawn; others take the rest.
+  const SLOT_COLOURS = { blue: "#2563eb", green: "#16a34a" };
+  const PALETTE = ["#f59e0b", "#db2777", "#7c3aed", "#0891b2", "#65a30d", "#b91c1c", "#6b7280", "#92400e"];
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const state = {
@@ -153,7 +155,7 @@
       el("dt", {}, "Items"), el("dd", {}, record.item_count + " (" + record.bytes + " bytes)"),
       el("dt", {}, "Checksum"), el("dd", { class: "checksum mono", title: record.checksum }, short(record.checksum)),
       el("dt", {}, "Staged by"), el("dd", {}, record.staged_by + ", " + time(record.at_ms)),
-      el("dt", {}, "Message"), el("dd", {}, record.message),
+      el("dt", {}, "Message"), el("dd", { class: "message" }, record.message),
     );
     box.replaceChildren(title, facts);
   }
@@ -297,8 +299,11 @@
     }
     const gap = 3 * series.interval_ms;
     const items = [];
-    versions.forEach((version, index) => {
-      const colour = PALETTE[index % PALETTE.length];
+    const slotOf = (name) => ["blue", "green"].find((slot) => status && status.slots[slot] && status.slots[slot].version === name);
+    let others = 0;
+    versions.forEach((version) => {
+      const slot = slotOf(version.version);
+      const colour = slot ? SLOT_COLOURS[slot] : PALETTE[others++ % PALETTE.length];
       const group = svg("g", { "data-version": version.version });
       // A gap of several intervals without outcomes breaks the line instead of bridging it.
       let segment = [];
@@ -322,7 +327,8 @@
       const last = version.points[version.points.length - 1];
       const swatch = el("span", { class: "swatch" });
       swatch.style.background = colour;
-      items.push(el("li", { "data-version": version.version }, swatch, version.version + ": " + (rate(last) * 100).toFixed(2) + "% now"));
+      const name = (slot ? slot + " · " : "") + version.version;
+      items.push(el("li", { "data-version": version.version }, swatch, name + ": " + (rate(last) * 100).toFixed(2) + "% in the last interval"));
     });
     chart.replaceChildren(root);
     legend.replaceChildren(...items);
