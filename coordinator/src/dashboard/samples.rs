@@ -204,26 +204,33 @@ pub async fn sample(releases: Releases, samples: ErrorSamples, stop: Cancellatio
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut namespaces = match releases.store().namespaces().await {
-            Ok(namespaces) => namespaces,
-            Err(error) => {
-                tracing::debug!(%error, "dashboard sampler cannot list namespaces");
-                continue;
-            }
-        };
-        namespaces.sort();
-        namespaces.truncate(MAX_NAMESPACES);
-        for ns in &namespaces {
-            if stop.is_cancelled() {
-                return;
-            }
-            match releases.store().health_records(ns).await {
-                Ok(records) => samples.observe(ns, &records, now_ms()),
-                Err(error) => tracing::debug!(ns, %error, "dashboard sampler cannot read health"),
-            }
+        // A round waits on etcd; while etcd does not answer, shutdown must not wait for the
+        // round's timeouts.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = sample_round(&releases, &samples) => {}
         }
-        samples.retain(&namespaces.into_iter().collect());
     }
+}
+
+/// Reads the health records of every namespace (at most [`MAX_NAMESPACES`]) once.
+async fn sample_round(releases: &Releases, samples: &ErrorSamples) {
+    let mut namespaces = match releases.store().namespaces().await {
+        Ok(namespaces) => namespaces,
+        Err(error) => {
+            tracing::debug!(%error, "dashboard sampler cannot list namespaces");
+            return;
+        }
+    };
+    namespaces.sort();
+    namespaces.truncate(MAX_NAMESPACES);
+    for ns in &namespaces {
+        match releases.store().health_records(ns).await {
+            Ok(records) => samples.observe(ns, &records, now_ms()),
+            Err(error) => tracing::debug!(ns, %error, "dashboard sampler cannot read health"),
+        }
+    }
+    samples.retain(&namespaces.into_iter().collect());
 }
 
 #[cfg(test)]
