@@ -146,7 +146,7 @@ pub async fn run(config: &ReadConfig, work: &Path) -> Result<ReadReport> {
             result.common_rate = Some(run);
         }
     }
-    drop(nginx);
+    nginx.stop().await?;
     Ok(ReadReport {
         items: config.items,
         answer_bytes: answer.len(),
@@ -185,7 +185,7 @@ async fn fetch(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
 /// log, as one would configure it to serve static files fast.
 struct Nginx {
     addr: SocketAddr,
-    _process: ChildProcess,
+    process: ChildProcess,
 }
 
 impl Nginx {
@@ -225,10 +225,14 @@ impl Nginx {
         })
         .await
         .with_context(|| process.log_tail(20))?;
-        Ok(Self {
-            addr,
-            _process: process,
-        })
+        Ok(Self { addr, process })
+    }
+
+    /// Stops nginx with SIGTERM, which its master passes on to the workers. A SIGKILL (what
+    /// dropping the process does) would leave the workers running.
+    async fn stop(self) -> Result<()> {
+        self.process.terminate(Duration::from_secs(10)).await?;
+        Ok(())
     }
 }
 
