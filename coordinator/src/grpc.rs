@@ -65,23 +65,6 @@ impl AdminService {
     }
 }
 
-fn change_request<'a>(
-    ns: &'a str,
-    expected_epoch: u64,
-    action: &'a str,
-    reason: &'a str,
-    actor: &'a Actor,
-) -> ChangeRequest<'a> {
-    ChangeRequest {
-        ns,
-        expected_epoch,
-        action,
-        reason,
-        actor,
-        fence: None,
-    }
-}
-
 fn json_reply<T: serde::Serialize>(value: &T) -> Result<Response<pb::JsonReply>, Status> {
     let json = serde_json::to_string(value)
         .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?;
@@ -367,7 +350,13 @@ impl Admin for AdminService {
         let change = self
             .releases
             .set_canary(
-                change_request(&r.namespace, r.expected_epoch, "canary", &r.reason, &actor),
+                ChangeRequest::by_person(
+                    &r.namespace,
+                    r.expected_epoch,
+                    "canary",
+                    &r.reason,
+                    &actor,
+                ),
                 r.weight_bp,
                 &r.expected_version,
             )
@@ -400,7 +389,8 @@ impl Admin for AdminService {
             let (expected_epoch, actor) = (r.expected_epoch, actor.clone());
             let lead = Duration::from_millis(lead_ms);
             tokio::spawn(async move {
-                let request = change_request(&ns, expected_epoch, "flip", &reason, &actor);
+                let request =
+                    ChangeRequest::by_person(&ns, expected_epoch, "flip", &reason, &actor);
                 releases
                     .sync_flip(request, &version, lead, ack_timeout)
                     .await
@@ -410,7 +400,8 @@ impl Admin for AdminService {
                 Status::internal(format!("the synchronized flip's task failed: {error}"))
             })??
         } else {
-            let request = change_request(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor);
+            let request =
+                ChangeRequest::by_person(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor);
             self.releases.flip(request, &r.expected_version).await?
         };
         json_reply(&change)
@@ -424,7 +415,7 @@ impl Admin for AdminService {
             .admit(&request, Rpc::Rollback, &request.get_ref().namespace)
             .await?;
         let r = request.into_inner();
-        let change = change_request(
+        let change = ChangeRequest::by_person(
             &r.namespace,
             r.expected_epoch,
             "rollback",
@@ -486,8 +477,9 @@ impl Admin for AdminService {
             .await?;
         let r = request.into_inner();
         let releases = &self.releases;
-        let change =
-            |action| change_request(&r.namespace, r.expected_epoch, action, &r.reason, &actor);
+        let change = |action| {
+            ChangeRequest::by_person(&r.namespace, r.expected_epoch, action, &r.reason, &actor)
+        };
         let rollout = match r.action.as_str() {
             "start" => {
                 releases
@@ -503,7 +495,13 @@ impl Admin for AdminService {
             "abort" => {
                 // Abort decides on the current epoch: aborting is always safe to apply.
                 let epoch = releases.status(&r.namespace).await?.epoch;
-                let abort = change_request(&r.namespace, epoch, "rollout-abort", &r.reason, &actor);
+                let abort = ChangeRequest::by_person(
+                    &r.namespace,
+                    epoch,
+                    "rollout-abort",
+                    &r.reason,
+                    &actor,
+                );
                 releases.abort_rollout(abort).await?;
                 releases.current_rollout(&r.namespace).await?
             }

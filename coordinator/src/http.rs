@@ -296,7 +296,8 @@ async fn canary(
             let weight_bp = canary_weight(&body)?;
             let expected_epoch = required_epoch(body.expected_epoch)?;
             known_namespace(&state, &ns).await?;
-            let request = change_request(&ns, expected_epoch, "canary", &body.reason, &actor);
+            let request =
+                ChangeRequest::by_person(&ns, expected_epoch, "canary", &body.reason, &actor);
             state
                 .releases
                 .set_canary(request, weight_bp, &body.expected_version)
@@ -331,7 +332,8 @@ async fn flip(
             let body: FlipBody = json_body(&headers, body, "flip request").await?;
             let expected_epoch = required_epoch(body.expected_epoch)?;
             known_namespace(&state, &ns).await?;
-            let request = change_request(&ns, expected_epoch, "flip", &body.reason, &actor);
+            let request =
+                ChangeRequest::by_person(&ns, expected_epoch, "flip", &body.reason, &actor);
             state.releases.flip(request, &body.expected_version).await
         }
         .await,
@@ -362,7 +364,8 @@ async fn rollback(
             let body: RollbackBody = json_body(&headers, body, "rollback request").await?;
             let expected_epoch = required_epoch(body.expected_epoch)?;
             known_namespace(&state, &ns).await?;
-            let request = change_request(&ns, expected_epoch, "rollback", &body.reason, &actor);
+            let request =
+                ChangeRequest::by_person(&ns, expected_epoch, "rollback", &body.reason, &actor);
             if body.to_version.is_empty() {
                 state.releases.rollback(request).await
             } else {
@@ -371,23 +374,6 @@ async fn rollback(
         }
         .await,
     )
-}
-
-fn change_request<'a>(
-    ns: &'a str,
-    expected_epoch: u64,
-    action: &'a str,
-    reason: &'a str,
-    actor: &'a Actor,
-) -> ChangeRequest<'a> {
-    ChangeRequest {
-        ns,
-        expected_epoch,
-        action,
-        reason,
-        actor,
-        fence: None,
-    }
 }
 
 fn error_response(error: CoordinatorError) -> Response {

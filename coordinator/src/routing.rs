@@ -50,6 +50,26 @@ pub struct ChangeRequest<'a> {
     pub fence: Option<&'a Fence>,
 }
 
+impl<'a> ChangeRequest<'a> {
+    /// A change asked for by a person (through sbctl or the dashboard): no leader's fence.
+    pub fn by_person(
+        ns: &'a str,
+        expected_epoch: u64,
+        action: &'a str,
+        reason: &'a str,
+        actor: &'a Actor,
+    ) -> Self {
+        Self {
+            ns,
+            expected_epoch,
+            action,
+            reason,
+            actor,
+            fence: None,
+        }
+    }
+}
+
 /// What happens to the rollout record with a routing change.
 enum RolloutAfter {
     /// A change made by hand ends a running or paused rollout: people and automation must not
