@@ -4,6 +4,7 @@
 //! kept free for those.
 
 use std::time::Duration;
+use switchboard_runtime::Every;
 
 use tokio_util::sync::CancellationToken;
 
@@ -93,13 +94,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 /// [`Capacity::usage`] stay current between stages and an alert on the quota's headroom sees
 /// the space fill as it fills. The leader runs it; a failure is logged and tried next time.
 pub async fn sample(releases: Releases, term: CancellationToken) {
-    let mut tick = tokio::time::interval(SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = term.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = Every::new(SAMPLE_EVERY);
+    while every.tick(&term).await {
         if let Err(error) = releases.capacity().usage(releases.store()).await {
             tracing::warn!(%error, "cannot read the size of etcd's database");
         }

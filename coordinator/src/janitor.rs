@@ -13,6 +13,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
+use switchboard_runtime::Every;
 
 use etcd_client::{Compare, Txn, TxnOp};
 use switchboard_proto::{HistoryEntry, Slot};
@@ -74,13 +75,8 @@ impl Janitor {
     /// Runs a round every interval until `term` ends. Failures are logged here and retried
     /// next round.
     pub async fn run(mut self, term: CancellationToken) {
-        let mut tick = tokio::time::interval(self.settings.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = term.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut every = Every::new(self.settings.interval);
+        while every.tick(&term).await {
             if let Err(error) = self.round(&term).await {
                 tracing::warn!(%error, "housekeeping round failed; trying again next round");
             }

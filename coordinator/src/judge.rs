@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
+use switchboard_runtime::Every;
 
 use switchboard_proto::judge::{Counts, Outcome, Verdict, judge};
 use switchboard_proto::time::now_ms;
@@ -149,13 +150,8 @@ impl Judge {
 
     /// Judges every namespace each `TICK` until `term` ends.
     pub async fn run(mut self, term: CancellationToken) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = term.cancelled() => break,
-                _ = tick.tick() => {}
-            }
+        let mut every = Every::new(TICK);
+        while every.tick(&term).await {
             let namespaces = match self.releases.store().namespaces().await {
                 Ok(namespaces) => namespaces,
                 Err(error) => {

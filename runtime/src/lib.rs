@@ -1,5 +1,5 @@
-//! What the coordinator and the sidecar both run: the etcd connection, and shutdown on
-//! SIGINT or SIGTERM.
+//! What the coordinator and the sidecar both run: the etcd connection, periodic loops that stop
+//! on a token, and shutdown on SIGINT or SIGTERM.
 //!
 //! etcd-client balances requests over every endpoint it is given (tower's power-of-two-choices
 //! over tonic connections), and a member that refuses or drops connections fails the requests
@@ -205,6 +205,29 @@ pub async fn connect_etcd_as(
     }
 }
 
+/// The clock of a periodic loop that stops on a token: `while every.tick(&token).await { .. }`.
+/// The first tick is at once; a round that runs late is followed by a whole period, never by
+/// a burst of rounds catching up.
+pub struct Every {
+    interval: tokio::time::Interval,
+}
+
+impl Every {
+    pub fn new(period: Duration) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { interval }
+    }
+
+    /// Waits for the next tick: true then, false once `token` is cancelled.
+    pub async fn tick(&mut self, token: &CancellationToken) -> bool {
+        tokio::select! {
+            () = token.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 /// Keeps `client`'s endpoints to the members that answer, until `shutdown`. Does nothing for a
 /// single endpoint, which is never taken out: its errors must stay visible. At least one
 /// endpoint always stays in service for the same reason.
@@ -219,13 +242,8 @@ pub async fn keep_endpoints_answering(
     }
     let mut probes: Vec<Option<etcd_client::Client>> = vec![None; endpoints.len()];
     let mut in_service = vec![true; endpoints.len()];
-    let mut tick = tokio::time::interval(PROBE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = Every::new(PROBE_EVERY);
+    while every.tick(&shutdown).await {
         for (i, endpoint) in endpoints.iter().enumerate() {
             let answers = probe(&mut probes[i], endpoint, &options).await;
             if answers == in_service[i] {

@@ -5,6 +5,7 @@
 //! and versions are only those served (reads) or accepted for reports (see `reports.rs`).
 
 use std::time::Duration;
+use switchboard_runtime::Every;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -151,12 +152,8 @@ pub fn update_gauges(served: &Served, now_ms: u64) {
 /// Drains histogram samples every few seconds until `shutdown`: without it, samples pile up in
 /// memory for as long as nobody scrapes `/metrics`.
 pub async fn keep_up(handle: PrometheusHandle, shutdown: CancellationToken) {
-    let mut every = tokio::time::interval(UPKEEP_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = every.tick() => handle.run_upkeep(),
-        }
+    let mut every = Every::new(UPKEEP_EVERY);
+    while every.tick(&shutdown).await {
+        handle.run_upkeep();
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use switchboard_runtime::Every;
 
 use serde::Serialize;
 use switchboard_proto::HealthRecord;
@@ -197,13 +198,8 @@ impl ErrorSamples {
 
 /// Samples every namespace's health records each [`SAMPLE_INTERVAL`] until `stop`.
 pub async fn sample(releases: Releases, samples: ErrorSamples, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = Every::new(SAMPLE_INTERVAL);
+    while every.tick(&stop).await {
         // A round waits on etcd; while etcd does not answer, shutdown must not wait for the
         // round's timeouts.
         tokio::select! {
