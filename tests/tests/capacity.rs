@@ -149,36 +149,18 @@ async fn the_leader_collects_what_nothing_needs_and_compacts() -> Result<()> {
         "the chunks of the versions in the slots must stay"
     );
     // Pages go with their manifests: every page left is listed by a manifest that is left.
-    let keys_under = |prefix: String| {
-        let mut client = client.clone();
-        async move {
-            let options = etcd_client::GetOptions::new().with_prefix();
-            let response = client.get(prefix.as_str(), Some(options)).await?;
-            anyhow::Ok(
-                response
-                    .kvs()
-                    .iter()
-                    .map(|kv| {
-                        (
-                            kv.key_str().unwrap_or_default().to_string(),
-                            kv.value().to_vec(),
-                        )
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        }
-    };
+    let store = switchboard_coordinator::store::Store::new(client.clone(), env.keys().clone());
     let mut listed = std::collections::HashSet::new();
-    for (_, raw) in keys_under(format!("{}/ns/{NS}/manifests/", env.prefix())).await? {
+    for (_, raw) in store.get_prefix(&env.keys().manifests_prefix(NS)).await? {
         let head = switchboard_proto::ManifestHead::from_json(&raw)?;
         listed.extend(head.pages.into_iter().map(|p| env.keys().page(NS, &p.hash)));
     }
-    let pages = keys_under(env.keys().page(NS, "")).await?;
+    let pages = store.keys_under(&env.keys().page(NS, "")).await?;
     ensure!(
         !pages.is_empty(),
         "the pages of the kept manifests must stay"
     );
-    for (key, _) in &pages {
+    for key in &pages {
         ensure!(listed.contains(key), "{key} is listed by no manifest left");
     }
     // Both versions in service still load: a new sidecar serves the active one.

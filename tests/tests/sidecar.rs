@@ -129,16 +129,10 @@ async fn corrupt_data_in_etcd_is_never_served() -> Result<()> {
         .as_str()
         .context("green manifest")?
         .to_string();
-    let raw = client.get(env.keys().manifest(NS, &manifest), None).await?;
-    let head = switchboard_proto::ManifestHead::from_json(
-        raw.kvs().first().context("manifest missing")?.value(),
-    )?;
-    let mut pages = Vec::new();
-    for page in &head.pages {
-        let raw = client.get(env.keys().page(NS, &page.hash), None).await?;
-        pages.push(raw.kvs().first().context("page missing")?.value().to_vec());
-    }
-    let manifest = head.assemble(pages.iter().map(Vec::as_slice))?;
+    let manifest = switchboard_coordinator::store::Store::new(client.clone(), env.keys().clone())
+        .read_manifest(NS, &manifest)
+        .await?
+        .context("manifest missing")?;
     let chunk_key = env.keys().chunk(NS, &manifest.chunks[0].hash);
     let mut chunk = client
         .get(chunk_key.as_str(), None)
