@@ -10,11 +10,11 @@ use etcd_client::{
 };
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
-use switchboard_proto::set::read_batches;
 use switchboard_proto::{
     Approval, AuditHead, HealthRecord, Keys, Manifest, ManifestHead, Page, PageRef, Policy,
     Rollout, Routing, Slot, SlotRef,
 };
+use switchboard_runtime::get_in_batches;
 
 use crate::error::{CoordinatorError, Result};
 
@@ -22,7 +22,7 @@ use crate::error::{CoordinatorError, Result};
 pub const MAX_TXN_OPS: usize = 100;
 /// Most chunk bytes one request may carry; etcd refuses requests over 1.5 MiB.
 pub const MAX_TXN_BYTES: usize = 1024 * 1024 + 64 * 1024;
-/// Chunk read batches in flight at once (`for_each_chunk`).
+/// Read batches in flight at once (`for_each_chunk`, `read_pages`).
 const READS_IN_FLIGHT: usize = 3;
 /// Most keys one listing request returns (`keys_under`).
 const KEYS_PER_READ: i64 = 10_000;
@@ -438,18 +438,12 @@ impl Store {
 
     /// The pages named, in the order given; `None` for each page etcd lacks.
     pub async fn read_pages(&self, ns: &str, pages: &[PageRef]) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<String> = pages.iter().map(|p| self.keys.page(ns, &p.hash)).collect();
         let sizes: Vec<u64> = pages.iter().map(|p| Page::stored_len(p.chunks)).collect();
-        let mut found = Vec::with_capacity(sizes.len());
-        for range in read_batches(&sizes) {
-            let reads: Vec<TxnOp> = pages[range]
-                .iter()
-                .map(|p| TxnOp::get(self.keys.page(ns, &p.hash), None))
-                .collect();
-            let response = self.txn(Txn::new().and_then(reads)).await?;
-            found.extend(response.op_responses().into_iter().map(|op| match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            }));
+        let mut found = Vec::with_capacity(keys.len());
+        let mut batches = get_in_batches(&keys, &sizes, READS_IN_FLIGHT, |txn| self.txn(txn));
+        while let Some((_, values)) = batches.next().await.transpose()? {
+            found.extend(values);
         }
         Ok(found)
     }
@@ -498,25 +492,13 @@ impl Store {
         hashes: &[(String, u64)],
         mut each: impl FnMut(&str, &[u8]) -> Result<()>,
     ) -> Result<()> {
+        let keys: Vec<String> = hashes.iter().map(|(h, _)| self.keys.chunk(ns, h)).collect();
         let sizes: Vec<u64> = hashes.iter().map(|(_, size)| *size).collect();
         // A few batches in flight at once, handed over in order: etcd answers a batch of small
         // chunks in about the time it takes to verify one, so reading ahead halves the wait.
-        let mut batches = futures::stream::iter(read_batches(&sizes).into_iter().map(|range| {
-            let batch = &hashes[range];
-            let reads: Vec<TxnOp> = batch
-                .iter()
-                .map(|(h, _)| TxnOp::get(self.keys.chunk(ns, h), None))
-                .collect();
-            async move { (batch, self.txn(Txn::new().and_then(reads)).await) }
-        }))
-        .buffered(READS_IN_FLIGHT);
-        while let Some((batch, response)) = batches.next().await {
-            let response = response?;
-            for ((hash, _), op) in batch.iter().zip(response.op_responses()) {
-                let data = match op {
-                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-                    _ => None,
-                };
+        let mut batches = get_in_batches(&keys, &sizes, READS_IN_FLIGHT, |txn| self.txn(txn));
+        while let Some((range, values)) = batches.next().await.transpose()? {
+            for ((hash, _), data) in hashes[range].iter().zip(values) {
                 let data = data.ok_or_else(|| {
                     CoordinatorError::Refused(format!(
                         "chunk {hash} of namespace {ns} is missing from etcd; run sbctl stage again to upload it"

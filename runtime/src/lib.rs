@@ -1,5 +1,5 @@
-//! What the coordinator and the sidecar both run: the etcd connection, periodic loops that stop
-//! on a token, and shutdown on SIGINT or SIGTERM.
+//! What the coordinator and the sidecar both run: the etcd connection, batched reads of many
+//! keys, periodic loops that stop on a token, and shutdown on SIGINT or SIGTERM.
 //!
 //! etcd-client balances requests over every endpoint it is given (tower's power-of-two-choices
 //! over tonic connections), and a member that refuses or drops connections fails the requests
@@ -203,6 +203,56 @@ pub async fn connect_etcd_as(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+}
+
+/// One batch of [`get_in_batches`]: its range of the keys, and each key's value (`None` where
+/// etcd holds none).
+pub type Batch = (std::ops::Range<usize>, Vec<Option<Vec<u8>>>);
+
+/// The values of `keys`, read in the transactions that [`read_batches`] cuts from the values'
+/// expected `sizes` (within etcd's operation limit and gRPC's message limit), `in_flight`
+/// transactions at once, and handed over batch by batch in order: the batch's range of `keys`
+/// and each key's value, `None` where etcd holds none. `txn` sends one transaction, so that the
+/// caller keeps its own timeout and error type.
+///
+/// [`read_batches`]: switchboard_proto::set::read_batches
+pub fn get_in_batches<'a, E, Fut>(
+    keys: &'a [String],
+    sizes: &[u64],
+    in_flight: usize,
+    txn: impl Fn(etcd_client::Txn) -> Fut + 'a,
+) -> impl futures::Stream<Item = Result<Batch, E>> + 'a
+where
+    Fut: Future<Output = Result<etcd_client::TxnResponse, E>> + 'a,
+    E: 'a,
+{
+    use etcd_client::{Txn, TxnOp, TxnOpResponse};
+    use futures::StreamExt;
+
+    let batches = switchboard_proto::set::read_batches(sizes);
+    futures::stream::iter(batches)
+        .map(move |range| {
+            let reads: Vec<TxnOp> = keys[range.clone()]
+                .iter()
+                .map(|key| TxnOp::get(key.as_str(), None))
+                .collect();
+            let response = txn(Txn::new().and_then(reads));
+            async move {
+                let response = response.await?;
+                let mut values: Vec<Option<Vec<u8>>> = response
+                    .op_responses()
+                    .into_iter()
+                    .map(|op| match op {
+                        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+                        _ => None,
+                    })
+                    .collect();
+                // An answer short of operations leaves the rest absent, never misaligned.
+                values.resize(range.len(), None);
+                Ok((range, values))
+            }
+        })
+        .buffered(in_flight.max(1))
 }
 
 /// The clock of a periodic loop that stops on a token: `while every.tick(&token).await { .. }`.

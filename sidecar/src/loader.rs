@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Txn, TxnResponse};
 use futures::StreamExt;
-use switchboard_proto::set::{SetVerifier, read_batches};
+use switchboard_proto::set::SetVerifier;
 use switchboard_proto::{ContractError, Keys, Manifest, ManifestHead, Page};
+use switchboard_runtime::get_in_batches;
 
 use crate::snapshot::LoadedSet;
 
@@ -66,41 +67,24 @@ pub async fn load_set(
     if head.hash() != manifest_hash {
         return Err(invalid("content does not match its hash".into()));
     }
-    let manifest = read_pages(&mut client, keys, ns, &head)
+    let manifest = read_pages(&client, keys, ns, &head)
         .await?
         .map_err(|e| invalid(e.to_string()))?;
 
     let mut verifier = SetVerifier::new(&manifest);
     let chunks = &manifest.chunks;
+    let chunk_keys: Vec<String> = chunks.iter().map(|c| keys.chunk(ns, &c.hash)).collect();
     let sizes: Vec<u64> = chunks.iter().map(|c| c.stored_len()).collect();
     // A few batches in flight at once, handed over in order: etcd answers a batch of small
     // chunks in about the time it takes to verify one, so reading ahead halves the wait.
-    let mut batches = futures::stream::iter(read_batches(&sizes).into_iter().map(|range| {
-        let batch = &chunks[range];
-        let reads: Vec<TxnOp> = batch
-            .iter()
-            .map(|c| TxnOp::get(keys.chunk(ns, &c.hash), None))
-            .collect();
-        let mut client = client.clone();
-        async move {
-            (
-                batch,
-                with_timeout(client.txn(Txn::new().and_then(reads))).await,
-            )
-        }
-    }))
-    .buffered(READS_IN_FLIGHT);
-    while let Some((batch, response)) = batches.next().await {
-        let response = response?;
-        for (chunk, op) in batch.iter().zip(response.op_responses()) {
-            let key = keys.chunk(ns, &chunk.hash);
-            let data = match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            }
-            .ok_or_else(|| LoadError::Missing { key: key.clone() })?;
+    let mut batches = get_in_batches(&chunk_keys, &sizes, READS_IN_FLIGHT, |txn| {
+        txn_of(&client, txn)
+    });
+    while let Some((range, values)) = batches.next().await.transpose()? {
+        for (key, data) in chunk_keys[range].iter().zip(values) {
+            let data = data.ok_or_else(|| LoadError::Missing { key: key.clone() })?;
             verifier.add_chunk(&data).map_err(|e| LoadError::Invalid {
-                key,
+                key: key.clone(),
                 reason: e.to_string(),
             })?;
         }
@@ -117,36 +101,32 @@ pub async fn load_set(
 /// Reads the pages of a manifest head and assembles the manifest; the inner error is a page
 /// that does not verify against the head.
 async fn read_pages(
-    client: &mut Client,
+    client: &Client,
     keys: &Keys,
     ns: &str,
     head: &ManifestHead,
 ) -> Result<Result<Manifest, ContractError>, LoadError> {
+    let page_keys: Vec<String> = head.pages.iter().map(|p| keys.page(ns, &p.hash)).collect();
     let sizes: Vec<u64> = head
         .pages
         .iter()
         .map(|p| Page::stored_len(p.chunks))
         .collect();
-    let mut pages = Vec::with_capacity(sizes.len());
-    for range in read_batches(&sizes) {
-        let batch = &head.pages[range];
-        let reads: Vec<TxnOp> = batch
-            .iter()
-            .map(|p| TxnOp::get(keys.page(ns, &p.hash), None))
-            .collect();
-        let response = with_timeout(client.txn(Txn::new().and_then(reads))).await?;
-        for (page, op) in batch.iter().zip(response.op_responses()) {
-            let data = match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            }
-            .ok_or_else(|| LoadError::Missing {
-                key: keys.page(ns, &page.hash),
-            })?;
-            pages.push(data);
+    let mut pages = Vec::with_capacity(page_keys.len());
+    let mut batches = get_in_batches(&page_keys, &sizes, READS_IN_FLIGHT, |txn| {
+        txn_of(client, txn)
+    });
+    while let Some((range, values)) = batches.next().await.transpose()? {
+        for (key, data) in page_keys[range].iter().zip(values) {
+            pages.push(data.ok_or_else(|| LoadError::Missing { key: key.clone() })?);
         }
     }
     Ok(head.assemble(pages.iter().map(Vec::as_slice)))
+}
+
+/// One transaction on `client`, under the request timeout.
+async fn txn_of(client: &Client, txn: Txn) -> Result<TxnResponse, LoadError> {
+    with_timeout(client.clone().txn(txn)).await
 }
 
 /// Keeps loaded sets by manifest hash, so that a routing change that only moves the canary
