@@ -291,15 +291,7 @@ fn substitute_value(
 }
 
 /// Appends `token` escaped as a JSON pointer token (`~` is `~0`, `/` is `~1`).
-pub fn push_pointer_token(path: &mut String, token: &str) {
-    for c in token.chars() {
-        match c {
-            '~' => path.push_str("~0"),
-            '/' => path.push_str("~1"),
-            c => path.push(c),
-        }
-    }
-}
+pub use switchboard_contract::push_pointer_token;
 
 /// Where placeholders are, for the warning printed when `--env` is not given.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -13,13 +13,15 @@
 pub mod cli;
 pub mod client;
 pub mod commands;
-pub mod compat;
+/// The change classes, from the contract crate the coordinator enforces them with.
+pub use switchboard_contract::compat;
 pub mod env;
 pub mod exit;
 pub mod gates;
 pub mod output;
 pub mod pipeline;
-pub mod plan;
+/// The plan diff, from the contract crate the coordinator enforces it with.
+pub use switchboard_contract::diff as plan;
 pub mod snapshot;
 pub mod source;
 pub mod token;

@@ -5,7 +5,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
 use switchboard_proto::{ItemSet, Manifest};
 
 use crate::client::Coordinator;
@@ -47,7 +46,7 @@ pub fn prepare(path: &Path, env: Option<&str>) -> Result<Prepared, CliError> {
                 path.join(source::CONFIG_FILE).display()
             ));
         }
-        let schemas = match Schemas::compile(path, &config) {
+        let schemas = match validate::compile(path, &config) {
             Ok(schemas) => schemas,
             Err(found) => {
                 problems.extend(found);
@@ -85,7 +84,7 @@ pub fn prepare(path: &Path, env: Option<&str>) -> Result<Prepared, CliError> {
             }
         }
     }
-    let violations = schemas.validate(&read.items);
+    let violations = validate::validate_items(&schemas, &read.items);
     read.problems.extend(violations);
     let set = source::build(path, read)?;
     Ok(Prepared { set, schemas })
@@ -138,25 +137,16 @@ pub async fn plan_report(
         }
     };
 
-    let mut items: Vec<ItemPlan> = Vec::new();
-    items.extend(diff.added.iter().map(|key| compat::item_added(key)));
-    for key in &diff.changed {
-        let old = active_only
-            .get(key)
-            .ok_or_else(|| CliError::Failed(format!("the active value of {key} is missing")))?;
-        let old: Value = serde_json::from_slice(old).map_err(|e| CliError::BadReply {
-            rpc: "GetChunks",
-            problem: format!("the active item {key} is not JSON: {e}"),
-        })?;
-        let new = set
-            .get(key)
-            .ok_or_else(|| CliError::Failed(format!("the new value of {key} is missing")))?;
-        let new: Value = serde_json::from_slice(new)
-            .map_err(|e| CliError::Failed(format!("the new item {key} is not JSON: {e}")))?;
-        let cursor = prepared.schemas.cursor(key);
-        items.push(compat::item_changed(key, &old, &new, &cursor));
-    }
-    items.extend(diff.removed.iter().map(|key| compat::item_removed(key)));
+    let items: Vec<ItemPlan> = compat::plan_items(
+        &diff,
+        |key| set.get(key).map(|v| &v[..]),
+        &active_only,
+        &prepared.schemas,
+    )
+    .map_err(|problem| CliError::BadReply {
+        rpc: "GetChunks",
+        problem,
+    })?;
 
     Ok(PlanReport {
         namespace: namespace.to_string(),
@@ -195,6 +185,7 @@ pub async fn check_destructive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn write(root: &Path, rel: &str, text: &str) {
         let path = root.join(rel);

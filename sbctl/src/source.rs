@@ -117,13 +117,7 @@ pub enum Problem {
 }
 
 /// A JSON pointer as messages show it: the empty pointer, the whole item, is `(root)`.
-pub fn pointer_or_root(pointer: &str) -> &str {
-    if pointer.is_empty() {
-        "(root)"
-    } else {
-        pointer
-    }
-}
+pub use switchboard_contract::pointer_or_root;
 
 fn at(location: &Option<(u64, u64)>) -> String {
     match location {
@@ -305,6 +299,15 @@ pub fn read_document(path: &Path) -> Result<serde_json::Value, Problem> {
     let format = Format::split_name(&name).map_or(Format::Yaml, |(_, format)| format);
     let bytes = fs::read(path).map_err(|e| unreadable(path, &e))?;
     parse(&bytes, format).map_err(|e| e.into_problem(path, format))
+}
+
+/// Reads a text file (a Rego rule), naming it when it cannot be read or is not UTF-8.
+pub fn read_text(path: &Path) -> Result<String, Problem> {
+    let bytes = fs::read(path).map_err(|e| unreadable(path, &e))?;
+    String::from_utf8(bytes).map_err(|e| Problem::Unreadable {
+        file: display(path),
+        reason: format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to()),
+    })
 }
 
 fn display(path: &Path) -> String {

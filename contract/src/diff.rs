@@ -138,6 +138,36 @@ pub fn diff(
     result
 }
 
+/// The diff from what each side holds that the other does not: `new_only` are the new set's
+/// items in chunks the active set does not share, `shared_items` the number of items in the
+/// chunks both share, and `active_only` the active set's items in chunks the new set does not
+/// share ([`decode_fetched`]). A key in a shared chunk is in no other chunk of either side, so
+/// every difference lies in these two maps. This is the coordinator's form of [`diff`], for a
+/// set it reads chunk by chunk and never holds whole.
+pub fn diff_unshared(
+    new_only: &BTreeMap<String, Arc<[u8]>>,
+    shared_items: u64,
+    active_only: &ActiveOnlyItems,
+) -> Diff {
+    let mut result = Diff {
+        unchanged: shared_items,
+        ..Diff::default()
+    };
+    for (key, value) in new_only {
+        match active_only.get(key) {
+            Some(old) if old == value => result.unchanged += 1,
+            Some(_) => result.changed.push(key.clone()),
+            None => result.added.push(key.clone()),
+        }
+    }
+    result.removed = active_only
+        .keys()
+        .filter(|k| !new_only.contains_key(*k))
+        .cloned()
+        .collect();
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@
 //!
 //! Paths are JSON pointers into the item. A removed element's index is its index in the active
 //! version; every other index is in the new version. Values of sensitive fields (see
-//! [`crate::validate`]) are `"<redacted>"` in `old` and `new`.
+//! [`crate::schema`]) are `"<redacted>"` in `old` and `new`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -33,9 +33,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::env::push_pointer_token;
-use crate::source::pointer_or_root;
-use crate::validate::{Cursor, REDACTED, redact};
+use crate::schema::{Cursor, REDACTED, redact};
+use crate::{pointer_or_root, push_pointer_token};
 
 /// The class of a change, from harmless to dangerous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -676,6 +675,34 @@ pub fn render_item_changes(item: &ItemPlan, indent: &str, out: &mut String) {
             item.changes.len() - MAX_CHANGES_SHOWN
         );
     }
+}
+
+/// The plan of a diff: every added, changed and removed item with its changes classified, in
+/// the order added, changed, removed. `new_value` gives the new set's value of a key, and
+/// `active_only` holds the active values of the changed and removed keys. This is the one
+/// classification: sbctl's plan prints it and the coordinator's seal enforces it.
+pub fn plan_items<'a>(
+    diff: &crate::diff::Diff,
+    new_value: impl Fn(&str) -> Option<&'a [u8]>,
+    active_only: &crate::diff::ActiveOnlyItems,
+    schemas: &crate::schema::Schemas,
+) -> Result<Vec<ItemPlan>, String> {
+    let mut items: Vec<ItemPlan> = Vec::new();
+    items.extend(diff.added.iter().map(|key| item_added(key)));
+    for key in &diff.changed {
+        let old = active_only
+            .get(key)
+            .ok_or_else(|| format!("the active value of {key} is missing"))?;
+        let old: Value = serde_json::from_slice(old)
+            .map_err(|e| format!("the active item {key} is not JSON: {e}"))?;
+        let new = new_value(key).ok_or_else(|| format!("the new value of {key} is missing"))?;
+        let new: Value = serde_json::from_slice(new)
+            .map_err(|e| format!("the new item {key} is not JSON: {e}"))?;
+        let cursor = schemas.cursor(key);
+        items.push(item_changed(key, &old, &new, &cursor));
+    }
+    items.extend(diff.removed.iter().map(|key| item_removed(key)));
+    Ok(items)
 }
 
 /// `changes: 12 additive, 3 modifying, 2 destructive`
