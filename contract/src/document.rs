@@ -188,6 +188,20 @@ impl ContractRecord {
     }
 }
 
+/// A namespace's contract as `sbctl contract show` prints it: the one in force, and a proposal
+/// waiting for another person's approval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContractView {
+    pub namespace: String,
+    #[serde(default)]
+    pub active: Option<ContractRecord>,
+    #[serde(default)]
+    pub proposal: Option<ContractRecord>,
+    /// Whether a change needs another person's approval (the policy's `require_approval`).
+    #[serde(default)]
+    pub requires_approval: bool,
+}
+
 /// What is wrong with a contract.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ContractError {

@@ -20,7 +20,7 @@ pub mod rules;
 pub mod schema;
 
 pub use check::{SealCheck, Verdict};
-pub use document::{CompiledContract, Contract, ContractError, ContractRecord};
+pub use document::{CompiledContract, Contract, ContractError, ContractRecord, ContractView};
 
 /// `token` appended to a JSON pointer, escaped (`~` as `~0`, `/` as `~1`).
 pub fn push_pointer_token(path: &mut String, token: &str) {

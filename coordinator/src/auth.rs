@@ -102,10 +102,13 @@ pub enum Rpc {
     Approve,
     History,
     CheckGates,
+    GetContract,
+    SetContract,
+    ApproveContract,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 16] = [
+    pub const ALL: [Rpc; 19] = [
         Rpc::Status,
         Rpc::GetManifest,
         Rpc::GetChunks,
@@ -122,6 +125,9 @@ impl Rpc {
         Rpc::Approve,
         Rpc::History,
         Rpc::CheckGates,
+        Rpc::GetContract,
+        Rpc::SetContract,
+        Rpc::ApproveContract,
     ];
 
     /// The RPC's name in `switchboard.proto`, as the audit trail records it.
@@ -143,6 +149,9 @@ impl Rpc {
             Rpc::Approve => "Approve",
             Rpc::History => "History",
             Rpc::CheckGates => "CheckGates",
+            Rpc::GetContract => "GetContract",
+            Rpc::SetContract => "SetContract",
+            Rpc::ApproveContract => "ApproveContract",
         }
     }
 
@@ -163,6 +172,9 @@ impl Rpc {
             Rpc::Approve => format!("approve releases of {ns}"),
             Rpc::History => format!("read the history of {ns}"),
             Rpc::CheckGates => format!("check the gates of {ns}"),
+            Rpc::GetContract => format!("read the contract of {ns}"),
+            Rpc::SetContract => format!("set the contract of {ns}"),
+            Rpc::ApproveContract => format!("approve contracts of {ns}"),
         }
     }
 }
@@ -172,7 +184,7 @@ pub fn role_permits(role: Role, rpc: Rpc) -> bool {
     use Rpc::*;
     let read = matches!(
         rpc,
-        Status | GetManifest | GetChunks | Audit | GetPolicy | History | CheckGates
+        Status | GetManifest | GetChunks | Audit | GetPolicy | History | CheckGates | GetContract
     );
     match role {
         Role::Viewer => read,
@@ -182,7 +194,7 @@ pub fn role_permits(role: Role, rpc: Rpc) -> bool {
                 BeginStage | UploadChunks | Seal | SetCanary | Flip | Rollback | Rollout
             )
         }
-        Role::Approver => read || rpc == Approve,
+        Role::Approver => read || matches!(rpc, Approve | ApproveContract),
         Role::Admin => true,
     }
 }
@@ -686,13 +698,28 @@ mod tests {
     }
 
     #[test]
+    fn reading_the_contract_is_for_every_role() {
+        assert_eq!(allowed(Rpc::GetContract), [true, true, true, true]);
+    }
+
+    #[test]
+    fn setting_the_contract_is_for_admins_only() {
+        assert_eq!(allowed(Rpc::SetContract), [false, false, false, true]);
+    }
+
+    #[test]
+    fn approving_a_contract_is_for_approvers_and_admins() {
+        assert_eq!(allowed(Rpc::ApproveContract), [false, false, true, true]);
+    }
+
+    #[test]
     fn approve_is_for_approvers_and_admins() {
         assert_eq!(allowed(Rpc::Approve), [false, false, true, true]);
     }
 
     #[test]
     fn every_rpc_is_in_the_table_and_admins_may_do_everything() {
-        assert_eq!(Rpc::ALL.len(), 16);
+        assert_eq!(Rpc::ALL.len(), 19);
         for rpc in Rpc::ALL {
             assert!(role_permits(Role::Admin, rpc), "{rpc:?}");
             assert!(!roles_that_permit(rpc).is_empty());

@@ -250,6 +250,7 @@ impl Admin for AdminService {
                 slot,
                 &request.manifest_hash,
                 request.slot_revision,
+                request.allow_destructive,
                 &actor,
             )
             .await?;
@@ -428,6 +429,52 @@ impl Admin for AdminService {
             self.releases.rollback_to(change, &r.to_version).await?
         };
         json_reply(&change)
+    }
+
+    async fn get_contract(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        self.admit(&request, Rpc::GetContract, &request.get_ref().namespace)
+            .await?;
+        let view = self
+            .releases
+            .contract_view(&request.get_ref().namespace)
+            .await?;
+        json_reply(&view)
+    }
+
+    async fn set_contract(
+        &self,
+        request: Request<pb::SetContractRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = self
+            .admit(&request, Rpc::SetContract, &request.get_ref().namespace)
+            .await?;
+        let r = request.into_inner();
+        let contract = switchboard_contract::Contract::from_json(r.contract_json.as_bytes())
+            .map_err(|e| Status::invalid_argument(format!("contract_json: {e}")))?;
+        let expected = (!r.expected_hash.is_empty()).then_some(r.expected_hash.as_str());
+        let view = self
+            .releases
+            .set_contract(&r.namespace, contract, expected, &r.reason, &actor)
+            .await?;
+        json_reply(&view)
+    }
+
+    async fn approve_contract(
+        &self,
+        request: Request<pb::ApproveContractRequest>,
+    ) -> Result<Response<pb::JsonReply>, Status> {
+        let actor = self
+            .admit(&request, Rpc::ApproveContract, &request.get_ref().namespace)
+            .await?;
+        let r = request.into_inner();
+        let view = self
+            .releases
+            .approve_contract(&r.namespace, &r.hash, &r.reason, &actor)
+            .await?;
+        json_reply(&view)
     }
 
     async fn get_policy(

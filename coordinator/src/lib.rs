@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod capacity;
+pub mod contract;
 pub mod crash;
 pub mod dashboard;
 pub mod dev_etcd;
@@ -21,6 +22,7 @@ pub mod judge;
 pub mod leader;
 pub mod release;
 pub mod routing;
+pub mod rule_worker;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
@@ -100,6 +102,12 @@ pub struct Args {
     /// A PEM CA: clients must present a certificate it signed (mutual TLS).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Wall-clock limit, in milliseconds, of one evaluation of a namespace's Rego rules at seal.
+    #[arg(long, default_value_t = rule_worker::DEFAULT_TIME_LIMIT.as_millis() as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub rule_time_limit_ms: u64,
+    /// Address-space limit, in MiB, of the child process that evaluates Rego rules.
+    #[arg(long, default_value_t = rule_worker::DEFAULT_MEMORY_MB, value_name = "MIB", value_parser = clap::value_parser!(u64).range(64..=65_536))]
+    pub rule_memory_mb: u64,
     /// Configuration file (reserved; no settings are read from it yet).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -151,7 +159,14 @@ async fn serve(
     let releases = release::Releases::new(store::Store::new(client.clone(), keys.clone()))
         .with_capacity(capacity::Capacity {
             quota_bytes: args.etcd_quota_bytes,
-        });
+        })
+        .with_rule_runner(
+            rule_worker::RuleRunner::worker(
+                Duration::from_millis(args.rule_time_limit_ms),
+                args.rule_memory_mb,
+            )
+            .context("cannot find this binary to evaluate rules with")?,
+        );
     let id = args.id.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}:{}", host.trim(), args.listen.port())

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use etcd_client::{Txn, TxnOp};
 use serde_json::json;
 use switchboard_proto::bucket::percent;
-use switchboard_proto::set::{MAX_CHUNK_BYTES, SetVerifier, decode_chunk, sha256_hex};
+use switchboard_proto::set::{MAX_CHUNK_BYTES, decode_chunk, sha256_hex};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
     Approval, AuditHead, AuditRecord, AuditTrail, History, HistoryEntry, HistoryVersion, Manifest,
@@ -65,6 +65,8 @@ pub struct Releases {
     store: Store,
     gates: GateChecker,
     capacity: Capacity,
+    compiled_contracts: crate::contract::CompiledContracts,
+    rule_runner: crate::rule_worker::RuleRunner,
 }
 
 impl Releases {
@@ -73,7 +75,25 @@ impl Releases {
             store,
             gates: GateChecker::new(),
             capacity: Capacity::default(),
+            compiled_contracts: Default::default(),
+            rule_runner: Default::default(),
         }
+    }
+
+    /// The same, evaluating contract rules with `runner`.
+    pub fn with_rule_runner(self, rule_runner: crate::rule_worker::RuleRunner) -> Self {
+        Self {
+            rule_runner,
+            ..self
+        }
+    }
+
+    pub(crate) fn compiled_contracts(&self) -> &crate::contract::CompiledContracts {
+        &self.compiled_contracts
+    }
+
+    pub(crate) fn rule_runner(&self) -> &crate::rule_worker::RuleRunner {
+        &self.rule_runner
     }
 
     /// The same, checking stages against `capacity` instead of etcd's default quota.
@@ -222,6 +242,8 @@ impl Releases {
                 staged_by: actor.name.clone(),
                 message: message.to_string(),
                 at_ms: now_ms(),
+                contract: None,
+                approval_reasons: Vec::new(),
             };
             // Refuse before anything is written when etcd would not hold the new chunks.
             self.check_capacity(ns, &manifest, record_bytes).await?;
@@ -320,6 +342,7 @@ impl Releases {
         slot: Slot,
         manifest_hash: &str,
         slot_revision: i64,
+        allow_destructive: bool,
         actor: &Actor,
     ) -> Result<SealOutcome> {
         check_namespace(ns)?;
@@ -331,7 +354,12 @@ impl Releases {
             .ok_or_else(|| {
                 CoordinatorError::Refused(format!("manifest {manifest_hash} is not staged in {ns}"))
             })?;
-        self.verify_set(ns, &manifest).await?;
+        // The set is verified against its manifest and judged against the namespace's
+        // contract before anything is written: a refusal leaves the slot staging, which no
+        // sidecar ever reads.
+        let judgement = self
+            .judge_set(ns, &manifest, actor, allow_destructive)
+            .await?;
 
         for _ in 0..MAX_ATTEMPTS {
             let state = self.store.read_namespace(ns).await?;
@@ -365,6 +393,8 @@ impl Releases {
             let sealed = SlotRef {
                 state: SlotState::Sealed,
                 at_ms: now_ms(),
+                contract: judgement.contract.clone(),
+                approval_reasons: judgement.approval_reasons.clone(),
                 ..slot_ref
             };
             let head = self.audit_head(ns, &state).await?;
@@ -381,6 +411,8 @@ impl Releases {
                     "checksum": sealed.checksum,
                     "items": sealed.item_count,
                     "bytes": sealed.bytes,
+                    "allow_destructive": allow_destructive,
+                    "judgement": judgement.audit_detail(),
                 }),
             )?;
             let history = HistoryEntry {
@@ -402,6 +434,8 @@ impl Releases {
                 .when(vec![
                     unchanged(keys.routing(ns), state.routing.mod_revision),
                     unchanged(keys.slot(ns, slot), current.mod_revision),
+                    // The contract that judged the set is still the one in force.
+                    unchanged(keys.contract(ns), judgement.contract_revision),
                     unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
                     absent(keys.audit(ns, record.seq)),
                 ])
@@ -418,31 +452,14 @@ impl Releases {
                     version: sealed.version,
                     item_count: sealed.item_count,
                     bytes: sealed.bytes,
+                    contract: judgement.contract,
+                    destructive: judgement.destructive,
+                    warnings: judgement.warnings,
+                    approval_reasons: judgement.approval_reasons,
                 });
             }
         }
         Err(busy(ns))
-    }
-
-    /// Reads every chunk of a manifest from etcd and checks the set it forms, one batch of
-    /// chunks in memory at a time.
-    async fn verify_set(&self, ns: &str, manifest: &Manifest) -> Result<()> {
-        let chunks: Vec<(String, u64)> = manifest
-            .chunks
-            .iter()
-            .map(|c| (c.hash.clone(), c.stored_len()))
-            .collect();
-        let mut verifier = SetVerifier::verify_only(manifest);
-        let invalid = |e: switchboard_proto::ContractError| {
-            CoordinatorError::Refused(format!("the staged set of {ns} does not verify: {e}"))
-        };
-        self.store
-            .for_each_chunk(ns, &chunks, |_, data| {
-                verifier.add_chunk(data).map_err(invalid)
-            })
-            .await?;
-        verifier.finish().map_err(invalid)?;
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

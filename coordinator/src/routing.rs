@@ -601,7 +601,9 @@ impl Releases {
                         "chunks of version {version} of {ns} vanished while it was restaged; retry"
                     )));
                 }
-                self.seal(ns, slot, &manifest.hash(), slot_revision, actor)
+                // Going back to a retained version undoes what came after it, so its
+                // destructive changes are the point; the contract still judges it.
+                self.seal(ns, slot, &manifest.hash(), slot_revision, true, actor)
                     .await?;
                 Ok(())
             }
@@ -1156,11 +1158,22 @@ impl Releases {
         let slot_ref = &target.slot_ref;
         let mut compares = Vec::new();
         let mut evidence = serde_json::Map::new();
-        if target.needs_approval && policy.require_approval {
+        // The policy may require approval of every version; the seal may require it of one
+        // version, for its destructive changes or a contract rule's `approval` message.
+        let required_by_seal = !slot_ref.approval_reasons.is_empty();
+        if target.needs_approval && (policy.require_approval || required_by_seal) {
             let Some((key, approval)) = state.approval_of(&slot_ref.manifest, &slot_ref.staged_by)
             else {
+                let why = if policy.require_approval {
+                    format!("the policy of {ns} requires one")
+                } else {
+                    format!(
+                        "its seal requires one ({})",
+                        slot_ref.approval_reasons.join("; ")
+                    )
+                };
                 return Err(CoordinatorError::Refused(format!(
-                    "version {} of {ns} needs an approval before this {action}: the policy of {ns} requires one; an approver other than {}, who staged it, runs `sbctl approve {ns} {}`",
+                    "version {} of {ns} needs an approval before this {action}: {why}; an approver other than {}, who staged it, runs `sbctl approve {ns} {}`",
                     slot_ref.version, slot_ref.staged_by, slot_ref.version
                 )));
             };

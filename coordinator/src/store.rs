@@ -176,6 +176,13 @@ impl Store {
         })
     }
 
+    /// One record with its revision (0 when absent), for a change that compares it.
+    pub async fn get_versioned<T: DeserializeOwned>(&self, key: &str) -> Result<Versioned<T>> {
+        let mut client = self.client.clone();
+        let response = with_timeout(client.get(key, None)).await?;
+        parse_versioned((response.kvs().first().cloned(), key.to_string()))
+    }
+
     pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let mut client = self.client.clone();
         let response = with_timeout(client.get(key, None)).await?;

@@ -86,6 +86,17 @@ impl Keys {
         format!("{}/policy", self.ns(ns))
     }
 
+    /// The contract in force (`switchboard_contract::ContractRecord`): schemas and rules that
+    /// every seal checks.
+    pub fn contract(&self, ns: &str) -> String {
+        format!("{}/contract", self.ns(ns))
+    }
+
+    /// A contract waiting for a second person's approval, when the policy requires approval.
+    pub fn contract_proposal(&self, ns: &str) -> String {
+        format!("{}/contract-proposal", self.ns(ns))
+    }
+
     /// An approver's approval of one manifest.
     pub fn approval(&self, ns: &str, manifest: &str, approver: &str) -> String {
         format!("{}/approvals/{manifest}/{approver}", self.ns(ns))

@@ -602,6 +602,18 @@ impl<'m> SetVerifier<'m> {
 
     /// Adds the next chunk in manifest order.
     pub fn add_chunk(&mut self, data: &[u8]) -> Result<(), ContractError> {
+        let items = self.add_chunk_items(data)?;
+        if self.keep_items {
+            for (key, value) in items {
+                self.set.insert_raw(key, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the next chunk in manifest order and returns its items, verified, for a caller
+    /// that looks at each item as it streams by (the coordinator's seal-time checks).
+    pub fn add_chunk_items(&mut self, data: &[u8]) -> Result<Vec<Item>, ContractError> {
         let chunk_ref = self.manifest.chunks.get(self.next_chunk).ok_or_else(|| {
             ContractError::ManifestMismatch("more chunks than the manifest lists".into())
         })?;
@@ -641,15 +653,12 @@ impl<'m> SetVerifier<'m> {
         }
         self.checksum.update(&data[CHUNK_MAGIC.len()..]);
         self.last_key = items.last().map(|(k, _)| k.clone());
-        for (key, value) in items {
+        for (key, value) in &items {
             self.counted.0 += 1;
             self.counted.1 += (key.len() + value.len()) as u64;
-            if self.keep_items {
-                self.set.insert_raw(key, value);
-            }
         }
         self.next_chunk += 1;
-        Ok(())
+        Ok(items)
     }
 
     /// Checks the totals against the manifest and returns the verified set (empty for a

@@ -153,6 +153,15 @@ pub struct SlotRef {
     pub staged_by: String,
     pub message: String,
     pub at_ms: u64,
+    /// The contract the set was sealed under (its hash); absent before the seal, or when the
+    /// namespace had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    /// Why this version needs a second person's approval before a canary or a flip, whatever
+    /// the policy says otherwise: its destructive changes (with `destructive_requires_approval`)
+    /// or the contract rules' `approval` messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval_reasons: Vec<String>,
 }
 
 /// One chunk of a set: consecutive items in key order.
@@ -198,6 +207,10 @@ pub struct Policy {
     /// Whether a canary above 0% or a flip of a version needs `sbctl approve` by an approver
     /// who did not stage it.
     pub require_approval: bool,
+    /// Whether a version that makes destructive changes (allowed at staging) needs an approval
+    /// by someone who did not stage it before a canary above 0% or a flip.
+    #[serde(default)]
+    pub destructive_requires_approval: bool,
     /// Preconditions checked before a canary step above 0% or a flip (not before a rollback).
     pub gates: Vec<crate::gate::Gate>,
 }
@@ -210,6 +223,7 @@ impl Default for Policy {
             window_seconds: 120,
             bake_seconds: 300,
             require_approval: false,
+            destructive_requires_approval: false,
             gates: Vec::new(),
         }
     }
@@ -442,6 +456,8 @@ impl HistoryEntry {
             staged_by: self.staged_by.clone(),
             message: self.message.clone(),
             at_ms: self.at_ms,
+            contract: None,
+            approval_reasons: Vec::new(),
         }
     }
 }
@@ -553,6 +569,18 @@ pub struct SealOutcome {
     pub version: String,
     pub item_count: u64,
     pub bytes: u64,
+    /// The contract that judged the set (its hash), when the namespace has one.
+    #[serde(default)]
+    pub contract: Option<String>,
+    /// The destructive changes the caller allowed.
+    #[serde(default)]
+    pub destructive: Vec<String>,
+    /// The contract rules' `warn` messages.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Why the version needs an approval before a canary or a flip.
+    #[serde(default)]
+    pub approval_reasons: Vec<String>,
 }
 
 /// The audit trail and, when asked, the result of checking its chain.

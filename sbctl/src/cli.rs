@@ -232,6 +232,12 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_seconds)]
         timeout: Duration,
     },
+    /// The namespace's contract (schemas and Rego rules every seal checks): show it, set it
+    /// from a directory's switchboard.yaml, or approve a proposed one.
+    Contract {
+        #[command(subcommand)]
+        command: ContractCommand,
+    },
     /// The health judge's policy of a namespace: show it, or change some of its settings.
     Policy {
         #[command(subcommand)]
@@ -386,6 +392,54 @@ pub enum SnapshotCommand {
     },
 }
 
+/// `sbctl contract ...`
+#[derive(Debug, Subcommand)]
+pub enum ContractCommand {
+    /// The contract in force, and any proposal waiting for approval.
+    Show {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+    },
+    /// Set the contract from DIR/switchboard.yaml: its `schemas:` and `rules:` (Rego files).
+    /// When the policy requires approval, it waits for another person's `contract approve`.
+    Set {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// A directory with a switchboard.yaml (the set's own directory, usually).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Why, recorded in the audit trail.
+        #[arg(
+            short = 'm',
+            long = "message",
+            visible_alias = "reason",
+            default_value = "",
+            hide_default_value = true
+        )]
+        reason: String,
+    },
+    /// Put the proposed contract HASH (its first 12 hex digits suffice) in force.
+    Approve {
+        /// The namespace.
+        #[arg(value_name = "NS")]
+        namespace: String,
+        /// The proposal's hash, as `sbctl contract show` prints it.
+        #[arg(value_name = "HASH")]
+        hash: String,
+        /// Why, recorded in the audit trail.
+        #[arg(
+            short = 'm',
+            long = "message",
+            visible_alias = "reason",
+            default_value = "",
+            hide_default_value = true
+        )]
+        reason: String,
+    },
+}
+
 /// `sbctl policy ...`
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -440,15 +494,20 @@ pub struct PolicySettings {
     /// stager: true or false.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub require_approval: Option<bool>,
+    /// Whether a version that makes destructive changes (staged with --allow-destructive)
+    /// needs `sbctl approve` by someone other than the stager: true or false.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub destructive_requires_approval: Option<bool>,
 }
 
 /// The flags of [`PolicySettings`], in the order they are checked and listed.
-pub const POLICY_FLAGS: [&str; 5] = [
+pub const POLICY_FLAGS: [&str; 6] = [
     "--max-error-rate",
     "--min-requests",
     "--window",
     "--bake",
     "--require-approval",
+    "--destructive-requires-approval",
 ];
 
 /// The steps of a rollout, in exact basis points, strictly ascending, each in (0, 10000].
@@ -558,6 +617,12 @@ impl Command {
             | Command::Rollout { namespace, .. }
             | Command::Policy {
                 command: PolicyCommand::Show { namespace } | PolicyCommand::Set { namespace, .. },
+            }
+            | Command::Contract {
+                command:
+                    ContractCommand::Show { namespace }
+                    | ContractCommand::Set { namespace, .. }
+                    | ContractCommand::Approve { namespace, .. },
             }
             | Command::Status { namespace }
             | Command::Audit { namespace, .. }
@@ -1066,6 +1131,7 @@ mod tests {
                         window_seconds: Some(120),
                         bake_seconds: Some(600),
                         require_approval: None,
+                        destructive_requires_approval: None,
                     }
                 );
                 assert_eq!(reason, "stricter");

@@ -365,6 +365,67 @@ impl Coordinator {
         Reply::decode("Approve", reply.into_inner())
     }
 
+    /// The namespace's contract in force and any proposal.
+    pub async fn get_contract(
+        &mut self,
+        namespace: &str,
+    ) -> Result<Reply<switchboard_contract::ContractView>, CliError> {
+        let request = self.request(StatusRequest {
+            namespace: namespace.to_string(),
+        });
+        let reply = self
+            .client
+            .get_contract(request)
+            .await
+            .map_err(|s| self.error("GetContract", s))?;
+        Reply::decode("GetContract", reply.into_inner())
+    }
+
+    /// Sets (or, when approval is required, proposes) `contract`, if the contract in force is
+    /// still the one whose hash is `expected_hash` (empty: none).
+    pub async fn set_contract(
+        &mut self,
+        namespace: &str,
+        contract: &switchboard_contract::Contract,
+        expected_hash: &str,
+        reason: &str,
+    ) -> Result<Reply<switchboard_contract::ContractView>, CliError> {
+        let contract_json = String::from_utf8(contract.canonical())
+            .map_err(|e| CliError::Failed(format!("cannot write the contract as JSON: {e}")))?;
+        let request = self.request(switchboard_proto::pb::SetContractRequest {
+            namespace: namespace.to_string(),
+            contract_json,
+            reason: reason.to_string(),
+            expected_hash: expected_hash.to_string(),
+        });
+        let reply = self
+            .client
+            .set_contract(request)
+            .await
+            .map_err(|s| self.error("SetContract", s))?;
+        Reply::decode("SetContract", reply.into_inner())
+    }
+
+    /// Puts the proposed contract `hash` in force.
+    pub async fn approve_contract(
+        &mut self,
+        namespace: &str,
+        hash: &str,
+        reason: &str,
+    ) -> Result<Reply<switchboard_contract::ContractView>, CliError> {
+        let request = self.request(switchboard_proto::pb::ApproveContractRequest {
+            namespace: namespace.to_string(),
+            hash: hash.to_string(),
+            reason: reason.to_string(),
+        });
+        let reply = self
+            .client
+            .approve_contract(request)
+            .await
+            .map_err(|s| self.error("ApproveContract", s))?;
+        Reply::decode("ApproveContract", reply.into_inner())
+    }
+
     pub async fn history(&mut self, namespace: &str) -> Result<Reply<History>, CliError> {
         let request = self.request(StatusRequest {
             namespace: namespace.to_string(),

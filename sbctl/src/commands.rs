@@ -90,7 +90,15 @@ pub async fn stage(
         options.allow_destructive,
     )
     .await?;
-    let report = stage_manifest(&mut coordinator, namespace, &manifest, chunks, message).await?;
+    let report = stage_manifest(
+        &mut coordinator,
+        namespace,
+        &manifest,
+        chunks,
+        message,
+        options.allow_destructive,
+    )
+    .await?;
     print_stage(ctx, &report)
 }
 
@@ -102,6 +110,7 @@ pub async fn stage_manifest(
     manifest: &Manifest,
     chunks: Vec<Chunk>,
     message: &str,
+    allow_destructive: bool,
 ) -> Result<StageReport, CliError> {
     let whole = manifest.to_canonical_json().len();
     if whole > MAX_WHOLE_MANIFEST_BYTES {
@@ -177,6 +186,8 @@ pub async fn stage_manifest(
         pages_uploaded,
         manifest_bytes_uploaded,
         replaced_version: Some(begun.replaced_version.clone()).filter(|v| !v.is_empty()),
+        warnings: Vec::new(),
+        approval_reasons: Vec::new(),
     };
     if let Some(replaced) = &report.replaced_version {
         output::note(&format!(
@@ -227,6 +238,7 @@ pub async fn stage_manifest(
             slot: slot.as_str().to_string(),
             manifest_hash,
             slot_revision: begun.slot_revision,
+            allow_destructive,
         })
         .await?;
     if sealed.document.version != manifest.version {
@@ -240,6 +252,8 @@ pub async fn stage_manifest(
     }
     report.slot = sealed.document.slot;
     report.outcome = "staged".to_string();
+    report.warnings = sealed.document.warnings;
+    report.approval_reasons = sealed.document.approval_reasons;
     Ok(report)
 }
 
@@ -612,6 +626,62 @@ pub async fn rollback(
     ctx.print(&reply, output::render_routing_change)
 }
 
+/// `sbctl contract show NS`
+pub async fn contract_show(ctx: &Context, namespace: &str) -> Result<(), CliError> {
+    let mut coordinator = ctx.coordinator().await?;
+    let reply = coordinator.get_contract(namespace).await?;
+    ctx.print(&reply, output::render_contract)
+}
+
+/// `sbctl contract set NS DIR`: reads DIR/switchboard.yaml with its schemas and rules, checks
+/// that the contract compiles (the coordinator checks again), and sends it.
+pub async fn contract_set(
+    ctx: &Context,
+    namespace: &str,
+    dir: &Path,
+    reason: &str,
+) -> Result<(), CliError> {
+    if !dir.join(crate::source::CONFIG_FILE).is_file() {
+        return Err(CliError::Usage(format!(
+            "{} has no {}: the contract is written there (schemas: and rules:)",
+            dir.display(),
+            crate::source::CONFIG_FILE
+        )));
+    }
+    let invalid = |problems| {
+        CliError::Source(crate::source::SourceError::Invalid {
+            path: dir.to_path_buf(),
+            problems,
+        })
+    };
+    let config = crate::validate::load_config(dir).map_err(invalid)?;
+    let contract = crate::validate::read_contract(dir, &config).map_err(invalid)?;
+    contract
+        .compile()
+        .map_err(|e| CliError::Refused(format!("the contract is refused: {e}")))?;
+    let mut coordinator = ctx.coordinator().await?;
+    let current = coordinator.get_contract(namespace).await?.document;
+    let expected = current.active.as_ref().map_or("", |r| r.hash.as_str());
+    let reply = coordinator
+        .set_contract(namespace, &contract, expected, reason)
+        .await?;
+    ctx.print(&reply, output::render_contract)
+}
+
+/// `sbctl contract approve NS HASH`
+pub async fn contract_approve(
+    ctx: &Context,
+    namespace: &str,
+    hash: &str,
+    reason: &str,
+) -> Result<(), CliError> {
+    let mut coordinator = ctx.coordinator().await?;
+    let reply = coordinator
+        .approve_contract(namespace, hash, reason)
+        .await?;
+    ctx.print(&reply, output::render_contract)
+}
+
 /// `sbctl policy show NS`
 pub async fn policy_show(ctx: &Context, namespace: &str) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
@@ -650,6 +720,9 @@ fn apply_settings(base: &Policy, settings: &PolicySettings) -> Policy {
         window_seconds: settings.window_seconds.unwrap_or(base.window_seconds),
         bake_seconds: settings.bake_seconds.unwrap_or(base.bake_seconds),
         require_approval: settings.require_approval.unwrap_or(base.require_approval),
+        destructive_requires_approval: settings
+            .destructive_requires_approval
+            .unwrap_or(base.destructive_requires_approval),
         gates: base.gates.clone(),
     }
 }
@@ -662,6 +735,9 @@ fn with_setting(base: &Policy, from: &Policy, flag: &str) -> Policy {
         "--min-requests" => policy.min_requests = from.min_requests,
         "--window" => policy.window_seconds = from.window_seconds,
         "--require-approval" => policy.require_approval = from.require_approval,
+        "--destructive-requires-approval" => {
+            policy.destructive_requires_approval = from.destructive_requires_approval
+        }
         _ => policy.bake_seconds = from.bake_seconds,
     }
     policy
@@ -675,6 +751,7 @@ fn given_flags(settings: &PolicySettings) -> Vec<&'static str> {
         settings.window_seconds.is_some(),
         settings.bake_seconds.is_some(),
         settings.require_approval.is_some(),
+        settings.destructive_requires_approval.is_some(),
     ];
     POLICY_FLAGS
         .iter()
@@ -975,6 +1052,7 @@ mod tests {
                     window_seconds: Some(1),
                     bake_seconds: Some(7 * 86_400),
                     require_approval: None,
+                    destructive_requires_approval: None,
                 },
                 Policy {
                     max_error_rate: 0.0,
@@ -1066,6 +1144,7 @@ mod tests {
                     window_seconds: Some(30),
                     bake_seconds: Some(u64::MAX),
                     require_approval: None,
+                    destructive_requires_approval: None,
                 },
                 "--bake",
             ),

@@ -34,7 +34,8 @@ use std::time::Duration;
 use clap::Parser;
 
 pub use cli::{
-    Cli, Command, GateCommand, PolicyCommand, RolloutAction, SnapshotCommand, TokenCommand,
+    Cli, Command, ContractCommand, GateCommand, PolicyCommand, RolloutAction, SnapshotCommand,
+    TokenCommand,
 };
 pub use exit::CliError;
 
@@ -209,6 +210,25 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Token {
             command: TokenCommand::New { name, roles },
         } => token::new(&name, &roles, ctx.json),
+        Command::Contract {
+            command: ContractCommand::Show { namespace },
+        } => commands::contract_show(&ctx, &namespace).await,
+        Command::Contract {
+            command:
+                ContractCommand::Set {
+                    namespace,
+                    dir,
+                    reason,
+                },
+        } => commands::contract_set(&ctx, &namespace, &dir, &reason).await,
+        Command::Contract {
+            command:
+                ContractCommand::Approve {
+                    namespace,
+                    hash,
+                    reason,
+                },
+        } => commands::contract_approve(&ctx, &namespace, &hash, &reason).await,
         Command::Policy {
             command: PolicyCommand::Show { namespace },
         } => commands::policy_show(&ctx, &namespace).await,

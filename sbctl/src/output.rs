@@ -287,13 +287,17 @@ pub fn render_reports(reports: &[VersionReports]) -> String {
 
 /// The settings of a policy, as `(flag name, value text)`, in [`crate::cli::POLICY_FLAGS`]
 /// order.
-fn policy_settings(policy: &Policy) -> [(&'static str, String); 5] {
+fn policy_settings(policy: &Policy) -> [(&'static str, String); 6] {
     [
         ("max-error-rate", rate(policy.max_error_rate)),
         ("min-requests", policy.min_requests.to_string()),
         ("window", seconds_text(policy.window_seconds)),
         ("bake", seconds_text(policy.bake_seconds)),
         ("require-approval", policy.require_approval.to_string()),
+        (
+            "destructive-requires-approval",
+            policy.destructive_requires_approval.to_string(),
+        ),
     ]
 }
 
@@ -915,6 +919,61 @@ pub struct StageReport {
     pub manifest_bytes_uploaded: u64,
     /// The sealed version the idle slot held before this stage overwrote it.
     pub replaced_version: Option<String>,
+    /// The contract rules' `warn` messages at the seal.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Why the version needs an approval before a canary or a flip.
+    #[serde(default)]
+    pub approval_reasons: Vec<String>,
+}
+
+/// The human text of `sbctl contract show|set|approve`.
+pub fn render_contract(view: &switchboard_contract::ContractView) -> String {
+    let mut text = String::new();
+    let describe = |record: &switchboard_contract::ContractRecord| {
+        let mut line = format!(
+            "{} ({} schema rule(s), {} Rego rule file(s)), set by {} at {}",
+            record.short_hash(),
+            record.contract.schemas.len(),
+            record.contract.rules.len(),
+            record.set_by,
+            switchboard_proto::time::rfc3339_ms(record.at_ms)
+        );
+        if let Some(approver) = &record.approved_by {
+            line.push_str(&format!(", approved by {approver}"));
+        }
+        if !record.reason.is_empty() {
+            line.push_str(&format!(": {}", record.reason));
+        }
+        let mut out = line;
+        for rule in &record.contract.schemas {
+            out.push_str(&format!("\n  schema {} for {}", rule.schema, rule.pattern));
+        }
+        for name in record.contract.rules.keys() {
+            out.push_str(&format!("\n  rules  {name}"));
+        }
+        out
+    };
+    match &view.active {
+        Some(record) => text.push_str(&format!(
+            "contract of {} in force: {}\n",
+            view.namespace,
+            describe(record)
+        )),
+        None => text.push_str(&format!(
+            "{} has no contract: seals check no schema and no rule (destructive changes still need --allow-destructive)\n",
+            view.namespace
+        )),
+    }
+    if let Some(proposal) = &view.proposal {
+        text.push_str(&format!(
+            "waiting for approval: {}\nanother approver runs `sbctl contract approve {} {}`\n",
+            describe(proposal),
+            view.namespace,
+            proposal.short_hash()
+        ));
+    }
+    text
 }
 
 /// The human text of `sbctl stage`; the version id is the last line.
@@ -937,7 +996,16 @@ pub fn render_stage(report: &StageReport) -> String {
             report.slot
         ),
     };
-    format!("{first}\n{}\n", report.version)
+    let mut text = format!("{first}\n");
+    for warning in &report.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    for reason in &report.approval_reasons {
+        text.push_str(&format!("needs approval: {reason}\n"));
+    }
+    text.push_str(&report.version);
+    text.push('\n');
+    text
 }
 
 /// What `sbctl plan` found; its `--json` document. `classes` counts the changes of each class
@@ -1058,6 +1126,8 @@ mod tests {
             staged_by: "alice".into(),
             message: "v2 schemas".into(),
             at_ms: 1_795_000_000_000,
+            contract: None,
+            approval_reasons: Vec::new(),
         }
     }
 
@@ -1515,6 +1585,8 @@ mod tests {
             pages_uploaded: 1,
             manifest_bytes_uploaded: 2_000,
             replaced_version: None,
+            warnings: Vec::new(),
+            approval_reasons: Vec::new(),
         };
         let text = render_stage(&report);
         assert_eq!(

@@ -244,6 +244,9 @@ pub async fn restore(
         &snapshot.manifest,
         snapshot.chunks,
         &message,
+        // A restore brings back a version on purpose, whatever it removes; the coordinator
+        // still checks it against the namespace's contract.
+        true,
     )
     .await?;
     print_stage(ctx, &report)

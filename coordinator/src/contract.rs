@@ -1,0 +1,459 @@
+//! The namespace's contract on the server: reading, setting and approving it, and judging a
+//! set against it at seal. The checks are the `switchboard-contract` crate's, the same code
+//! sbctl previews them with; here they run where no caller can skip them.
+//!
+//! - The contract lives at `ns/<ns>/contract`, set by an admin. When the policy requires
+//!   approval, a new contract waits at `ns/<ns>/contract-proposal` until someone other than its
+//!   proposer approves exactly that hash. Every change is audited in the same transaction.
+//! - A seal reads every chunk of the set anyway; it also checks each item against the schemas,
+//!   classifies the plan against the active set (fetching only the active chunks the set does
+//!   not share), and runs the Rego rules in a limited child process (`rule_worker.rs`). The
+//!   seal's transaction compares the contract key's revision, so a contract changed meanwhile
+//!   cannot have judged a set it never saw.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use etcd_client::{Txn, TxnOp};
+use serde_json::json;
+use switchboard_contract::check::{RuleScope, SealCheck, Subject, Verdict};
+use switchboard_contract::diff::{ActiveOnlyItems, chunks_to_fetch, decode_fetched};
+use switchboard_contract::{CompiledContract, Contract, ContractRecord, ContractView};
+use switchboard_proto::Manifest;
+use switchboard_proto::set::SetVerifier;
+use switchboard_proto::time::now_ms;
+
+use crate::audit;
+use crate::error::{CoordinatorError, Result};
+use crate::release::{Actor, Releases, audit_ops, busy, check_namespace, to_json};
+use crate::store::{Versioned, absent, unchanged};
+
+/// Compiled contracts kept, by hash. A contract is immutable under its hash, so this is a
+/// cache of derived data and never a second source of truth.
+const COMPILED_KEPT: usize = 64;
+/// The most destructive changes and warnings an audit record lists; the rest are counted.
+const LISTED_IN_AUDIT: usize = 100;
+
+/// Compiled contracts by hash, shared by the requests of one coordinator.
+#[derive(Clone, Default)]
+pub struct CompiledContracts(Arc<Mutex<HashMap<String, Arc<CompiledContract>>>>);
+
+impl CompiledContracts {
+    fn get_or_compile(&self, record: &ContractRecord) -> Result<Arc<CompiledContract>> {
+        if let Ok(cache) = self.0.lock()
+            && let Some(found) = cache.get(&record.hash)
+        {
+            return Ok(found.clone());
+        }
+        let compiled =
+            Arc::new(
+                record
+                    .contract
+                    .compile()
+                    .map_err(|e| CoordinatorError::CorruptRecord {
+                        key: "contract".into(),
+                        reason: e.to_string(),
+                    })?,
+            );
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= COMPILED_KEPT {
+                cache.clear();
+            }
+            cache.insert(record.hash.clone(), compiled.clone());
+        }
+        Ok(compiled)
+    }
+}
+
+/// What a seal learned from the contract, for the slot and the audit record.
+#[derive(Debug, Default)]
+pub struct Judgement {
+    /// The contract's hash, when the namespace has one.
+    pub contract: Option<String>,
+    /// The contract key's revision when it was read (0: absent), compared by the seal.
+    pub contract_revision: i64,
+    pub destructive: Vec<String>,
+    pub warnings: Vec<String>,
+    pub approval_reasons: Vec<String>,
+    pub classes: switchboard_contract::compat::ClassCounts,
+}
+
+impl Judgement {
+    /// The audit record's part of it.
+    pub fn audit_detail(&self) -> serde_json::Value {
+        json!({
+            "contract": self.contract,
+            "classes": self.classes,
+            "destructive": listed(&self.destructive),
+            "destructive_count": self.destructive.len(),
+            "warnings": listed(&self.warnings),
+            "approval_reasons": listed(&self.approval_reasons),
+        })
+    }
+}
+
+fn listed(lines: &[String]) -> &[String] {
+    &lines[..lines.len().min(LISTED_IN_AUDIT)]
+}
+
+impl Releases {
+    /// The contract in force and any proposal.
+    pub async fn contract_view(&self, ns: &str) -> Result<ContractView> {
+        check_namespace(ns)?;
+        let keys = self.store().keys();
+        let active: Versioned<ContractRecord> =
+            self.store().get_versioned(&keys.contract(ns)).await?;
+        let proposal: Versioned<ContractRecord> = self
+            .store()
+            .get_versioned(&keys.contract_proposal(ns))
+            .await?;
+        let state = self.store().read_namespace(ns).await?;
+        Ok(ContractView {
+            namespace: ns.to_string(),
+            active: active.value,
+            proposal: proposal.value,
+            requires_approval: state.policy().require_approval,
+        })
+    }
+
+    /// Sets the contract, or proposes it when the policy requires approval. The contract is
+    /// compiled first: one that does not compile is refused, naming the file.
+    pub async fn set_contract(
+        &self,
+        ns: &str,
+        contract: Contract,
+        expected_hash: Option<&str>,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<ContractView> {
+        check_namespace(ns)?;
+        contract
+            .compile()
+            .map_err(|e| CoordinatorError::InvalidInput(format!("the contract is refused: {e}")))?;
+        let keys = self.store().keys().clone();
+        let hash = contract.hash();
+        let record = ContractRecord {
+            hash: hash.clone(),
+            contract,
+            set_by: actor.name.clone(),
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+            approved_by: None,
+            approved_at_ms: None,
+        };
+        for _ in 0..crate::release::MAX_ATTEMPTS {
+            let state = self.store().read_namespace(ns).await?;
+            let active: Versioned<ContractRecord> =
+                self.store().get_versioned(&keys.contract(ns)).await?;
+            let proposal: Versioned<ContractRecord> = self
+                .store()
+                .get_versioned(&keys.contract_proposal(ns))
+                .await?;
+            let active_hash = active.value.as_ref().map(|r| r.hash.as_str());
+            if let Some(expected) = expected_hash
+                && active_hash.unwrap_or("") != expected
+            {
+                return Err(CoordinatorError::Conflict(format!(
+                    "the contract of {ns} changed underneath; read it again with `sbctl contract show {ns}` and retry"
+                )));
+            }
+            if active_hash == Some(hash.as_str()) {
+                return self.contract_view(ns).await;
+            }
+            let requires_approval = state.policy().require_approval;
+            let (action, target_key, delete_proposal) = if requires_approval {
+                ("contract-proposed", keys.contract_proposal(ns), false)
+            } else {
+                ("contract", keys.contract(ns), proposal.value.is_some())
+            };
+            let head = self.audit_head(ns, &state).await?;
+            let audit_record = audit::next_record(
+                &head,
+                ns,
+                &actor.name,
+                action,
+                reason,
+                json!({
+                    "hash": hash,
+                    "previous": active_hash,
+                    "schemas": record.contract.schemas.len(),
+                    "rules": record.contract.rules.keys().collect::<Vec<_>>(),
+                    "requires_approval": requires_approval,
+                }),
+            )?;
+            let mut operations = vec![TxnOp::put(target_key, to_json(&record), None)];
+            if delete_proposal {
+                operations.push(TxnOp::delete(keys.contract_proposal(ns), None));
+            }
+            operations.extend(audit_ops(&keys, ns, &audit_record));
+            let txn = Txn::new()
+                .when(vec![
+                    unchanged(keys.contract(ns), active.mod_revision),
+                    unchanged(keys.contract_proposal(ns), proposal.mod_revision),
+                    unchanged(keys.policy(ns), state.policy.mod_revision),
+                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                    absent(keys.audit(ns, audit_record.seq)),
+                ])
+                .and_then(operations);
+            if self.store().txn(txn).await?.succeeded() {
+                tracing::info!(ns, actor = %actor.name, hash = %hash, action, "contract changed");
+                return self.contract_view(ns).await;
+            }
+        }
+        Err(busy(ns))
+    }
+
+    /// Puts the proposed contract in force. `hash` names it (at least 12 hex digits); the
+    /// approver must not be its proposer.
+    pub async fn approve_contract(
+        &self,
+        ns: &str,
+        hash: &str,
+        reason: &str,
+        actor: &Actor,
+    ) -> Result<ContractView> {
+        check_namespace(ns)?;
+        if hash.len() < 12 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CoordinatorError::InvalidInput(
+                "name the proposed contract by at least the first 12 hex digits of its hash".into(),
+            ));
+        }
+        let keys = self.store().keys().clone();
+        for _ in 0..crate::release::MAX_ATTEMPTS {
+            let state = self.store().read_namespace(ns).await?;
+            let active: Versioned<ContractRecord> =
+                self.store().get_versioned(&keys.contract(ns)).await?;
+            let proposal: Versioned<ContractRecord> = self
+                .store()
+                .get_versioned(&keys.contract_proposal(ns))
+                .await?;
+            let Some(proposed) = proposal.value.clone() else {
+                return Err(CoordinatorError::Refused(format!(
+                    "no contract of {ns} is waiting for approval"
+                )));
+            };
+            if !proposed.hash.starts_with(&hash.to_ascii_lowercase()) {
+                return Err(CoordinatorError::Conflict(format!(
+                    "the contract waiting for approval in {ns} is {}, not {hash}; read it with `sbctl contract show {ns}`",
+                    proposed.short_hash()
+                )));
+            }
+            if proposed.set_by == actor.name {
+                let message = format!(
+                    "{} proposed contract {} of {ns} and may not approve it: another approver must",
+                    actor.name,
+                    proposed.short_hash()
+                );
+                self.append_audit(
+                    ns,
+                    &actor.name,
+                    "denied",
+                    &message,
+                    json!({"rpc": "ApproveContract", "code": "permission_denied", "hash": proposed.hash}),
+                )
+                .await?;
+                return Err(CoordinatorError::PermissionDenied(message));
+            }
+            let in_force = ContractRecord {
+                approved_by: Some(actor.name.clone()),
+                approved_at_ms: Some(now_ms()),
+                ..proposed.clone()
+            };
+            let head = self.audit_head(ns, &state).await?;
+            let audit_record = audit::next_record(
+                &head,
+                ns,
+                &actor.name,
+                "contract-approved",
+                reason,
+                json!({
+                    "hash": proposed.hash,
+                    "proposed_by": proposed.set_by,
+                    "previous": active.value.as_ref().map(|r| r.hash.clone()),
+                }),
+            )?;
+            let mut operations = vec![
+                TxnOp::put(keys.contract(ns), to_json(&in_force), None),
+                TxnOp::delete(keys.contract_proposal(ns), None),
+            ];
+            operations.extend(audit_ops(&keys, ns, &audit_record));
+            let txn = Txn::new()
+                .when(vec![
+                    unchanged(keys.contract(ns), active.mod_revision),
+                    unchanged(keys.contract_proposal(ns), proposal.mod_revision),
+                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
+                    absent(keys.audit(ns, audit_record.seq)),
+                ])
+                .and_then(operations);
+            if self.store().txn(txn).await?.succeeded() {
+                tracing::info!(ns, actor = %actor.name, hash = %proposed.hash, "contract approved and in force");
+                return self.contract_view(ns).await;
+            }
+        }
+        Err(busy(ns))
+    }
+
+    /// Verifies the staged set against its manifest and judges it against the contract:
+    /// schemas, destructive changes, rules. Refuses (exit 4) with the words sbctl's preview
+    /// uses; otherwise returns what the seal records.
+    pub(crate) async fn judge_set(
+        &self,
+        ns: &str,
+        manifest: &Manifest,
+        actor: &Actor,
+        allow_destructive: bool,
+    ) -> Result<Judgement> {
+        let keys = self.store().keys().clone();
+        let contract: Versioned<ContractRecord> =
+            self.store().get_versioned(&keys.contract(ns)).await?;
+        let compiled = match &contract.value {
+            Some(record) => self.compiled_contracts().get_or_compile(record)?,
+            None => Arc::new(CompiledContract::empty()),
+        };
+        let state = self.store().read_namespace(ns).await?;
+        let policy = state.policy();
+        // The set that serves now is what the plan compares with.
+        let active = match &state.routing.value {
+            Some(routing) => {
+                let active_slot = state.slot(routing.active.slot).value.clone();
+                let head = self
+                    .store()
+                    .read_manifest(ns, &routing.active.manifest)
+                    .await?;
+                head.map(|m| (m, routing.active.version.clone(), active_slot))
+            }
+            None => None,
+        };
+        let scope = match (&active, &contract.value) {
+            (Some((_, _, Some(slot_ref))), Some(record))
+                if slot_ref.contract.as_deref() == Some(record.hash.as_str()) =>
+            {
+                RuleScope::Changed
+            }
+            _ => RuleScope::All,
+        };
+        let shared: std::collections::HashSet<String> = active
+            .as_ref()
+            .map(|(m, _, _)| m.chunks.iter().map(|c| c.hash.clone()).collect())
+            .unwrap_or_default();
+
+        let mut check = SealCheck::new(&compiled, active.is_some(), scope);
+        let chunks: Vec<(String, u64)> = manifest
+            .chunks
+            .iter()
+            .map(|c| (c.hash.clone(), c.stored_len()))
+            .collect();
+        let mut verifier = SetVerifier::verify_only(manifest);
+        let invalid = |e: switchboard_proto::ContractError| {
+            CoordinatorError::Refused(format!("the staged set of {ns} does not verify: {e}"))
+        };
+        self.store()
+            .for_each_chunk(ns, &chunks, |hash, data| {
+                let in_shared = shared.contains(hash);
+                for (key, value) in verifier.add_chunk_items(data).map_err(invalid)? {
+                    check.add_item(&key, &value, in_shared);
+                }
+                Ok(())
+            })
+            .await?;
+        verifier.finish().map_err(invalid)?;
+
+        let active_only: ActiveOnlyItems = match &active {
+            Some((active_manifest, _, _)) => {
+                let wanted = chunks_to_fetch(manifest, active_manifest);
+                let sizes: HashMap<&str, u64> = active_manifest
+                    .chunks
+                    .iter()
+                    .map(|c| (c.hash.as_str(), c.stored_len()))
+                    .collect();
+                let wanted_sized: Vec<(String, u64)> = wanted
+                    .iter()
+                    .map(|h| (h.clone(), sizes.get(h.as_str()).copied().unwrap_or(0)))
+                    .collect();
+                let mut fetched = Vec::with_capacity(wanted.len());
+                self.store()
+                    .for_each_chunk(ns, &wanted_sized, |hash, data| {
+                        fetched.push((hash.to_string(), data.to_vec()));
+                        Ok(())
+                    })
+                    .await?;
+                decode_fetched(active_manifest, &wanted, fetched).map_err(|problem| {
+                    CoordinatorError::CorruptRecord {
+                        key: format!("the active set of {ns}"),
+                        reason: problem,
+                    }
+                })?
+            }
+            None => ActiveOnlyItems::new(),
+        };
+        let subject = Subject {
+            namespace: ns,
+            actor: &actor.name,
+            version: &manifest.version,
+        };
+        let checked = check.finish(&active_only, &subject).map_err(|problem| {
+            CoordinatorError::CorruptRecord {
+                key: format!("the active set of {ns}"),
+                reason: problem,
+            }
+        })?;
+        let short = contract
+            .value
+            .as_ref()
+            .map(|r| r.short_hash().to_string())
+            .unwrap_or_default();
+        let no_rules = switchboard_contract::rules::RuleOutcome::default();
+        let verdict = Verdict {
+            namespace: ns,
+            contract: &short,
+            checked: &checked,
+            rules: &no_rules,
+        };
+        if let Some(refusal) = verdict.violation_refusal() {
+            return Err(CoordinatorError::Refused(refusal));
+        }
+        let active_version = active.as_ref().map_or("none", |(_, v, _)| v.as_str());
+        if let Some(refusal) = verdict.destructive_refusal(
+            allow_destructive,
+            active_version,
+            &format!("sbctl plan {ns} PATH"),
+        ) {
+            return Err(CoordinatorError::Refused(refusal));
+        }
+        let outcome = if compiled.rules.is_empty() {
+            no_rules.clone()
+        } else {
+            self.rule_runner()
+                .evaluate(&compiled.rules, &checked.rule_input)
+                .await
+                .map_err(|e| {
+                    CoordinatorError::Refused(format!("the seal of {ns} is refused: {e}"))
+                })?
+        };
+        if let Some(refusal) =
+            switchboard_contract::check::refusal_for_denies(ns, &short, &outcome.deny)
+        {
+            return Err(CoordinatorError::Refused(refusal));
+        }
+        let destructive = switchboard_contract::compat::destructive_lines(&checked.plan);
+        let mut approval_reasons: Vec<String> =
+            outcome.approval.iter().map(ToString::to_string).collect();
+        if policy.destructive_requires_approval && !destructive.is_empty() {
+            approval_reasons.insert(
+                0,
+                format!(
+                    "{} destructive change(s), and the policy requires approval of those",
+                    destructive.len()
+                ),
+            );
+        }
+        Ok(Judgement {
+            contract: contract.value.as_ref().map(|r| r.hash.clone()),
+            contract_revision: contract.mod_revision,
+            destructive,
+            warnings: outcome.warn.iter().map(ToString::to_string).collect(),
+            approval_reasons,
+            classes: checked.classes,
+        })
+    }
+}
