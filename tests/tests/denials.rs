@@ -329,9 +329,22 @@ async fn ten_thousand_requests_without_a_known_token_write_nothing_and_are_count
         keys_before.len(),
         keys_after.len()
     );
-    assert_eq!(
-        keys_after, keys_before,
-        "the flood changed keys under the prefix"
+    let changed: Vec<String> = keys_after
+        .iter()
+        .filter(|(key, revision)| keys_before.get(*key) != Some(revision))
+        .map(|(key, revision)| format!("{key} (at revision {revision})"))
+        .chain(
+            keys_before
+                .keys()
+                .filter(|key| !keys_after.contains_key(*key))
+                .map(|key| format!("{key} (deleted)")),
+        )
+        .collect();
+    ensure!(
+        changed.is_empty(),
+        "the flood wrote {} keys under the prefix; the first: {:?}",
+        changed.len(),
+        changed.iter().take(5).collect::<Vec<_>>()
     );
 
     // Every one of them is counted, and none became an unaudited denial of a known user.
@@ -507,7 +520,8 @@ async fn a_viewers_thousand_denied_flips_are_audited_up_to_the_limit_and_status_
     );
     ensure!(
         (AUDITED_PER_MINUTE..=AUDITED_PER_MINUTE + refills).contains(&audited),
-        "vera's audited denials: {audited}, {denials:?}"
+        "vera's audited denials: {audited}, not {AUDITED_PER_MINUTE} (up to {} after {since_first:.1?})",
+        AUDITED_PER_MINUTE + refills
     );
     assert!(denials.iter().all(|(_, rpc)| rpc == "Flip"), "{denials:?}");
     let text = metrics_text(&coordinator).await?;
