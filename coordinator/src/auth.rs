@@ -585,10 +585,7 @@ impl Gate {
         self.users.as_ref().map(|users| {
             // A poisoned lock only means a panic elsewhere while it was held; the Arc in it
             // is always a whole, checked set of users.
-            users
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
+            users.read().unwrap_or_else(PoisonError::into_inner).clone()
         })
     }
 
@@ -678,8 +675,7 @@ impl Gate {
         let Err(limited) = self.rate_limit.check(&caller, now) else {
             return Ok(());
         };
-        metrics::counter!(telemetry::REQUESTS_RATE_LIMITED, "caller" => caller.kind())
-            .increment(1);
+        metrics::counter!(telemetry::REQUESTS_RATE_LIMITED, "caller" => caller.kind()).increment(1);
         if let Some(suppressed) = self.rate_limited_log.allow(now) {
             tracing::info!(
                 caller = %caller.describe(),
@@ -806,11 +802,15 @@ fn describe_change(before: &Users, after: &Users) -> String {
         }
         text
     };
-    let parts: Vec<String> = [("added", &added), ("removed", &removed), ("changed", &changed)]
-        .into_iter()
-        .filter(|(_, names)| !names.is_empty())
-        .map(|(what, names)| format!("{what} {}", list(names)))
-        .collect();
+    let parts: Vec<String> = [
+        ("added", &added),
+        ("removed", &removed),
+        ("changed", &changed),
+    ]
+    .into_iter()
+    .filter(|(_, names)| !names.is_empty())
+    .map(|(what, names)| format!("{what} {}", list(names)))
+    .collect();
     if parts.is_empty() {
         "no change".to_string()
     } else {

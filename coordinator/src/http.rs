@@ -164,11 +164,7 @@ async fn namespaces(State(state): State<AppState>, caller: Caller) -> Response {
     )
 }
 
-async fn status(
-    State(state): State<AppState>,
-    Path(ns): Path<String>,
-    caller: Caller,
-) -> Response {
+async fn status(State(state): State<AppState>, Path(ns): Path<String>, caller: Caller) -> Response {
     answer(
         async {
             admit(&state, &caller, Rpc::Status, &ns).await?;
@@ -219,11 +215,7 @@ async fn audit(
     )
 }
 
-async fn errors(
-    State(state): State<AppState>,
-    Path(ns): Path<String>,
-    caller: Caller,
-) -> Response {
+async fn errors(State(state): State<AppState>, Path(ns): Path<String>, caller: Caller) -> Response {
     answer(
         async {
             admit(&state, &caller, Rpc::Status, &ns).await?;

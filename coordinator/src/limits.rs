@@ -315,13 +315,11 @@ mod tests {
         let buckets = KeyedBuckets::new(Rate::per(5, Duration::from_secs(60)), 10);
         let start = Instant::now();
         let key = "vera".to_string();
-        let allowed = (0..1000).filter(|_| buckets.take(&key, start).is_ok()).count();
+        let allowed = (0..1000)
+            .filter(|_| buckets.take(&key, start).is_ok())
+            .count();
         assert_eq!(allowed, 5);
-        assert!(
-            buckets
-                .take(&key, start + Duration::from_secs(11))
-                .is_err()
-        );
+        assert!(buckets.take(&key, start + Duration::from_secs(11)).is_err());
         assert!(buckets.take(&key, start + Duration::from_secs(12)).is_ok());
     }
 
@@ -361,7 +359,10 @@ mod tests {
         let t1 = start + Duration::from_millis(10);
         assert!(buckets.take(&busy, t1).is_err());
         assert!(buckets.take(&"y".to_string(), t1).is_ok());
-        assert!(buckets.take(&busy, t1).is_err(), "busy kept its empty bucket");
+        assert!(
+            buckets.take(&busy, t1).is_err(),
+            "busy kept its empty bucket"
+        );
     }
 
     #[test]
@@ -376,7 +377,9 @@ mod tests {
         let fast = RateLimiter::new(rate(100.0, 1.0));
         assert!(fast.check(&caller, now).is_ok());
         assert_eq!(
-            fast.check(&caller, now).expect_err("limited").retry_after_seconds,
+            fast.check(&caller, now)
+                .expect_err("limited")
+                .retry_after_seconds,
             1
         );
         for off in [RateLimiter::off(), RateLimiter::new(rate(0.0, 400.0))] {
@@ -397,10 +400,15 @@ mod tests {
         let c = CallerKey::peer(Some("2001:db8:1:3::1".parse().expect("ip")));
         assert_eq!(a, b);
         assert_ne!(a, c);
-        let mapped = CallerKey::peer(Some(IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped())));
+        let mapped = CallerKey::peer(Some(IpAddr::V6(
+            Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped(),
+        )));
         assert_eq!(mapped, v4);
         assert_eq!(CallerKey::peer(None), CallerKey::Unknown);
-        assert_eq!(CallerKey::peer(Some(Ipv6Addr::LOCALHOST.into())).kind(), "peer");
+        assert_eq!(
+            CallerKey::peer(Some(Ipv6Addr::LOCALHOST.into())).kind(),
+            "peer"
+        );
         assert_eq!(CallerKey::Token("ab".into()).describe(), "this token");
         assert_eq!(CallerKey::User("bob".into()).describe(), "user bob");
     }

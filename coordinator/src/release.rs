@@ -746,7 +746,12 @@ impl Releases {
     pub async fn namespace_exists(&self, ns: &str) -> Result<bool> {
         check_namespace(ns)?;
         let keys = self.store.keys();
-        if self.store.get_raw(&keys.namespace_marker(ns)).await?.is_some() {
+        if self
+            .store
+            .get_raw(&keys.namespace_marker(ns))
+            .await?
+            .is_some()
+        {
             return Ok(true);
         }
         Ok(self.store.get_raw(&keys.audit_head(ns)).await?.is_some())
@@ -792,7 +797,12 @@ impl Releases {
                     DenialAudit::Unaudited("etcd_error")
                 }
                 Err(_) => {
-                    tracing::error!(ns, rpc, actor, "request denied, but its audit record was not written within {DENIAL_AUDIT_TIMEOUT:?}");
+                    tracing::error!(
+                        ns,
+                        rpc,
+                        actor,
+                        "request denied, but its audit record was not written within {DENIAL_AUDIT_TIMEOUT:?}"
+                    );
                     DenialAudit::Unaudited("etcd_error")
                 }
             }

@@ -146,7 +146,9 @@ fn retry_after(status: &tonic::Status) -> Option<u64> {
 fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
     let message = status.message().trim();
     if let Some(seconds) = retry_after(status) {
-        return format!("rate limited; retry after {seconds} s (the coordinator at {coordinator}: {message})");
+        return format!(
+            "rate limited; retry after {seconds} s (the coordinator at {coordinator}: {message})"
+        );
     }
     match status.code() {
         Code::Unavailable if message.starts_with("the coordinator ") => message.to_string(),
@@ -245,7 +247,8 @@ mod tests {
         assert_eq!(err.rate_limited_for(), Some(3));
         let message = err.to_string();
         assert!(
-            message.starts_with("rate limited; retry after 3 s (the coordinator at http://c:7100: "),
+            message
+                .starts_with("rate limited; retry after 3 s (the coordinator at http://c:7100: "),
             "{message}"
         );
         // etcd's full quota is ResourceExhausted without the metadata: still a refusal.

@@ -174,8 +174,7 @@ async fn a_viewer_cannot_change_anything_and_known_users_denials_are_audited() -
     ];
     // The allowance refills one denial every 12 s: a slow run may audit one more.
     ensure!(
-        vera_denials.len() >= AUDITED_PER_MINUTE
-            && vera_tried.starts_with(&vera_denials),
+        vera_denials.len() >= AUDITED_PER_MINUTE && vera_tried.starts_with(&vera_denials),
         "vera's audited denials: {vera_denials:?}\n{trail:#}"
     );
     let others: HashSet<(String, String)> = denials

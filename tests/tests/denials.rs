@@ -42,7 +42,12 @@ async fn keys_under(etcd: &EtcdServer, prefix: &str) -> Result<BTreeMap<String, 
     Ok(response
         .kvs()
         .iter()
-        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.mod_revision()))
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            )
+        })
         .filter(|(key, _)| !key.starts_with(&election))
         .collect())
 }
@@ -230,7 +235,8 @@ async fn stranger_request(
             )
         }
         4 => {
-            let answer = http_get(http, coordinator, &format!("/v1/ns/{ns}/status"), &token).await?;
+            let answer =
+                http_get(http, coordinator, &format!("/v1/ns/{ns}/status"), &token).await?;
             Ok(answer.status().as_u16() == 401)
         }
         _ => {
@@ -247,8 +253,7 @@ async fn stranger_request(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_requests_without_a_known_token_write_nothing_and_are_counted() -> Result<()>
-{
+async fn ten_thousand_requests_without_a_known_token_write_nothing_and_are_counted() -> Result<()> {
     let otto = new_user("otto", &["operator"]).await?;
     let dir = tempfile::tempdir()?;
     let auth = write_auth_file(dir.path(), &[&otto])?;
@@ -295,7 +300,9 @@ async fn ten_thousand_requests_without_a_known_token_write_nothing_and_are_count
             for index in (task..STRANGER_REQUESTS).step_by(STRANGER_TASKS) {
                 match stranger_request(index, grpc.clone(), &http, &coordinator).await {
                     Ok(true) => refused += 1,
-                    Ok(false) => other.push(format!("request {index} was not refused as unauthenticated")),
+                    Ok(false) => other.push(format!(
+                        "request {index} was not refused as unauthenticated"
+                    )),
                     Err(error) => other.push(format!("request {index}: {error:#}")),
                 }
             }
@@ -381,7 +388,10 @@ async fn ten_thousand_requests_without_a_known_token_write_nothing_and_are_count
         (1..=allowed).contains(&lines),
         "{lines} log lines about {STRANGER_REQUESTS} denials in {elapsed:.1?}"
     );
-    ensure!(log.contains("suppressed="), "no count of left-out lines:\n{log}");
+    ensure!(
+        log.contains("suppressed="),
+        "no count of left-out lines:\n{log}"
+    );
 
     // The trail has no denial, and is intact.
     assert_eq!(denied_records(&operator).await?, Vec::new());
@@ -439,7 +449,12 @@ async fn a_viewers_thousand_denied_flips_are_audited_up_to_the_limit_and_status_
             let mut failures = Vec::new();
             while !over.load(Ordering::Relaxed) {
                 let asked = Instant::now();
-                let request = match with_token(StatusRequest { namespace: NS.into() }, &token) {
+                let request = match with_token(
+                    StatusRequest {
+                        namespace: NS.into(),
+                    },
+                    &token,
+                ) {
                     Ok(request) => request,
                     Err(error) => {
                         failures.push(format!("{error:#}"));
@@ -450,7 +465,9 @@ async fn a_viewers_thousand_denied_flips_are_audited_up_to_the_limit_and_status_
                     Ok(reply) if reply.get_ref().json.contains("\"epoch\"") => {
                         latencies.push(asked.elapsed())
                     }
-                    Ok(reply) => failures.push(format!("status without an epoch: {}", reply.get_ref().json)),
+                    Ok(reply) => {
+                        failures.push(format!("status without an epoch: {}", reply.get_ref().json))
+                    }
                     Err(status) => failures.push(format!("{status:?}")),
                 }
             }
@@ -492,7 +509,11 @@ async fn a_viewers_thousand_denied_flips_are_audited_up_to_the_limit_and_status_
     let flood = started.elapsed();
     flood_over.store(true, Ordering::Relaxed);
     let (mut latencies, failures) = prober.await?;
-    ensure!(wrong.is_empty(), "flips not denied: {:?}", wrong.iter().take(5).collect::<Vec<_>>());
+    ensure!(
+        wrong.is_empty(),
+        "flips not denied: {:?}",
+        wrong.iter().take(5).collect::<Vec<_>>()
+    );
 
     latencies.sort();
     println!(
@@ -507,7 +528,10 @@ async fn a_viewers_thousand_denied_flips_are_audited_up_to_the_limit_and_status_
         failures.is_empty(),
         "status failed during the flood: {failures:?}"
     );
-    ensure!(!latencies.is_empty(), "status was never answered during the flood");
+    ensure!(
+        !latencies.is_empty(),
+        "status was never answered during the flood"
+    );
 
     // Audited up to the allowance: a bucket of 5 that refills one a 12 s, so exactly 5 while
     // the whole test stays under 12 s since the first denial, and one more per 12 s after.
@@ -530,7 +554,9 @@ async fn a_viewers_thousand_denied_flips_are_audited_up_to_the_limit_and_status_
         "switchboard_denials_unaudited_total",
         &[("rpc", "Flip"), ("reason", "rate_limited")],
     );
-    println!("switchboard_denials_unaudited_total{{rpc=\"Flip\",reason=\"rate_limited\"}} {unaudited}");
+    println!(
+        "switchboard_denials_unaudited_total{{rpc=\"Flip\",reason=\"rate_limited\"}} {unaudited}"
+    );
     assert_eq!(unaudited, (VIEWER_FLIPS as u64 - audited) as f64);
     assert_eq!(
         metric_sum(
@@ -561,7 +587,10 @@ async fn a_viewers_thousand_denied_flips_are_audited_up_to_the_limit_and_status_
     }
     let keys = keys_under(&etcd, &prefix).await?;
     let ghost: Vec<&String> = keys.keys().filter(|k| k.contains("/ghost")).collect();
-    assert!(ghost.is_empty(), "keys of a namespace that does not exist: {ghost:?}");
+    assert!(
+        ghost.is_empty(),
+        "keys of a namespace that does not exist: {ghost:?}"
+    );
     assert_eq!(
         metric(
             &coordinator,
@@ -597,7 +626,12 @@ async fn burst_of_status(
     let mut codes = Vec::new();
     let mut limited = None;
     for _ in 0..count {
-        let request = with_token(StatusRequest { namespace: NS.into() }, token)?;
+        let request = with_token(
+            StatusRequest {
+                namespace: NS.into(),
+            },
+            token,
+        )?;
         match grpc.status(request).await {
             Ok(_) => codes.push(Code::Ok),
             Err(status) => {
@@ -649,7 +683,9 @@ async fn a_caller_over_its_rate_limit_is_told_to_retry_and_others_are_unaffected
         "{passed} of alice's requests passed: {codes:?}"
     );
     ensure!(
-        codes.iter().all(|c| *c == Code::Ok || *c == Code::ResourceExhausted),
+        codes
+            .iter()
+            .all(|c| *c == Code::Ok || *c == Code::ResourceExhausted),
         "{codes:?}"
     );
     let limited = limited.context("alice was never rate limited")?;
@@ -662,14 +698,22 @@ async fn a_caller_over_its_rate_limit_is_told_to_retry_and_others_are_unaffected
     ensure!(retry_after >= 1, "retry-after {retry_after}");
     ensure!(
         limited.message().contains("rate limited: user alice")
-            && limited.message().contains(&format!("retry after {retry_after} s")),
+            && limited
+                .message()
+                .contains(&format!("retry after {retry_after} s")),
         "{limited:?}"
     );
 
     // bob is unaffected, over gRPC and HTTP.
     let (codes, _) = burst_of_status(&mut grpc, &bob.token, 3).await?;
     assert_eq!(codes, vec![Code::Ok; 3], "bob's requests");
-    let answer = http_get(&http, &coordinator, &format!("/v1/ns/{NS}/status"), &bob.token).await?;
+    let answer = http_get(
+        &http,
+        &coordinator,
+        &format!("/v1/ns/{NS}/status"),
+        &bob.token,
+    )
+    .await?;
     assert_eq!(answer.status().as_u16(), 200, "bob over HTTP");
 
     // HTTP: carol's burst passes, then 429 with Retry-After and a JSON error.
@@ -677,8 +721,13 @@ async fn a_caller_over_its_rate_limit_is_told_to_retry_and_others_are_unaffected
     let mut statuses = Vec::new();
     let mut refused = None;
     for _ in 0..3 * BURST {
-        let answer =
-            http_get(&http, &coordinator, &format!("/v1/ns/{NS}/status"), &carol.token).await?;
+        let answer = http_get(
+            &http,
+            &coordinator,
+            &format!("/v1/ns/{NS}/status"),
+            &carol.token,
+        )
+        .await?;
         statuses.push(answer.status().as_u16());
         if answer.status().as_u16() == 429 && refused.is_none() {
             let retry_after = answer
@@ -698,7 +747,10 @@ async fn a_caller_over_its_rate_limit_is_told_to_retry_and_others_are_unaffected
         (BURST..=BURST + refills).contains(&passed),
         "{passed} of carol's requests passed: {statuses:?}"
     );
-    ensure!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    ensure!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
     let (retry_after, body) = refused.context("carol was never rate limited")?;
     let retry_after: u64 = retry_after.parse().context("Retry-After in seconds")?;
     ensure!(retry_after >= 1, "Retry-After {retry_after}");
@@ -716,9 +768,15 @@ async fn a_caller_over_its_rate_limit_is_told_to_retry_and_others_are_unaffected
         let (answer, _) = burst_of_status(&mut grpc, &made_up_token(), 1).await?;
         codes.extend(answer);
     }
-    let unauthenticated = codes.iter().filter(|c| **c == Code::Unauthenticated).count();
+    let unauthenticated = codes
+        .iter()
+        .filter(|c| **c == Code::Unauthenticated)
+        .count();
     let refills = started.elapsed().as_secs() as usize + 1;
-    println!("strangers from one address: {unauthenticated} of {} reached the gate", codes.len());
+    println!(
+        "strangers from one address: {unauthenticated} of {} reached the gate",
+        codes.len()
+    );
     ensure!(
         (BURST..=BURST + refills).contains(&unauthenticated),
         "{unauthenticated} strangers' requests reached the gate: {codes:?}"
@@ -757,7 +815,11 @@ async fn a_caller_over_its_rate_limit_is_told_to_retry_and_others_are_unaffected
 // SIGHUP.
 
 /// Whether `token` is a user's now: the JSON API answers 200, or 401 for nobody's.
-async fn token_works(http: &reqwest::Client, coordinator: &Coordinator, token: &str) -> Result<bool> {
+async fn token_works(
+    http: &reqwest::Client,
+    coordinator: &Coordinator,
+    token: &str,
+) -> Result<bool> {
     let answer = http_get(http, coordinator, "/v1/ns", token).await?;
     match answer.status().as_u16() {
         200 => Ok(true),
@@ -782,7 +844,8 @@ async fn sighup_reloads_the_auth_file_and_a_broken_file_keeps_the_users_in_force
     let coordinator =
         Coordinator::start_with(&etcd.endpoint(), &unique_prefix(), &["--auth", &auth]).await?;
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let gauge = async |coordinator: &Coordinator| metric(coordinator, "switchboard_auth_users", &[]).await;
+    let gauge =
+        async |coordinator: &Coordinator| metric(coordinator, "switchboard_auth_users", &[]).await;
     let reloads = async |coordinator: &Coordinator, result: &str| {
         metric(
             coordinator,
@@ -870,6 +933,9 @@ async fn without_auth_sighup_is_ignored_and_logged() -> Result<()> {
     .await?;
     let (code, _) = coordinator.get_json("/healthz").await?;
     assert_eq!(code, 200);
-    assert_eq!(metric(&coordinator, "switchboard_auth_reloads_total", &[]).await?, 0.0);
+    assert_eq!(
+        metric(&coordinator, "switchboard_auth_reloads_total", &[]).await?,
+        0.0
+    );
     Ok(())
 }
