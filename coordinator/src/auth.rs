@@ -12,17 +12,25 @@
 //! A request presents `authorization: Bearer <token>`. The gate hashes the token and compares
 //! the hash with every user's in constant time. No token, or one that names nobody, is
 //! `Unauthenticated`; a user whose roles do not allow the request is `PermissionDenied` (sbctl
-//! exits 5 for both). A denial for a valid namespace is written to that namespace's audit trail
-//! (action `denied`) through the same hash chain as every change. The actor recorded for an
-//! allowed request is the user's name from the file: what the caller claims is ignored.
+//! exits 5 for both). A request without a known token writes nothing: it is counted in
+//! `/metrics` and logged at most once a second. A known user's denial is written to the audit
+//! trail of the namespace it names (action `denied`, through the same hash chain as every
+//! change) if that namespace exists, for at most a few denials per user per minute; the rest
+//! are counted. The actor recorded for an allowed request is the user's name from the file:
+//! what the caller claims is ignored.
+//!
+//! Before any of that, the gate counts the request against its caller's rate limit
+//! ([`crate::limits`]). The file is read again on SIGHUP ([`reload_on_hangup`]): a file that
+//! checks replaces the users whole, and one that does not changes nothing.
 //!
 //! Without `--auth` the gate is open: every caller acts as an anonymous admin, and the name it
 //! claims (`x-switchboard-actor`) is recorded as given.
 
 use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -31,8 +39,12 @@ use subtle::ConstantTimeEq;
 use switchboard_proto::keys::validate_namespace;
 use switchboard_proto::set::sha256_hex;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{CoordinatorError, Result};
+use crate::limits::{self, CallerKey, QuietLog, Rate, RateLimiter};
 use crate::release::{Actor, Releases};
+use crate::telemetry;
 
 pub use switchboard_proto::keys::{UNAUTHENTICATED, validate_user_name};
 /// The actor of a request without a claimed name while the coordinator runs open.
@@ -41,8 +53,7 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const MAX_NAME_LEN: usize = switchboard_proto::keys::MAX_USER_NAME_LEN;
 /// The largest auth file read.
 pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
-/// How long writing a denial's audit record may hold up the denial.
-pub const DENIAL_AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::release::DENIAL_AUDIT_TIMEOUT;
 /// The message of every `Unauthenticated` answer. It does not say which of the two it was.
 pub const UNKNOWN_TOKEN: &str =
     "missing or unknown token (sbctl sends the one given by --token or SWITCHBOARD_TOKEN)";
@@ -417,11 +428,13 @@ fn yaml_problem(error: &serde_saphyr::Error) -> String {
     }
 }
 
-/// What a request presents: the `authorization` value and the name it claims.
+/// What a request presents: the `authorization` value, the name it claims, and the address
+/// it came from (for the rate limit of callers without a known token).
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     pub authorization: Option<String>,
     pub claimed_actor: Option<String>,
+    pub peer: Option<IpAddr>,
 }
 
 impl Credentials {
@@ -468,6 +481,25 @@ pub struct Denial {
     pub error: CoordinatorError,
     /// The user's roles (none for an unknown caller).
     pub roles: Vec<Role>,
+    /// Why, as the metric's `reason` label: `missing_token`, `unknown_token` or `role`.
+    pub reason: &'static str,
+}
+
+impl Denial {
+    /// Whether the caller presented no known token (rather than being a user without the
+    /// role).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self.error, CoordinatorError::Unauthenticated(_))
+    }
+
+    /// The metric's `code` label: `unauthenticated` or `permission_denied`.
+    pub fn code(&self) -> &'static str {
+        if self.is_unauthenticated() {
+            "unauthenticated"
+        } else {
+            "permission_denied"
+        }
+    }
 }
 
 /// The gate's decision for `rpc` on `ns`, which touches nothing.
@@ -477,11 +509,17 @@ pub fn check(
     rpc: Rpc,
     ns: &str,
 ) -> Result<Actor, Denial> {
-    let Some(user) = credentials.bearer().and_then(|t| users.authenticate(t)) else {
+    let token = credentials.bearer();
+    let Some(user) = token.and_then(|t| users.authenticate(t)) else {
         return Err(Denial {
             actor: UNAUTHENTICATED.to_string(),
             error: CoordinatorError::Unauthenticated(UNKNOWN_TOKEN.to_string()),
             roles: Vec::new(),
+            reason: if token.is_some() {
+                "unknown_token"
+            } else {
+                "missing_token"
+            },
         });
     };
     if permitted(&user.roles, rpc) {
@@ -499,42 +537,179 @@ pub fn check(
             roles_that_permit(rpc)
         )),
         roles: user.roles.clone(),
+        reason: "role",
     })
 }
 
-/// Every admin request passes here first: it names the actor or refuses the request.
+/// Every admin request passes here first: it counts the request against its caller's rate
+/// limit, then names the actor or refuses the request.
+///
+/// A refusal of an unknown caller (no token, or a token of nobody) writes nothing anywhere but
+/// a counter and, at most once a second, a log line: a stranger must cost nothing that lasts.
+/// A known user's refusal is audited in the namespace it names, if that exists, within the
+/// user's allowance of audited denials ([`Releases::audit_denial`]).
 #[derive(Clone)]
 pub struct Gate {
-    users: Option<Arc<Users>>,
+    /// The users in force, replaced whole by a reload of the `--auth` file; `None` while the
+    /// gate is open (no `--auth`), which a reload never changes.
+    users: Option<Arc<RwLock<Arc<Users>>>>,
     releases: Releases,
+    rate_limit: Arc<RateLimiter>,
+    unauthenticated_log: Arc<QuietLog>,
+    rate_limited_log: Arc<QuietLog>,
 }
 
 impl Gate {
-    /// A gate for `users`; without users (no `--auth`) it is open: every caller is an
-    /// anonymous admin, named as it claims.
+    /// A gate for `users`, with the default rate limit; without users (no `--auth`) it is
+    /// open: every caller is an anonymous admin, named as it claims.
     pub fn new(users: Option<Users>, releases: Releases) -> Self {
+        if let Some(users) = &users {
+            metrics::gauge!(telemetry::AUTH_USERS).set(users.users().len() as f64);
+        }
         Self {
-            users: users.map(Arc::new),
+            users: users.map(|users| Arc::new(RwLock::new(Arc::new(users)))),
             releases,
+            rate_limit: Arc::new(RateLimiter::new(Rate {
+                per_second: limits::DEFAULT_REQUESTS_PER_SECOND,
+                burst: limits::DEFAULT_BURST,
+            })),
+            unauthenticated_log: Arc::new(QuietLog::new(QUIET_LOG_INTERVAL)),
+            rate_limited_log: Arc::new(QuietLog::new(QUIET_LOG_INTERVAL)),
+        }
+    }
+
+    /// The same gate with another rate limit.
+    pub fn with_rate_limit(self, rate_limit: RateLimiter) -> Self {
+        Self {
+            rate_limit: Arc::new(rate_limit),
+            ..self
+        }
+    }
+
+    /// Whether the gate admits everyone (no `--auth`).
+    pub fn is_open(&self) -> bool {
+        self.users.is_none()
+    }
+
+    /// The users in force now. A request works with one set of users from start to end,
+    /// even when a reload replaces them meanwhile.
+    fn users(&self) -> Option<Arc<Users>> {
+        self.users.as_ref().map(|users| {
+            // A poisoned lock only means a panic elsewhere while it was held; the Arc in it
+            // is always a whole, checked set of users.
+            users.read().unwrap_or_else(PoisonError::into_inner).clone()
+        })
+    }
+
+    /// Puts `users` in force for every request from now on, and returns the users they
+    /// replace. An open gate stays open: it returns `None` and changes nothing.
+    pub fn replace_users(&self, users: Users) -> Option<Arc<Users>> {
+        let lock = self.users.as_ref()?;
+        let mut current = lock.write().unwrap_or_else(PoisonError::into_inner);
+        Some(std::mem::replace(&mut *current, Arc::new(users)))
+    }
+
+    /// Reads the `--auth` file again and puts its users in force. A file that does not check
+    /// changes nothing: the error is logged naming the file and the problem, and counted.
+    /// Returns whether the new users are in force.
+    pub async fn reload(&self, path: &Path) -> bool {
+        if self.is_open() {
+            return false;
+        }
+        let file = path.to_path_buf();
+        // The file is small (at most MAX_FILE_BYTES), but reading it is still blocking I/O.
+        let loaded = tokio::task::spawn_blocking(move || Users::load(&file))
+            .await
+            .unwrap_or_else(|error| Err(anyhow::anyhow!("reading the file failed: {error}")));
+        match loaded {
+            Ok(users) => {
+                let count = users.users().len();
+                let change = self
+                    .replace_users(users.clone())
+                    .map(|before| describe_change(&before, &users))
+                    .unwrap_or_default();
+                metrics::counter!(telemetry::AUTH_RELOADS, "result" => "ok").increment(1);
+                metrics::gauge!(telemetry::AUTH_USERS).set(count as f64);
+                tracing::info!(file = %path.display(), users = count, %change, "auth file reloaded on SIGHUP");
+                true
+            }
+            Err(error) => {
+                metrics::counter!(telemetry::AUTH_RELOADS, "result" => "error").increment(1);
+                tracing::error!(
+                    file = %path.display(),
+                    problem = %format!("{error:#}"),
+                    "auth file not reloaded on SIGHUP: the previous users stay in force until the file checks and SIGHUP is sent again"
+                );
+                false
+            }
         }
     }
 
     /// The gate's decision for `rpc` on `ns`, which touches nothing. While the gate is open
     /// every caller is admitted, named as it claims.
     pub fn check(&self, credentials: &Credentials, rpc: Rpc, ns: &str) -> Result<Actor, Denial> {
-        match &self.users {
+        match self.users() {
             None => Ok(Actor {
                 name: credentials
                     .claimed()
                     .unwrap_or_else(|| ANONYMOUS.to_string()),
             }),
-            Some(users) => check(users, credentials, rpc, ns),
+            Some(users) => check(&users, credentials, rpc, ns),
         }
     }
 
-    /// Audits a denial in `ns` (when `ns` is a valid namespace name) and returns its error. If
-    /// the audit record cannot be written, the failure is logged and the request is denied
-    /// all the same.
+    /// Who the rate limit counts this request against: the user its token names; without
+    /// `--auth`, the token it presents (by its hash); else the address it came from. With
+    /// `--auth` a token of nobody identifies no one (anyone can make up a new one for every
+    /// request), so such requests count against their address.
+    fn caller(&self, credentials: &Credentials) -> CallerKey {
+        let token = credentials.bearer();
+        match self.users() {
+            Some(users) => match token.and_then(|token| users.authenticate(token)) {
+                Some(user) => CallerKey::User(user.name.clone()),
+                None => CallerKey::peer(credentials.peer),
+            },
+            None => match token {
+                Some(token) => CallerKey::Token(sha256_hex(token.as_bytes())),
+                None => CallerKey::peer(credentials.peer),
+            },
+        }
+    }
+
+    /// Counts a request against its caller's rate limit, or refuses it with the time to wait
+    /// (`ResourceExhausted`, HTTP 429). Touches no etcd.
+    pub fn limit(&self, credentials: &Credentials, rpc: Rpc) -> Result<()> {
+        if !self.rate_limit.is_on() {
+            return Ok(());
+        }
+        let caller = self.caller(credentials);
+        let now = Instant::now();
+        let Err(limited) = self.rate_limit.check(&caller, now) else {
+            return Ok(());
+        };
+        metrics::counter!(telemetry::REQUESTS_RATE_LIMITED, "caller" => caller.kind()).increment(1);
+        if let Some(suppressed) = self.rate_limited_log.allow(now) {
+            tracing::info!(
+                caller = %caller.describe(),
+                rpc = rpc.name(),
+                suppressed,
+                "request over the caller's rate limit (switchboard_requests_rate_limited_total counts these; `suppressed` is how many such lines were left out since the last)"
+            );
+        }
+        Err(CoordinatorError::RateLimited {
+            message: format!(
+                "rate limited: {} sent more than {} requests a second (bursts of {}); retry after {} s",
+                caller.describe(),
+                limited.rate.per_second,
+                limited.rate.burst,
+                limited.retry_after_seconds
+            ),
+            retry_after_seconds: limited.retry_after_seconds,
+        })
+    }
+
+    /// Records a denial (see [`Gate`]) and returns its error. The denial is answered whatever
+    /// becomes of its record.
     pub async fn refuse(
         &self,
         denial: Denial,
@@ -542,53 +717,145 @@ impl Gate {
         rpc: Rpc,
         ns: &str,
     ) -> CoordinatorError {
-        self.audit_denial(&denial, credentials, rpc, ns).await;
+        self.record_denial(&denial, credentials, rpc, ns).await;
         denial.error
     }
 
-    /// The actor of an allowed request; a denied one is audited and refused.
+    /// The actor of an allowed request; a request over its caller's rate limit is refused,
+    /// and a denied one is recorded and refused.
     pub async fn admit(&self, credentials: &Credentials, rpc: Rpc, ns: &str) -> Result<Actor> {
+        self.limit(credentials, rpc)?;
         match self.check(credentials, rpc, ns) {
             Ok(actor) => Ok(actor),
             Err(denial) => Err(self.refuse(denial, credentials, rpc, ns).await),
         }
     }
 
-    async fn audit_denial(&self, denial: &Denial, credentials: &Credentials, rpc: Rpc, ns: &str) {
-        let code = match denial.error {
-            CoordinatorError::Unauthenticated(_) => "unauthenticated",
-            _ => "permission_denied",
-        };
-        metrics::counter!("switchboard_requests_denied_total", "rpc" => rpc.name(), "code" => code)
-            .increment(1);
-        if validate_namespace(ns).is_err() {
-            tracing::info!(rpc = rpc.name(), actor = %denial.actor, code, "request denied (no valid namespace to audit it in)");
+    async fn record_denial(&self, denial: &Denial, credentials: &Credentials, rpc: Rpc, ns: &str) {
+        let code = denial.code();
+        metrics::counter!(
+            telemetry::REQUESTS_DENIED,
+            "rpc" => rpc.name(),
+            "code" => code,
+            "reason" => denial.reason
+        )
+        .increment(1);
+        if denial.is_unauthenticated() {
+            // Nothing that a caller without a known token sends reaches etcd or a log line
+            // of its own: the namespace it names, the name it claims and its token are not
+            // even looked at.
+            if let Some(suppressed) = self.unauthenticated_log.allow(Instant::now()) {
+                tracing::info!(
+                    rpc = rpc.name(),
+                    reason = denial.reason,
+                    peer = ?credentials.peer,
+                    suppressed,
+                    "request denied: missing or unknown token (switchboard_requests_denied_total counts these; `suppressed` is how many such lines were left out since the last)"
+                );
+            }
             return;
         }
-        let mut detail = json!({
+        let detail = json!({
             "rpc": rpc.name(),
             "code": code,
             "roles": denial.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
         });
-        if denial.actor == UNAUTHENTICATED
-            && let (Some(claimed), Some(object)) = (credentials.claimed(), detail.as_object_mut())
-        {
-            object.insert("claimed_actor".into(), json!(claimed));
+        self.releases
+            .audit_denial(
+                ns,
+                &denial.actor,
+                rpc.name(),
+                &denial.error.to_string(),
+                detail,
+            )
+            .await;
+    }
+}
+
+/// How often the gate's quiet log lines may be written at most.
+const QUIET_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// The most user names a reload's log line lists in each of added, removed and changed.
+const NAMES_LISTED: usize = 20;
+
+/// What a reload changed, as "added carol; removed bob; changed alice" (a user changes when
+/// their roles or token do), or "no change".
+fn describe_change(before: &Users, after: &Users) -> String {
+    let find = |users: &Users, name: &str| users.users().iter().find(|u| u.name == name).cloned();
+    let added: Vec<&str> = after
+        .users()
+        .iter()
+        .filter(|u| find(before, &u.name).is_none())
+        .map(|u| u.name.as_str())
+        .collect();
+    let removed: Vec<&str> = before
+        .users()
+        .iter()
+        .filter(|u| find(after, &u.name).is_none())
+        .map(|u| u.name.as_str())
+        .collect();
+    let changed: Vec<&str> = after
+        .users()
+        .iter()
+        .filter(|u| {
+            find(before, &u.name)
+                .is_some_and(|old| old.roles != u.roles || old.token_sha256 != u.token_sha256)
+        })
+        .map(|u| u.name.as_str())
+        .collect();
+    let list = |names: &[&str]| {
+        let mut text = names
+            .iter()
+            .take(NAMES_LISTED)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if names.len() > NAMES_LISTED {
+            text.push_str(&format!(" and {} more", names.len() - NAMES_LISTED));
         }
-        let reason = denial.error.to_string();
-        let write = self
-            .releases
-            .append_audit(ns, &denial.actor, "denied", &reason, detail);
-        match tokio::time::timeout(DENIAL_AUDIT_TIMEOUT, write).await {
-            Ok(Ok(seq)) => {
-                tracing::info!(ns, rpc = rpc.name(), actor = %denial.actor, code, seq, "request denied and audited");
+        text
+    };
+    let parts: Vec<String> = [
+        ("added", &added),
+        ("removed", &removed),
+        ("changed", &changed),
+    ]
+    .into_iter()
+    .filter(|(_, names)| !names.is_empty())
+    .map(|(what, names)| format!("{what} {}", list(names)))
+    .collect();
+    if parts.is_empty() {
+        "no change".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Reloads the `--auth` file on every SIGHUP until `shutdown` (see [`Gate::reload`]). A
+/// coordinator without `--auth` has no file to reload; it logs that and carries on, rather
+/// than ending as a process does on a SIGHUP it does not handle. `hangups` is set up by the
+/// caller before the listeners open, so that no SIGHUP arrives before it is handled.
+pub async fn reload_on_hangup(
+    gate: Gate,
+    file: Option<PathBuf>,
+    mut hangups: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return;
+                }
             }
-            Ok(Err(error)) => {
-                tracing::error!(ns, rpc = rpc.name(), actor = %denial.actor, code, %error, "request denied, but its audit record cannot be written");
+        }
+        match &file {
+            Some(file) => {
+                gate.reload(file).await;
             }
-            Err(_) => {
-                tracing::error!(ns, rpc = rpc.name(), actor = %denial.actor, code, "request denied, but its audit record was not written within {DENIAL_AUDIT_TIMEOUT:?}");
-            }
+            None => tracing::warn!(
+                "SIGHUP ignored: the coordinator runs without --auth, so there is no auth file to reload"
+            ),
         }
     }
 }
@@ -623,6 +890,7 @@ mod tests {
         Credentials {
             authorization: Some(format!("Bearer {token}")),
             claimed_actor: Some("mallory".into()),
+            peer: None,
         }
     }
 
@@ -889,6 +1157,7 @@ mod tests {
         let with = |value: &str| Credentials {
             authorization: Some(value.to_string()),
             claimed_actor: None,
+            peer: None,
         };
         assert_eq!(with("Bearer abc").bearer(), Some("abc"));
         assert_eq!(with("bearer  abc ").bearer(), Some("abc"));
@@ -937,6 +1206,7 @@ mod tests {
         let no_token = Credentials {
             authorization: None,
             claimed_actor: Some("alice".into()),
+            peer: None,
         };
         for credentials in [
             no_token,
@@ -956,6 +1226,7 @@ mod tests {
             Credentials {
                 authorization: None,
                 claimed_actor: Some(name.to_string()),
+                peer: None,
             }
             .claimed()
         };

@@ -2,11 +2,16 @@
 //!
 //! sbctl maps gRPC codes to its exit codes: `Aborted` is a conflict (3), `FailedPrecondition`
 //! and `InvalidArgument` a refusal (4), `Unauthenticated` and `PermissionDenied` not permitted
-//! (5).
+//! (5). A request over the caller's rate limit is `ResourceExhausted` with the metadata
+//! [`RETRY_AFTER_METADATA`] over gRPC, and 429 with a `Retry-After` header over HTTP; sbctl
+//! tells it from etcd's NOSPACE (also `ResourceExhausted`) by that metadata and exits 1.
 
 /// The gRPC metadata key that marks a refusal by a gate (value `gate`), so that sbctl can wait
 /// for gates without parsing messages.
 pub const REFUSAL_METADATA: &str = "x-switchboard-refusal";
+/// The gRPC metadata key of a rate-limited answer: whole seconds until the caller may retry,
+/// as HTTP's `Retry-After` header gives them.
+pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
 /// An operation that failed, with a message a release manager can act on.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,13 @@ pub enum CoordinatorError {
     /// A known user whose roles do not allow the request.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller sent more requests than its rate limit allows; it may send the next one
+    /// after `retry_after_seconds`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_seconds: u64,
+    },
     /// A record in etcd that does not parse or does not verify.
     #[error("corrupt record {key} in etcd: {reason}")]
     CorruptRecord { key: String, reason: String },
@@ -55,6 +67,7 @@ impl CoordinatorError {
             CoordinatorError::NotFound(_) => Code::NotFound,
             CoordinatorError::Unauthenticated(_) => Code::Unauthenticated,
             CoordinatorError::PermissionDenied(_) => Code::PermissionDenied,
+            CoordinatorError::RateLimited { .. } => Code::ResourceExhausted,
             CoordinatorError::CorruptRecord { .. } => Code::DataLoss,
             CoordinatorError::Etcd(etcd_client::Error::GRpcStatus(status))
                 if status.code() == Code::ResourceExhausted =>
@@ -74,6 +87,11 @@ impl CoordinatorError {
 
     pub fn http_status(&self) -> axum::http::StatusCode {
         use axum::http::StatusCode;
+        // Both a rate limit and etcd's full quota are ResourceExhausted in gRPC; over HTTP the
+        // first is the caller's to wait out (429), the second the server's (507).
+        if matches!(self, CoordinatorError::RateLimited { .. }) {
+            return StatusCode::TOO_MANY_REQUESTS;
+        }
         match self.grpc_code() {
             tonic::Code::Aborted => StatusCode::CONFLICT,
             tonic::Code::FailedPrecondition => StatusCode::UNPROCESSABLE_ENTITY,
@@ -86,6 +104,28 @@ impl CoordinatorError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// Whole seconds until a rate-limited caller may retry.
+    pub fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            CoordinatorError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => Some(*retry_after_seconds),
+            _ => None,
+        }
+    }
+
+    /// Whether the gate decided this error, and logged it there at most once a second: a
+    /// flood of refused requests must not become a flood of log lines.
+    pub fn logged_by_the_gate(&self) -> bool {
+        matches!(
+            self,
+            CoordinatorError::Unauthenticated(_)
+                | CoordinatorError::PermissionDenied(_)
+                | CoordinatorError::RateLimited { .. }
+        )
+    }
 }
 
 impl From<CoordinatorError> for tonic::Status {
@@ -95,6 +135,7 @@ impl From<CoordinatorError> for tonic::Status {
             tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Internal => {
                 tracing::error!(%error, "request failed")
             }
+            _ if error.logged_by_the_gate() => {}
             _ => tracing::info!(%error, "request refused"),
         }
         let message = match error.grpc_code() {
@@ -109,6 +150,11 @@ impl From<CoordinatorError> for tonic::Status {
                 REFUSAL_METADATA,
                 tonic::metadata::MetadataValue::from_static("gate"),
             );
+        }
+        if let Some(seconds) = error.retry_after_seconds() {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_METADATA, seconds.into());
         }
         status
     }

@@ -41,8 +41,9 @@ impl AdminService {
     }
 }
 
-/// What the caller presents: its bearer token, and the name sbctl claims for it (recorded only
-/// while the coordinator runs without `--auth`).
+/// What the caller presents: its bearer token, the name sbctl claims for it (recorded only
+/// while the coordinator runs without `--auth`), and the address it connects from (with TLS
+/// too: tonic records it for both).
 fn credentials<T>(request: &Request<T>) -> Credentials {
     let text = |name: &str| {
         request
@@ -54,11 +55,13 @@ fn credentials<T>(request: &Request<T>) -> Credentials {
     Credentials {
         authorization: text("authorization"),
         claimed_actor: text("x-switchboard-actor"),
+        peer: request.remote_addr().map(|address| address.ip()),
     }
 }
 
 impl AdminService {
-    /// The actor of `request` if it may call `rpc` on `ns`; a denial is audited and answered.
+    /// The actor of `request` if it may call `rpc` on `ns` and is within its caller's rate
+    /// limit; a denial is recorded and answered.
     async fn admit<T>(&self, request: &Request<T>, rpc: Rpc, ns: &str) -> Result<Actor, Status> {
         let credentials = credentials(request);
         Ok(self.gate.admit(&credentials, rpc, ns).await?)
@@ -155,12 +158,18 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::UploadChunksReply>, Status> {
         let credentials = credentials(&request);
         let mut stream = request.into_inner();
-        // The namespace comes with the chunks, so the gate decides before reading any. A
-        // denial is audited in the namespace of the first chunk, if one arrives soon.
+        self.gate.limit(&credentials, Rpc::UploadChunks)?;
+        // The namespace comes with the chunks, so the gate decides before reading any. A known
+        // user's denial is audited in the namespace of the first chunk, if one arrives soon;
+        // nothing of an unknown caller's stream is read at all.
         if let Err(denial) = self.gate.check(&credentials, Rpc::UploadChunks, "") {
-            let ns = match tokio::time::timeout(DENIED_UPLOAD_READ, stream.next()).await {
-                Ok(Some(Ok(chunk))) => chunk.namespace,
-                _ => String::new(),
+            let ns = if denial.is_unauthenticated() {
+                String::new()
+            } else {
+                match tokio::time::timeout(DENIED_UPLOAD_READ, stream.next()).await {
+                    Ok(Some(Ok(chunk))) => chunk.namespace,
+                    _ => String::new(),
+                }
             };
             let denial = self
                 .gate

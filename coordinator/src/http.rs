@@ -3,7 +3,8 @@
 //!
 //! `/healthz`, `/metrics` and the dashboard's static files are always open. With `--auth`, the
 //! JSON API needs a bearer token, like the gRPC API: 401 without a known token, 403 without the
-//! role, both with a JSON error body and audited like every denial.
+//! role, both with a JSON error body and recorded like every denial. The JSON API shares the
+//! gRPC API's per-caller rate limit: over it, 429 with `Retry-After` (whole seconds).
 //!
 //! The routing changes (`POST /v1/ns/{ns}/canary`, `/flip`, `/rollback`) are the gRPC service's
 //! operations over JSON: the same [`Gate`] with the same [`Rpc`] kinds, then the same
@@ -13,9 +14,14 @@
 //! name the staged version (`expected_version`). Errors become HTTP statuses in one place,
 //! [`CoordinatorError::http_status`].
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -73,17 +79,46 @@ async fn render_metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }
 
-/// The bearer token and claimed name of an HTTP request.
-fn credentials(headers: &HeaderMap) -> Credentials {
-    let text = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    Credentials {
-        authorization: text(header::AUTHORIZATION.as_str()),
-        claimed_actor: text("x-switchboard-actor"),
+/// The address a connection came from, which the server records for each of its requests
+/// (`into_make_service_with_connect_info::<PeerAddr>`), over plain TCP and TLS alike.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// What an HTTP request presents to the gate: its bearer token, the name it claims, and the
+/// address it came from (unknown when the router is served without connect info).
+struct Caller(Credentials);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        let text = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Ok(Caller(Credentials {
+            authorization: text(header::AUTHORIZATION.as_str()),
+            claimed_actor: text("x-switchboard-actor"),
+            peer: parts
+                .extensions
+                .get::<ConnectInfo<PeerAddr>>()
+                .map(|ConnectInfo(PeerAddr(address))| address.ip()),
+        }))
     }
 }
 
@@ -96,8 +131,8 @@ fn answer<T: serde::Serialize>(result: Result<T>) -> Response {
     }
 }
 
-async fn admit(state: &AppState, headers: &HeaderMap, rpc: Rpc, ns: &str) -> Result<Actor> {
-    state.gate.admit(&credentials(headers), rpc, ns).await
+async fn admit(state: &AppState, caller: &Caller, rpc: Rpc, ns: &str) -> Result<Actor> {
+    state.gate.admit(&caller.0, rpc, ns).await
 }
 
 /// A namespace that was never staged into is unknown: 404, rather than the "nothing is
@@ -117,10 +152,10 @@ async fn known_namespace(state: &AppState, ns: &str) -> Result<()> {
     Ok(())
 }
 
-async fn namespaces(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn namespaces(State(state): State<AppState>, caller: Caller) -> Response {
     answer(
         async {
-            admit(&state, &headers, Rpc::Status, "").await?;
+            admit(&state, &caller, Rpc::Status, "").await?;
             let mut namespaces = state.releases.store().namespaces().await?;
             namespaces.sort();
             Ok(serde_json::json!({ "namespaces": namespaces }))
@@ -129,14 +164,10 @@ async fn namespaces(State(state): State<AppState>, headers: HeaderMap) -> Respon
     )
 }
 
-async fn status(
-    State(state): State<AppState>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn status(State(state): State<AppState>, Path(ns): Path<String>, caller: Caller) -> Response {
     answer(
         async {
-            admit(&state, &headers, Rpc::Status, &ns).await?;
+            admit(&state, &caller, Rpc::Status, &ns).await?;
             state.releases.status(&ns).await
         }
         .await,
@@ -154,11 +185,11 @@ async fn audit(
     State(state): State<AppState>,
     Path(ns): Path<String>,
     query: std::result::Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Response {
     answer(
         async {
-            admit(&state, &headers, Rpc::Audit, &ns).await?;
+            admit(&state, &caller, Rpc::Audit, &ns).await?;
             let Query(query) = query.map_err(|rejection| {
                 CoordinatorError::InvalidInput(format!(
                     "bad query: {}; the audit trail takes only limit=N",
@@ -184,14 +215,10 @@ async fn audit(
     )
 }
 
-async fn errors(
-    State(state): State<AppState>,
-    Path(ns): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn errors(State(state): State<AppState>, Path(ns): Path<String>, caller: Caller) -> Response {
     answer(
         async {
-            admit(&state, &headers, Rpc::Status, &ns).await?;
+            admit(&state, &caller, Rpc::Status, &ns).await?;
             known_namespace(&state, &ns).await?;
             Ok(state.samples.series(&ns))
         }
@@ -286,12 +313,13 @@ fn canary_weight(body: &CanaryBody) -> Result<u32> {
 async fn canary(
     State(state): State<AppState>,
     Path(ns): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     answer(
         async {
-            let actor = admit(&state, &headers, Rpc::SetCanary, &ns).await?;
+            let actor = admit(&state, &caller, Rpc::SetCanary, &ns).await?;
             let body: CanaryBody = json_body(&headers, body, "canary request").await?;
             let weight_bp = canary_weight(&body)?;
             let expected_epoch = required_epoch(body.expected_epoch)?;
@@ -323,12 +351,13 @@ struct FlipBody {
 async fn flip(
     State(state): State<AppState>,
     Path(ns): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     answer(
         async {
-            let actor = admit(&state, &headers, Rpc::Flip, &ns).await?;
+            let actor = admit(&state, &caller, Rpc::Flip, &ns).await?;
             let body: FlipBody = json_body(&headers, body, "flip request").await?;
             let expected_epoch = required_epoch(body.expected_epoch)?;
             known_namespace(&state, &ns).await?;
@@ -355,12 +384,13 @@ struct RollbackBody {
 async fn rollback(
     State(state): State<AppState>,
     Path(ns): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     answer(
         async {
-            let actor = admit(&state, &headers, Rpc::Rollback, &ns).await?;
+            let actor = admit(&state, &caller, Rpc::Rollback, &ns).await?;
             let body: RollbackBody = json_body(&headers, body, "rollback request").await?;
             let expected_epoch = required_epoch(body.expected_epoch)?;
             known_namespace(&state, &ns).await?;
@@ -378,10 +408,20 @@ async fn rollback(
 
 fn error_response(error: CoordinatorError) -> Response {
     let status: StatusCode = error.http_status();
-    tracing::info!(%error, "http request failed");
+    if !error.logged_by_the_gate() {
+        tracing::info!(%error, "http request failed");
+    }
     let body = Json(serde_json::json!({"error": error.to_string()}));
     if status == StatusCode::UNAUTHORIZED {
         return (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response();
+    }
+    if let Some(seconds) = error.retry_after_seconds() {
+        return (
+            status,
+            [(header::RETRY_AFTER, HeaderValue::from(seconds))],
+            body,
+        )
+            .into_response();
     }
     (status, body).into_response()
 }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod janitor;
 pub mod judge;
 pub mod leader;
+pub mod limits;
 pub mod release;
 pub mod routing;
 pub mod rule_worker;
@@ -71,10 +72,19 @@ pub struct Args {
     #[arg(long)]
     pub id: Option<String>,
     /// Users, their roles and the SHA-256 of their bearer tokens (YAML; see the README,
-    /// "Identities and roles"). Without it the coordinator is open: every caller acts as an
+    /// "Identities and roles"). Read again on SIGHUP; a file that does not check then keeps
+    /// the users in force. Without it the coordinator is open: every caller acts as an
     /// anonymous admin.
     #[arg(long, value_name = "FILE")]
     pub auth: Option<PathBuf>,
+    /// Requests a second that one caller may make of the admin gRPC and JSON APIs together,
+    /// on average; 0 turns the limit off. A caller is a user (by their token), else the
+    /// address a request comes from.
+    #[arg(long, default_value_t = limits::DEFAULT_REQUESTS_PER_SECOND, value_name = "N", value_parser = non_negative_rate)]
+    pub rate_limit_per_second: f64,
+    /// Requests one caller may make at once above that rate (at least 1).
+    #[arg(long, default_value_t = limits::DEFAULT_BURST, value_name = "N", value_parser = burst)]
+    pub rate_limit_burst: f64,
     /// etcd's `--quota-backend-bytes`, against which stages are checked before anything is
     /// written (etcd 3.6 reports its quota itself, and then that wins).
     #[arg(long, env = "SWITCHBOARD_ETCD_QUOTA_BYTES", default_value_t = capacity::DEFAULT_QUOTA_BYTES, value_name = "BYTES")]
@@ -114,6 +124,37 @@ pub struct Args {
 }
 
 pub use switchboard_runtime::{cancel_on_signal, connect_etcd};
+
+/// The largest rate or burst the flags take: far beyond what one coordinator serves, and small
+/// enough that every computation with it stays exact.
+const MAX_RATE: f64 = 1_000_000_000.0;
+
+fn rate_number(text: &str) -> Result<f64, String> {
+    let number: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if !number.is_finite() || !(0.0..=MAX_RATE).contains(&number) {
+        return Err(format!("{text} must be 0 to {MAX_RATE}"));
+    }
+    Ok(number)
+}
+
+/// `--rate-limit-per-second`: 0 (off) or a positive number of requests a second.
+fn non_negative_rate(text: &str) -> Result<f64, String> {
+    rate_number(text)
+}
+
+/// `--rate-limit-burst`: at least one request, or no request could ever pass.
+fn burst(text: &str) -> Result<f64, String> {
+    let number = rate_number(text)?;
+    if number < 1.0 {
+        return Err(format!(
+            "{text} is under 1: no request could pass (turn the limit off with --rate-limit-per-second 0)"
+        ));
+    }
+    Ok(number)
+}
 
 /// Runs the coordinator until `shutdown` is cancelled.
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -189,7 +230,30 @@ async fn serve(
             "no --auth: the coordinator is open; every caller acts as an anonymous admin, and the audit trail records the names callers claim"
         ),
     }
-    let gate = auth::Gate::new(users, releases.clone());
+    let rate_limit = limits::RateLimiter::new(limits::Rate {
+        per_second: args.rate_limit_per_second,
+        burst: args.rate_limit_burst,
+    });
+    if rate_limit.is_on() {
+        tracing::info!(
+            per_second = args.rate_limit_per_second,
+            burst = args.rate_limit_burst,
+            "rate limit per caller on the admin gRPC and JSON APIs"
+        );
+    } else {
+        tracing::warn!("--rate-limit-per-second 0: no rate limit on the admin APIs");
+    }
+    let gate = auth::Gate::new(users, releases.clone()).with_rate_limit(rate_limit);
+    // SIGHUP is handled from here on, before the listeners serve: a SIGHUP that found no
+    // handler would end the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let reloader = tokio::spawn(auth::reload_on_hangup(
+        gate.clone(),
+        args.auth.clone(),
+        hangups,
+        shutdown.clone(),
+    ));
     let tls = tls::TlsSettings::from_flags(
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
@@ -264,6 +328,7 @@ async fn serve(
     let _ = leader.await;
     let _ = sampler.await;
     let _ = endpoints.await;
+    let _ = reloader.await;
     grpc.context("admin gRPC server failed")?;
     http.context("HTTP server failed")?;
     Ok(())
@@ -292,7 +357,8 @@ pub async fn serve_grpc(
     drain(server, shutdown).await
 }
 
-/// Serves HTTP on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`.
+/// Serves HTTP on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`. Each
+/// request carries the address of its connection ([`http::PeerAddr`]) for the rate limit.
 pub async fn serve_http<L>(
     listener: L,
     router: axum::Router,
@@ -301,8 +367,11 @@ pub async fn serve_http<L>(
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    http::PeerAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let server = axum::serve(listener, router)
+    let service = router.into_make_service_with_connect_info::<http::PeerAddr>();
+    let server = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     drain(

@@ -3,6 +3,8 @@
 //! decided on (invariant 2) and writes its audit record (invariant 8).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Txn, TxnOp};
 use serde_json::json;
@@ -21,11 +23,22 @@ use crate::capacity::Capacity;
 use crate::crash;
 use crate::error::{CoordinatorError, Result};
 use crate::gates::GateChecker;
+use crate::limits::{KeyedBuckets, QuietLog, Rate};
 use crate::store::{NamespaceState, Store, absent, unchanged};
+use crate::telemetry;
 
 /// How often a change is retried when only the audit head moved underneath it (another change
 /// to the same namespace that did not touch what this one decided on).
 pub(crate) const MAX_ATTEMPTS: usize = 8;
+/// How many of one user's denials are written to audit trails at most, per minute (and at
+/// once). A user refused over and over, such as a script run with a viewer's token, would
+/// otherwise grow the audit trail and etcd by a record per request; the rest are counted in
+/// `switchboard_denials_unaudited_total`.
+pub const AUDITED_DENIALS_PER_USER_PER_MINUTE: u32 = 5;
+/// The most users whose allowance of audited denials is remembered.
+pub const MAX_DENIED_USERS: usize = 10_000;
+/// How long writing a denial's audit record may hold up the denial.
+pub const DENIAL_AUDIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who asks, and why: recorded in the audit trail.
 #[derive(Clone, Debug)]
@@ -60,6 +73,22 @@ pub enum BeginStage {
     },
 }
 
+/// What became of a known user's denial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenialAudit {
+    /// Written to the namespace's audit trail as record `seq`.
+    Audited(u64),
+    /// Counted only, for the reason given (one of `telemetry::UNAUDITED_REASONS`).
+    Unaudited(&'static str),
+}
+
+/// Each user's allowance of audited denials, and the log of those not audited.
+#[derive(Debug)]
+struct DenialAudits {
+    allowance: KeyedBuckets<String>,
+    unaudited_log: QuietLog,
+}
+
 #[derive(Clone)]
 pub struct Releases {
     store: Store,
@@ -67,6 +96,7 @@ pub struct Releases {
     capacity: Capacity,
     compiled_contracts: crate::contract::CompiledContracts,
     rule_runner: crate::rule_worker::RuleRunner,
+    denials: Arc<DenialAudits>,
 }
 
 impl Releases {
@@ -77,6 +107,13 @@ impl Releases {
             capacity: Capacity::default(),
             compiled_contracts: Default::default(),
             rule_runner: Default::default(),
+            denials: Arc::new(DenialAudits {
+                allowance: KeyedBuckets::new(
+                    Rate::per(AUDITED_DENIALS_PER_USER_PER_MINUTE, Duration::from_secs(60)),
+                    MAX_DENIED_USERS,
+                ),
+                unaudited_log: QuietLog::new(Duration::from_secs(1)),
+            }),
         }
     }
 
@@ -679,15 +716,16 @@ impl Releases {
                 "{} staged version {version} of {ns} and may not approve it: another approver must",
                 actor.name
             );
-            // A self-approval is a denial like any other, and lands in the audit trail.
-            self.append_audit(
+            // A self-approval is a denial like any other, and lands in the audit trail within
+            // the user's allowance of audited denials.
+            self.audit_denial(
                 ns,
                 &actor.name,
-                "denied",
+                "Approve",
                 &message,
                 json!({"rpc": "Approve", "code": "permission_denied", "version": version, "manifest": manifest}),
             )
-            .await?;
+            .await;
             return Err(CoordinatorError::PermissionDenied(message));
         }
         if let Some((_, existing)) = state
@@ -717,6 +755,95 @@ impl Releases {
             ))
         })
         .await
+    }
+
+    /// Whether `ns` exists: something was staged into it (its marker), or something was
+    /// recorded in it (its audit head, such as a policy set before the first stage). Two reads
+    /// of one key each at most; nothing is written.
+    pub async fn namespace_exists(&self, ns: &str) -> Result<bool> {
+        check_namespace(ns)?;
+        let keys = self.store.keys();
+        if self
+            .store
+            .get_raw(&keys.namespace_marker(ns))
+            .await?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        Ok(self.store.get_raw(&keys.audit_head(ns)).await?.is_some())
+    }
+
+    /// Audits a known user's denial of `rpc` in `ns` (action `denied`), if the namespace
+    /// exists and the user has not used up the allowance of
+    /// [`AUDITED_DENIALS_PER_USER_PER_MINUTE`]; otherwise it is only counted in
+    /// `switchboard_denials_unaudited_total`. The allowance is taken before etcd is read, so
+    /// that a user's flood of denials costs etcd a few reads a minute, whatever it names.
+    /// Never fails: the denial is answered whatever becomes of its record.
+    pub async fn audit_denial(
+        &self,
+        ns: &str,
+        actor: &str,
+        rpc: &'static str,
+        reason: &str,
+        detail: serde_json::Value,
+    ) -> DenialAudit {
+        let outcome = if validate_namespace(ns).is_err() {
+            DenialAudit::Unaudited("unknown_namespace")
+        } else if self
+            .denials
+            .allowance
+            .take(&actor.to_string(), Instant::now())
+            .is_err()
+        {
+            DenialAudit::Unaudited("rate_limited")
+        } else {
+            let write = async {
+                if !self.namespace_exists(ns).await? {
+                    return Ok(None);
+                }
+                self.append_audit(ns, actor, "denied", reason, detail)
+                    .await
+                    .map(Some)
+            };
+            match tokio::time::timeout(DENIAL_AUDIT_TIMEOUT, write).await {
+                Ok(Ok(Some(seq))) => DenialAudit::Audited(seq),
+                Ok(Ok(None)) => DenialAudit::Unaudited("unknown_namespace"),
+                Ok(Err(error)) => {
+                    tracing::error!(ns, rpc, actor, %error, "request denied, but its audit record cannot be written");
+                    DenialAudit::Unaudited("etcd_error")
+                }
+                Err(_) => {
+                    tracing::error!(
+                        ns,
+                        rpc,
+                        actor,
+                        "request denied, but its audit record was not written within {DENIAL_AUDIT_TIMEOUT:?}"
+                    );
+                    DenialAudit::Unaudited("etcd_error")
+                }
+            }
+        };
+        match outcome {
+            DenialAudit::Audited(seq) => {
+                tracing::info!(ns, rpc, actor, seq, reason, "request denied and audited");
+            }
+            DenialAudit::Unaudited(why) => {
+                metrics::counter!(telemetry::DENIALS_UNAUDITED, "rpc" => rpc, "reason" => why)
+                    .increment(1);
+                if let Some(suppressed) = self.denials.unaudited_log.allow(Instant::now()) {
+                    tracing::info!(
+                        rpc,
+                        actor,
+                        why,
+                        reason,
+                        suppressed,
+                        "request denied, not audited (switchboard_denials_unaudited_total counts these; `suppressed` is how many such lines were left out since the last)"
+                    );
+                }
+            }
+        }
+        outcome
     }
 
     /// Appends an audit record that describes no change (a denied request), through the same

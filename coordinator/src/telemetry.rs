@@ -9,7 +9,8 @@
 //! every name they use is exported.
 //!
 //! Every label value is bounded: namespaces are those in etcd, and the other labels take a few
-//! fixed values (`action`, `outcome`, `role`, `phase`, `rpc`, `code`).
+//! fixed values (`action`, `outcome`, `role`, `phase`, `rpc`, `code`, `reason`, `caller`,
+//! `result`).
 
 /// Routing changes committed: `namespace`, `action` (flip, canary, rollback, auto-rollback...).
 pub const ROUTING_CHANGES: &str = "switchboard_routing_changes_total";
@@ -46,8 +47,32 @@ pub const CHUNK_BYTES_UPLOADED: &str = "switchboard_chunk_bytes_uploaded_total";
 pub const GC_MANIFESTS_DELETED: &str = "switchboard_gc_manifests_deleted_total";
 pub const GC_PAGES_DELETED: &str = "switchboard_gc_pages_deleted_total";
 pub const GC_CHUNKS_DELETED: &str = "switchboard_gc_chunks_deleted_total";
-/// Requests refused by authentication or authorization: `rpc`, `code`.
+/// Requests refused by authentication or authorization: `rpc`, `code` (`unauthenticated`,
+/// `permission_denied`), `reason` ([`DENIAL_REASONS`]).
 pub const REQUESTS_DENIED: &str = "switchboard_requests_denied_total";
+/// Known users' denials that were not written to an audit trail: `rpc`, `reason`
+/// ([`UNAUDITED_REASONS`]).
+pub const DENIALS_UNAUDITED: &str = "switchboard_denials_unaudited_total";
+/// Requests refused for the caller's rate limit: `caller` (`user`, `token`, `peer`).
+pub const REQUESTS_RATE_LIMITED: &str = "switchboard_requests_rate_limited_total";
+/// Reloads of the `--auth` file on SIGHUP: `result` (`ok`, `error`).
+pub const AUTH_RELOADS: &str = "switchboard_auth_reloads_total";
+/// Users of the `--auth` file in force (0 without `--auth`).
+pub const AUTH_USERS: &str = "switchboard_auth_users";
+
+/// The `code` and `reason` of a denial: no token, a token of nobody, or a user without the
+/// role.
+pub const DENIAL_REASONS: [(&str, &str); 3] = [
+    ("unauthenticated", "missing_token"),
+    ("unauthenticated", "unknown_token"),
+    ("permission_denied", "role"),
+];
+/// Why a known user's denial was not audited: the user's allowance of audited denials was
+/// used up, the namespace does not exist (or is not a valid name), or etcd did not take the
+/// record.
+pub const UNAUDITED_REASONS: [&str; 3] = ["rate_limited", "unknown_namespace", "etcd_error"];
+/// Who a rate limit counts requests against.
+pub const RATE_LIMITED_CALLERS: [&str; 3] = ["user", "token", "peer"];
 
 /// The `# HELP` lines. Needs the recorder installed first.
 pub fn describe() {
@@ -140,7 +165,23 @@ pub fn describe() {
     );
     describe_counter!(
         REQUESTS_DENIED,
-        "Requests refused for a missing or unknown token or a missing role, by rpc and code."
+        "Requests refused for a missing or unknown token or a missing role, by rpc, code and reason (missing_token, unknown_token, role)."
+    );
+    describe_counter!(
+        DENIALS_UNAUDITED,
+        "Known users' denials not written to an audit trail, by rpc and reason (rate_limited: over the user's few per minute; unknown_namespace; etcd_error)."
+    );
+    describe_counter!(
+        REQUESTS_RATE_LIMITED,
+        "Requests refused for the caller's rate limit (--rate-limit-per-second), by the kind of caller they were counted against (user, token, peer)."
+    );
+    describe_counter!(
+        AUTH_RELOADS,
+        "Reloads of the --auth file on SIGHUP, by result (ok, error: the previous users stay in force)."
+    );
+    describe_gauge!(
+        AUTH_USERS,
+        "Users of the --auth file in force (0 without --auth)."
     );
 }
 
@@ -150,6 +191,23 @@ pub fn register() {
     for counter in [STAGES_SEALED, CHUNKS_UPLOADED, CHUNK_BYTES_UPLOADED] {
         metrics::counter!(counter).absolute(0);
     }
+    for rpc in crate::auth::Rpc::ALL {
+        for (code, reason) in DENIAL_REASONS {
+            metrics::counter!(REQUESTS_DENIED, "rpc" => rpc.name(), "code" => code, "reason" => reason)
+                .increment(0);
+        }
+        for reason in UNAUDITED_REASONS {
+            metrics::counter!(DENIALS_UNAUDITED, "rpc" => rpc.name(), "reason" => reason)
+                .increment(0);
+        }
+    }
+    for caller in RATE_LIMITED_CALLERS {
+        metrics::counter!(REQUESTS_RATE_LIMITED, "caller" => caller).increment(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(AUTH_RELOADS, "result" => result).increment(0);
+    }
+    metrics::gauge!(AUTH_USERS).set(0.0);
 }
 
 /// Registers a namespace's counters with their zero values; the judge calls it when it first
@@ -226,7 +284,13 @@ mod tests {
             r#"switchboard_judge_verdicts_total{namespace="catalog",outcome="insufficient"} 0"#,
             r#"switchboard_gc_chunks_deleted_total{namespace="catalog"} 0"#,
             r#"switchboard_judge_starved{namespace="catalog"} 0"#,
+            r#"switchboard_requests_denied_total{rpc="Flip",code="unauthenticated",reason="unknown_token"} 0"#,
+            r#"switchboard_denials_unaudited_total{rpc="Flip",reason="rate_limited"} 0"#,
+            r#"switchboard_requests_rate_limited_total{caller="peer"} 0"#,
+            r#"switchboard_auth_reloads_total{result="error"} 0"#,
+            "switchboard_auth_users 0",
             "# HELP switchboard_automatic_rollbacks_total Automatic rollbacks",
+            "# HELP switchboard_auth_reloads_total Reloads of the --auth file",
             "# HELP switchboard_judge_starved 1 while the judge evaluates",
         ] {
             assert!(text.contains(line), "no {line} in\n{text}");

@@ -2,7 +2,8 @@
 //! [`CliError`], and [`CliError::exit_code`] maps it to the contract's codes.
 //!
 //! 0 done; 1 failed; 2 usage error; 3 conflict (routing changed underneath: read status and
-//! retry); 4 refused by validation, a gate or policy; 5 not permitted.
+//! retry); 4 refused by validation, a gate or policy; 5 not permitted. A request over the
+//! caller's rate limit failed (1): it is worth retrying after the time the coordinator names.
 
 use tonic::Code;
 
@@ -23,6 +24,9 @@ pub const NOT_PERMITTED: u8 = 5;
 
 /// The gRPC metadata by which the coordinator marks a refusal by a gate.
 pub const GATE_REFUSAL_METADATA: &str = "x-switchboard-refusal";
+/// The gRPC metadata of a rate-limited answer: whole seconds until a retry may pass. etcd's
+/// full quota is `ResourceExhausted` too, but without it.
+pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
 /// Everything that can stop a command.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,7 @@ impl CliError {
             CliError::Usage(_) => USAGE,
             CliError::Source(e) if e.is_usage() => USAGE,
             CliError::Source(_) | CliError::Refused(_) => REFUSED,
+            CliError::Rpc { status, .. } if retry_after(status).is_some() => FAILED,
             CliError::Rpc { status, .. } => exit_code_for_grpc(status.code()),
             CliError::Unreachable { .. } | CliError::BadReply { .. } | CliError::Failed(_) => {
                 FAILED
@@ -89,6 +94,15 @@ impl CliError {
         }
     }
 
+    /// Whole seconds to wait, when the coordinator refused the request for the caller's rate
+    /// limit.
+    pub fn rate_limited_for(&self) -> Option<u64> {
+        match self {
+            CliError::Rpc { status, .. } => retry_after(status),
+            _ => None,
+        }
+    }
+
     /// The gRPC code, when the coordinator answered with an error status.
     pub fn grpc_code(&self) -> Option<Code> {
         match self {
@@ -112,10 +126,30 @@ pub fn exit_code_for_grpc(code: Code) -> u8 {
     }
 }
 
+/// The seconds of a rate-limited answer's retry-after metadata.
+fn retry_after(status: &tonic::Status) -> Option<u64> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    status
+        .metadata()
+        .get(RETRY_AFTER_METADATA)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The coordinator's status message is already a full sentence; print it as is. Transport
 /// failures get a sentence naming the coordinator.
 fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
     let message = status.message().trim();
+    if let Some(seconds) = retry_after(status) {
+        return format!(
+            "rate limited; retry after {seconds} s (the coordinator at {coordinator}: {message})"
+        );
+    }
     match status.code() {
         Code::Unavailable if message.starts_with("the coordinator ") => message.to_string(),
         Code::Unavailable => {
@@ -198,6 +232,34 @@ mod tests {
                 assert_eq!(err.exit_code(), expected, "{rpc} {code:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_rate_limit_says_when_to_retry_and_fails() {
+        let mut status = tonic::Status::resource_exhausted(
+            "rate limited: user alice sent more than 5 requests a second (bursts of 10); retry after 3 s",
+        );
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_METADATA, "3".parse().expect("metadata"));
+        let err = CliError::rpc("Status", "http://c:7100", status);
+        assert_eq!(err.exit_code(), FAILED);
+        assert_eq!(err.rate_limited_for(), Some(3));
+        let message = err.to_string();
+        assert!(
+            message
+                .starts_with("rate limited; retry after 3 s (the coordinator at http://c:7100: "),
+            "{message}"
+        );
+        // etcd's full quota is ResourceExhausted without the metadata: still a refusal.
+        let full = CliError::rpc(
+            "BeginStage",
+            "http://c:7100",
+            tonic::Status::resource_exhausted("etcd: database space exceeded"),
+        );
+        assert_eq!(full.exit_code(), REFUSED);
+        assert_eq!(full.rate_limited_for(), None);
+        assert_eq!(full.to_string(), "etcd: database space exceeded");
     }
 
     #[test]
