@@ -336,6 +336,67 @@ warn contains "no description" if {
         assert_eq!(clean, RuleOutcome::default());
     }
 
+    /// The example rules of `deploy/examples/rules`, on small inputs shaped like the sample
+    /// catalog's.
+    #[test]
+    fn the_example_rules_deny_and_ask_for_approval() {
+        let set = rules(&[
+            (
+                "owners.rego",
+                include_str!("../../deploy/examples/rules/owners.rego"),
+            ),
+            (
+                "grants.rego",
+                include_str!("../../deploy/examples/rules/grants.rego"),
+            ),
+            (
+                "pii.rego",
+                include_str!("../../deploy/examples/rules/pii.rego"),
+            ),
+        ]);
+        let input = json!({
+            "items": {
+                "tables/sales/orders": {"name": "orders", "owner": "sales"},
+                "tables/sales/nobody": {"name": "nobody"},
+                "policies/open": {"effect": "allow", "principals": ["group:a", "*"]},
+                "policies/mask": {"effect": "mask", "principals": ["*"]},
+            },
+            "previous": {
+                "tables/sales/customers": {"tags": ["pii"], "columns": [{"name": "id"}, {"name": "email"}]},
+                "tables/sales/gone": {"tags": ["pii"]},
+            },
+            "plan": {
+                "removed": ["tables/sales/gone"],
+                "changes": [{
+                    "key": "tables/sales/customers",
+                    "changes": [{"path": "/columns/1", "kind": "element_removed", "old": {"name": "email"}}],
+                }],
+            },
+        });
+        let outcome = set.evaluate(&input, DEFAULT_TIME_LIMIT).expect("evaluates");
+        let denied: Vec<String> = outcome.deny.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            denied,
+            [
+                "rule grants.rego: policies/open: an allowing access policy may not grant to *",
+                "rule owners.rego: tables/sales/nobody: a table must name its owner",
+            ],
+            "{outcome:?}"
+        );
+        let approvals: Vec<String> = outcome.approval.iter().map(ToString::to_string).collect();
+        assert_eq!(approvals.len(), 2, "{approvals:?}");
+        assert!(
+            approvals
+                .iter()
+                .any(|a| a.contains("column email is removed")),
+            "{approvals:?}"
+        );
+        assert!(
+            approvals.iter().any(|a| a.contains("tables/sales/gone")),
+            "{approvals:?}"
+        );
+    }
+
     #[test]
     fn a_rule_that_runs_too_long_is_stopped() {
         let set = rules(&[(
