@@ -196,7 +196,10 @@ async fn serve(
     // The leader's loops stop after the servers: a change accepted before shutdown is still
     // judged, and the lease is revoked last so another replica takes over at once.
     let loops = CancellationToken::new();
-    let endpoints = tokio::spawn(switchboard_runtime::keep_endpoints_answering(
+    // The background tasks belong to this function: a JoinSet aborts whatever is left of them
+    // if it ends early, and they are waited for below.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(switchboard_runtime::keep_endpoints_answering(
         client.clone(),
         args.etcd.clone(),
         etcd_options,
@@ -207,7 +210,7 @@ async fn serve(
         retain_versions: args.retain_versions,
         compact_after: Duration::from_secs(args.compact_after),
     };
-    let leader = tokio::spawn(leader::run(
+    background.spawn(leader::run(
         client,
         keys,
         id.clone(),
@@ -218,7 +221,7 @@ async fn serve(
     tracing::info!(%id, "campaigning for leadership");
     // Every replica samples error rates for its own dashboard, leader or not.
     let samples = dashboard::ErrorSamples::default();
-    let sampler = tokio::spawn(dashboard::samples::sample(
+    background.spawn(dashboard::samples::sample(
         releases.clone(),
         samples.clone(),
         loops.clone(),
@@ -246,9 +249,7 @@ async fn serve(
     };
     let (grpc, http) = tokio::join!(grpc, http);
     loops.cancel();
-    let _ = leader.await;
-    let _ = sampler.await;
-    let _ = endpoints.await;
+    while background.join_next().await.is_some() {}
     grpc.context("admin gRPC server failed")?;
     http.context("HTTP server failed")?;
     Ok(())
@@ -271,10 +272,26 @@ pub async fn serve_grpc(
             .tls_config(tls)
             .context("cannot set up TLS on the gRPC listener")?;
     }
+    let service = grpc::AdminService::new(releases, gate, shutdown.clone());
+    let tasks = service.tasks();
     let server = builder
-        .add_service(grpc::AdminService::new(releases, gate).into_server())
+        .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
-    drain(server, shutdown).await
+    let result = drain(server, shutdown).await;
+    // The tasks the handlers started stop on the same shutdown (a synchronized flip withdraws
+    // its preparation first); a handler that was closed after the grace may have left its task
+    // running, and the server does not end before it.
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "tasks of the admin API still running {SHUTDOWN_GRACE:?} after its requests; leaving them"
+        );
+    }
+    result
 }
 
 /// Serves HTTP on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`.
