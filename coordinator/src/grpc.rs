@@ -426,10 +426,10 @@ impl Admin for AdminService {
                         .sync_flip(request, &version, lead, ack_timeout, &shutdown)
                         .await
                 })
-            .await
-            .map_err(|error| {
-                Status::internal(format!("the synchronized flip's task failed: {error}"))
-            })??
+                .await
+                .map_err(|error| {
+                    Status::internal(format!("the synchronized flip's task failed: {error}"))
+                })??
         } else {
             let request =
                 ChangeRequest::by_person(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor);

@@ -3,8 +3,9 @@
 //! from etcd and every change is one etcd transaction.
 //!
 //! Start-up wires the parts together in [`run`]; shutdown drains in the reverse order: stop
-//! accepting requests, let the ones in flight finish (at most `SHUTDOWN_GRACE`), then stop the
-//! `--dev` etcd.
+//! accepting requests, let the ones in flight finish (at most `SHUTDOWN_GRACE`) and the tasks
+//! they started stop, then stop the leader's loops and the other background tasks, then the
+//! `--dev` etcd. Every task has an owner that stops it and waits for it.
 
 pub mod audit;
 pub mod auth;

@@ -2,9 +2,10 @@
 //! namespaces in memory and serves them to the application on localhost, over HTTP and gRPC.
 //!
 //! Tasks and their owner: [`run`] starts one sync loop per namespace, the health publisher and
-//! the two servers, all stopped by one `CancellationToken`. Shutdown order: the servers stop
-//! accepting and drain (at most `SHUTDOWN_GRACE`), then the sync loops stop, then the health
-//! publisher revokes its lease so that `status` drops this sidecar at once.
+//! the two servers, all stopped by one `CancellationToken`; each sync loop owns the switches it
+//! schedules for an activation point. Shutdown order: the servers stop accepting and drain (at
+//! most `SHUTDOWN_GRACE`), then the sync loops stop with their scheduled switches, then the
+//! health publisher revokes its lease so that `status` drops this sidecar at once.
 
 pub mod cache;
 pub mod grpc;

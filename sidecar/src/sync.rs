@@ -596,7 +596,6 @@ fn retain(cache: &mut SetCache, keep: &[&Arc<LoadedSet>]) {
     cache.retain(&keep);
 }
 
-
 /// Publishes `snapshot` and records the switch; returns what reports it, for the caller to run
 /// when it suits.
 fn switch(

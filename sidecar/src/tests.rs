@@ -1846,7 +1846,10 @@ mod bake {
         tokio::time::timeout(std::time::Duration::from_secs(1), sync.run(shutdown))
             .await
             .expect("the loop does not wait for the activation point");
-        assert!(switches.is_closed() && switches.is_empty(), "no task is left");
+        assert!(
+            switches.is_closed() && switches.is_empty(),
+            "no task is left"
+        );
         assert_eq!(
             ns.current().expect("published").routing.epoch,
             1,

@@ -651,7 +651,10 @@ async fn a_rollout_can_be_paused_resumed_and_aborted() -> Result<()> {
 const LEASE_SECONDS: u64 = 3;
 
 /// The coordinator of `coordinators` whose id (`host:<gRPC port>`) is `leader`.
-fn coordinator_named<'a>(coordinators: &[&'a Coordinator], leader: &str) -> Option<&'a Coordinator> {
+fn coordinator_named<'a>(
+    coordinators: &[&'a Coordinator],
+    leader: &str,
+) -> Option<&'a Coordinator> {
     coordinators
         .iter()
         .find(|c| leader.ends_with(&format!(":{}", c.grpc_addr().port())))
@@ -665,11 +668,9 @@ fn coordinator_named<'a>(coordinators: &[&'a Coordinator], leader: &str) -> Opti
 /// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_judge_loop_hands_the_lease_to_another_coordinator() -> Result<()> {
-    let env = TestEnv::start_with_coordinator_env(
-        &[NS],
-        &[("FAILPOINTS", "judge-loop-panic=panic")],
-    )
-    .await?;
+    let env =
+        TestEnv::start_with_coordinator_env(&[NS], &[("FAILPOINTS", "judge-loop-panic=panic")])
+            .await?;
     let sbctl = env.sbctl();
     set_test_policy(&env, 60).await?;
     let (a, b, sidecars, _dir) = two_versions(&env).await?;
@@ -699,6 +700,21 @@ async fn a_panicking_judge_loop_hands_the_lease_to_another_coordinator() -> Resu
         vec![(b.clone(), 7, 3), (a.clone(), 40, 0)],
     );
 
+    // The leader's judge panics at its next tick, and the leader says so.
+    wait_until(
+        Duration::from_secs(LEASE_SECONDS),
+        "the leader to report its judge loop's panic",
+        async || {
+            Ok(doomed
+                .process()
+                .log()
+                .contains("the leader's judge loop panicked"))
+        },
+    )
+    .await
+    .with_context(|| format!("the panicking leader's log:\n{}", doomed.log_tail(30)))?;
+    let panic_seen = Instant::now();
+
     // Within the lease time another coordinator leads. The panicking leader revokes its lease,
     // which hands over at once (about half a second after the canary: the judge's tick, then
     // the revoke); a lease left to expire would take the whole lease time after the last
@@ -721,7 +737,7 @@ async fn a_panicking_judge_loop_hands_the_lease_to_another_coordinator() -> Resu
     )
     .await
     .with_context(|| format!("the panicking leader's log:\n{}", doomed.log_tail(30)))?;
-    let handed_over = canary_set.elapsed();
+    let handed_over = (canary_set.elapsed(), panic_seen.elapsed());
     let successor = coordinator_named(&coordinators, &new_leader)
         .with_context(|| format!("no coordinator is {new_leader}"))?;
     ensure!(successor.grpc_addr() != doomed.grpc_addr());
@@ -736,10 +752,15 @@ async fn a_panicking_judge_loop_hands_the_lease_to_another_coordinator() -> Resu
         },
     )
     .await?;
-    let rolled_back = canary_set.elapsed();
+    let rolled_back = (canary_set.elapsed(), panic_seen.elapsed());
     traffic.stop().await?;
     eprintln!(
-        "judge panic: another coordinator led {handed_over:?} after the canary was set, and rolled it back {rolled_back:?} after it"
+        "judge panic: seen in the leader's log {:?} after the canary was set; another coordinator led {:?} after the canary ({:?} after the panic was seen) and rolled it back {:?} after the canary ({:?} after the panic was seen)",
+        panic_seen.duration_since(canary_set),
+        handed_over.0,
+        handed_over.1,
+        rolled_back.0,
+        rolled_back.1,
     );
 
     let trail = survivor_sbctl.run_json(&["audit", NS, "--verify"]).await?;

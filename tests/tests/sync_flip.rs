@@ -495,7 +495,11 @@ async fn a_coordinator_stopped_during_a_synchronized_flip_withdraws_the_preparat
     paused.resume()?;
     let stopped = stopped?;
     eprintln!("the coordinator stopped {took:?} after SIGTERM, during a synchronized flip");
-    assert!(stopped.success(), "{stopped:?}:\n{}", env.coordinator.log_tail(30));
+    assert!(
+        stopped.success(),
+        "{stopped:?}:\n{}",
+        env.coordinator.log_tail(30)
+    );
     assert!(
         took < Duration::from_secs(5),
         "the coordinator took {took:?} to stop:\n{}",
