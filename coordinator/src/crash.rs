@@ -3,6 +3,10 @@
 //! `failpoints` feature and started with `FAILPOINTS=<point>=return` aborts, as a `kill -9`
 //! would stop it there. `<point>=return(<action>)` aborts only in that action (`flip`,
 //! `rollback`, ...). Without the feature, or without `FAILPOINTS`, nothing happens.
+//!
+//! One point panics instead of aborting: `judge-loop-panic` (`FAILPOINTS=judge-loop-panic=panic`)
+//! panics the leader's judge loop when it judges a live canary, for the test that a panicking
+//! loop ends the leader's term and another replica takes over.
 
 /// The points, as `FAILPOINTS` names them.
 pub const STAGE_BETWEEN_BATCHES: &str = "stage-between-chunk-batches";
@@ -10,6 +14,8 @@ pub const SEAL_BEFORE_TXN: &str = "seal-before-txn";
 pub const SEAL_AFTER_TXN: &str = "seal-after-txn";
 pub const ROUTING_BEFORE_TXN: &str = "routing-before-txn";
 pub const ROUTING_AFTER_TXN: &str = "routing-after-txn";
+/// A panic point, not a crash point (see [`panic_point`]).
+pub const JUDGE_LOOP_PANIC: &str = "judge-loop-panic";
 
 /// Keeps the failpoint configuration read from `FAILPOINTS` for as long as it lives.
 pub struct Scenario {
@@ -40,3 +46,17 @@ pub fn point(name: &str, action: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub fn point(_name: &str, _action: &str) {}
+
+/// Panics when the point is configured: `<point>=panic` (the `fail` crate panics itself) or
+/// `<point>=return`. The process goes on, as it would after a bug in one task.
+#[cfg(feature = "failpoints")]
+pub fn panic_point(name: &str) {
+    if fail::eval(name, |_| ()).is_some() {
+        panic!("panic point {name} reached");
+    }
+}
+
+/// Without the `failpoints` feature, panic points are nothing.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn panic_point(_name: &str) {}

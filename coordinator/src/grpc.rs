@@ -8,6 +8,8 @@ use futures::{Stream, StreamExt};
 use switchboard_proto::pb::{self, admin_server::Admin};
 use switchboard_proto::set::{MAX_CHUNK_BYTES, is_sha256_hex};
 use switchboard_proto::{Policy, Slot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{Credentials, Gate, Rpc};
@@ -27,11 +29,28 @@ const DENIED_UPLOAD_READ: Duration = Duration::from_secs(2);
 pub struct AdminService {
     releases: Releases,
     gate: Gate,
+    /// The tasks that handlers start (a synchronized flip, a chunk stream's reader): the
+    /// server owns them, and shutdown waits for them.
+    tasks: TaskTracker,
+    /// The server's shutdown, on which those tasks stop.
+    shutdown: CancellationToken,
 }
 
 impl AdminService {
-    pub fn new(releases: Releases, gate: Gate) -> Self {
-        Self { releases, gate }
+    /// The service of a server that stops on `shutdown`.
+    pub fn new(releases: Releases, gate: Gate, shutdown: CancellationToken) -> Self {
+        Self {
+            releases,
+            gate,
+            tasks: TaskTracker::new(),
+            shutdown,
+        }
+    }
+
+    /// The tracker of the tasks the handlers start, for the server to wait for at shutdown
+    /// (after closing it).
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
     }
 
     pub fn into_server(self) -> pb::admin_server::AdminServer<Self> {
@@ -315,8 +334,10 @@ impl Admin for AdminService {
         let store = self.releases.store().clone();
         let (sender, receiver) = tokio::sync::mpsc::channel::<Result<pb::ChunkData, Status>>(4);
         // Reads a few chunks at a time and sends them before reading more, so that memory
-        // stays bounded; the task ends when the chunks are sent or the client goes away.
-        tokio::spawn(async move {
+        // stays bounded; the task ends when the chunks are sent, the client goes away or the
+        // server shuts down.
+        let shutdown = self.shutdown.clone();
+        let read_and_send = async move {
             for batch in request.hashes.chunks(CHUNKS_PER_BATCH) {
                 let sized: Vec<(String, u64)> = batch
                     .iter()
@@ -342,6 +363,12 @@ impl Admin for AdminService {
                         return;
                     }
                 }
+            }
+        };
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = read_and_send => {}
+                () = shutdown.cancelled() => {}
             }
         });
         Ok(Response::new(Box::pin(
@@ -393,22 +420,26 @@ impl Admin for AdminService {
             };
             // The synchronized flip runs on a task of its own: if sbctl goes away while the
             // sidecars acknowledge, the preparation is still committed or withdrawn, not left
-            // in routing until the next change.
+            // in routing until the next change. The server owns the task: at shutdown the
+            // flip stops waiting for acknowledgements and withdraws the preparation, and the
+            // server waits for that.
             let releases = self.releases.clone();
             let (ns, reason, version) = (r.namespace.clone(), r.reason.clone(), r.expected_version);
             let (expected_epoch, actor) = (r.expected_epoch, actor.clone());
             let lead = Duration::from_millis(lead_ms);
-            tokio::spawn(async move {
-                let request =
-                    ChangeRequest::by_person(&ns, expected_epoch, "flip", &reason, &actor);
-                releases
-                    .sync_flip(request, &version, lead, ack_timeout)
-                    .await
-            })
-            .await
-            .map_err(|error| {
-                Status::internal(format!("the synchronized flip's task failed: {error}"))
-            })??
+            let shutdown = self.shutdown.clone();
+            self.tasks
+                .spawn(async move {
+                    let request =
+                        ChangeRequest::by_person(&ns, expected_epoch, "flip", &reason, &actor);
+                    releases
+                        .sync_flip(request, &version, lead, ack_timeout, &shutdown)
+                        .await
+                })
+                .await
+                .map_err(|error| {
+                    Status::internal(format!("the synchronized flip's task failed: {error}"))
+                })??
         } else {
             let request =
                 ChangeRequest::by_person(&r.namespace, r.expected_epoch, "flip", &r.reason, &actor);

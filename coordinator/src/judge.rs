@@ -136,6 +136,15 @@ pub struct Judge {
     samples: HashMap<String, NamespaceSamples>,
 }
 
+/// A judge that ends, by returning at the end of its term, by a panic or by being aborted,
+/// takes the gauges that only the leader keeps down to 0: a former leader must not go on
+/// exporting the last values it saw, and after a panic no code after the loop would run.
+impl Drop for Judge {
+    fn drop(&mut self) {
+        telemetry::leader_gauges_off(self.samples.keys());
+    }
+}
+
 impl Judge {
     pub fn new(releases: Releases, leader_id: &str, fence: Fence) -> Self {
         Self {
@@ -180,7 +189,6 @@ impl Judge {
                 }
             }
         }
-        telemetry::leader_gauges_off(self.samples.keys());
     }
 
     async fn judge_namespace(&mut self, ns: &str) -> Result<(), CoordinatorError> {
@@ -225,6 +233,9 @@ impl Judge {
         }
 
         if let Some(canary) = routing.live_canary() {
+            // The tests of the leader's supervision make the judge panic here, once there is a
+            // canary to judge: a moment the test chooses, before this leader could act on it.
+            crate::crash::panic_point(crate::crash::JUDGE_LOOP_PANIC);
             let candidate = samples.window(&canary.version, since);
             let baseline = samples.window(&routing.active.version, since);
             let verdict = judge(&policy, candidate, baseline);

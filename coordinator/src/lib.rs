@@ -3,8 +3,9 @@
 //! from etcd and every change is one etcd transaction.
 //!
 //! Start-up wires the parts together in [`run`]; shutdown drains in the reverse order: stop
-//! accepting requests, let the ones in flight finish (at most `SHUTDOWN_GRACE`), then stop the
-//! `--dev` etcd.
+//! accepting requests, let the ones in flight finish (at most `SHUTDOWN_GRACE`) and the tasks
+//! they started stop, then stop the leader's loops and the other background tasks, then the
+//! `--dev` etcd. Every task has an owner that stops it and waits for it.
 
 pub mod audit;
 pub mod auth;
@@ -275,7 +276,10 @@ async fn serve(
     // The leader's loops stop after the servers: a change accepted before shutdown is still
     // judged, and the lease is revoked last so another replica takes over at once.
     let loops = CancellationToken::new();
-    let endpoints = tokio::spawn(switchboard_runtime::keep_endpoints_answering(
+    // The background tasks belong to this function: a JoinSet aborts whatever is left of them
+    // if it ends early, and they are waited for below.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(switchboard_runtime::keep_endpoints_answering(
         client.clone(),
         args.etcd.clone(),
         etcd_options,
@@ -286,7 +290,7 @@ async fn serve(
         retain_versions: args.retain_versions,
         compact_after: Duration::from_secs(args.compact_after),
     };
-    let leader = tokio::spawn(leader::run(
+    background.spawn(leader::run(
         client,
         keys,
         id.clone(),
@@ -297,7 +301,7 @@ async fn serve(
     tracing::info!(%id, "campaigning for leadership");
     // Every replica samples error rates for its own dashboard, leader or not.
     let samples = dashboard::ErrorSamples::default();
-    let sampler = tokio::spawn(dashboard::samples::sample(
+    background.spawn(dashboard::samples::sample(
         releases.clone(),
         samples.clone(),
         loops.clone(),
@@ -325,9 +329,8 @@ async fn serve(
     };
     let (grpc, http) = tokio::join!(grpc, http);
     loops.cancel();
-    let _ = leader.await;
-    let _ = sampler.await;
-    let _ = endpoints.await;
+    while background.join_next().await.is_some() {}
+    // The reloader stops on the shutdown token, which is cancelled by now.
     let _ = reloader.await;
     grpc.context("admin gRPC server failed")?;
     http.context("HTTP server failed")?;
@@ -351,10 +354,26 @@ pub async fn serve_grpc(
             .tls_config(tls)
             .context("cannot set up TLS on the gRPC listener")?;
     }
+    let service = grpc::AdminService::new(releases, gate, shutdown.clone());
+    let tasks = service.tasks();
     let server = builder
-        .add_service(grpc::AdminService::new(releases, gate).into_server())
+        .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
-    drain(server, shutdown).await
+    let result = drain(server, shutdown).await;
+    // The tasks the handlers started stop on the same shutdown (a synchronized flip withdraws
+    // its preparation first); a handler that was closed after the grace may have left its task
+    // running, and the server does not end before it.
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "tasks of the admin API still running {SHUTDOWN_GRACE:?} after its requests; leaving them"
+        );
+    }
+    result
 }
 
 /// Serves HTTP on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`. Each

@@ -34,7 +34,7 @@ async fn serve() -> std::process::ExitCode {
     // Crash points of the crash-safety tests; inert unless FAILPOINTS names one.
     let _crash_points = switchboard_coordinator::crash::setup();
     let shutdown = CancellationToken::new();
-    switchboard_coordinator::cancel_on_signal(shutdown.clone());
+    let _signals = switchboard_coordinator::cancel_on_signal(shutdown.clone());
     match switchboard_coordinator::run(args, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // A fatal error is one line with its causes, not a backtrace.

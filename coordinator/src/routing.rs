@@ -16,6 +16,7 @@ use switchboard_proto::{
     BUCKETS, Canary, Policy, Rollout, RolloutState, Routing, RoutingChange, Slot, SlotRef,
     SlotState, SlotVersion, SyncPrepared,
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::audit;
 use crate::crash;
@@ -257,6 +258,7 @@ impl Releases {
         expected_version: &str,
         lead: std::time::Duration,
         ack_timeout: std::time::Duration,
+        stop: &CancellationToken,
     ) -> Result<RoutingChange> {
         let ns = request.ns;
         check_namespace(ns)?;
@@ -312,7 +314,7 @@ impl Releases {
                 })?;
         let started = std::time::Instant::now();
         let acknowledged = match self
-            .await_acknowledgements(ns, prepare_epoch, &target, ack_timeout)
+            .await_acknowledgements(ns, prepare_epoch, &target, ack_timeout, stop)
             .await
         {
             Ok(acknowledged) => acknowledged,
@@ -371,13 +373,16 @@ impl Releases {
     /// Waits until every live sidecar of `ns` holds the prepared set: its health record is on
     /// the preparation's epoch or later and names the prepared manifest. Returns their ids, or
     /// a refusal naming those that did not acknowledge in time. A routing change meanwhile is
-    /// a conflict at once, since the sidecars then drop the preparation.
+    /// a conflict at once, since the sidecars then drop the preparation. `stop` (the
+    /// coordinator's shutdown) ends the wait with a refusal, so that the preparation is
+    /// withdrawn before the coordinator exits rather than left in routing.
     async fn await_acknowledgements(
         &self,
         ns: &str,
         prepare_epoch: u64,
         target: &SlotVersion,
         timeout: std::time::Duration,
+        stop: &CancellationToken,
     ) -> Result<Vec<String>> {
         let deadline = tokio::time::Instant::now() + timeout;
         // Watched, not polled: each acknowledgement wakes the wait as etcd delivers it, and
@@ -413,6 +418,14 @@ impl Releases {
                 changed = health.changed() => { changed?; false }
                 changed = routing_key.changed() => { changed?; false }
                 () = tokio::time::sleep_until(deadline) => true,
+                () = stop.cancelled() => {
+                    return Err(CoordinatorError::Refused(format!(
+                        "the synchronized flip of {ns} to version {} is stopped: this coordinator is shutting down while {} of {} live sidecars have not acknowledged the prepared set; the preparation was withdrawn and nobody was moved; flip again through another coordinator",
+                        target.version,
+                        waiting.len(),
+                        waiting.len() + done.len(),
+                    )));
+                }
             };
             if timed_out {
                 waiting.sort_by(|a, b| a.id.cmp(&b.id));

@@ -10,7 +10,7 @@
 //!
 //! Every label value is bounded: namespaces are those in etcd, and the other labels take a few
 //! fixed values (`action`, `outcome`, `role`, `phase`, `rpc`, `code`, `reason`, `caller`,
-//! `result`).
+//! `result`, `loop`).
 
 /// Routing changes committed: `namespace`, `action` (flip, canary, rollback, auto-rollback...).
 pub const ROUTING_CHANGES: &str = "switchboard_routing_changes_total";
@@ -33,6 +33,9 @@ pub const SIDECARS_LIVE: &str = "switchboard_sidecars_live";
 pub const SIDECARS_ON_CURRENT_EPOCH: &str = "switchboard_sidecars_on_current_epoch";
 /// 1 on the replica that is the leader, 0 on the others.
 pub const IS_LEADER: &str = "switchboard_coordinator_is_leader";
+/// Loops of the leader that ended before their term, by returning or panicking: `loop`
+/// (`judge`, `janitor`, `capacity-sampler`). Each one ended the term and released the lease.
+pub const LEADER_LOOP_FAILURES: &str = "switchboard_leader_loop_failures_total";
 /// etcd's database size, the part in use, and the quota it is checked against.
 pub const ETCD_DB_BYTES: &str = "switchboard_etcd_db_bytes";
 pub const ETCD_DB_IN_USE_BYTES: &str = "switchboard_etcd_db_in_use_bytes";
@@ -121,6 +124,10 @@ pub fn describe() {
         IS_LEADER,
         "1 while this replica is the elected leader that runs the judge, rollouts and housekeeping."
     );
+    describe_counter!(
+        LEADER_LOOP_FAILURES,
+        "Loops of the leader (judge, janitor, capacity-sampler) that ended before their term by returning or panicking; each ended the term and released the lease, by loop."
+    );
     describe_gauge!(
         ETCD_DB_BYTES,
         Unit::Bytes,
@@ -208,6 +215,9 @@ pub fn register() {
         metrics::counter!(AUTH_RELOADS, "result" => result).increment(0);
     }
     metrics::gauge!(AUTH_USERS).set(0.0);
+    for leader_loop in crate::leader::LEADER_LOOPS {
+        metrics::counter!(LEADER_LOOP_FAILURES, "loop" => leader_loop).absolute(0);
+    }
 }
 
 /// Registers a namespace's counters with their zero values; the judge calls it when it first
@@ -279,6 +289,9 @@ mod tests {
         for line in [
             "switchboard_coordinator_is_leader 0",
             "switchboard_stages_sealed_total 0",
+            r#"switchboard_leader_loop_failures_total{loop="judge"} 0"#,
+            r#"switchboard_leader_loop_failures_total{loop="janitor"} 0"#,
+            r#"switchboard_leader_loop_failures_total{loop="capacity-sampler"} 0"#,
             r#"switchboard_automatic_rollbacks_total{namespace="catalog",phase="canary"} 0"#,
             r#"switchboard_automatic_rollbacks_total{namespace="catalog",phase="bake"} 0"#,
             r#"switchboard_judge_verdicts_total{namespace="catalog",outcome="insufficient"} 0"#,

@@ -187,12 +187,7 @@ fn start_sidecar(
 ) {
     let namespace = Namespace::new(NAMESPACE);
     let mut snapshots = namespace.subscribe();
-    let sync = NamespaceSync {
-        client,
-        keys,
-        namespace,
-        health_dirty: Arc::new(Notify::new()),
-    };
+    let sync = NamespaceSync::new(client, keys, namespace, Arc::new(Notify::new()));
     tokio::spawn(sync.run(stop.clone()));
     let stop = stop.clone();
     tokio::spawn(async move {

@@ -362,9 +362,12 @@ async fn probe(
     answered
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
+/// Cancels `token` on SIGINT or SIGTERM. The listening task belongs to the caller: it is
+/// aborted when the returned handle is dropped, so hold the handle for as long as signals
+/// should stop the process.
+#[must_use = "the signal listener is aborted when its handle is dropped"]
+pub fn cancel_on_signal(token: CancellationToken) -> tokio_util::task::AbortOnDropHandle<()> {
+    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         let mut terminate =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(signal) => signal,
@@ -379,5 +382,5 @@ pub fn cancel_on_signal(token: CancellationToken) {
         }
         tracing::info!("shutting down");
         token.cancel();
-    });
+    }))
 }

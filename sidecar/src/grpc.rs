@@ -131,30 +131,20 @@ impl Reader for ReaderService {
         let r = request.into_inner();
         let namespace = self.served.namespace(&r.namespace)?.clone();
         let consumer = self.served.consumer(Some(&r.consumer)).to_string();
-        let mut updates = namespace.subscribe();
-        let name = r.namespace;
-        let shutdown = self.served.shutdown.clone();
-        let stream = async_stream(move |sender| async move {
-            let mut last: Option<pb::Served> = None;
-            loop {
-                let snapshot: Option<Arc<Snapshot>> = updates.borrow_and_update().clone();
-                if let Some(snapshot) = snapshot {
-                    let served = served_of(&name, &snapshot.choose(&consumer));
-                    if last.as_ref() != Some(&served) {
-                        if sender.send(Ok(served.clone())).await.is_err() {
-                            return;
-                        }
-                        last = Some(served);
-                    }
-                }
-                tokio::select! {
-                    changed = updates.changed() => if changed.is_err() { return },
-                    () = sender.closed() => return,
-                    () = shutdown.cancelled() => return,
-                }
-            }
+        let watch = VersionWatch {
+            updates: namespace.subscribe(),
+            name: r.namespace,
+            consumer,
+            last: None,
+            shutdown: self.served.shutdown.clone(),
+        };
+        // The stream is the response itself, not fed by a task: tonic drops it when the client
+        // goes away, and it ends at shutdown, so nothing outlives the request.
+        let stream = futures::stream::unfold(watch, |mut watch| async move {
+            let served = watch.next_change().await?;
+            Some((Ok(served), watch))
         });
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn report(
@@ -169,13 +159,32 @@ impl Reader for ReaderService {
     }
 }
 
-/// A stream fed by a task; the task ends when the client goes away or the sidecar shuts down.
-fn async_stream<F, Fut>(produce: F) -> ServedStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Served, Status>>) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (sender, receiver) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(produce(sender));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+/// One `WatchVersions` stream's state: what it announced last, and where changes come from.
+struct VersionWatch {
+    updates: tokio::sync::watch::Receiver<Option<Arc<Snapshot>>>,
+    name: String,
+    consumer: String,
+    last: Option<pb::Served>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl VersionWatch {
+    /// The next version this consumer is served that differs from the last one announced (the
+    /// current one first); `None` once the namespace is gone or the sidecar shuts down.
+    async fn next_change(&mut self) -> Option<pb::Served> {
+        loop {
+            let snapshot: Option<Arc<Snapshot>> = self.updates.borrow_and_update().clone();
+            if let Some(snapshot) = snapshot {
+                let served = served_of(&self.name, &snapshot.choose(&self.consumer));
+                if self.last.as_ref() != Some(&served) {
+                    self.last = Some(served.clone());
+                    return Some(served);
+                }
+            }
+            tokio::select! {
+                changed = self.updates.changed() => changed.ok()?,
+                () = self.shutdown.cancelled() => return None,
+            }
+        }
+    }
 }

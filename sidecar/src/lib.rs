@@ -2,9 +2,10 @@
 //! namespaces in memory and serves them to the application on localhost, over HTTP and gRPC.
 //!
 //! Tasks and their owner: [`run`] starts one sync loop per namespace, the health publisher and
-//! the two servers, all stopped by one `CancellationToken`. Shutdown order: the servers stop
-//! accepting and drain (at most `SHUTDOWN_GRACE`), then the sync loops stop, then the health
-//! publisher revokes its lease so that `status` drops this sidecar at once.
+//! the two servers, all stopped by one `CancellationToken`; each sync loop owns the switches it
+//! schedules for an activation point. Shutdown order: the servers stop accepting and drain (at
+//! most `SHUTDOWN_GRACE`), then the sync loops stop with their scheduled switches, then the
+//! health publisher revokes its lease so that `status` drops this sidecar at once.
 
 pub mod cache;
 pub mod grpc;
@@ -204,23 +205,26 @@ pub async fn run(
                 background.clone(),
             ));
             for namespace in syncing {
-                let sync = sync::NamespaceSync {
-                    client: client.clone(),
-                    keys: keys.clone(),
+                let sync = sync::NamespaceSync::new(
+                    client.clone(),
+                    keys.clone(),
                     namespace,
-                    health_dirty: health_dirty.clone(),
-                };
+                    health_dirty.clone(),
+                );
                 tasks.spawn(sync.run(background.clone()));
             }
             let _ = client_ready.send(client);
         });
     }
+    // The health publisher stops last, after the sync loops, so it is not on their tracker.
+    // This function owns it through its handle, which aborts it should the function end
+    // without waiting for it.
     let health_stop = CancellationToken::new();
     let health_task = {
         let health_stop = health_stop.clone();
         let (keys, id, reports_changed) = (keys.clone(), id.clone(), reports_changed.clone());
         let namespaces: Vec<_> = namespaces.values().cloned().collect();
-        tokio::spawn(async move {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             // Without a connection (shutdown before one was made) there is nothing to publish.
             let Ok(client) = client_for_health.await else {
                 return;
@@ -235,7 +239,7 @@ pub async fn run(
                 reports_changed,
             };
             health.run(health_stop).await;
-        })
+        }))
     };
 
     let api_token_sha256 = args.api_token.as_deref().map(|token| {

@@ -27,6 +27,6 @@ async fn serve(args: switchboard_sidecar::Args) -> anyhow::Result<()> {
     switchboard_sidecar::telemetry::describe();
     let (http, grpc) = switchboard_sidecar::bind(&args).await?;
     let shutdown = CancellationToken::new();
-    switchboard_sidecar::cancel_on_signal(shutdown.clone());
+    let _signals = switchboard_sidecar::cancel_on_signal(shutdown.clone());
     switchboard_sidecar::run(args, http, grpc, Some(metrics), shutdown).await
 }

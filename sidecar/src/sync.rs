@@ -13,6 +13,7 @@ use switchboard_proto::time::{now_ms, now_us};
 use switchboard_proto::{Keys, Routing};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::loader::{LoadError, SetCache, with_timeout};
 use crate::namespace::Namespace;
@@ -78,12 +79,87 @@ pub struct NamespaceSync {
     pub namespace: Arc<Namespace>,
     /// Told whenever what this sidecar serves or its reachability changes.
     pub health_dirty: Arc<Notify>,
+    /// The tasks this loop starts: switches scheduled for an activation point, and the reports
+    /// that follow a switch. They end when the loop does.
+    switches: SwitchTasks,
+}
+
+/// The tasks of one sync loop, and how they are stopped. A scheduled switch waits for its
+/// activation point on a task of its own (see [`NamespaceSync::schedule`]), but it belongs to
+/// the loop: it must not switch, nor hold its sets in memory, after the loop has ended.
+#[derive(Default)]
+struct SwitchTasks {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// A loop that is dropped without finishing (its task aborted) stops its tasks too.
+impl Drop for SwitchTasks {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl SwitchTasks {
+    /// Runs `task` until it ends or the tasks are stopped, whichever comes first. A task stops
+    /// only where it waits: a switch that has begun is completed.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let stop = self.stop.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// Stops every task and waits until they have ended.
+    async fn stop(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
 }
 
 impl NamespaceSync {
+    pub fn new(
+        client: Client,
+        keys: Keys,
+        namespace: Arc<Namespace>,
+        health_dirty: Arc<Notify>,
+    ) -> Self {
+        Self {
+            client,
+            keys,
+            namespace,
+            health_dirty,
+            switches: SwitchTasks::default(),
+        }
+    }
+
     /// Runs until `shutdown`. Never returns an error: every failure is logged here, where it
     /// is handled, and followed by a backed-off retry while the last snapshot keeps serving.
+    /// A switch still waiting for its activation point is dropped, and waited for, before it
+    /// returns.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.follow(&shutdown).await;
+        self.stop_switches().await;
+    }
+
+    /// Stops the switches scheduled for an activation point, and the reports that follow a
+    /// switch, and waits until their tasks have ended.
+    pub(crate) async fn stop_switches(&self) {
+        self.switches.stop().await;
+    }
+
+    /// The tracker of this loop's switch tasks, to see from outside that they ended.
+    #[cfg(test)]
+    pub(crate) fn switch_tasks(&self) -> TaskTracker {
+        self.switches.tracker.clone()
+    }
+
+    /// The sync loop proper: connect, follow, back off, until `shutdown`.
+    async fn follow(&self, shutdown: &CancellationToken) {
         let mut cache = SetCache::default();
         let mut backoff = BACKOFF_START;
         loop {
@@ -252,16 +328,12 @@ impl NamespaceSync {
                         .chain(prepared.as_ref())
                         .collect();
                     retain(cache, &keep);
-                    swap(
-                        &self.namespace,
-                        &self.health_dirty,
-                        Snapshot {
-                            routing,
-                            active: current.active.clone(),
-                            canary: current.canary.clone(),
-                            previous: Some(previous),
-                        },
-                    );
+                    self.swap(Snapshot {
+                        routing,
+                        active: current.active.clone(),
+                        canary: current.canary.clone(),
+                        previous: Some(previous),
+                    });
                     Ok(())
                 }
                 Ok(None) => Ok(()),
@@ -328,7 +400,7 @@ impl NamespaceSync {
                 self.namespace.update_sync(|s| {
                     s.prepared = prepared_set.as_ref().map(|set| set.manifest_hash.clone())
                 });
-                swap(&self.namespace, &self.health_dirty, snapshot);
+                self.swap(snapshot);
             }
         }
         match (previous, prepared) {
@@ -401,9 +473,9 @@ impl NamespaceSync {
         Some(wait)
     }
 
-    /// Publishes `snapshot` after `delay`, unless a newer routing is applied first. A task of
-    /// its own does the waiting, so that the switch happens on time even while the sync loop
-    /// loads, reconnects or backs off.
+    /// Publishes `snapshot` after `delay`, unless a newer routing is applied first or the loop
+    /// ends. A task of its own does the waiting, so that the switch happens on time even while
+    /// the sync loop loads, reconnects or backs off; the loop owns that task.
     fn schedule(&self, snapshot: Snapshot, delay: Duration, generation: u64) {
         let epoch = snapshot.routing.epoch;
         let activate_at_ms = snapshot.routing.activate_at_ms;
@@ -417,7 +489,7 @@ impl NamespaceSync {
         let due = std::time::Instant::now() + delay;
         let namespace = self.namespace.clone();
         let health_dirty = self.health_dirty.clone();
-        tokio::spawn(async move {
+        self.switches.spawn(async move {
             // tokio's timer rounds up to whole milliseconds, from a different origin in every
             // process, which adds up to a millisecond to the spread. So it wakes this task
             // shortly before the point, and the kernel's high-resolution sleep covers the rest
@@ -452,6 +524,24 @@ impl NamespaceSync {
                 None => {}
             }
         });
+    }
+
+    /// Publishes a whole new snapshot, and records when this sidecar switched to its epoch. The
+    /// rest of what a switch causes (the health record, the metric, the log line) follows at
+    /// once, or, at an activation point, once the other sidecars of this host have switched
+    /// too (`settle_delay`), from a task of this loop's.
+    fn swap(&self, snapshot: Snapshot) {
+        let settle = settle_delay(&snapshot.routing);
+        let report = switch(&self.namespace, &self.health_dirty, snapshot);
+        match settle {
+            Some(delay) => {
+                self.switches.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    report();
+                });
+            }
+            None => report(),
+        }
     }
 
     /// Loads the previous set while routing names a bake.
@@ -504,24 +594,6 @@ impl NamespaceSync {
 fn retain(cache: &mut SetCache, keep: &[&Arc<LoadedSet>]) {
     let keep: Vec<&str> = keep.iter().map(|set| set.manifest_hash.as_str()).collect();
     cache.retain(&keep);
-}
-
-/// Publishes a whole new snapshot, and records when this sidecar switched to its epoch. The
-/// rest of what a switch causes (the health record, the metric, the log line) follows at once,
-/// or, at an activation point, once the other sidecars of this host have switched too
-/// (`settle_delay`), from a task of its own.
-fn swap(namespace: &Arc<Namespace>, health_dirty: &Arc<Notify>, snapshot: Snapshot) {
-    let settle = settle_delay(&snapshot.routing);
-    let report = switch(namespace, health_dirty, snapshot);
-    match settle {
-        Some(delay) => {
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                report();
-            });
-        }
-        None => report(),
-    }
 }
 
 /// Publishes `snapshot` and records the switch; returns what reports it, for the caller to run

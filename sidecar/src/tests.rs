@@ -1347,6 +1347,30 @@ mod grpc {
     }
 
     #[tokio::test]
+    async fn watch_versions_ends_at_shutdown() {
+        let served = served();
+        let service = ReaderService::unwrapped(served.clone());
+        let mut stream = service
+            .watch_versions(Request::new(pb::WatchVersionsRequest {
+                namespace: NS.to_string(),
+                consumer: String::new(),
+            }))
+            .await
+            .expect("known namespace")
+            .into_inner();
+        tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("the current version comes at once")
+            .expect("stream open")
+            .expect("no error");
+        served.shutdown.cancel();
+        let end = tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .expect("the stream ends at shutdown, without waiting for a change");
+        assert!(end.is_none(), "{end:?}");
+    }
+
+    #[tokio::test]
     async fn watch_versions_on_an_unloaded_namespace_starts_at_the_first_load() {
         let served = served();
         let service = ReaderService::unwrapped(served.clone());
@@ -1450,6 +1474,7 @@ mod bake {
     use super::*;
 
     use switchboard_proto::Keys;
+    use tokio_util::sync::CancellationToken;
 
     use crate::loader::SetCache;
     use crate::sync::NamespaceSync;
@@ -1511,12 +1536,12 @@ mod bake {
         let client = crate::connect_etcd(&["http://127.0.0.1:9".to_string()])
             .await
             .expect("the client connects lazily");
-        NamespaceSync {
+        NamespaceSync::new(
             client,
-            keys: Keys::new("/unit"),
-            namespace: namespace.clone(),
-            health_dirty: Arc::new(Notify::new()),
-        }
+            Keys::new("/unit"),
+            namespace.clone(),
+            Arc::new(Notify::new()),
+        )
     }
 
     fn raw(routing: &Routing) -> Vec<u8> {
@@ -1800,6 +1825,51 @@ mod bake {
         .await;
         assert_eq!(ns.current().expect("published").routing, rollback);
         assert_eq!(ns.sync_state().activated_epoch, Some(3));
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_sync_loop_ends_a_pending_switch() {
+        let ns = Namespace::new(NS);
+        let (sync, mut cache, _) = serving_v1(&ns).await;
+        // A commit whose activation point is a minute away: its switch waits on a task.
+        let point_ms = switchboard_proto::time::now_ms() + 60_000;
+        sync.apply(&mut cache, &raw(&commit_v2(2, point_ms)))
+            .await
+            .expect("v2 is in memory");
+        assert_eq!(ns.sync_state().pending_epoch, Some(2));
+        let switches = sync.switch_tasks();
+        assert_eq!(switches.len(), 1, "the pending switch is the loop's task");
+
+        // The loop ends at once (its shutdown has come), and takes the pending switch with it.
+        let shutdown = CancellationToken::new();
+        shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(1), sync.run(shutdown))
+            .await
+            .expect("the loop does not wait for the activation point");
+        assert!(
+            switches.is_closed() && switches.is_empty(),
+            "no task is left"
+        );
+        assert_eq!(
+            ns.current().expect("published").routing.epoch,
+            1,
+            "the dropped switch never happened"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_a_sync_loop_ends_its_pending_switch() {
+        let ns = Namespace::new(NS);
+        let (sync, mut cache, _) = serving_v1(&ns).await;
+        let point_ms = switchboard_proto::time::now_ms() + 60_000;
+        sync.apply(&mut cache, &raw(&commit_v2(2, point_ms)))
+            .await
+            .expect("v2 is in memory");
+        let switches = sync.switch_tasks();
+        assert_eq!(switches.len(), 1);
+        drop(sync);
+        eventually(std::time::Duration::from_secs(1), || switches.is_empty()).await;
+        assert_eq!(ns.current().expect("published").routing.epoch, 1);
     }
 
     #[tokio::test]

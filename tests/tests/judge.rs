@@ -645,3 +645,153 @@ async fn a_rollout_can_be_paused_resumed_and_aborted() -> Result<()> {
     }
     Ok(())
 }
+
+/// The coordinator's election lease, in seconds (`switchboard_coordinator::leader::LEASE_TTL_SECONDS`):
+/// a leader that stops acting must hand over within it.
+const LEASE_SECONDS: u64 = 3;
+
+/// The coordinator of `coordinators` whose id (`host:<gRPC port>`) is `leader`.
+fn coordinator_named<'a>(
+    coordinators: &[&'a Coordinator],
+    leader: &str,
+) -> Option<&'a Coordinator> {
+    coordinators
+        .iter()
+        .find(|c| leader.ends_with(&format!(":{}", c.grpc_addr().port())))
+        .copied()
+}
+
+/// Issue 13, acceptance 6: three coordinators, and a failpoint that panics the leader's judge
+/// loop when it first judges a canary. The panic ends the leader's term and releases its lease,
+/// so another coordinator holds the lease within the lease time and flips the failing canary
+/// back; the panicking coordinator names the loop in its log and its metrics, and keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_judge_loop_hands_the_lease_to_another_coordinator() -> Result<()> {
+    let env =
+        TestEnv::start_with_coordinator_env(&[NS], &[("FAILPOINTS", "judge-loop-panic=panic")])
+            .await?;
+    let sbctl = env.sbctl();
+    set_test_policy(&env, 60).await?;
+    let (a, b, sidecars, _dir) = two_versions(&env).await?;
+    let doomed = &env.coordinator;
+    // The coordinator with the failpoint campaigned alone, so it leads; the others queue behind.
+    let doomed_id = status(&sbctl, NS).await?["leader"]
+        .as_str()
+        .context("no leader")?
+        .to_string();
+    ensure!(
+        coordinator_named(&[doomed], &doomed_id).is_some(),
+        "the coordinator with the failpoint does not lead: {doomed_id}"
+    );
+    let others = [
+        env.start_coordinator().await?,
+        env.start_coordinator().await?,
+    ];
+    let coordinators: Vec<&Coordinator> = std::iter::once(doomed).chain(others.iter()).collect();
+    let survivor_sbctl = others[0].sbctl();
+
+    // A failing canary: the leader's judge panics at its first look at it.
+    sbctl.run(&["canary", NS, "20"]).await?.ensure_success()?;
+    let canary_set = Instant::now();
+    let canary_epoch = wait_all_on(&sidecars, &sbctl).await?;
+    let traffic = Traffic::start(
+        sidecars.clone(),
+        vec![(b.clone(), 7, 3), (a.clone(), 40, 0)],
+    );
+
+    // The leader's judge panics at its next tick, and the leader says so.
+    wait_until(
+        Duration::from_secs(LEASE_SECONDS),
+        "the leader to report its judge loop's panic",
+        async || {
+            Ok(doomed
+                .process()
+                .log()
+                .contains("the leader's judge loop panicked"))
+        },
+    )
+    .await
+    .with_context(|| format!("the panicking leader's log:\n{}", doomed.log_tail(30)))?;
+    let panic_seen = Instant::now();
+
+    // Within the lease time another coordinator leads. The panicking leader revokes its lease,
+    // which hands over at once (about half a second after the canary: the judge's tick, then
+    // the revoke); a lease left to expire would take the whole lease time after the last
+    // keep-alive, and a lease kept alive by a keeper that outlived the judge, forever.
+    let mut new_leader = String::new();
+    wait_until(
+        Duration::from_secs(LEASE_SECONDS),
+        "another coordinator to hold the lease",
+        async || {
+            let leader = status(&survivor_sbctl, NS).await?["leader"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let other = !leader.is_empty() && leader != doomed_id;
+            if other {
+                new_leader = leader;
+            }
+            Ok(other)
+        },
+    )
+    .await
+    .with_context(|| format!("the panicking leader's log:\n{}", doomed.log_tail(30)))?;
+    let handed_over = (canary_set.elapsed(), panic_seen.elapsed());
+    let successor = coordinator_named(&coordinators, &new_leader)
+        .with_context(|| format!("no coordinator is {new_leader}"))?;
+    ensure!(successor.grpc_addr() != doomed.grpc_addr());
+
+    // The new leader judges the canary from its own samples and flips it back.
+    wait_until(
+        Duration::from_secs(WINDOW_SECONDS + 2),
+        "the new leader to roll the failing canary back",
+        async || {
+            let status = status(&survivor_sbctl, NS).await?;
+            Ok(status["epoch"].as_u64().unwrap_or(0) > canary_epoch && status["canary"].is_null())
+        },
+    )
+    .await?;
+    let rolled_back = (canary_set.elapsed(), panic_seen.elapsed());
+    traffic.stop().await?;
+    eprintln!(
+        "judge panic: seen in the leader's log {:?} after the canary was set; another coordinator led {:?} after the canary ({:?} after the panic was seen) and rolled it back {:?} after the canary ({:?} after the panic was seen)",
+        panic_seen.duration_since(canary_set),
+        handed_over.0,
+        handed_over.1,
+        rolled_back.0,
+        rolled_back.1,
+    );
+
+    let trail = survivor_sbctl.run_json(&["audit", NS, "--verify"]).await?;
+    let record = last_record(&trail)?;
+    assert_eq!(record["action"], "auto-rollback", "{record}");
+    assert_eq!(
+        record["actor"],
+        format!("switchboard-judge@{new_leader}"),
+        "the rollback is the new leader's: {record}"
+    );
+
+    // The panicking coordinator says which loop ended and why, counts it, and keeps serving.
+    let log = doomed.process().log();
+    assert!(
+        log.contains("the leader's judge loop panicked") && log.contains("judge-loop-panic"),
+        "the log does not name the judge loop's panic:\n{}",
+        doomed.log_tail(40)
+    );
+    let (code, _) = doomed.get_json("/healthz").await?;
+    assert_eq!(code, 200, "the panic took the coordinator down");
+    let metrics = reqwest::get(format!("{}/metrics", doomed.http_url()))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(r#"switchboard_leader_loop_failures_total{loop="judge"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchboard_coordinator_is_leader 0"),
+        "{metrics}"
+    );
+    Ok(())
+}

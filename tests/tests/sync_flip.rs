@@ -464,3 +464,104 @@ async fn the_leader_withdraws_a_preparation_that_no_coordinator_finished() -> Re
     assert!(after.epoch > routing.epoch);
     Ok(())
 }
+
+/// Issue 13: a synchronized flip's task belongs to the coordinator's server. A coordinator told
+/// to stop while the flip waits for acknowledgements stops the wait, withdraws the preparation
+/// and exits promptly, instead of waiting out the acknowledgement timeout past its grace and
+/// leaving the preparation in routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_stopped_during_a_synchronized_flip_withdraws_the_preparation() -> Result<()>
+{
+    let env = TestEnv::start(&[NS]).await?;
+    let (sidecars, v1, _v2, _dir) = two_versions(&env, 2).await?;
+    let epoch_before = epoch(&env.sbctl(), NS).await?;
+    // One sidecar cannot acknowledge, and the acknowledgement timeout is far beyond the
+    // coordinator's shutdown grace (10 s).
+    let paused = sidecars.first().context("no sidecar")?;
+    paused.pause()?;
+    let sbctl = env
+        .sbctl()
+        .spawn(&["flip", NS, "--sync", "--sync-timeout", "300"])?;
+    let prepared = wait_until(DEADLINE, "the preparation in routing", async || {
+        Ok(routing_in_etcd(&env).await?.prepare.is_some())
+    })
+    .await;
+    let stopping = Instant::now();
+    let stopped = match prepared {
+        Ok(()) => env.coordinator.terminate(Duration::from_secs(30)).await,
+        Err(error) => Err(error),
+    };
+    let took = stopping.elapsed();
+    paused.resume()?;
+    let stopped = stopped?;
+    eprintln!("the coordinator stopped {took:?} after SIGTERM, during a synchronized flip");
+    assert!(
+        stopped.success(),
+        "{stopped:?}:\n{}",
+        env.coordinator.log_tail(30)
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the coordinator took {took:?} to stop:\n{}",
+        env.coordinator.log_tail(30)
+    );
+
+    // Nobody was moved and no preparation is left: the preparation and its withdrawal are two
+    // audited routing changes.
+    let routing = routing_in_etcd(&env).await?;
+    assert_eq!(routing.prepare, None, "{routing:?}");
+    assert_eq!(routing.action, "prepare-cancel", "{routing:?}");
+    assert_eq!(routing.active.version, v1);
+    assert_eq!(routing.epoch, epoch_before + 2, "{routing:?}");
+    let log = env.coordinator.process().log();
+    assert!(
+        log.contains("synchronized flip's preparation withdrawn"),
+        "{}",
+        env.coordinator.log_tail(30)
+    );
+    // sbctl was answered with the reason, not cut off.
+    sbctl.wait(DEADLINE).await?;
+    let answer = sbctl.log();
+    assert!(answer.contains("shutting down"), "{answer}");
+    Ok(())
+}
+
+/// Issue 13: a sidecar's switch scheduled for an activation point belongs to its sync loop. A
+/// sidecar told to stop while a switch waits for its point (a minute ahead) exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_stopped_before_an_activation_point_exits_at_once() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let (sidecars, _v1, _v2, _dir) = two_versions(&env, 1).await?;
+    let sidecar = sidecars.first().context("no sidecar")?;
+    let sbctl = env.sbctl().spawn(&[
+        "flip",
+        NS,
+        "--sync",
+        "--sync-lead",
+        "60000",
+        "--timeout",
+        "120",
+    ])?;
+    wait_until(DEADLINE, "the switch pending on the sidecar", async || {
+        let status = sidecar.status().await?;
+        Ok(status["namespaces"][NS]["pending"]["epoch"].is_u64())
+    })
+    .await?;
+    let stopping = Instant::now();
+    let stopped = sidecar.terminate(Duration::from_secs(20)).await?;
+    let took = stopping.elapsed();
+    eprintln!("the sidecar stopped {took:?} after SIGTERM, with a switch pending");
+    assert!(stopped.success(), "{stopped:?}:\n{}", sidecar.log_tail(30));
+    assert!(
+        took < Duration::from_secs(3),
+        "the sidecar took {took:?} to stop:\n{}",
+        sidecar.log_tail(30)
+    );
+    assert!(
+        sidecar.process().log().contains("sidecar stopped"),
+        "{}",
+        sidecar.log_tail(30)
+    );
+    sbctl.kill()?;
+    Ok(())
+}

@@ -20,9 +20,17 @@ pub struct TestEnv {
 impl TestEnv {
     /// Starts etcd and a coordinator. `namespaces` are the ones [`Self::start_sidecar`] serves.
     pub async fn start(namespaces: &[&str]) -> Result<Self> {
+        Self::start_with_coordinator_env(namespaces, &[]).await
+    }
+
+    /// [`Self::start`] with environment variables for the coordinator (`FAILPOINTS`).
+    pub async fn start_with_coordinator_env(
+        namespaces: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let etcd = EtcdServer::start().await?;
         let prefix = unique_prefix();
-        let coordinator = Coordinator::start(&etcd.endpoint(), &prefix).await?;
+        let coordinator = Coordinator::start_with_env(&etcd.endpoint(), &prefix, &[], env).await?;
         Ok(Self {
             coordinator,
             etcd,
