@@ -157,6 +157,24 @@ impl Admin for Mock {
         unimplemented()
     }
 
+    async fn get_contract(&self, _: Request<StatusRequest>) -> Result<Response<JsonReply>, Status> {
+        unimplemented()
+    }
+
+    async fn set_contract(
+        &self,
+        _: Request<switchboard_proto::pb::SetContractRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        unimplemented()
+    }
+
+    async fn approve_contract(
+        &self,
+        _: Request<switchboard_proto::pb::ApproveContractRequest>,
+    ) -> Result<Response<JsonReply>, Status> {
+        unimplemented()
+    }
+
     async fn check_gates(
         &self,
         _: Request<CheckGatesRequest>,
