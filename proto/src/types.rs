@@ -209,7 +209,7 @@ pub struct Policy {
     pub require_approval: bool,
     /// Whether a version that makes destructive changes (allowed at staging) needs an approval
     /// by someone who did not stage it before a canary above 0% or a flip.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub destructive_requires_approval: bool,
     /// Preconditions checked before a canary step above 0% or a flip (not before a rollback).
     pub gates: Vec<crate::gate::Gate>,

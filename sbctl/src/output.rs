@@ -287,17 +287,13 @@ pub fn render_reports(reports: &[VersionReports]) -> String {
 
 /// The settings of a policy, as `(flag name, value text)`, in [`crate::cli::POLICY_FLAGS`]
 /// order.
-fn policy_settings(policy: &Policy) -> [(&'static str, String); 6] {
+fn policy_settings(policy: &Policy) -> [(&'static str, String); 5] {
     [
         ("max-error-rate", rate(policy.max_error_rate)),
         ("min-requests", policy.min_requests.to_string()),
         ("window", seconds_text(policy.window_seconds)),
         ("bake", seconds_text(policy.bake_seconds)),
         ("require-approval", policy.require_approval.to_string()),
-        (
-            "destructive-requires-approval",
-            policy.destructive_requires_approval.to_string(),
-        ),
     ]
 }
 
