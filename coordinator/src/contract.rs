@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use etcd_client::{Txn, TxnOp};
+use etcd_client::TxnOp;
 use serde_json::json;
 use switchboard_contract::check::{RuleScope, SealCheck, Subject, Verdict};
 use switchboard_contract::diff::{ActiveOnlyItems, chunks_to_fetch, decode_fetched};
@@ -23,10 +23,11 @@ use switchboard_proto::Manifest;
 use switchboard_proto::set::SetVerifier;
 use switchboard_proto::time::now_ms;
 
-use crate::audit;
 use crate::error::{CoordinatorError, Result};
-use crate::release::{Actor, Releases, audit_ops, busy, check_namespace, to_json};
-use crate::store::{Versioned, absent, unchanged};
+use crate::release::{
+    Actor, AuditedChange, MAX_ATTEMPTS, Releases, busy, check_namespace, to_json,
+};
+use crate::store::{NamespaceState, Versioned, unchanged};
 
 /// Compiled contracts kept, by hash. A contract is immutable under its hash, so this is a
 /// cache of derived data and never a second source of truth.
@@ -39,7 +40,7 @@ const LISTED_IN_AUDIT: usize = 100;
 pub struct CompiledContracts(Arc<Mutex<HashMap<String, Arc<CompiledContract>>>>);
 
 impl CompiledContracts {
-    fn get_or_compile(&self, record: &ContractRecord) -> Result<Arc<CompiledContract>> {
+    fn get_or_compile(&self, key: &str, record: &ContractRecord) -> Result<Arc<CompiledContract>> {
         if let Ok(cache) = self.0.lock()
             && let Some(found) = cache.get(&record.hash)
         {
@@ -51,7 +52,7 @@ impl CompiledContracts {
                     .contract
                     .compile()
                     .map_err(|e| CoordinatorError::CorruptRecord {
-                        key: "contract".into(),
+                        key: key.to_string(),
                         reason: e.to_string(),
                     })?,
             );
@@ -96,24 +97,43 @@ fn listed(lines: &[String]) -> &[String] {
     &lines[..lines.len().min(LISTED_IN_AUDIT)]
 }
 
+/// What a contract change reads: the namespace (its policy and audit head), the contract in
+/// force and the proposal, each with the revision the change compares.
+struct ContractState {
+    namespace: NamespaceState,
+    active: Versioned<ContractRecord>,
+    proposal: Versioned<ContractRecord>,
+}
+
+impl ContractState {
+    /// The view of this state as `contract show` prints it.
+    fn view(self, ns: &str) -> ContractView {
+        ContractView {
+            namespace: ns.to_string(),
+            requires_approval: self.namespace.policy().require_approval,
+            active: self.active.value,
+            proposal: self.proposal.value,
+        }
+    }
+}
+
 impl Releases {
+    async fn read_contract_state(&self, ns: &str) -> Result<ContractState> {
+        let keys = self.store().keys();
+        Ok(ContractState {
+            namespace: self.store().read_namespace(ns).await?,
+            active: self.store().get_versioned(&keys.contract(ns)).await?,
+            proposal: self
+                .store()
+                .get_versioned(&keys.contract_proposal(ns))
+                .await?,
+        })
+    }
+
     /// The contract in force and any proposal.
     pub async fn contract_view(&self, ns: &str) -> Result<ContractView> {
         check_namespace(ns)?;
-        let keys = self.store().keys();
-        let active: Versioned<ContractRecord> =
-            self.store().get_versioned(&keys.contract(ns)).await?;
-        let proposal: Versioned<ContractRecord> = self
-            .store()
-            .get_versioned(&keys.contract_proposal(ns))
-            .await?;
-        let state = self.store().read_namespace(ns).await?;
-        Ok(ContractView {
-            namespace: ns.to_string(),
-            active: active.value,
-            proposal: proposal.value,
-            requires_approval: state.policy().require_approval,
-        })
+        Ok(self.read_contract_state(ns).await?.view(ns))
     }
 
     /// Sets the contract, or proposes it when the policy requires approval. The contract is
@@ -141,63 +161,60 @@ impl Releases {
             approved_by: None,
             approved_at_ms: None,
         };
-        for _ in 0..crate::release::MAX_ATTEMPTS {
-            let state = self.store().read_namespace(ns).await?;
-            let active: Versioned<ContractRecord> =
-                self.store().get_versioned(&keys.contract(ns)).await?;
-            let proposal: Versioned<ContractRecord> = self
-                .store()
-                .get_versioned(&keys.contract_proposal(ns))
-                .await?;
-            let active_hash = active.value.as_ref().map(|r| r.hash.as_str());
+        for _ in 0..MAX_ATTEMPTS {
+            let mut read = self.read_contract_state(ns).await?;
+            let active_hash = read.active.value.as_ref().map(|r| r.hash.clone());
             if let Some(expected) = expected_hash
-                && active_hash.unwrap_or("") != expected
+                && active_hash.as_deref().unwrap_or("") != expected
             {
                 return Err(CoordinatorError::Conflict(format!(
                     "the contract of {ns} changed underneath; read it again with `sbctl contract show {ns}` and retry"
                 )));
             }
-            if active_hash == Some(hash.as_str()) {
-                return self.contract_view(ns).await;
+            if active_hash.as_deref() == Some(hash.as_str()) {
+                return Ok(read.view(ns));
             }
-            let requires_approval = state.policy().require_approval;
-            let (action, target_key, delete_proposal) = if requires_approval {
-                ("contract-proposed", keys.contract_proposal(ns), false)
+            let requires_approval = read.namespace.policy().require_approval;
+            let (action, target_key) = if requires_approval {
+                ("contract-proposed", keys.contract_proposal(ns))
             } else {
-                ("contract", keys.contract(ns), proposal.value.is_some())
+                ("contract", keys.contract(ns))
             };
-            let head = self.audit_head(ns, &state).await?;
-            let audit_record = audit::next_record(
-                &head,
-                ns,
-                &actor.name,
+            let audited = AuditedChange {
+                actor: &actor.name,
                 action,
                 reason,
-                json!({
+                detail: json!({
                     "hash": hash,
                     "previous": active_hash,
                     "schemas": record.contract.schemas.len(),
                     "rules": record.contract.rules.keys().collect::<Vec<_>>(),
                     "requires_approval": requires_approval,
                 }),
-            )?;
+            };
+            let compares = vec![
+                unchanged(keys.contract(ns), read.active.mod_revision),
+                unchanged(keys.contract_proposal(ns), read.proposal.mod_revision),
+                unchanged(keys.policy(ns), read.namespace.policy.mod_revision),
+            ];
             let mut operations = vec![TxnOp::put(target_key, to_json(&record), None)];
-            if delete_proposal {
+            // A contract put in force directly replaces any proposal waiting.
+            if !requires_approval && read.proposal.value.is_some() {
                 operations.push(TxnOp::delete(keys.contract_proposal(ns), None));
             }
-            operations.extend(audit_ops(&keys, ns, &audit_record));
-            let txn = Txn::new()
-                .when(vec![
-                    unchanged(keys.contract(ns), active.mod_revision),
-                    unchanged(keys.contract_proposal(ns), proposal.mod_revision),
-                    unchanged(keys.policy(ns), state.policy.mod_revision),
-                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
-                    absent(keys.audit(ns, audit_record.seq)),
-                ])
-                .and_then(operations);
-            if self.store().txn(txn).await?.succeeded() {
+            if self
+                .commit_audited(ns, &read.namespace, audited, compares, operations)
+                .await?
+                .is_some()
+            {
                 tracing::info!(ns, actor = %actor.name, hash = %hash, action, "contract changed");
-                return self.contract_view(ns).await;
+                if requires_approval {
+                    read.proposal.value = Some(record);
+                } else {
+                    read.active.value = Some(record);
+                    read.proposal.value = None;
+                }
+                return Ok(read.view(ns));
             }
         }
         Err(busy(ns))
@@ -219,15 +236,9 @@ impl Releases {
             ));
         }
         let keys = self.store().keys().clone();
-        for _ in 0..crate::release::MAX_ATTEMPTS {
-            let state = self.store().read_namespace(ns).await?;
-            let active: Versioned<ContractRecord> =
-                self.store().get_versioned(&keys.contract(ns)).await?;
-            let proposal: Versioned<ContractRecord> = self
-                .store()
-                .get_versioned(&keys.contract_proposal(ns))
-                .await?;
-            let Some(proposed) = proposal.value.clone() else {
+        for _ in 0..MAX_ATTEMPTS {
+            let mut read = self.read_contract_state(ns).await?;
+            let Some(proposed) = read.proposal.value.clone() else {
                 return Err(CoordinatorError::Refused(format!(
                     "no contract of {ns} is waiting for approval"
                 )));
@@ -244,14 +255,16 @@ impl Releases {
                     actor.name,
                     proposed.short_hash()
                 );
-                self.append_audit(
+                // A self-approval is a denial like any other: audited within the user's
+                // allowance of audited denials, as `approve` does.
+                self.audit_denial(
                     ns,
                     &actor.name,
-                    "denied",
+                    "ApproveContract",
                     &message,
                     json!({"rpc": "ApproveContract", "code": "permission_denied", "hash": proposed.hash}),
                 )
-                .await?;
+                .await;
                 return Err(CoordinatorError::PermissionDenied(message));
             }
             let in_force = ContractRecord {
@@ -259,35 +272,33 @@ impl Releases {
                 approved_at_ms: Some(now_ms()),
                 ..proposed.clone()
             };
-            let head = self.audit_head(ns, &state).await?;
-            let audit_record = audit::next_record(
-                &head,
-                ns,
-                &actor.name,
-                "contract-approved",
+            let audited = AuditedChange {
+                actor: &actor.name,
+                action: "contract-approved",
                 reason,
-                json!({
+                detail: json!({
                     "hash": proposed.hash,
                     "proposed_by": proposed.set_by,
-                    "previous": active.value.as_ref().map(|r| r.hash.clone()),
+                    "previous": read.active.value.as_ref().map(|r| r.hash.clone()),
                 }),
-            )?;
-            let mut operations = vec![
+            };
+            let compares = vec![
+                unchanged(keys.contract(ns), read.active.mod_revision),
+                unchanged(keys.contract_proposal(ns), read.proposal.mod_revision),
+            ];
+            let operations = vec![
                 TxnOp::put(keys.contract(ns), to_json(&in_force), None),
                 TxnOp::delete(keys.contract_proposal(ns), None),
             ];
-            operations.extend(audit_ops(&keys, ns, &audit_record));
-            let txn = Txn::new()
-                .when(vec![
-                    unchanged(keys.contract(ns), active.mod_revision),
-                    unchanged(keys.contract_proposal(ns), proposal.mod_revision),
-                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
-                    absent(keys.audit(ns, audit_record.seq)),
-                ])
-                .and_then(operations);
-            if self.store().txn(txn).await?.succeeded() {
+            if self
+                .commit_audited(ns, &read.namespace, audited, compares, operations)
+                .await?
+                .is_some()
+            {
                 tracing::info!(ns, actor = %actor.name, hash = %proposed.hash, "contract approved and in force");
-                return self.contract_view(ns).await;
+                read.active.value = Some(in_force);
+                read.proposal.value = None;
+                return Ok(read.view(ns));
             }
         }
         Err(busy(ns))
@@ -307,7 +318,9 @@ impl Releases {
         let contract: Versioned<ContractRecord> =
             self.store().get_versioned(&keys.contract(ns)).await?;
         let compiled = match &contract.value {
-            Some(record) => self.compiled_contracts().get_or_compile(record)?,
+            Some(record) => self
+                .compiled_contracts()
+                .get_or_compile(&keys.contract(ns), record)?,
             None => Arc::new(CompiledContract::empty()),
         };
         let state = self.store().read_namespace(ns).await?;

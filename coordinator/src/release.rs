@@ -73,6 +73,14 @@ pub enum BeginStage {
     },
 }
 
+/// The audit record of a change: who, what, why, and the evidence.
+pub(crate) struct AuditedChange<'a> {
+    pub actor: &'a str,
+    pub action: &'a str,
+    pub reason: &'a str,
+    pub detail: serde_json::Value,
+}
+
 /// What became of a known user's denial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenialAudit {
@@ -857,22 +865,58 @@ impl Releases {
         detail: serde_json::Value,
     ) -> Result<u64> {
         check_namespace(ns)?;
-        let keys = self.store.keys().clone();
         for _ in 0..MAX_ATTEMPTS {
             let state = self.store.read_namespace(ns).await?;
-            let head = self.audit_head(ns, &state).await?;
-            let record = audit::next_record(&head, ns, actor, action, reason, detail.clone())?;
-            let txn = Txn::new()
-                .when(vec![
-                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
-                    absent(keys.audit(ns, record.seq)),
-                ])
-                .and_then(audit_ops(&keys, ns, &record).to_vec());
-            if self.store.txn(txn).await?.succeeded() {
-                return Ok(record.seq);
+            let audited = AuditedChange {
+                actor,
+                action,
+                reason,
+                detail: detail.clone(),
+            };
+            if let Some(seq) = self
+                .commit_audited(ns, &state, audited, Vec::new(), Vec::new())
+                .await?
+            {
+                return Ok(seq);
             }
         }
         Err(busy(ns))
+    }
+
+    /// Commits `operations` under `compares` together with the audit record of `audited`,
+    /// which follows the audit head of `state`: the transaction also compares that head and
+    /// that the record's key is free, so two changes never fork the chain. `None` when a
+    /// compare failed (the caller reads again and retries); the record's seq when committed.
+    pub(crate) async fn commit_audited(
+        &self,
+        ns: &str,
+        state: &NamespaceState,
+        audited: AuditedChange<'_>,
+        mut compares: Vec<etcd_client::Compare>,
+        mut operations: Vec<TxnOp>,
+    ) -> Result<Option<u64>> {
+        let keys = self.store.keys();
+        let head = self.audit_head(ns, state).await?;
+        let record = audit::next_record(
+            &head,
+            ns,
+            audited.actor,
+            audited.action,
+            audited.reason,
+            audited.detail,
+        )?;
+        compares.push(unchanged(
+            keys.audit_head(ns),
+            state.audit_head.mod_revision,
+        ));
+        compares.push(absent(keys.audit(ns, record.seq)));
+        operations.extend(audit_ops(keys, ns, &record));
+        let committed = self
+            .store
+            .txn(Txn::new().when(compares).and_then(operations))
+            .await?
+            .succeeded();
+        Ok(committed.then_some(record.seq))
     }
 
     pub async fn audit_trail(&self, ns: &str, verify: bool) -> Result<AuditTrail> {

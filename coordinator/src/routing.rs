@@ -22,7 +22,8 @@ use crate::audit;
 use crate::crash;
 use crate::error::{CoordinatorError, Result};
 use crate::release::{
-    Actor, BeginStage, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace, to_json, unique,
+    Actor, AuditedChange, BeginStage, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace,
+    to_json, unique,
 };
 use crate::store::{NamespaceState, absent, parse_health_records, parse_record, unchanged};
 
@@ -1233,24 +1234,21 @@ impl Releases {
         decide: impl Fn(&NamespaceState) -> Result<(String, i64, Vec<u8>, serde_json::Value, T)>,
     ) -> Result<T> {
         check_namespace(ns)?;
-        let keys = self.store().keys().clone();
         for _ in 0..MAX_ATTEMPTS {
             let state = self.store().read_namespace(ns).await?;
             let (key, revision, value, detail, outcome) = decide(&state)?;
-            let head = self.audit_head(ns, &state).await?;
-            let record = audit::next_record(&head, ns, &actor.name, action, reason, detail)?;
-            let compares = vec![
-                unchanged(key.clone(), revision),
-                unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
-                absent(keys.audit(ns, record.seq)),
-            ];
-            let mut operations = vec![TxnOp::put(key, value, None)];
-            operations.extend(audit_ops(&keys, ns, &record));
+            let audited = AuditedChange {
+                actor: &actor.name,
+                action,
+                reason,
+                detail,
+            };
+            let compares = vec![unchanged(key.clone(), revision)];
+            let operations = vec![TxnOp::put(key, value, None)];
             if self
-                .store()
-                .txn(Txn::new().when(compares).and_then(operations))
+                .commit_audited(ns, &state, audited, compares, operations)
                 .await?
-                .succeeded()
+                .is_some()
             {
                 tracing::info!(ns, action, actor = %actor.name, reason, "record changed");
                 return Ok(outcome);
