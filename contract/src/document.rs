@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_proto::set::{canonical_json, sha256_hex};
 
-use crate::schema::{Pattern, Schemas, compile_schema};
+use crate::schema::{Pattern, Schemas, compile_rules};
 
 /// The contract format this code writes and reads.
 pub const FORMAT: u32 = 1;
@@ -114,29 +114,22 @@ impl Contract {
     /// The error names the file and what is wrong.
     pub fn compile(&self) -> Result<CompiledContract, ContractError> {
         self.check_limits()?;
-        let mut schemas = Schemas::default();
-        let mut index_of: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut patterns = Vec::with_capacity(self.schemas.len());
         for (position, rule) in self.schemas.iter().enumerate() {
             let pattern = Pattern::parse(&rule.pattern)
                 .map_err(|e| ContractError::Invalid(format!("schemas[{position}]: {e}")))?;
-            let index = match index_of.get(rule.schema.as_str()) {
-                Some(index) => *index,
-                None => {
-                    let document = self.schema_documents.get(&rule.schema).ok_or_else(|| {
-                        ContractError::Invalid(format!(
-                            "schemas[{position}]: the schema {:?} of pattern {:?} is not in the contract",
-                            rule.schema, rule.pattern
-                        ))
-                    })?;
-                    let schema = compile_schema(&rule.schema, document.clone())
-                        .map_err(|e| ContractError::Invalid(e.to_string()))?;
-                    let index = schemas.add_schema(schema);
-                    index_of.insert(&rule.schema, index);
-                    index
-                }
-            };
-            schemas.add_rule(pattern, index);
+            if !self.schema_documents.contains_key(&rule.schema) {
+                return Err(ContractError::Invalid(format!(
+                    "schemas[{position}]: the schema {:?} of pattern {:?} is not in the contract",
+                    rule.schema, rule.pattern
+                )));
+            }
+            patterns.push((pattern, rule.schema.as_str()));
         }
+        let schemas =
+            compile_rules(patterns, &self.schema_documents, str::to_string).map_err(|errors| {
+                ContractError::Invalid(errors.first().map(ToString::to_string).unwrap_or_default())
+            })?;
         let rules = crate::rules::RuleSet::parse(&self.rules)?;
         Ok(CompiledContract {
             hash: self.hash(),

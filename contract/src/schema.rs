@@ -211,6 +211,46 @@ impl Schemas {
     }
 }
 
+/// Compiles the schemas that `rules` name (a pattern and a schema's name each), every document
+/// once, taking the documents from `documents` by name. `file_of` gives the name that messages
+/// show for a schema. Every schema that does not compile is reported, and so is a name without
+/// a document.
+pub fn compile_rules<'a>(
+    rules: impl IntoIterator<Item = (Pattern, &'a str)>,
+    documents: &std::collections::BTreeMap<String, Value>,
+    file_of: impl Fn(&str) -> String,
+) -> Result<Schemas, Vec<SchemaError>> {
+    let mut schemas = Schemas::default();
+    let mut index_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut errors = Vec::new();
+    for (pattern, name) in rules {
+        if let Some(&index) = index_of.get(name) {
+            schemas.add_rule(pattern, index);
+            continue;
+        }
+        let Some(document) = documents.get(name) else {
+            errors.push(SchemaError {
+                file: file_of(name),
+                reason: format!("no schema document for pattern {:?}", pattern.as_str()),
+            });
+            continue;
+        };
+        match compile_schema(&file_of(name), document.clone()) {
+            Ok(schema) => {
+                let index = schemas.add_schema(schema);
+                index_of.insert(name, index);
+                schemas.add_rule(pattern, index);
+            }
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() {
+        Ok(schemas)
+    } else {
+        Err(errors)
+    }
+}
+
 /// A schema that does not compile, named by its file.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{file}: {reason}")]

@@ -21,7 +21,7 @@
 //!   JSON Schema is an error naming the schema file.
 //! - A single-file set has no `switchboard.yaml`: it is not validated.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Component, Path};
 
 use serde::Deserialize;
@@ -181,36 +181,28 @@ pub fn relative_inside(path: &str) -> Option<String> {
 /// by several rules is compiled once. Every problem names its file.
 pub fn compile(dir: &Path, config: &Config) -> Result<Schemas, Vec<Problem>> {
     let documents = read_schema_documents(dir, config)?;
-    let mut schemas = Schemas::default();
-    let mut by_path: HashMap<String, usize> = HashMap::new();
-    let mut problems = Vec::new();
-    for rule in &config.rules {
-        let relative = relative_inside(&rule.schema).unwrap_or_default();
-        if let Some(&index) = by_path.get(&relative) {
-            schemas.add_rule(rule.pattern.clone(), index);
-            continue;
-        }
-        let Some(document) = documents.get(&relative) else {
-            continue;
-        };
-        let file = dir.join(&relative).display().to_string();
-        match switchboard_contract::schema::compile_schema(&file, document.clone()) {
-            Ok(schema) => {
-                let index = schemas.add_schema(schema);
-                by_path.insert(relative, index);
-                schemas.add_rule(rule.pattern.clone(), index);
-            }
-            Err(error) => problems.push(Problem::Config {
+    let relatives: Vec<(Pattern, String)> = config
+        .rules
+        .iter()
+        .map(|rule| {
+            let relative = relative_inside(&rule.schema).unwrap_or_default();
+            (rule.pattern.clone(), relative)
+        })
+        .collect();
+    switchboard_contract::schema::compile_rules(
+        relatives.iter().map(|(p, r)| (p.clone(), r.as_str())),
+        &documents,
+        |relative| dir.join(relative).display().to_string(),
+    )
+    .map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|error| Problem::Config {
                 file: error.file,
                 reason: error.reason,
-            }),
-        }
-    }
-    if problems.is_empty() {
-        Ok(schemas)
-    } else {
-        Err(problems)
-    }
+            })
+            .collect()
+    })
 }
 
 /// The schema documents `config` names, by their path relative to `dir`.
