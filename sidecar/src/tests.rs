@@ -1195,6 +1195,34 @@ mod grpc {
 
     const DEADLINE: Duration = Duration::from_secs(5);
 
+    /// The stream of `WatchVersions` for `consumer` of `namespace`, which must be served.
+    async fn watch(
+        service: &ReaderService,
+        namespace: &str,
+        consumer: &str,
+    ) -> <ReaderService as Reader>::WatchVersionsStream {
+        service
+            .watch_versions(Request::new(pb::WatchVersionsRequest {
+                namespace: namespace.to_string(),
+                consumer: consumer.to_string(),
+            }))
+            .await
+            .expect("known namespace")
+            .into_inner()
+    }
+
+    /// The stream's next announcement, which must come within the deadline; `what` says which.
+    async fn next_served(
+        stream: &mut <ReaderService as Reader>::WatchVersionsStream,
+        what: &str,
+    ) -> pb::Served {
+        tokio::time::timeout(DEADLINE, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: nothing within {DEADLINE:?}"))
+            .expect("stream open")
+            .expect("no error")
+    }
+
     fn pb_served(slot: Slot, version: &str, epoch: u64) -> pb::Served {
         pb::Served {
             namespace: NS.to_string(),
@@ -1322,27 +1350,12 @@ mod grpc {
         let served = served();
         let service = ReaderService::unwrapped(served.clone());
         let consumer = find_consumer("app", WEIGHT, false);
-        let mut stream = service
-            .watch_versions(Request::new(pb::WatchVersionsRequest {
-                namespace: NS.to_string(),
-                consumer: consumer.clone(),
-            }))
-            .await
-            .expect("known namespace")
-            .into_inner();
-        let first = tokio::time::timeout(DEADLINE, stream.next())
-            .await
-            .expect("the current version comes at once")
-            .expect("stream open")
-            .expect("no error");
+        let mut stream = watch(&service, NS, &consumer).await;
+        let first = next_served(&mut stream, "the current version comes at once").await;
         assert_eq!(first, pb_served(Slot::Blue, V1, EPOCH));
 
         served.namespaces[NS].publish(flipped_snapshot(EPOCH + 1));
-        let second = tokio::time::timeout(DEADLINE, stream.next())
-            .await
-            .expect("the flip is announced")
-            .expect("stream open")
-            .expect("no error");
+        let second = next_served(&mut stream, "the flip is announced").await;
         assert_eq!(second, pb_served(Slot::Green, V2, EPOCH + 1));
     }
 
@@ -1350,19 +1363,8 @@ mod grpc {
     async fn watch_versions_ends_at_shutdown() {
         let served = served();
         let service = ReaderService::unwrapped(served.clone());
-        let mut stream = service
-            .watch_versions(Request::new(pb::WatchVersionsRequest {
-                namespace: NS.to_string(),
-                consumer: String::new(),
-            }))
-            .await
-            .expect("known namespace")
-            .into_inner();
-        tokio::time::timeout(DEADLINE, stream.next())
-            .await
-            .expect("the current version comes at once")
-            .expect("stream open")
-            .expect("no error");
+        let mut stream = watch(&service, NS, "").await;
+        next_served(&mut stream, "the current version comes at once").await;
         served.shutdown.cancel();
         let end = tokio::time::timeout(DEADLINE, stream.next())
             .await
@@ -1374,20 +1376,9 @@ mod grpc {
     async fn watch_versions_on_an_unloaded_namespace_starts_at_the_first_load() {
         let served = served();
         let service = ReaderService::unwrapped(served.clone());
-        let mut stream = service
-            .watch_versions(Request::new(pb::WatchVersionsRequest {
-                namespace: UNLOADED_NS.to_string(),
-                consumer: String::new(),
-            }))
-            .await
-            .expect("known namespace")
-            .into_inner();
+        let mut stream = watch(&service, UNLOADED_NS, "").await;
         served.namespaces[UNLOADED_NS].publish(flipped_snapshot(3));
-        let first = tokio::time::timeout(DEADLINE, stream.next())
-            .await
-            .expect("the first load is announced")
-            .expect("stream open")
-            .expect("no error");
+        let first = next_served(&mut stream, "the first load is announced").await;
         assert_eq!(
             first,
             pb::Served {
