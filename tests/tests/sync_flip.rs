@@ -380,6 +380,25 @@ async fn sync_flip_refuses_when_a_sidecar_cannot_acknowledge() -> Result<()> {
     Ok(())
 }
 
+/// Pauses `paused`, so that it cannot acknowledge, starts `sbctl flip --sync` with
+/// `--sync-timeout sync_timeout`, and waits until the preparation is in routing. The wait's
+/// outcome is returned rather than raised, so that the caller resumes the sidecar either way.
+async fn sync_flip_held_by(
+    env: &TestEnv,
+    paused: &Sidecar,
+    sync_timeout: &str,
+) -> Result<(switchboard_tests::ChildProcess, Result<()>)> {
+    paused.pause()?;
+    let sbctl = env
+        .sbctl()
+        .spawn(&["flip", NS, "--sync", "--sync-timeout", sync_timeout])?;
+    let prepared = wait_until(DEADLINE, "the preparation in routing", async || {
+        Ok(routing_in_etcd(env).await?.prepare.is_some())
+    })
+    .await;
+    Ok((sbctl, prepared))
+}
+
 /// The routing record as etcd holds it.
 async fn routing_in_etcd(env: &TestEnv) -> Result<Routing> {
     let mut client = env.etcd_client().await?;
@@ -396,14 +415,7 @@ async fn a_preparation_is_withdrawn_even_when_sbctl_goes_away() -> Result<()> {
     let epoch_before = epoch(&env.sbctl(), NS).await?;
     // One sidecar cannot acknowledge, so the coordinator waits out the timeout.
     let paused = sidecars.first().context("no sidecar")?;
-    paused.pause()?;
-    let sbctl = env
-        .sbctl()
-        .spawn(&["flip", NS, "--sync", "--sync-timeout", "3"])?;
-    let waited = wait_until(DEADLINE, "the preparation in routing", async || {
-        Ok(routing_in_etcd(&env).await?.prepare.is_some())
-    })
-    .await;
+    let (sbctl, waited) = sync_flip_held_by(&env, paused, "3").await?;
     // The release manager gives up (Ctrl-C) while the coordinator waits.
     sbctl.kill()?;
     let withdrawn = match waited {
@@ -478,14 +490,7 @@ async fn a_coordinator_stopped_during_a_synchronized_flip_withdraws_the_preparat
     // One sidecar cannot acknowledge, and the acknowledgement timeout is far beyond the
     // coordinator's shutdown grace (10 s).
     let paused = sidecars.first().context("no sidecar")?;
-    paused.pause()?;
-    let sbctl = env
-        .sbctl()
-        .spawn(&["flip", NS, "--sync", "--sync-timeout", "300"])?;
-    let prepared = wait_until(DEADLINE, "the preparation in routing", async || {
-        Ok(routing_in_etcd(&env).await?.prepare.is_some())
-    })
-    .await;
+    let (sbctl, prepared) = sync_flip_held_by(&env, paused, "300").await?;
     let stopping = Instant::now();
     let stopped = match prepared {
         Ok(()) => env.coordinator.terminate(Duration::from_secs(30)).await,
