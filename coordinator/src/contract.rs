@@ -325,7 +325,10 @@ impl Releases {
         };
         let state = self.store().read_namespace(ns).await?;
         let policy = state.policy();
-        // The set that serves now is what the plan compares with.
+        // The set that serves now is what the plan compares with. It cannot change before the
+        // seal commits: with two slots, a new active set would have to come from the slot being
+        // sealed (refused while it is not sealed) or be restaged into it (which moves the slot's
+        // revision, and the seal compares that).
         let active = match &state.routing.value {
             Some(routing) => {
                 let active_slot = state.slot(routing.active.slot).value.clone();
