@@ -16,6 +16,9 @@ pub const ROUTING_BEFORE_TXN: &str = "routing-before-txn";
 pub const ROUTING_AFTER_TXN: &str = "routing-after-txn";
 /// A panic point, not a crash point (see [`panic_point`]).
 pub const JUDGE_LOOP_PANIC: &str = "judge-loop-panic";
+/// A delay point: between a seal's contract check and its transaction
+/// (`seal-after-check=return(MS)` waits MS milliseconds there).
+pub const SEAL_AFTER_CHECK: &str = "seal-after-check";
 
 /// Keeps the failpoint configuration read from `FAILPOINTS` for as long as it lives.
 pub struct Scenario {
@@ -49,6 +52,21 @@ pub fn point(_name: &str, _action: &str) {}
 
 /// Panics when the point is configured: `<point>=panic` (the `fail` crate panics itself) or
 /// `<point>=return`. The process goes on, as it would after a bug in one task.
+/// Waits as long as the failpoint `name` says (`name=return(MS)`), without holding up the
+/// runtime: a window in which a test changes something under a request in flight.
+#[cfg(feature = "failpoints")]
+pub async fn delay_point(name: &str) {
+    let millis = fail::eval(name, |value| value.and_then(|v| v.parse::<u64>().ok())).flatten();
+    if let Some(millis) = millis {
+        eprintln!("switchboard-coordinator: delay point {name} reached; waiting {millis} ms");
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn delay_point(_name: &str) {}
+
 #[cfg(feature = "failpoints")]
 pub fn panic_point(name: &str) {
     if fail::eval(name, |_| ()).is_some() {

@@ -405,6 +405,16 @@ impl Releases {
         let judgement = self
             .judge_set(ns, &manifest, actor, allow_destructive)
             .await?;
+        tracing::info!(
+            ns,
+            %slot,
+            version = %manifest.version,
+            contract = judgement.contract.as_deref().unwrap_or("none"),
+            destructive = judgement.destructive.len(),
+            warnings = judgement.warnings.len(),
+            "staged set checked against the contract"
+        );
+        crash::delay_point(crash::SEAL_AFTER_CHECK).await;
 
         for _ in 0..MAX_ATTEMPTS {
             let state = self.store.read_namespace(ns).await?;
@@ -502,6 +512,17 @@ impl Releases {
                     warnings: judgement.warnings,
                     approval_reasons: judgement.approval_reasons,
                 });
+            }
+            // A contract changed since the check will not be the one that judged this set
+            // however often the seal is retried.
+            let contract_now = self
+                .store
+                .get_versioned::<serde_json::Value>(&keys.contract(ns))
+                .await?;
+            if contract_now.mod_revision != judgement.contract_revision {
+                return Err(CoordinatorError::Conflict(format!(
+                    "the contract of {ns} changed while the staged set was being checked; run sbctl stage again"
+                )));
             }
         }
         Err(busy(ns))

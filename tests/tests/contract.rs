@@ -474,3 +474,56 @@ async fn a_runaway_rule_is_stopped_at_its_limit_and_the_coordinator_keeps_servin
     coordinator.wait_healthy(Duration::from_secs(5)).await?;
     Ok(())
 }
+
+/// The seal commits only under the contract that checked the set: a contract set between the
+/// check and the seal's transaction makes the seal a conflict (run stage again), never a seal
+/// that the contract in force did not judge. A delay point holds the seal open for 4 s after
+/// the check has been logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_changed_while_a_set_is_checked_makes_the_seal_a_conflict() -> Result<()> {
+    let etcd = EtcdServer::start().await?;
+    let prefix = unique_prefix();
+    let coordinator = Coordinator::start_with_env(
+        &etcd.endpoint(),
+        &prefix,
+        &[],
+        &[("FAILPOINTS", "seal-after-check=return(4000)")],
+    )
+    .await?;
+    let mut admin = AdminClient::connect(coordinator.grpc_url()).await?;
+    set_contract(&mut admin, &contract(&[])).await?;
+    let set = set_of(&[("tables/orders", json!({"owner": "sales", "grants": ["*"]}))])?;
+    let mut seal_client = admin.clone();
+    let seal = tokio::spawn(async move { stage_directly(&mut seal_client, &set, false).await });
+    switchboard_tests::wait_until(
+        Duration::from_secs(20),
+        "the set checked against the contract",
+        async || {
+            Ok(coordinator
+                .log_tail(200)
+                .contains("staged set checked against the contract"))
+        },
+    )
+    .await?;
+    // A stricter contract while the seal waits: this set would break its rule.
+    set_contract(&mut admin, &contract(&[("rules/grants.rego", GRANTS_RULE)])).await?;
+    match seal.await?? {
+        Ok(sealed) => bail!(
+            "sealed under a contract that no longer holds: {sealed}\n{}",
+            coordinator.log_tail(30)
+        ),
+        Err(status) => {
+            ensure!(status.code() == tonic::Code::Aborted, "{status:?}");
+            ensure!(
+                status.message().contains("the contract of catalog changed"),
+                "{status:?}"
+            );
+        }
+    }
+    let states = slot_states(&mut admin).await?;
+    ensure!(
+        states["blue"] != "sealed" && states["green"] != "sealed",
+        "a slot was sealed: {states}"
+    );
+    Ok(())
+}
