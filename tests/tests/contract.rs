@@ -527,3 +527,65 @@ async fn a_contract_changed_while_a_set_is_checked_makes_the_seal_a_conflict() -
     );
     Ok(())
 }
+
+/// With `destructive-requires-approval`, a version whose seal allowed destructive changes
+/// needs another person's approval before a canary: the seal records why, routing refuses
+/// until the approval exists, and the approval by someone else lets it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destructive_changes_need_an_approval_when_the_policy_says_so() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    sbctl
+        .run(&[
+            "policy",
+            "set",
+            NS,
+            "--destructive-requires-approval",
+            "true",
+        ])
+        .await?
+        .ensure_success()?;
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("tables"))?;
+    std::fs::write(dir.path().join("tables/a.json"), r#"{"owner": "x"}"#)?;
+    std::fs::write(dir.path().join("tables/b.json"), r#"{"owner": "y"}"#)?;
+    let path = dir.path().display().to_string();
+    sbctl
+        .run(&["--as", "alice", "stage", NS, &path])
+        .await?
+        .ensure_success()?;
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+
+    std::fs::remove_file(dir.path().join("tables/b.json"))?;
+    let staged = sbctl
+        .run_json(&[
+            "--as",
+            "alice",
+            "stage",
+            NS,
+            &path,
+            "--allow-destructive",
+            "--json",
+        ])
+        .await?;
+    let reasons = staged["approval_reasons"].to_string();
+    ensure!(reasons.contains("1 destructive change(s)"), "{staged}");
+    let version = staged["version"]
+        .as_str()
+        .context("no version")?
+        .to_string();
+
+    let refused = sbctl.run(&["canary", NS, "10"]).await?;
+    ensure!(refused.code == 4, "{refused}");
+    ensure!(
+        refused.stderr.contains("needs an approval")
+            && refused.stderr.contains("its seal requires one"),
+        "{refused}"
+    );
+    sbctl
+        .run(&["--as", "bob", "approve", NS, &version])
+        .await?
+        .ensure_success()?;
+    sbctl.run(&["canary", NS, "10"]).await?.ensure_success()?;
+    Ok(())
+}
