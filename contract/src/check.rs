@@ -13,16 +13,16 @@ use crate::compat::{self, ClassCounts, ItemChange, ItemPlan};
 use crate::diff::{ActiveOnlyItems, Diff, diff_unshared};
 use crate::document::CompiledContract;
 use crate::pointer_or_root;
-use crate::rules::{Finding, RuleOutcome};
+use crate::rules::{Finding, RuleInput, RuleOutcome};
 
 /// The most violations kept for a message; the rest are counted.
 pub const MAX_VIOLATIONS_KEPT: usize = 1000;
 /// The most lines of one kind a refusal shows.
 const SHOWN: usize = 10;
 
-/// Which items the Rego rules see. Rules see every item when the active set was not judged by
-/// this same contract (or there is none); otherwise only what changed, since the rest already
-/// passed these rules.
+/// Which items the contract judges. Every item, when the active set was not judged by this
+/// same contract (or there is none); otherwise only what changed: an item in a chunk the active
+/// set shares is the same bytes, and it already passed these schemas and rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleScope {
@@ -62,8 +62,8 @@ pub struct SealCheck<'c> {
     /// The new set's items in chunks the active set does not share.
     new_only: BTreeMap<String, Arc<[u8]>>,
     shared_items: u64,
-    /// Every item's value, for rules that see all items.
-    all_items: serde_json::Map<String, Value>,
+    /// Every item's JSON text, for rules that see all items.
+    all_items: Vec<(String, Arc<[u8]>)>,
     keys_without_active: Vec<String>,
 }
 
@@ -77,7 +77,7 @@ impl<'c> SealCheck<'c> {
             violation_total: 0,
             new_only: BTreeMap::new(),
             shared_items: 0,
-            all_items: serde_json::Map::new(),
+            all_items: Vec::new(),
             keys_without_active: Vec::new(),
         }
     }
@@ -87,24 +87,22 @@ impl<'c> SealCheck<'c> {
     pub fn add_item(&mut self, key: &str, value: &Arc<[u8]>, in_shared_chunk: bool) {
         let wants_value = self.scope == RuleScope::All && !self.contract.rules.is_empty();
         let schemas = &self.contract.schemas;
-        let checked = !schemas.for_key(key).is_empty();
-        if checked || wants_value {
+        let judged_before = in_shared_chunk && self.scope == RuleScope::Changed;
+        if !judged_before && !schemas.for_key(key).is_empty() {
             let parsed: Value = serde_json::from_slice(value).unwrap_or(Value::Null);
-            if checked {
-                for violation in schemas.violations(key, &parsed) {
-                    self.violation_total += 1;
-                    if self.violations.len() < MAX_VIOLATIONS_KEPT {
-                        self.violations.push(ItemViolation {
-                            key: key.to_string(),
-                            path: violation.path,
-                            message: violation.message,
-                        });
-                    }
+            for violation in schemas.violations(key, &parsed) {
+                self.violation_total += 1;
+                if self.violations.len() < MAX_VIOLATIONS_KEPT {
+                    self.violations.push(ItemViolation {
+                        key: key.to_string(),
+                        path: violation.path,
+                        message: violation.message,
+                    });
                 }
             }
-            if wants_value {
-                self.all_items.insert(key.to_string(), parsed);
-            }
+        }
+        if wants_value {
+            self.all_items.push((key.to_string(), value.clone()));
         }
         if !self.has_active {
             self.keys_without_active.push(key.to_string());
@@ -144,21 +142,19 @@ impl<'c> SealCheck<'c> {
         )?;
         let classes = ClassCounts::of(&plan);
         let rule_input = if self.contract.rules.is_empty() {
-            Value::Null
+            RuleInput::default()
         } else {
             let items = match self.scope {
-                RuleScope::All => Value::Object(self.all_items),
+                RuleScope::All => self.all_items,
                 RuleScope::Changed => {
-                    let mut items = serde_json::Map::new();
-                    for key in diff.added.iter().chain(&diff.changed) {
-                        if let Some(value) = self.new_only.get(key) {
-                            items.insert(
-                                key.clone(),
-                                serde_json::from_slice(value).unwrap_or(Value::Null),
-                            );
-                        }
-                    }
-                    Value::Object(items)
+                    let mut items: Vec<(String, Arc<[u8]>)> = diff
+                        .added
+                        .iter()
+                        .chain(&diff.changed)
+                        .filter_map(|key| Some((key.clone(), self.new_only.get(key)?.clone())))
+                        .collect();
+                    items.sort_by(|a, b| a.0.cmp(&b.0));
+                    items
                 }
             };
             let mut previous = serde_json::Map::new();
@@ -174,21 +170,23 @@ impl<'c> SealCheck<'c> {
                 .iter()
                 .filter(|p| p.change != ItemChange::Added)
                 .collect();
-            json!({
-                "namespace": subject.namespace,
-                "actor": subject.actor,
-                "version": subject.version,
-                "scope": self.scope,
-                "items": items,
-                "previous": previous,
-                "plan": {
+            let mut context = serde_json::Map::new();
+            context.insert("namespace".into(), json!(subject.namespace));
+            context.insert("actor".into(), json!(subject.actor));
+            context.insert("version".into(), json!(subject.version));
+            context.insert("scope".into(), json!(self.scope));
+            context.insert("previous".into(), Value::Object(previous));
+            context.insert(
+                "plan".into(),
+                json!({
                     "added": diff.added,
                     "changed": diff.changed,
                     "removed": diff.removed,
                     "classes": classes,
                     "changes": changes,
-                },
-            })
+                }),
+            );
+            RuleInput { context, items }
         };
         Ok(Checked {
             violations: self.violations,
@@ -208,7 +206,7 @@ pub struct Subject<'a> {
     pub version: &'a str,
 }
 
-/// A set checked: its schema violations, its classified plan, and the rules' input (`null`
+/// A set checked: its schema violations, its classified plan, and the rules' input (empty
 /// when the contract has no rules).
 #[derive(Debug)]
 pub struct Checked {
@@ -216,7 +214,7 @@ pub struct Checked {
     pub violation_total: u64,
     pub plan: Vec<ItemPlan>,
     pub classes: ClassCounts,
-    pub rule_input: Value,
+    pub rule_input: RuleInput,
 }
 
 /// The whole verdict, once the rules have run.
@@ -398,10 +396,24 @@ approval contains {"msg": "a column of a pii table is removed", "item": change.k
         );
         // With no active set, everything is added and the rules see every item.
         assert_eq!(checked.plan.len(), 3);
-        assert_eq!(
-            checked.rule_input["items"].as_object().map(|m| m.len()),
-            Some(3)
-        );
+        assert_eq!(checked.rule_input.items.len(), 3);
+    }
+
+    #[test]
+    fn items_the_same_contract_judged_before_are_not_validated_again() {
+        let contract = contract();
+        // Under the contract that judged the active set, an item in a shared chunk passed it.
+        let mut check = SealCheck::new(&contract, true, RuleScope::Changed);
+        check.add_item("tables/old", &value(json!({"columns": 3})), true);
+        assert_eq!(check.violations().1, 0);
+        // Under another contract, it is judged like any other.
+        let mut check = SealCheck::new(&contract, true, RuleScope::All);
+        check.add_item("tables/old", &value(json!({"columns": 3})), true);
+        assert_eq!(check.violations().1, 2);
+        // A changed item is always judged.
+        let mut check = SealCheck::new(&contract, true, RuleScope::Changed);
+        check.add_item("tables/new", &value(json!({"columns": 3})), false);
+        assert_eq!(check.violations().1, 2);
     }
 
     #[test]
@@ -449,7 +461,12 @@ approval contains {"msg": "a column of a pii table is removed", "item": change.k
         assert!(verdict.destructive_refusal(true, "v1", "x").is_none());
         assert!(verdict.rule_refusal().is_none());
         // Only what changed is in the rules' input.
-        let items = checked.rule_input["items"].as_object().expect("items");
-        assert_eq!(items.keys().collect::<Vec<_>>(), ["tables/people"]);
+        let keys: Vec<&str> = checked
+            .rule_input
+            .items
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .collect();
+        assert_eq!(keys, ["tables/people"]);
     }
 }

@@ -17,11 +17,15 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::document::ContractError;
+
+/// A value as the rules see it (regorus's own), for callers that build the input themselves.
+pub use regorus::Value as RegoValue;
 
 /// The most messages of one kind a rule file may return; more are refused, naming the rule.
 pub const MAX_FINDINGS_PER_RULE: usize = 1000;
@@ -86,10 +90,19 @@ impl RuleSet {
     /// Evaluates every rule file against `input` in this process, each under `time_limit`.
     pub fn evaluate(
         &self,
-        input: &serde_json::Value,
+        input: &RuleInput,
         time_limit: Duration,
     ) -> Result<RuleOutcome, RuleError> {
-        let input = regorus::Value::from(input.clone());
+        let input = input.to_regorus()?;
+        self.evaluate_value(&input, time_limit)
+    }
+
+    /// [`Self::evaluate`] of an input already made into regorus's values.
+    pub fn evaluate_value(
+        &self,
+        input: &regorus::Value,
+        time_limit: Duration,
+    ) -> Result<RuleOutcome, RuleError> {
         let mut outcome = RuleOutcome::default();
         for file in &self.files {
             let mut engine = regorus::Engine::new();
@@ -103,6 +116,7 @@ impl RuleSet {
                     rule: file.name.clone(),
                     reason: first_line(&e.to_string()),
                 })?;
+            // regorus's values share their contents: this clone copies no item.
             engine.set_input(input.clone());
             for (kind, into) in [
                 ("deny", &mut outcome.deny),
@@ -115,6 +129,114 @@ impl RuleSet {
         }
         Ok(outcome)
     }
+}
+
+/// The most items one thread parses when the rules' input is made; more are split over the
+/// machine's cores, since parsing a large set is most of the rules' time.
+pub const ITEMS_PER_PARSER: usize = 4096;
+
+/// The input of the rules: the items they see as their JSON text (as the set holds them), and
+/// the rest (namespace, actor, version, scope, previous values, plan) as a JSON object.
+///
+/// Items stay text until regorus reads them: a seal that shows the rules 100,000 items neither
+/// keeps a second parsed copy of the set nor encodes it again for the rule worker.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuleInput {
+    pub context: serde_json::Map<String, serde_json::Value>,
+    /// In key order, each value the JSON text of one item.
+    pub items: Vec<(String, Arc<[u8]>)>,
+}
+
+impl RuleInput {
+    /// The input of a JSON object whose `items` member, if any, maps keys to items (tests and
+    /// small callers).
+    pub fn from_json(value: serde_json::Value) -> RuleInput {
+        let mut context = match value {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        let items = match context.remove("items") {
+            Some(serde_json::Value::Object(items)) => items
+                .into_iter()
+                .map(|(key, value)| (key, Arc::from(value.to_string().into_bytes())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        RuleInput { context, items }
+    }
+
+    /// The whole input as one regorus value: the context, and `items` as an object from key
+    /// to item. Large sets are parsed on several threads.
+    pub fn to_regorus(&self) -> Result<regorus::Value, RuleError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(self.items.len().div_ceil(ITEMS_PER_PARSER))
+            .max(1);
+        let parts: Vec<Result<Vec<_>, RuleError>> = if threads == 1 {
+            vec![parse_items(&self.items)]
+        } else {
+            let per_thread = self.items.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .items
+                    .chunks(per_thread)
+                    .map(|part| scope.spawn(move || parse_items(part)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|handle| {
+                        handle.join().unwrap_or_else(|_| {
+                            Err(RuleError::Worker(
+                                "a parser of the rules' input panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        let mut items = BTreeMap::new();
+        for part in parts {
+            items.extend(part?);
+        }
+        input_value(&self.context, items)
+    }
+}
+
+/// Parses items (a key and its JSON text each) into regorus's values.
+pub fn parse_items<K: AsRef<str>, V: AsRef<[u8]>>(
+    items: &[(K, V)],
+) -> Result<Vec<(regorus::Value, regorus::Value)>, RuleError> {
+    items
+        .iter()
+        .map(|(key, value)| {
+            let key = key.as_ref();
+            let text = std::str::from_utf8(value.as_ref()).map_err(|e| bad_item(key, &e))?;
+            let parsed = regorus::Value::from_json_str(text).map_err(|e| bad_item(key, &e))?;
+            Ok((regorus::Value::from(key), parsed))
+        })
+        .collect()
+}
+
+/// The rules' input: the context with `items` set to the parsed items.
+pub fn input_value(
+    context: &serde_json::Map<String, serde_json::Value>,
+    items: BTreeMap<regorus::Value, regorus::Value>,
+) -> Result<regorus::Value, RuleError> {
+    let context = serde_json::to_string(context)
+        .map_err(|e| RuleError::Worker(format!("cannot encode the rules' input: {e}")))?;
+    let mut input = regorus::Value::from_json_str(&context)
+        .map_err(|e| RuleError::Worker(format!("cannot read the rules' input: {e}")))?;
+    let object = input
+        .as_object_mut()
+        .map_err(|e| RuleError::Worker(format!("the rules' input is not an object: {e}")))?;
+    object.insert(regorus::Value::from("items"), regorus::Value::from(items));
+    Ok(input)
+}
+
+fn bad_item(key: &str, error: &dyn std::fmt::Display) -> RuleError {
+    RuleError::Worker(format!(
+        "item {key:?} of the rules' input is not JSON: {error}"
+    ))
 }
 
 fn eval_messages(
@@ -305,11 +427,44 @@ warn contains "no description" if {
 "#;
 
     #[test]
+    fn a_large_input_parsed_on_several_threads_keeps_every_item_in_key_order() {
+        let items: Vec<(String, Arc<[u8]>)> = (0..3 * ITEMS_PER_PARSER + 7)
+            .map(|i| {
+                let text = format!("{{\"owner\": \"team-{i}\"}}");
+                (format!("tables/t{i:06}"), Arc::from(text.into_bytes()))
+            })
+            .collect();
+        let input = RuleInput {
+            context: serde_json::Map::new(),
+            items,
+        };
+        let value = input.to_regorus().expect("parses");
+        let items = value["items"].as_object().expect("an object");
+        assert_eq!(items.len(), 3 * ITEMS_PER_PARSER + 7);
+        let last = items
+            .get(&regorus::Value::from("tables/t012294"))
+            .expect("the last item");
+        assert_eq!(last["owner"], regorus::Value::from("team-12294"));
+    }
+
+    #[test]
+    fn an_item_that_is_not_json_is_named() {
+        let input = RuleInput {
+            context: serde_json::Map::new(),
+            items: vec![("tables/broken".into(), Arc::from(&b"{not json"[..]))],
+        };
+        let error = input.to_regorus().expect_err("refused");
+        assert!(error.to_string().contains("\"tables/broken\""), "{error}");
+    }
+
+    #[test]
     fn deny_and_warn_messages_name_the_rule_and_item() {
         let set = rules(&[("owners.rego", OWNERS)]);
         let outcome = set
             .evaluate(
-                &json!({"items": {"tables/a": {"owner": "x", "description": "d"}, "tables/b": {}}}),
+                &RuleInput::from_json(
+                    json!({"items": {"tables/a": {"owner": "x", "description": "d"}, "tables/b": {}}}),
+                ),
                 DEFAULT_TIME_LIMIT,
             )
             .expect("evaluates");
@@ -329,7 +484,9 @@ warn contains "no description" if {
         assert!(outcome.approval.is_empty());
         let clean = set
             .evaluate(
-                &json!({"items": {"tables/a": {"owner": "x", "description": "d"}}}),
+                &RuleInput::from_json(
+                    json!({"items": {"tables/a": {"owner": "x", "description": "d"}}}),
+                ),
                 DEFAULT_TIME_LIMIT,
             )
             .expect("evaluates");
@@ -373,7 +530,9 @@ warn contains "no description" if {
                 }],
             },
         });
-        let outcome = set.evaluate(&input, DEFAULT_TIME_LIMIT).expect("evaluates");
+        let outcome = set
+            .evaluate(&RuleInput::from_json(input), DEFAULT_TIME_LIMIT)
+            .expect("evaluates");
         let denied: Vec<String> = outcome.deny.iter().map(ToString::to_string).collect();
         assert_eq!(
             denied,
@@ -405,7 +564,7 @@ warn contains "no description" if {
         )]);
         let started = std::time::Instant::now();
         let error = set
-            .evaluate(&json!({}), Duration::from_millis(200))
+            .evaluate(&RuleInput::default(), Duration::from_millis(200))
             .expect_err("stopped");
         assert!(
             matches!(
@@ -426,7 +585,7 @@ warn contains "no description" if {
             "package bad\nimport rego.v1\ndeny contains 42 if { true }\n",
         )]);
         let error = set
-            .evaluate(&json!({}), DEFAULT_TIME_LIMIT)
+            .evaluate(&RuleInput::default(), DEFAULT_TIME_LIMIT)
             .expect_err("refused");
         assert!(
             error.to_string().starts_with("rule bad.rego failed: "),
@@ -434,7 +593,7 @@ warn contains "no description" if {
         );
         let set = rules(&[("scalar.rego", "package scalar\nimport rego.v1\ndeny := 3\n")]);
         let error = set
-            .evaluate(&json!({}), DEFAULT_TIME_LIMIT)
+            .evaluate(&RuleInput::default(), DEFAULT_TIME_LIMIT)
             .expect_err("refused");
         assert!(error.to_string().contains("must be a set"), "{error}");
     }

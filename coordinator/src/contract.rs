@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use etcd_client::TxnOp;
 use serde_json::json;
@@ -77,6 +78,7 @@ pub struct Judgement {
     pub warnings: Vec<String>,
     pub approval_reasons: Vec<String>,
     pub classes: switchboard_contract::compat::ClassCounts,
+    pub timings: switchboard_proto::SealTimings,
 }
 
 impl Judgement {
@@ -314,6 +316,9 @@ impl Releases {
         actor: &Actor,
         allow_destructive: bool,
     ) -> Result<Judgement> {
+        let judge_started = Instant::now();
+        // Time spent in the contract's own checks, apart from reading and verifying chunks.
+        let mut check_time = Duration::ZERO;
         let keys = self.store().keys().clone();
         let contract: Versioned<ContractRecord> =
             self.store().get_versioned(&keys.contract(ns)).await?;
@@ -354,6 +359,16 @@ impl Releases {
             .unwrap_or_default();
 
         let mut check = SealCheck::new(&compiled, active.is_some(), scope);
+        // Rules that see every item get them while the set is read back, so that the worker
+        // parses them while etcd is still sending the rest.
+        let mut rules = if compiled.rules.is_empty() {
+            None
+        } else {
+            Some(self.rule_runner().start(&compiled.rules).map_err(|e| {
+                CoordinatorError::Refused(format!("the seal of {ns} is refused: {e}"))
+            })?)
+        };
+        let streams_items = scope == RuleScope::All;
         let chunks: Vec<(String, u64)> = manifest
             .chunks
             .iter()
@@ -366,9 +381,15 @@ impl Releases {
         self.store()
             .for_each_chunk(ns, &chunks, |hash, data| {
                 let in_shared = shared.contains(hash);
-                for (key, value) in verifier.add_chunk_items(data).map_err(invalid)? {
+                let items = verifier.add_chunk_items(data).map_err(invalid)?;
+                let started = Instant::now();
+                for (key, value) in items {
                     check.add_item(&key, &value, in_shared);
+                    if streams_items && let Some(rules) = rules.as_mut() {
+                        rules.add_item(&key, &value);
+                    }
                 }
+                check_time += started.elapsed();
                 Ok(())
             })
             .await?;
@@ -407,11 +428,12 @@ impl Releases {
             actor: &actor.name,
             version: &manifest.version,
         };
-        let checked = check.finish(&active_only, &subject).map_err(|problem| {
-            CoordinatorError::CorruptRecord {
-                key: format!("the active set of {ns}"),
-                reason: problem,
-            }
+        let started = Instant::now();
+        let checked = check.finish(&active_only, &subject);
+        check_time += started.elapsed();
+        let checked = checked.map_err(|problem| CoordinatorError::CorruptRecord {
+            key: format!("the active set of {ns}"),
+            reason: problem,
         })?;
         let short = contract
             .value
@@ -436,16 +458,29 @@ impl Releases {
         ) {
             return Err(CoordinatorError::Refused(refusal));
         }
-        let outcome = if compiled.rules.is_empty() {
-            no_rules.clone()
-        } else {
-            self.rule_runner()
-                .evaluate(&compiled.rules, &checked.rule_input)
-                .await
-                .map_err(|e| {
-                    CoordinatorError::Refused(format!("the seal of {ns} is refused: {e}"))
-                })?
+        // What the seal waits for after the read: the evaluation, and the parse of items that
+        // were not streamed.
+        let rules_waited = Instant::now();
+        let mut rules_evaluate = Duration::ZERO;
+        let outcome = match rules {
+            None => no_rules.clone(),
+            Some(session) => {
+                let unstreamed: &[(String, Arc<[u8]>)] = if streams_items {
+                    &[]
+                } else {
+                    &checked.rule_input.items
+                };
+                let evaluated = session
+                    .finish(&checked.rule_input.context, unstreamed)
+                    .await
+                    .map_err(|e| {
+                        CoordinatorError::Refused(format!("the seal of {ns} is refused: {e}"))
+                    })?;
+                rules_evaluate = evaluated.evaluate;
+                evaluated.outcome
+            }
         };
+        let rules_wait_time = rules_waited.elapsed();
         if let Some(refusal) =
             switchboard_contract::check::refusal_for_denies(ns, &short, &outcome.deny)
         {
@@ -470,6 +505,16 @@ impl Releases {
             warnings: outcome.warn.iter().map(ToString::to_string).collect(),
             approval_reasons,
             classes: checked.classes,
+            timings: switchboard_proto::SealTimings {
+                judge_ms: millis(judge_started.elapsed()),
+                check_ms: millis(check_time),
+                rules_ms: millis(rules_wait_time),
+                rules_evaluate_ms: millis(rules_evaluate),
+            },
         })
     }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
 }

@@ -412,6 +412,9 @@ impl Releases {
             contract = judgement.contract.as_deref().unwrap_or("none"),
             destructive = judgement.destructive.len(),
             warnings = judgement.warnings.len(),
+            judge_ms = judgement.timings.judge_ms as u64,
+            check_ms = judgement.timings.check_ms as u64,
+            rules_ms = judgement.timings.rules_ms as u64,
             "staged set checked against the contract"
         );
         crash::delay_point(crash::SEAL_AFTER_CHECK).await;
@@ -511,6 +514,7 @@ impl Releases {
                     destructive: judgement.destructive,
                     warnings: judgement.warnings,
                     approval_reasons: judgement.approval_reasons,
+                    timings: Some(judgement.timings),
                 });
             }
             // A contract changed since the check will not be the one that judged this set

@@ -118,6 +118,76 @@ pub fn write_generation(path: &Path, count: usize, generation: usize) -> Result<
     Ok(bytes.len() as u64)
 }
 
+/// The example Rego rules of `deploy/examples/rules`, which the benchmark's contract enforces.
+const EXAMPLE_RULES: [(&str, &str); 3] = [
+    (
+        "rules/owners.rego",
+        include_str!("../../deploy/examples/rules/owners.rego"),
+    ),
+    (
+        "rules/grants.rego",
+        include_str!("../../deploy/examples/rules/grants.rego"),
+    ),
+    (
+        "rules/pii.rego",
+        include_str!("../../deploy/examples/rules/pii.rego"),
+    ),
+];
+
+/// Writes a contract for the catalog into `dir`, as `sbctl contract set NS DIR` reads it: a
+/// strict JSON Schema for every table (no field beyond those the generator writes) and, with
+/// `rules`, the example rules.
+pub fn write_contract(dir: &Path, rules: bool) -> Result<()> {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["name", "domain", "owner", "columns", "tags", "retention_days", "revision"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z]+_[0-9]{6}$"},
+            "domain": {"enum": DOMAINS},
+            "owner": {"type": "string", "minLength": 1},
+            "columns": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "type", "nullable"],
+                    "additionalProperties": false,
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*$"},
+                        "type": {"type": "string"},
+                        "nullable": {"type": "boolean"},
+                    },
+                },
+            },
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "retention_days": {"type": "integer", "minimum": 1},
+            "description": {"type": "string", "maxLength": 4096},
+            "revision": {"type": "integer", "minimum": 1},
+        },
+    });
+    let mut yaml =
+        String::from("schemas:\n  - pattern: \"tables/**\"\n    schema: schemas/table.json\n");
+    std::fs::create_dir_all(dir.join("schemas"))
+        .and_then(|()| std::fs::create_dir_all(dir.join("rules")))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let schema_bytes = serde_json::to_vec_pretty(&schema).context("encoding the table schema")?;
+    std::fs::write(dir.join("schemas/table.json"), schema_bytes)
+        .with_context(|| format!("writing {}/schemas/table.json", dir.display()))?;
+    if rules {
+        yaml.push_str("rules:\n");
+    }
+    for (name, source) in EXAMPLE_RULES.iter().filter(|_| rules) {
+        std::fs::write(dir.join(name), source)
+            .with_context(|| format!("writing {}/{name}", dir.display()))?;
+        yaml.push_str(&format!("  - {name}\n"));
+    }
+    std::fs::write(dir.join("switchboard.yaml"), yaml)
+        .with_context(|| format!("writing {}/switchboard.yaml", dir.display()))?;
+    Ok(())
+}
+
 /// `sbctl --json stage NS PATH -m MESSAGE`: its report (version, chunks and bytes uploaded).
 pub async fn stage(
     sbctl: &switchboard_tests::SbctlRunner,

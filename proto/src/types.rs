@@ -562,7 +562,7 @@ pub struct SyncPrepared {
 }
 
 /// The outcome of sealing a slot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SealOutcome {
     pub namespace: String,
     pub slot: Slot,
@@ -581,6 +581,28 @@ pub struct SealOutcome {
     /// Why the version needs an approval before a canary or a flip.
     #[serde(default)]
     pub approval_reasons: Vec<String>,
+    /// Where the seal's time went, so that a release manager (and the benchmark) can see what
+    /// the contract costs. Absent from coordinators older than the contract.
+    #[serde(default)]
+    pub timings: Option<SealTimings>,
+}
+
+/// The seal's judgement of a staged set, timed in milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SealTimings {
+    /// Reading every chunk back from etcd, verifying it, and checking it against the contract:
+    /// the whole judgement, rules included.
+    pub judge_ms: f64,
+    /// Of that, validating items against the contract's schemas and classifying the changes
+    /// against the active set (the work the contract adds to the verification).
+    pub check_ms: f64,
+    /// Of that, what the seal waited for the contract's Rego rules once the set was read and
+    /// checked. When the rules see every item, the rule worker has parsed most of them while
+    /// the rest were being read.
+    pub rules_ms: f64,
+    /// Of that, the rules' evaluation itself, their input parsed.
+    #[serde(default)]
+    pub rules_evaluate_ms: f64,
 }
 
 /// The audit trail and, when asked, the result of checking its chain.

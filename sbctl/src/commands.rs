@@ -188,6 +188,7 @@ pub async fn stage_manifest(
         replaced_version: Some(begun.replaced_version.clone()).filter(|v| !v.is_empty()),
         warnings: Vec::new(),
         approval_reasons: Vec::new(),
+        seal_timings: None,
     };
     if let Some(replaced) = &report.replaced_version {
         output::note(&format!(
@@ -254,6 +255,7 @@ pub async fn stage_manifest(
     report.outcome = "staged".to_string();
     report.warnings = sealed.document.warnings;
     report.approval_reasons = sealed.document.approval_reasons;
+    report.seal_timings = sealed.document.timings;
     Ok(report)
 }
 

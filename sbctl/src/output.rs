@@ -887,7 +887,7 @@ pub fn render_audit(trail: &AuditTrail) -> String {
 }
 
 /// What `sbctl stage` did; its `--json` document.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StageReport {
     pub namespace: String,
     pub slot: Slot,
@@ -921,6 +921,9 @@ pub struct StageReport {
     /// Why the version needs an approval before a canary or a flip.
     #[serde(default)]
     pub approval_reasons: Vec<String>,
+    /// Where the seal's time went: reading the set back, the contract's checks, the rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_timings: Option<switchboard_proto::SealTimings>,
 }
 
 /// The human text of `sbctl contract show|set|approve`.
@@ -1583,6 +1586,7 @@ mod tests {
             replaced_version: None,
             warnings: Vec::new(),
             approval_reasons: Vec::new(),
+            seal_timings: None,
         };
         let text = render_stage(&report);
         assert_eq!(
