@@ -288,19 +288,35 @@ pub async fn plan(
     let prepared = pipeline::prepare(path, options.env.as_deref())?;
     let (manifest, _) = prepared.set.to_chunks();
     let mut coordinator = ctx.coordinator().await?;
-    let report = pipeline::plan_report(&mut coordinator, namespace, &manifest, &prepared).await?;
+    let report = pipeline::plan_with_contract(
+        &mut coordinator,
+        namespace,
+        &manifest,
+        &prepared,
+        &ctx.connect.actor,
+    )
+    .await?;
     if ctx.json {
-        return output::print_json(&report);
+        output::print_json(&report)?;
+    } else {
+        output::print_text(&output::render_plan(&report))?;
+        if let Some(preview) = &report.contract {
+            output::print_text(&output::render_contract_preview(namespace, preview))?;
+        }
+        if report.classes.destructive > 0 {
+            output::note(&format!(
+                "note: this set makes {} destructive change(s): `sbctl stage` refuses it without \
+                 --allow-destructive",
+                report.classes.destructive
+            ));
+        }
     }
-    output::print_text(&output::render_plan(&report))?;
-    if report.classes.destructive > 0 {
-        output::note(&format!(
-            "note: this set makes {} destructive change(s): `sbctl stage` refuses it without \
-             --allow-destructive",
-            report.classes.destructive
-        ));
+    // The plan exits as the seal would answer: a set the contract refuses is exit 4, with the
+    // coordinator's words.
+    match report.contract.and_then(|preview| preview.refusal) {
+        Some(refusal) => Err(CliError::Refused(refusal)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The epoch a routing change is decided against: `--expect-epoch`, else the current one.

@@ -1021,6 +1021,51 @@ pub struct PlanReport {
     pub unchanged: u64,
     pub classes: crate::compat::ClassCounts,
     pub items: Vec<crate::compat::ItemPlan>,
+    /// What the namespace's contract would say at the seal (`sbctl plan` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractPreview>,
+}
+
+/// The verdict of the namespace's contract on a set, judged before staging by the code the
+/// coordinator runs at the seal.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ContractPreview {
+    /// The contract's short hash.
+    pub contract: String,
+    pub violation_total: u64,
+    /// The first violations, each naming the item and the path.
+    pub violations: Vec<String>,
+    pub deny: Vec<String>,
+    pub warn: Vec<String>,
+    pub approval: Vec<String>,
+    /// The seal's refusal, word for word, if the seal would refuse the set.
+    pub refusal: Option<String>,
+}
+
+/// The lines `sbctl plan` adds for the contract's preview.
+pub fn render_contract_preview(namespace: &str, preview: &ContractPreview) -> String {
+    let mut out = String::new();
+    let verdict = if preview.refusal.is_some() {
+        "the seal would refuse this set"
+    } else {
+        "the seal would accept this set"
+    };
+    let _ = writeln!(
+        out,
+        "contract {} of {namespace}: {verdict} ({} schema violation(s), {} deny, {} warn, {} approval message(s))",
+        preview.contract,
+        preview.violation_total,
+        preview.deny.len(),
+        preview.warn.len(),
+        preview.approval.len()
+    );
+    for warning in &preview.warn {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    for reason in &preview.approval {
+        let _ = writeln!(out, "needs approval: {reason}");
+    }
+    out
 }
 
 /// The human text of `sbctl plan`: a summary line, then the keys under `+`, `~` and `-`, each
@@ -1623,6 +1668,7 @@ mod tests {
             unchanged: 97,
             classes: ClassCounts::of(&items),
             items,
+            contract: None,
         };
         let text = render_plan(&plan);
         assert_eq!(

@@ -3,15 +3,20 @@
 //! validate against the schemas, and build the set; then the plan against the active set with
 //! every change classified ([`crate::compat`]).
 
+use std::collections::HashSet;
 use std::path::Path;
 
+use switchboard_contract::check::{RuleScope, SealCheck, Subject, Verdict};
+use switchboard_contract::diff::ActiveOnlyItems;
+use switchboard_contract::rules::{DEFAULT_TIME_LIMIT, RuleOutcome};
+use switchboard_proto::set::decode_chunk;
 use switchboard_proto::{ItemSet, Manifest};
 
 use crate::client::Coordinator;
 use crate::compat::{self, ClassCounts, ItemPlan};
 use crate::env::{self, EnvError};
 use crate::exit::CliError;
-use crate::output::{self, PlanReport};
+use crate::output::{self, ContractPreview, PlanReport};
 use crate::source::{self, Exclusions, Problem, SourceError};
 use crate::validate::{self, Config, Schemas};
 
@@ -114,6 +119,19 @@ pub async fn plan_report(
     manifest: &Manifest,
     prepared: &Prepared,
 ) -> Result<PlanReport, CliError> {
+    Ok(plan_with_active(coordinator, namespace, manifest, prepared)
+        .await?
+        .0)
+}
+
+/// [`plan_report`], and the active set's manifest and the active items the new set does not
+/// share, for a preview of the contract.
+async fn plan_with_active(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    manifest: &Manifest,
+    prepared: &Prepared,
+) -> Result<(PlanReport, Option<Manifest>, ActiveOnlyItems), CliError> {
     let set = &prepared.set;
     let active = coordinator.get_manifest(namespace, "").await?;
     let (diff, active_only) = match &active {
@@ -148,9 +166,9 @@ pub async fn plan_report(
         problem,
     })?;
 
-    Ok(PlanReport {
+    let report = PlanReport {
         namespace: namespace.to_string(),
-        active_version: active.map(|m| m.version),
+        active_version: active.as_ref().map(|m| m.version.clone()),
         new_version: manifest.version.clone(),
         added: diff.added,
         changed: diff.changed,
@@ -158,7 +176,96 @@ pub async fn plan_report(
         unchanged: diff.unchanged,
         classes: ClassCounts::of(&items),
         items,
-    })
+        contract: None,
+    };
+    Ok((report, active, active_only))
+}
+
+/// `sbctl plan`: the plan, and what the namespace's contract on the coordinator would say at
+/// the seal, judged here by the same code the coordinator runs (`switchboard_contract::check`):
+/// schema violations, and the Rego rules' deny, warn and approval messages. The rules see every
+/// item, as at a seal under a contract that did not judge the active set.
+pub async fn plan_with_contract(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    manifest: &Manifest,
+    prepared: &Prepared,
+    actor: &str,
+) -> Result<PlanReport, CliError> {
+    let (mut report, active, active_only) =
+        plan_with_active(coordinator, namespace, manifest, prepared).await?;
+    let view = coordinator.get_contract(namespace).await?.document;
+    let Some(record) = view.active else {
+        return Ok(report);
+    };
+    let compiled = record.contract.compile().map_err(|e| CliError::BadReply {
+        rpc: "GetContract",
+        problem: format!("its contract does not compile: {e}"),
+    })?;
+    let shared: HashSet<&str> = active
+        .as_ref()
+        .map(|m| m.chunks.iter().map(|c| c.hash.as_str()).collect())
+        .unwrap_or_default();
+    let mut check = SealCheck::new(&compiled, active.is_some(), RuleScope::All);
+    let (_, chunks) = prepared.set.to_chunks();
+    for chunk in &chunks {
+        let in_shared = shared.contains(chunk.hash.as_str());
+        let items = decode_chunk(&chunk.hash, &chunk.data)
+            .map_err(|e| CliError::Refused(format!("the set does not encode as it should: {e}")))?;
+        for (key, value) in items {
+            check.add_item(&key, &value, in_shared);
+        }
+    }
+    let subject = Subject {
+        namespace,
+        actor,
+        version: &manifest.version,
+    };
+    let checked = check
+        .finish(&active_only, &subject)
+        .map_err(|problem| CliError::BadReply {
+            rpc: "GetChunks",
+            problem,
+        })?;
+    let (outcome, rule_error) = if compiled.rules.is_empty() {
+        (RuleOutcome::default(), None)
+    } else {
+        match compiled
+            .rules
+            .evaluate(&checked.rule_input, DEFAULT_TIME_LIMIT)
+        {
+            Ok(outcome) => (outcome, None),
+            Err(e) => (RuleOutcome::default(), Some(e)),
+        }
+    };
+    let short = record.short_hash().to_string();
+    let verdict = Verdict {
+        namespace,
+        contract: &short,
+        checked: &checked,
+        rules: &outcome,
+    };
+    let refusal = verdict
+        .violation_refusal()
+        .or_else(|| {
+            rule_error
+                .as_ref()
+                .map(|e| format!("the seal of {namespace} would be refused: {e}"))
+        })
+        .or_else(|| verdict.rule_refusal());
+    let lines = |findings: &[switchboard_contract::rules::Finding]| {
+        findings.iter().map(ToString::to_string).collect()
+    };
+    report.contract = Some(ContractPreview {
+        contract: short,
+        violation_total: checked.violation_total,
+        violations: checked.violations.iter().map(ToString::to_string).collect(),
+        deny: lines(&outcome.deny),
+        warn: lines(&outcome.warn),
+        approval: lines(&outcome.approval),
+        refusal,
+    });
+    Ok(report)
 }
 
 /// Before staging: refuses (exit 4) a set that makes destructive changes to the active set,

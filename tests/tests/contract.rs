@@ -229,6 +229,15 @@ async fn the_coordinator_refuses_what_the_contract_forbids_from_any_client() -> 
         "sbctl said {:?}, the API said {message:?}",
         through_sbctl.stderr
     );
+    // `sbctl plan` judges the set by the server's contract with the seal's code, before
+    // anything is staged: the same exit and the same words.
+    let planned = sbctl.run(&["plan", NS, &path]).await?;
+    ensure!(planned.code == 4, "{planned}");
+    ensure!(
+        planned.stderr.contains(&message),
+        "sbctl plan said {:?}, the API said {message:?}",
+        planned.stderr
+    );
 
     // A set a Rego rule denies.
     let denied = set_of(&[
@@ -247,6 +256,26 @@ async fn the_coordinator_refuses_what_the_contract_forbids_from_any_client() -> 
     ] {
         ensure!(message.contains(expected), "{expected:?} in {message}");
     }
+    std::fs::remove_file(dir.path().join("tables/extra.json"))?;
+    std::fs::write(
+        dir.path().join("tables/open.json"),
+        r#"{"owner": "ops", "grants": ["*"]}"#,
+    )?;
+    let planned = sbctl.run(&["--json", "plan", NS, &path]).await?;
+    ensure!(planned.code == 4, "{planned}");
+    ensure!(
+        planned.stderr.contains(&message),
+        "sbctl plan said {:?}, the API said {message:?}",
+        planned.stderr
+    );
+    let preview: Value = serde_json::from_str(&planned.stdout)?;
+    ensure!(
+        preview["contract"]["deny"]
+            == json!([
+                "rule rules/grants.rego: tables/open: an access policy grants to everyone; name the groups"
+            ]),
+        "{preview}"
+    );
 
     // A destructive change without the allowance, then with it.
     let smaller = set_of(&[(
