@@ -62,6 +62,9 @@ pub const REQUESTS_RATE_LIMITED: &str = "switchboard_requests_rate_limited_total
 pub const AUTH_RELOADS: &str = "switchboard_auth_reloads_total";
 /// Users of the `--auth` file in force (0 without `--auth`).
 pub const AUTH_USERS: &str = "switchboard_auth_users";
+/// TLS handshakes on the HTTP listener that did not complete, by `reason`: `refused`,
+/// `timeout`, or `too_many` (closed at once: too many handshakes were under way).
+pub const TLS_HANDSHAKES_FAILED: &str = "switchboard_tls_handshakes_failed_total";
 
 /// The `code` and `reason` of a denial: no token, a token of nobody, or a user without the
 /// role.
@@ -190,6 +193,10 @@ pub fn describe() {
         AUTH_USERS,
         "Users of the --auth file in force (0 without --auth)."
     );
+    describe_counter!(
+        TLS_HANDSHAKES_FAILED,
+        "TLS handshakes on the HTTP listener that did not complete, by reason (refused, timeout, too_many: closed at once while too many were under way)."
+    );
 }
 
 /// Registers the process-wide metrics with their zero values.
@@ -215,6 +222,9 @@ pub fn register() {
         metrics::counter!(AUTH_RELOADS, "result" => result).increment(0);
     }
     metrics::gauge!(AUTH_USERS).set(0.0);
+    for reason in ["refused", "timeout", "too_many"] {
+        metrics::counter!(TLS_HANDSHAKES_FAILED, "reason" => reason).increment(0);
+    }
     for leader_loop in crate::leader::LEADER_LOOPS {
         metrics::counter!(LEADER_LOOP_FAILURES, "loop" => leader_loop).absolute(0);
     }

@@ -1,6 +1,6 @@
 //! TLS on the coordinator's listeners, with rustls (ring): the admin gRPC API through tonic's
 //! own TLS, and the HTTP API through a listener that completes each handshake before axum sees
-//! the connection. With `--tls-client-ca`, both require a client certificate signed by that
+//! the connection, many handshakes at once so that a silent client stalls nobody. With `--tls-client-ca`, both require a client certificate signed by that
 //! CA; a client without one never gets past the handshake.
 
 use std::net::SocketAddr;
@@ -12,9 +12,18 @@ use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+
+use crate::telemetry;
 
 /// How long a client may take to finish the TLS handshake on the HTTP listener.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes under way at once on the HTTP listener. Handshakes run side by side, so
+/// a client that opens a connection and says nothing holds one of these for at most
+/// [`HANDSHAKE_TIMEOUT`], not the listener; past the cap, new connections are closed at once
+/// (and counted) until handshakes finish.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// `--tls-cert`, `--tls-key` and `--tls-client-ca`.
 #[derive(Clone, Debug)]
@@ -125,10 +134,13 @@ impl TlsSettings {
     }
 }
 
-/// A listener that hands axum only connections whose TLS handshake completed.
+/// A listener that hands axum only connections whose TLS handshake completed. Handshakes run
+/// concurrently, each under its own timeout, in tasks the listener owns: dropping the listener
+/// (at shutdown) aborts those still under way.
 pub struct TlsListener {
     tcp: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
 }
 
 impl TlsListener {
@@ -136,31 +148,63 @@ impl TlsListener {
         Self {
             tcp,
             acceptor: tokio_rustls::TlsAcceptor::from(config),
+            handshakes: JoinSet::new(),
+        }
+    }
+}
+
+/// One handshake under its timeout; `None` when it failed or timed out (logged here, where it
+/// is handled).
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    address: SocketAddr,
+) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some((tls, address)),
+        Ok(Err(error)) => {
+            tracing::info!(%address, %error, "TLS handshake refused on the HTTP listener");
+            metrics::counter!(telemetry::TLS_HANDSHAKES_FAILED, "reason" => "refused").increment(1);
+            None
+        }
+        Err(_) => {
+            tracing::info!(%address, "TLS handshake timed out on the HTTP listener");
+            metrics::counter!(telemetry::TLS_HANDSHAKES_FAILED, "reason" => "timeout").increment(1);
+            None
         }
     }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            let (stream, address) = match self.tcp.accept().await {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: wait a little instead of spinning.
-                    tracing::warn!(%error, "cannot accept an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+            tokio::select! {
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((stream, address)) => {
+                        if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                            metrics::counter!(telemetry::TLS_HANDSHAKES_FAILED, "reason" => "too_many")
+                                .increment(1);
+                            drop(stream);
+                            continue;
+                        }
+                        self.handshakes
+                            .spawn(handshake(self.acceptor.clone(), stream, address));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: wait a little instead of
+                        // spinning.
+                        tracing::warn!(%error, "cannot accept an HTTP connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(done) = self.handshakes.join_next() => {
+                    if let Ok(Some(connection)) = done {
+                        return connection;
+                    }
                 }
-            };
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, address),
-                Ok(Err(error)) => {
-                    tracing::info!(%address, %error, "TLS handshake refused on the HTTP listener")
-                }
-                Err(_) => tracing::info!(%address, "TLS handshake timed out on the HTTP listener"),
             }
         }
     }

@@ -37,6 +37,7 @@ impl From<ReadError> for Status {
             ReadError::NotLoaded(_) => Status::unavailable(error.to_string()),
             ReadError::BadRequest(_) => Status::invalid_argument(error.to_string()),
             ReadError::UnknownVersion { .. } => Status::failed_precondition(error.to_string()),
+            ReadError::CountsFull { .. } => Status::unavailable(error.to_string()),
         }
     }
 }

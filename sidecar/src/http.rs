@@ -70,6 +70,16 @@ fn json_error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
+/// Whether the request says its body is JSON (`application/json`, in any case, with or without
+/// parameters such as a charset).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
 fn rejected(rejection: impl IntoResponse + std::fmt::Display) -> Response {
     let message = rejection.to_string();
     json_error(rejection.into_response().status(), message)
@@ -96,6 +106,7 @@ impl IntoResponse for ReadError {
             ReadError::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ReadError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ReadError::UnknownVersion { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ReadError::CountsFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut body = json!({"error": self.to_string()});
         if let ReadError::UnknownVersion {
@@ -201,7 +212,10 @@ async fn list_items(
     Ok(response)
 }
 
+/// Unknown fields are refused: `{"error": 5}` for `errors` would otherwise count nothing, and
+/// say nothing.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ReportBody {
     version: String,
     #[serde(default)]
@@ -213,8 +227,17 @@ struct ReportBody {
 async fn report(
     State(served): State<Arc<Served>>,
     Path(ns): Path<String>,
+    headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, Response> {
+    // Only JSON: a browser may send `text/plain` across origins without asking first, so a
+    // report in any other type is refused before it is read.
+    if !is_json(&headers) {
+        return Err(json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a report must be sent as Content-Type: application/json".into(),
+        ));
+    }
     let body = body.map_err(rejected)?;
     let report: ReportBody = serde_json::from_slice(&body).map_err(|e| {
         ReadError::BadRequest(format!(

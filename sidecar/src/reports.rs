@@ -6,10 +6,13 @@
 //! neither grow memory nor the metrics' label sets without bound. The versions are noted each
 //! time a snapshot is published, and only the last [`RECENT_VERSIONS`] distinct ones are kept.
 //!
-//! Counts are cumulative per version since the sidecar started, and saturate. They are published
-//! in the health record, where the coordinator's judge takes differences between samples. A
-//! version's counts go only when it leaves the recent list, long after reports for it stopped
-//! being accepted.
+//! Counts are cumulative per version since the sidecar started, and exact: one report carries at
+//! most [`MAX_REPORT_COUNT`] outcomes of each kind, and a report that would carry a count past
+//! `u64::MAX` is refused whole rather than saturating, so no accepted report is ever counted
+//! short (a saturated success count would make every later report look like an error to the
+//! judge). They are published in the health record, where the coordinator's judge takes
+//! differences between samples. A version's counts go only when it leaves the recent list, long
+//! after reports for it stopped being accepted.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,10 @@ use switchboard_proto::VersionReports;
 pub const ACCEPT_FOR: Duration = Duration::from_secs(10 * 60);
 /// Most distinct versions remembered per namespace, with their counts.
 pub const RECENT_VERSIONS: usize = 8;
+/// Most outcomes of one kind a single report may carry. A report counts what happened since the
+/// application's previous one; a larger number is a bug or an attack. At this cap a sidecar
+/// would need 1.8 * 10^13 reports to fill a count.
+pub const MAX_REPORT_COUNT: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
 struct RecentVersion {
@@ -37,11 +44,14 @@ impl RecentVersion {
     }
 }
 
-/// A report that names a version this sidecar does not take reports for.
+/// A report that is not counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refused {
-    /// The versions reports are accepted for now: those served first, then the most recent.
-    pub accepted: Vec<String>,
+pub enum Refused {
+    /// It names a version this sidecar does not take reports for. `accepted`: the versions
+    /// reports are accepted for now, those served first, then the most recent.
+    UnknownVersion { accepted: Vec<String> },
+    /// Counting it would carry a count of the version past `u64::MAX`.
+    CountsFull,
 }
 
 /// The recent versions of one namespace and the outcomes reported for them.
@@ -131,14 +141,18 @@ impl Reports {
             .iter_mut()
             .find(|e| e.version == version && e.accepted_at(now))
         else {
-            return Err(Refused {
+            return Err(Refused::UnknownVersion {
                 accepted: self.accepted_versions(now),
             });
         };
-        let before = (entry.ok, entry.errors);
-        entry.ok = entry.ok.saturating_add(ok);
-        entry.errors = entry.errors.saturating_add(errors);
-        let changed = (entry.ok, entry.errors) != before;
+        let (Some(new_ok), Some(new_errors)) =
+            (entry.ok.checked_add(ok), entry.errors.checked_add(errors))
+        else {
+            return Err(Refused::CountsFull);
+        };
+        let changed = (new_ok, new_errors) != (entry.ok, entry.errors);
+        entry.ok = new_ok;
+        entry.errors = new_errors;
         if changed {
             self.generation = self.generation.wrapping_add(1);
         }

@@ -7,6 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
 use crate::namespace::Namespace;
+use crate::reports::{MAX_REPORT_COUNT, Refused};
 use crate::snapshot::Snapshot;
 use crate::telemetry;
 
@@ -34,6 +35,12 @@ pub enum ReadError {
         version: String,
         accepted: Vec<String>,
     },
+    /// Counting the report would carry a count past its limit (never in practice: see
+    /// [`crate::reports::MAX_REPORT_COUNT`]); restarting the sidecar starts the counts again.
+    #[error(
+        "the counts of version {version:?} in namespace {namespace:?} are full; restart this sidecar"
+    )]
+    CountsFull { namespace: String, version: String },
 }
 
 fn accepted_list(accepted: &[String]) -> String {
@@ -63,13 +70,18 @@ pub struct Served {
 
 impl Served {
     /// Whether an `Authorization` header value is what the API needs: anything when no token
-    /// is set, else `Bearer <token>`.
+    /// is set, else `Bearer <token>`, the scheme in any case (RFC 9110 says schemes are
+    /// case-insensitive, and the coordinator reads them so).
     pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
         use sha2::Digest;
         let Some(wanted) = &self.api_token_sha256 else {
             return true;
         };
-        let Some(token) = authorization.and_then(|value| value.strip_prefix(b"Bearer ")) else {
+        let token = authorization.and_then(|value| {
+            let (scheme, token) = value.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"Bearer ").then_some(token)
+        });
+        let Some(token) = token else {
             return false;
         };
         // Digests are compared, so the comparison's timing says nothing about the token.
@@ -110,13 +122,26 @@ impl Served {
                 "version must be 1 to {MAX_VERSION_LEN} characters"
             )));
         }
-        let changed =
-            ns.report(version, ok, errors)
-                .map_err(|refused| ReadError::UnknownVersion {
+        for (field, count) in [("ok", ok), ("errors", errors)] {
+            if count > MAX_REPORT_COUNT {
+                return Err(ReadError::BadRequest(format!(
+                    "{field} is {count}, more than one report may carry ({MAX_REPORT_COUNT}); report outcomes as they happen"
+                )));
+            }
+        }
+        let changed = ns
+            .report(version, ok, errors)
+            .map_err(|refused| match refused {
+                Refused::UnknownVersion { accepted } => ReadError::UnknownVersion {
                     namespace: namespace.to_string(),
                     version: version.to_string(),
-                    accepted: refused.accepted,
-                })?;
+                    accepted,
+                },
+                Refused::CountsFull => ReadError::CountsFull {
+                    namespace: namespace.to_string(),
+                    version: version.to_string(),
+                },
+            })?;
         telemetry::record_report(namespace, version, ok, errors);
         if changed {
             self.reports_changed.notify_one();

@@ -400,21 +400,68 @@ mod reports {
     }
 
     #[test]
-    fn counts_saturate_instead_of_overflowing() {
+    fn a_report_that_would_overflow_a_count_is_refused_whole() {
         let now = Instant::now();
         let mut reports = Reports::default();
         reports.note_served(&["v1"], now);
         assert_eq!(reports.add("v1", u64::MAX, u64::MAX - 1, now), Ok(true));
+        // u64::MAX + 1 would saturate or wrap: refused, and neither count moves.
+        assert_eq!(reports.add("v1", 1, 0, now), Err(Refused::CountsFull));
+        assert_eq!(reports.add("v1", 0, 2, now), Err(Refused::CountsFull));
         assert_eq!(
             published(&reports),
             vec![("v1".into(), u64::MAX, u64::MAX - 1)]
         );
-        // u64::MAX + 1 and (u64::MAX - 1) + 2 stay at u64::MAX instead of wrapping to 0.
-        assert_eq!(reports.add("v1", 1, 2, now), Ok(true));
-        assert_eq!(published(&reports), vec![("v1".into(), u64::MAX, u64::MAX)]);
-        // Nothing changes any more, so nothing needs writing.
-        assert_eq!(reports.add("v1", 7, 9, now), Ok(false));
-        assert_eq!(published(&reports), vec![("v1".into(), u64::MAX, u64::MAX)]);
+        assert_eq!(reports.add("v1", 0, 1, now), Ok(true));
+    }
+
+    /// Report sizes that reach the edges: zero, small, huge, near and at `u64::MAX`.
+    fn report_count() -> impl proptest::strategy::Strategy<Value = u64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(0u64),
+            0..5u64,
+            0..1_000_000u64,
+            any::<u64>(),
+            (u64::MAX - 3)..=u64::MAX,
+        ]
+    }
+
+    proptest::proptest! {
+        /// No sequence of reports makes an accepted one count short: each accepted report moves
+        /// the counts by exactly what it carried, so the judge cannot miss a later error or
+        /// success, and a refused one moves nothing.
+        #[test]
+        fn every_accepted_report_counts_exactly_whatever_came_before(
+            sequence in proptest::collection::vec((report_count(), report_count()), 0..60)
+        ) {
+            let now = Instant::now();
+            let mut reports = Reports::default();
+            reports.note_served(&["v1"], now);
+            let (mut ok, mut errors) = (0u128, 0u128);
+            for (add_ok, add_errors) in sequence {
+                let fits = ok + u128::from(add_ok) <= u128::from(u64::MAX)
+                    && errors + u128::from(add_errors) <= u128::from(u64::MAX);
+                match reports.add("v1", add_ok, add_errors, now) {
+                    Ok(_) => {
+                        proptest::prop_assert!(fits, "a report past the limit was accepted");
+                        ok += u128::from(add_ok);
+                        errors += u128::from(add_errors);
+                    }
+                    Err(refused) => {
+                        proptest::prop_assert_eq!(refused, Refused::CountsFull);
+                        proptest::prop_assert!(!fits, "a report that fits was refused");
+                    }
+                }
+                let counted = published(&reports)
+                    .first()
+                    .map_or((0, 0), |(_, ok, errors)| (*ok, *errors));
+                proptest::prop_assert_eq!(
+                    (u128::from(counted.0), u128::from(counted.1)),
+                    (ok, errors)
+                );
+            }
+        }
     }
 
     #[test]
@@ -423,13 +470,13 @@ mod reports {
         let mut reports = Reports::default();
         assert_eq!(
             reports.add("v1", 1, 0, now),
-            Err(Refused { accepted: vec![] })
+            Err(Refused::UnknownVersion { accepted: vec![] })
         );
         reports.note_served(&["v1"], now);
         reports.note_served(&["v2", "v3"], now + Duration::from_secs(1));
         assert_eq!(
             reports.add("nope", 1, 0, now + Duration::from_secs(2)),
-            Err(Refused {
+            Err(Refused::UnknownVersion {
                 accepted: vec!["v2".into(), "v3".into(), "v1".into()]
             }),
             "the versions served first, then the most recent"
@@ -453,7 +500,7 @@ mod reports {
         assert!(!reports.accepts("v1", later));
         assert_eq!(
             reports.add("v1", 1, 0, later),
-            Err(Refused {
+            Err(Refused::UnknownVersion {
                 accepted: vec!["v2".into()]
             })
         );
@@ -507,7 +554,7 @@ mod reports {
         assert_eq!(ns.report(V1, 1, 0), Ok(true));
         assert_eq!(
             ns.report(V2, 1, 0),
-            Err(Refused {
+            Err(Refused::UnknownVersion {
                 accepted: vec![V1.to_string()]
             })
         );
@@ -952,6 +999,87 @@ mod http {
         assert!(answer.error_text().contains("elsewhere"));
 
         assert!(no_reports(&served));
+    }
+
+    #[tokio::test]
+    async fn reports_out_of_bounds_unknown_fields_and_other_types_are_refused() {
+        let served = served();
+        let app = router(served.clone());
+        let over = r#"{"version": "1111aaaa2222bbbb", "ok": 1000001}"#;
+        let answer = post(&app, "/v1/ns/catalog/report", over).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer.error_text().starts_with("ok is 1000001"),
+            "{}",
+            answer.error_text()
+        );
+        let over = r#"{"version": "1111aaaa2222bbbb", "ok": 0, "errors": 18446744073709551615}"#;
+        let answer = post(&app, "/v1/ns/catalog/report", over).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer.error_text().starts_with("errors is "),
+            "{}",
+            answer.error_text()
+        );
+        // `error` for `errors` would count nothing and say nothing.
+        let misspelt = r#"{"version": "1111aaaa2222bbbb", "error": 5}"#;
+        let answer = post(&app, "/v1/ns/catalog/report", misspelt).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer.error_text().contains("unknown field `error`"),
+            "{}",
+            answer.error_text()
+        );
+        for content_type in ["text/plain", "application/x-www-form-urlencoded", ""] {
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/ns/catalog/report");
+            if !content_type.is_empty() {
+                request = request.header(header::CONTENT_TYPE, content_type);
+            }
+            let request = request
+                .body(Body::from(r#"{"version": "1111aaaa2222bbbb", "ok": 1}"#))
+                .expect("valid request");
+            let answer = call(&app, request).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{content_type:?}"
+            );
+            assert!(answer.error_text().contains("application/json"));
+        }
+        // The media type is read in any case and with parameters.
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri("/v1/ns/catalog/report")
+            .header(header::CONTENT_TYPE, "Application/JSON; charset=utf-8")
+            .body(Body::from(
+                r#"{"version": "1111aaaa2222bbbb", "ok": 1000000}"#,
+            ))
+            .expect("valid request");
+        assert_eq!(call(&app, request).await.status, StatusCode::ACCEPTED);
+        assert_eq!(counts(&served, NS, V1), Some((1_000_000, 0)));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        use sha2::Digest;
+        let mut served = Arc::into_inner(served()).expect("one owner");
+        served.api_token_sha256 = Some(sha2::Sha256::digest(b"s3cret").to_vec());
+        for good in ["Bearer s3cret", "bearer s3cret", "BEARER s3cret"] {
+            assert!(served.authorized(Some(good.as_bytes())), "{good}");
+        }
+        for bad in [
+            "Bearer s3cre",
+            "Bearers3cret",
+            "Basic s3cret",
+            "s3cret",
+            "Bearer",
+            "",
+        ] {
+            assert!(!served.authorized(Some(bad.as_bytes())), "{bad}");
+        }
+        assert!(!served.authorized(None));
     }
 
     /// A valid report for v1 padded with spaces to exactly `len` bytes.
