@@ -75,6 +75,34 @@ pub fn router(
         })
 }
 
+/// Refuses a request that names a host outside the allowlist (DNS rebinding), before anything
+/// else looks at it.
+pub async fn allowed_host(
+    State(allowlist): State<std::sync::Arc<switchboard_runtime::host::HostAllowlist>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request_host(&request);
+    if allowlist.allows(host.as_deref()) {
+        return next.run(request).await;
+    }
+    let message = allowlist.refusal(host.as_deref().unwrap_or_default());
+    (
+        StatusCode::FORBIDDEN,
+        Json(serde_json::json!({"error": message})),
+    )
+        .into_response()
+}
+
+/// The host a request names: its `Host` header, else (HTTP/2) the authority of its URI. A
+/// header that is not text counts as a host nobody allows.
+pub fn request_host(request: &axum::extract::Request) -> Option<String> {
+    match request.headers().get(axum::http::header::HOST) {
+        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}").to_string()),
+        None => request.uri().authority().map(|a| a.as_str().to_string()),
+    }
+}
+
 async fn render_metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }

@@ -60,6 +60,15 @@ pub struct Args {
     /// Address of the JSON API, the dashboard (at /), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:7101")]
     pub http: SocketAddr,
+    /// A host name the JSON API and the dashboard answer to, besides IP addresses and
+    /// localhost (against DNS rebinding); repeat, or comma-separate. `*` allows every name.
+    #[arg(
+        long = "allowed-host",
+        env = "SWITCHBOARD_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
     /// Prefix of every etcd key.
     #[arg(long, default_value = "/switchboard")]
     pub prefix: String,
@@ -313,7 +322,13 @@ async fn serve(
         gate.clone(),
         shutdown.clone(),
     );
-    let router = http::router(releases, gate, metrics, samples);
+    let router =
+        http::router(releases, gate, metrics, samples).layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(switchboard_runtime::host::HostAllowlist::new(
+                &args.allowed_hosts,
+            )),
+            http::allowed_host,
+        ));
     let http = async {
         match http_tls {
             Some(config) => {

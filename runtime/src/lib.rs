@@ -8,6 +8,8 @@
 //! [`keep_endpoints_answering`] probes each member on its own connection and takes a member
 //! that does not answer out of the balanced client, and puts it back once it answers again.
 
+pub mod host;
+
 use std::time::Duration;
 
 use anyhow::Context;

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use switchboard_runtime::host::HostAllowlist;
 
 use crate::serve::{ReadError, Served};
 use crate::snapshot::Choice;
@@ -21,7 +22,7 @@ pub const CONSUMER_HEADER: &str = "x-switchboard-consumer";
 /// Largest report body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn router(served: Arc<Served>) -> Router {
+pub fn router(served: Arc<Served>, allowlist: HostAllowlist) -> Router {
     // Reads, reports and the status need the bearer token when one is set; the probes and
     // the metrics do not.
     let api = Router::new()
@@ -43,7 +44,31 @@ pub fn router(served: Arc<Served>) -> Router {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(allowlist),
+            allowed_host,
+        ))
         .with_state(served)
+}
+
+/// Refuses a request that names a host outside the allowlist (DNS rebinding), before anything
+/// else looks at it.
+async fn allowed_host(
+    State(allowlist): State<Arc<HostAllowlist>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = match request.headers().get(header::HOST) {
+        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}").to_string()),
+        None => request.uri().authority().map(|a| a.as_str().to_string()),
+    };
+    if allowlist.allows(host.as_deref()) {
+        return next.run(request).await;
+    }
+    json_error(
+        StatusCode::FORBIDDEN,
+        allowlist.refusal(host.as_deref().unwrap_or_default()),
+    )
 }
 
 /// Refuses a request without the bearer token, when the sidecar has one.

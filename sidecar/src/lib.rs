@@ -61,6 +61,15 @@ pub struct Args {
     /// Address of the gRPC read API.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub grpc: SocketAddr,
+    /// A host name the HTTP API answers to, besides IP addresses and localhost (against DNS
+    /// rebinding); repeat, or comma-separate. `*` allows every name.
+    #[arg(
+        long = "allowed-host",
+        env = "SWITCHBOARD_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
     /// How to connect to etcd: as which user, with which TLS.
     #[command(flatten)]
     pub etcd_connection: switchboard_runtime::EtcdArgs,
@@ -257,7 +266,8 @@ pub async fn run(
     });
     tracing::info!(%id, http = %args.http, grpc = %args.grpc, etcd = %args.etcd.join(","), prefix = %args.prefix, namespaces = ?args.namespaces, "sidecar serving");
 
-    let http = axum::serve(http_listener, http::router(served.clone()))
+    let allowlist = switchboard_runtime::host::HostAllowlist::new(&args.allowed_hosts);
+    let http = axum::serve(http_listener, http::router(served.clone(), allowlist))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     let grpc = tonic::transport::Server::builder()

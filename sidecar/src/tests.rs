@@ -583,7 +583,12 @@ mod http {
     use axum::http::{HeaderMap, Method, Request, StatusCode, header};
     use tower::ServiceExt;
 
-    use crate::http::{CONSUMER_HEADER, router};
+    use crate::http::CONSUMER_HEADER;
+
+    /// The router with the default host allowlist (loopback names and IP addresses).
+    fn router(served: Arc<Served>) -> Router {
+        crate::http::router(served, switchboard_runtime::host::HostAllowlist::default())
+    }
 
     struct Answer {
         status: StatusCode,
