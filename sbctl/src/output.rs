@@ -44,9 +44,12 @@ fn finish_write(result: io::Result<()>) -> Result<(), CliError> {
     }
 }
 
-/// A note or progress line on stderr.
+/// A note, a progress line or an error on stderr. Characters a terminal would act on are
+/// escaped ([`crate::escape::terminal`]), whatever the message carries: names are escaped where
+/// they are written, and this catches anything else (an item's JSON key in a violation, an
+/// error text from the coordinator).
 pub fn note(text: &str) {
-    let _ = writeln!(io::stderr().lock(), "{text}");
+    let _ = writeln!(io::stderr().lock(), "{}", crate::escape::terminal(text));
 }
 
 /// Bytes in decimal units: `512 B`, `1.2 MB`.
