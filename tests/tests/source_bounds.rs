@@ -82,6 +82,8 @@ async fn a_file_name_with_an_escape_character_is_printed_escaped() -> Result<()>
         &dir.path().join("tables/x\x1b[31m\x1b]0;owned\x07.json"),
         "{}",
     )?;
+    // A backslash in a name is doubled, so that no name can spell out another's escape.
+    write(&dir.path().join("tables/back\\slash\x1b.json"), "{}")?;
 
     let path = dir.path().display().to_string();
     let out = sbctl.run(&["stage", NS, &path]).await?.ensure_code(4)?;
@@ -94,6 +96,11 @@ async fn a_file_name_with_an_escape_character_is_printed_escaped() -> Result<()>
         out.stderr
             .contains("tables/x\\u{1b}[31m\\u{1b}]0;owned\\u{7}.json"),
         "the name is not shown escaped: {:?}",
+        out.stderr
+    );
+    ensure!(
+        out.stderr.contains("tables/back\\\\slash\\u{1b}.json"),
+        "the name with a backslash is not shown escaped: {:?}",
         out.stderr
     );
     nothing_staged(&common::status(&sbctl, NS).await?)?;
