@@ -57,7 +57,7 @@ impl ClientTls {
     fn config(&self) -> Result<tonic::transport::ClientTlsConfig, CliError> {
         let read = |path: &std::path::Path, flag: &str| {
             std::fs::read(path)
-                .map_err(|e| CliError::Usage(format!("{flag} {}: {e}", path.display())))
+                .map_err(|e| CliError::Usage(format!("{flag} {}: {e}", crate::escape::path(path))))
         };
         let mut config = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &self.ca {

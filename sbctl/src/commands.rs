@@ -662,7 +662,7 @@ pub async fn contract_set(
     if !dir.join(crate::source::CONFIG_FILE).is_file() {
         return Err(CliError::Usage(format!(
             "{} has no {}: the contract is written there (schemas: and rules:)",
-            dir.display(),
+            crate::escape::path(dir),
             crate::source::CONFIG_FILE
         )));
     }

@@ -64,17 +64,18 @@ pub fn env_file(dir: &Path, name: &str) -> Result<PathBuf, EnvError> {
     Ok(dir.join(format!("{name}.yaml")))
 }
 
-/// Reads environment `name` from `dir`.
-pub fn load(dir: &Path, name: &str) -> Result<Environment, EnvError> {
+/// Reads environment `name` from `dir`. The file must lead inside `root`, the set's directory
+/// (for a single-file set, the directory holding it), with symbolic links resolved.
+pub fn load(root: &Path, dir: &Path, name: &str) -> Result<Environment, EnvError> {
     let path = env_file(dir, name)?;
     if !path.is_file() {
         return Err(EnvError::Usage(format!(
             "--env {name}: {} does not exist",
-            path.display()
+            crate::escape::path(&path)
         )));
     }
-    let file = path.display().to_string();
-    let document = source::read_document(&path).map_err(|p| EnvError::Invalid(vec![p]))?;
+    let file = crate::escape::path(&path);
+    let document = source::read_document(root, &path).map_err(|p| EnvError::Invalid(vec![p]))?;
     parse(&file, &document).map_err(EnvError::Invalid)
 }
 
@@ -541,7 +542,7 @@ mod tests {
     #[test]
     fn a_missing_environment_file_is_a_usage_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        match load(dir.path(), "prod") {
+        match load(dir.path(), dir.path(), "prod") {
             Err(EnvError::Usage(message)) => {
                 assert!(message.contains("prod.yaml"), "{message}");
                 assert!(message.contains("does not exist"), "{message}");
@@ -550,16 +551,16 @@ mod tests {
         }
         for bad in ["", "../prod", "a/b", ".hidden"] {
             assert!(
-                matches!(load(dir.path(), bad), Err(EnvError::Usage(_))),
+                matches!(load(dir.path(), dir.path(), bad), Err(EnvError::Usage(_))),
                 "{bad:?}"
             );
         }
         std::fs::write(dir.path().join("prod.yaml"), "host: db\nport: 5432\n").expect("write");
-        let env = load(dir.path(), "prod").expect("loads");
+        let env = load(dir.path(), dir.path(), "prod").expect("loads");
         assert_eq!(env.vars, vars(&[("host", "db"), ("port", "5432")]));
         std::fs::write(dir.path().join("broken.yaml"), "host: [\n").expect("write");
         assert!(matches!(
-            load(dir.path(), "broken"),
+            load(dir.path(), dir.path(), "broken"),
             Err(EnvError::Invalid(_))
         ));
     }

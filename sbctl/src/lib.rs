@@ -16,6 +16,7 @@ pub mod commands;
 /// The change classes, from the contract crate the coordinator enforces them with.
 pub use switchboard_contract::compat;
 pub mod env;
+pub mod escape;
 pub mod exit;
 pub mod gates;
 pub mod output;

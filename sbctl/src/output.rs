@@ -44,9 +44,16 @@ fn finish_write(result: io::Result<()>) -> Result<(), CliError> {
     }
 }
 
-/// A note or progress line on stderr.
+/// A note, a progress line or an error on stderr. Characters a terminal would act on are
+/// escaped ([`crate::escape::terminal`]), whatever the message carries: names are escaped where
+/// they are written, and this catches anything else (an item's JSON key in a violation, an
+/// error text from the coordinator).
 pub fn note(text: &str) {
-    let _ = writeln!(io::stderr().lock(), "{text}");
+    let _ = write_note(&mut io::stderr().lock(), text);
+}
+
+fn write_note(out: &mut impl Write, text: &str) -> io::Result<()> {
+    writeln!(out, "{}", crate::escape::terminal(text))
 }
 
 /// Bytes in decimal units: `512 B`, `1.2 MB`.
@@ -1140,6 +1147,21 @@ mod tests {
     use switchboard_proto::{
         Canary, Routing, ServedSet, StatusCanary, StatusChange, StatusSlotVersion, StatusSlots,
     };
+
+    #[test]
+    fn notes_reach_the_terminal_without_control_characters() {
+        let mut out = Vec::new();
+        write_note(
+            &mut out,
+            "error: the coordinator says \x1b[2J\x1b]0;owned\x07\n  and more\ton two lines",
+        )
+        .expect("write");
+        let text = String::from_utf8(out).expect("UTF-8");
+        assert_eq!(
+            text,
+            "error: the coordinator says \\u{1b}[2J\\u{1b}]0;owned\\u{7}\n  and more\ton two lines\n"
+        );
+    }
 
     #[test]
     fn sizes_and_percentages_read_well() {

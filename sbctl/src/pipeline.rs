@@ -48,7 +48,7 @@ pub fn prepare(path: &Path, env: Option<&str>) -> Result<Prepared, CliError> {
         for setting in &config.unknown {
             output::note(&format!(
                 "warning: {}: unknown setting {setting:?} is ignored",
-                path.join(source::CONFIG_FILE).display()
+                crate::escape::path(&path.join(source::CONFIG_FILE))
             ));
         }
         let schemas = match validate::compile(path, &config) {
@@ -68,14 +68,20 @@ pub fn prepare(path: &Path, env: Option<&str>) -> Result<Prepared, CliError> {
     read.problems.extend(problems);
     match env {
         Some(name) => {
+            let root = if is_dir {
+                path
+            } else {
+                match path.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent,
+                    _ => Path::new("."),
+                }
+            };
             let dir = if is_dir {
                 path.join(&config.environments_dir)
             } else {
-                path.parent()
-                    .unwrap_or(Path::new(""))
-                    .join(validate::DEFAULT_ENVIRONMENTS_DIR)
+                root.join(validate::DEFAULT_ENVIRONMENTS_DIR)
             };
-            let environment = match env::load(&dir, name) {
+            let environment = match env::load(root, &dir, name) {
                 Ok(environment) => environment,
                 Err(EnvError::Usage(message)) => return Err(CliError::Usage(message)),
                 Err(EnvError::Invalid(found)) => return Err(invalid(path, found)),
@@ -283,7 +289,7 @@ pub async fn check_destructive(
     }
     let report = plan_report(coordinator, namespace, manifest, prepared).await?;
     let active = report.active_version.as_deref().unwrap_or("none");
-    let review = format!("sbctl plan {namespace} {}", path.display());
+    let review = format!("sbctl plan {namespace} {}", crate::escape::path(path));
     compat::check_destructive(&report.items, false, active, &review)
         .map(|_| ())
         .map_err(CliError::Refused)

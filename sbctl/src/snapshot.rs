@@ -15,12 +15,14 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead as _, Read as _, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use switchboard_proto::Manifest;
-use switchboard_proto::set::{Chunk, HashingWriter, SetVerifier, sha256_hex};
+use switchboard_proto::set::{
+    Chunk, HashingWriter, MAX_WHOLE_MANIFEST_BYTES, SetVerifier, sha256_hex,
+};
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 
 use crate::commands::{Context, print_stage, stage_manifest};
@@ -118,7 +120,7 @@ pub async fn save(
         report.header.items,
         report.header.bytes,
         report.header.checksum,
-        file.display(),
+        crate::escape::path(file),
         report.file_bytes,
         report.sha256
     ))
@@ -213,20 +215,13 @@ pub async fn restore(
     file: &Path,
     message: &str,
 ) -> Result<(), CliError> {
-    let data = std::fs::read(file).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            CliError::Usage(format!("{}: no such file", file.display()))
-        }
-        _ => io_error(file, "cannot be read", e),
-    })?;
-    let snapshot = parse(&data).map_err(|problem| {
-        CliError::Refused(format!("{}: {problem}; nothing was staged", file.display()))
-    })?;
+    let data = read_file(file)?;
+    let snapshot = parse(&data).map_err(|problem| refused(file, &problem))?;
     if snapshot.header.namespace != namespace {
         output::note(&format!(
             "note: {} was saved from {}; restoring it into {namespace}",
-            file.display(),
-            snapshot.header.namespace
+            crate::escape::path(file),
+            crate::escape::name(&snapshot.header.namespace)
         ));
     }
     let message = if message.is_empty() {
@@ -250,6 +245,114 @@ pub async fn restore(
     )
     .await?;
     print_stage(ctx, &report)
+}
+
+/// The largest snapshot file `restore` reads: 8 GiB, etcd's largest recommended
+/// `--quota-backend-bytes`. A set in a larger file could not be stored by any coordinator.
+pub const MAX_SNAPSHOT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
+/// The most read of a snapshot to find its header line; a real header is a few hundred bytes.
+const MAX_HEADER_READ: u64 = 64 * 1024;
+/// What one item can add to a snapshot besides its key and value: its two length fields (8),
+/// and at most a chunk of its own, with the chunk's magic (4), its record line (`chunk `, 64
+/// hex digits, a space, up to 20 digits and a line end: 92) and the line end after its data.
+const MAX_FRAMING_PER_ITEM: u64 = 8 + 4 + 92 + 1;
+/// The trailer line: `sha256 `, 64 hex digits and a line end.
+const TRAILER_BYTES: u64 = 72;
+
+/// The largest file a snapshot whose header line is `header_line` bytes long and announces
+/// `header.items` items of `header.bytes` bytes can be: the magic, the header, the largest
+/// manifest, the items with all their framing, and the trailer.
+pub fn max_file_bytes(header_line: u64, header: &SnapshotHeader) -> u64 {
+    (MAGIC.len() as u64)
+        .saturating_add(header_line)
+        .saturating_add(1)
+        .saturating_add(MAX_WHOLE_MANIFEST_BYTES as u64 + 1)
+        .saturating_add(header.bytes)
+        .saturating_add(header.items.saturating_mul(MAX_FRAMING_PER_ITEM))
+        .saturating_add(TRAILER_BYTES)
+}
+
+fn refused(file: &Path, problem: &str) -> CliError {
+    CliError::Refused(format!(
+        "{}: {problem}; nothing was staged",
+        crate::escape::path(file)
+    ))
+}
+
+/// Reads a snapshot file for `restore`, its size checked before the bulk of it is read: a file
+/// over [`MAX_SNAPSHOT_BYTES`] is refused from its metadata; otherwise the first line and the
+/// header are read (at most [`MAX_HEADER_READ`] bytes), and a file larger than what that header
+/// announces can take ([`max_file_bytes`]) is refused too. So a large file that is not a
+/// snapshot, or one padded past its content, costs no memory. The rest is read only up to the
+/// bound, should the file grow meanwhile. Every hash is checked afterwards by [`parse`].
+pub fn read_file(file: &Path) -> Result<Vec<u8>, CliError> {
+    let handle = std::fs::File::open(file).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            CliError::Usage(format!("{}: no such file", crate::escape::path(file)))
+        }
+        _ => io_error(file, "cannot be read", e),
+    })?;
+    let meta = handle
+        .metadata()
+        .map_err(|e| io_error(file, "cannot be read", e))?;
+    // A FIFO or a device would block the read or never end.
+    if !meta.is_file() {
+        return Err(refused(file, "it is not a regular file"));
+    }
+    let len = meta.len();
+    if len > MAX_SNAPSHOT_BYTES {
+        return Err(refused(
+            file,
+            &format!(
+                "it is {len} bytes, over the limit of {MAX_SNAPSHOT_BYTES} bytes for a snapshot"
+            ),
+        ));
+    }
+    let mut reader = std::io::BufReader::new(handle);
+    let mut data = Vec::new();
+    let read_error = |e| io_error(file, "cannot be read", e);
+    (&mut reader)
+        .take(MAGIC.len() as u64)
+        .read_to_end(&mut data)
+        .map_err(read_error)?;
+    if data != MAGIC {
+        return Err(refused(
+            file,
+            "not a switchboard snapshot (its first line is not SWITCHBOARD-SNAPSHOT 1)",
+        ));
+    }
+    (&mut reader)
+        .take(MAX_HEADER_READ)
+        .read_until(b'\n', &mut data)
+        .map_err(read_error)?;
+    let header_line = data[MAGIC.len()..]
+        .strip_suffix(b"\n")
+        .ok_or_else(|| refused(file, "the header line is missing"))?;
+    let header: SnapshotHeader = serde_json::from_slice(header_line)
+        .map_err(|e| refused(file, &format!("the header is not valid: {e}")))?;
+    let bound = max_file_bytes(header_line.len() as u64, &header);
+    if len > bound {
+        return Err(refused(
+            file,
+            &format!(
+                "it is {len} bytes, more than a snapshot of {} items and {} bytes can be ({bound} bytes)",
+                header.items, header.bytes
+            ),
+        ));
+    }
+    data.reserve(usize::try_from(len).unwrap_or(0).saturating_sub(data.len()));
+    let rest = bound.saturating_sub(data.len() as u64).saturating_add(1);
+    reader
+        .take(rest)
+        .read_to_end(&mut data)
+        .map_err(read_error)?;
+    if data.len() as u64 > bound {
+        return Err(refused(
+            file,
+            &format!("it grew while it was read, past the {bound} bytes its header allows"),
+        ));
+    }
+    Ok(data)
 }
 
 /// A snapshot read back and verified.
@@ -363,7 +466,7 @@ fn partial_path(file: &Path) -> PathBuf {
 }
 
 fn io_error(path: &Path, what: &str, error: std::io::Error) -> CliError {
-    CliError::Failed(format!("{} {what}: {error}", path.display()))
+    CliError::Failed(format!("{} {what}: {error}", crate::escape::path(path)))
 }
 
 #[cfg(test)]
@@ -415,6 +518,65 @@ mod tests {
         }
         assert!(parse(&data[..data.len() - 10]).is_err(), "truncated");
         assert!(parse(b"").is_err());
+    }
+
+    fn refusal(result: Result<Vec<u8>, CliError>) -> String {
+        match result {
+            Err(error @ CliError::Refused(_)) => error.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_file_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = snapshot_of(&sample());
+        let file = dir.path().join("catalog.snapshot");
+        std::fs::write(&file, &data).expect("write");
+        assert_eq!(read_file(&file).expect("reads"), data);
+        let header_line = data[MAGIC.len()..]
+            .split(|b| *b == b'\n')
+            .next()
+            .expect("header");
+        let header: SnapshotHeader = serde_json::from_slice(header_line).expect("header");
+        assert!(data.len() as u64 <= max_file_bytes(header_line.len() as u64, &header));
+    }
+
+    #[test]
+    fn a_file_over_the_snapshot_limit_is_refused_from_its_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("huge.snapshot");
+        let mut handle = std::fs::File::create(&file).expect("create");
+        handle.write_all(&snapshot_of(&sample())).expect("write");
+        handle.set_len(MAX_SNAPSHOT_BYTES + 1).expect("sparse");
+        let message = refusal(read_file(&file));
+        assert!(
+            message.contains("huge.snapshot") && message.contains("over the limit"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_padded_past_its_header_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("padded.snapshot");
+        let mut handle = std::fs::File::create(&file).expect("create");
+        handle.write_all(&snapshot_of(&sample())).expect("write");
+        // Sparse: a gigabyte on paper that a restore must not read.
+        handle.set_len(1 << 30).expect("sparse");
+        let message = refusal(read_file(&file));
+        assert!(
+            message.contains("it is 1073741824 bytes, more than a snapshot of 2000 items"),
+            "refused from its size, not after reading: {message}"
+        );
+        assert!(message.contains("nothing was staged"), "{message}");
+
+        let other = dir.path().join("zeros.snapshot");
+        std::fs::File::create(&other)
+            .and_then(|f| f.set_len(1 << 30))
+            .expect("sparse");
+        let message = refusal(read_file(&other));
+        assert!(message.contains("not a switchboard snapshot"), "{message}");
     }
 
     #[test]

@@ -9,6 +9,15 @@
 //! read in sorted order, so problems and results are deterministic, and all the problems of a
 //! directory are collected rather than stopping at the first.
 //!
+//! sbctl reads only what is in the set. A symbolic link is followed only when what it leads
+//! to, with every link resolved, is inside PATH (for a single-file set, inside the directory
+//! holding the file); a link that leads out of it is a problem naming the link and its target,
+//! so that a link to `/etc/os-release` or a CI credential in a set repository is never staged.
+//! Every file's size is checked from its metadata before it is read, and no more than the limit
+//! is read, so a huge or sparse file costs no memory: [`MAX_ITEM_FILE_BYTES`] for an item,
+//! [`MAX_SET_FILE_BYTES`] for a single-file set, [`MAX_DOCUMENT_BYTES`] for a schema, a rule or
+//! an environment file. Names are printed escaped ([`crate::escape`]).
+//!
 //! [`load`] reads and builds in one step. The release pipeline (`crate::pipeline`) splits it:
 //! [`read`] parses the items (leaving out what its [`Exclusions`] name: schema files and the
 //! environments directory), the pipeline substitutes and validates the parsed values, and
@@ -18,7 +27,7 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
@@ -31,6 +40,17 @@ pub const MAX_PROBLEMS_SHOWN: usize = 20;
 pub const CONFIG_FILE: &str = "switchboard.yaml";
 /// Deepest directory nesting followed (a guard against symbolic link loops).
 const MAX_DEPTH: usize = 64;
+/// Largest item file read. An item is at most [`MAX_ITEM_BYTES`] of canonical JSON, but its
+/// file may be indented JSON or YAML, which takes more room for the same value; four times the
+/// item limit leaves room for that while keeping what one file can cost in memory small.
+pub const MAX_ITEM_FILE_BYTES: u64 = 4 * MAX_ITEM_BYTES as u64;
+/// Largest single-file set read. The whole file is parsed into memory at once, several times
+/// its size as values; a larger set belongs in a directory, one file per item. The stage
+/// benchmark's single-file set of 100,000 items is 99 MB.
+pub const MAX_SET_FILE_BYTES: u64 = 512 * 1024 * 1024;
+/// Largest configuration document read: `switchboard.yaml`, a schema, a Rego rule file, an
+/// environment file.
+pub const MAX_DOCUMENT_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The two formats an item or a set can be written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +114,29 @@ pub enum Problem {
     },
     #[error("{file}: is neither a directory nor a .json, .yaml or .yml file")]
     Unsupported { file: String },
+    /// A file over its size limit: refused from its metadata before it is read or, when it
+    /// `grew` past the limit after its size was taken, once the limit was read.
+    #[error("{file}: {}, over the limit of {limit} bytes for {what}", if *.grew {
+        "grew while it was read".to_string()
+    } else {
+        format!("is {bytes} bytes")
+    })]
+    FileTooLarge {
+        file: String,
+        bytes: u64,
+        limit: u64,
+        what: &'static str,
+        grew: bool,
+    },
+    /// A symbolic link that leads outside the set: never followed.
+    #[error(
+        "{file}: is a symbolic link to {target}, outside {root}; sbctl reads nothing outside the set"
+    )]
+    LinkOutside {
+        file: String,
+        target: String,
+        root: String,
+    },
     #[error("{file}: directories nested too deeply (a symbolic link loop?)")]
     TooDeep { file: String },
     #[error("{path}: {}", if *.directory {
@@ -131,7 +174,7 @@ fn at(location: &Option<(u64, u64)>) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// PATH does not exist: a usage error.
-    #[error("{} does not exist", .path.display())]
+    #[error("{} does not exist", crate::escape::path(.path))]
     NotFound { path: PathBuf },
     /// PATH exists, but its content is not a valid set.
     #[error("{}", render_problems(.path, .problems))]
@@ -158,10 +201,10 @@ impl SourceError {
 
 fn render_problems(path: &Path, problems: &[Problem]) -> String {
     match problems {
-        [] => format!("{} is not a valid set", path.display()),
+        [] => format!("{} is not a valid set", display(path)),
         [one] => one.to_string(),
         many => {
-            let mut out = format!("{} has {} problems:", path.display(), many.len());
+            let mut out = format!("{} has {} problems:", display(path), many.len());
             for problem in many.iter().take(MAX_PROBLEMS_SHOWN) {
                 out.push_str("\n  ");
                 out.push_str(&problem.to_string());
@@ -232,6 +275,10 @@ pub struct Read {
 /// Parses the items of PATH. Fails only when PATH is missing or unreadable; the problems of
 /// its files are collected in [`Read::problems`] for [`build`] to report.
 pub fn read(path: &Path, exclusions: &Exclusions) -> Result<Read, SourceError> {
+    let invalid = |problem| SourceError::Invalid {
+        path: path.to_path_buf(),
+        problems: vec![problem],
+    };
     let meta = match fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -239,24 +286,127 @@ pub fn read(path: &Path, exclusions: &Exclusions) -> Result<Read, SourceError> {
                 path: path.to_path_buf(),
             });
         }
-        Err(e) => {
-            return Err(SourceError::Invalid {
-                path: path.to_path_buf(),
-                problems: vec![unreadable(path, &e)],
-            });
-        }
+        Err(e) => return Err(invalid(unreadable(path, &e))),
     };
     let directory = meta.is_dir();
     let (items, problems) = if directory {
-        read_dir(path, exclusions)
+        // PATH itself may be a link (a `current` link to a release directory): the operator
+        // named it, so what counts as inside is the directory it leads to.
+        let root = fs::canonicalize(path).map_err(|e| invalid(unreadable(path, &e)))?;
+        read_dir(path, &root, exclusions)
     } else {
-        read_file(path)
+        match set_file(path, &meta) {
+            Ok(open) => read_file(path, &open),
+            Err(problem) => (Vec::new(), vec![problem]),
+        }
     };
     Ok(Read {
         items,
         problems,
         directory,
     })
+}
+
+/// The file to open for a single-file set at `path`. A set file that is a symbolic link must
+/// lead inside the directory that holds the link: `sbctl stage NS repo/set.json` in CI must not
+/// stage whatever a pull request pointed `set.json` at.
+fn set_file(path: &Path, meta: &fs::Metadata) -> Result<PathBuf, Problem> {
+    // A FIFO or a device would block the read or never end; only a regular file is a set.
+    if !meta.is_file() {
+        return Err(Problem::Unsupported {
+            file: display(path),
+        });
+    }
+    let link = fs::symlink_metadata(path).map_err(|e| unreadable(path, &e))?;
+    if !link.file_type().is_symlink() {
+        return Ok(path.to_path_buf());
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    resolve_in(parent, path)
+}
+
+/// `path` with every symbolic link in it resolved, when that is inside the directory `root`;
+/// otherwise a problem naming `path` and where it leads.
+pub fn resolve_in(root: &Path, path: &Path) -> Result<PathBuf, Problem> {
+    let root = fs::canonicalize(root).map_err(|e| unreadable(root, &e))?;
+    resolve_inside(&root, path)
+}
+
+/// [`resolve_in`] with `root` already canonical.
+fn resolve_inside(root: &Path, path: &Path) -> Result<PathBuf, Problem> {
+    let target = fs::canonicalize(path).map_err(|e| unreadable(path, &e))?;
+    // `starts_with` compares whole components: `/sets/a-old` is not inside `/sets/a`.
+    if target.starts_with(root) {
+        Ok(target)
+    } else {
+        Err(Problem::LinkOutside {
+            file: display(path),
+            target: display(&target),
+            root: display(root),
+        })
+    }
+}
+
+/// Reads the file at `open` (`file` as messages name it) by [`read_bounded`], with the size
+/// of the open file itself, so that it is the file being read that is measured.
+fn read_limited(
+    file: &Path,
+    open: &Path,
+    limit: u64,
+    what: &'static str,
+) -> Result<Vec<u8>, Problem> {
+    let handle = fs::File::open(open).map_err(|e| unreadable(file, &e))?;
+    let len = handle.metadata().map_err(|e| unreadable(file, &e))?.len();
+    read_bounded(handle, len, limit).map_err(|e| match e {
+        Bounded::Io(e) => unreadable(file, &e),
+        Bounded::TooLarge { bytes, grew } => Problem::FileTooLarge {
+            file: display(file),
+            bytes,
+            limit,
+            what,
+            grew,
+        },
+    })
+}
+
+/// Why [`read_bounded`] read nothing.
+#[derive(Debug)]
+pub enum Bounded {
+    Io(io::Error),
+    /// Over the limit: `bytes` is the size the metadata gave, or when `grew`, what was read
+    /// before the reading stopped.
+    TooLarge {
+        bytes: u64,
+        grew: bool,
+    },
+}
+
+/// Reads `reader`, whose metadata says it holds `len` bytes, refusing it when `len` is over
+/// `limit` before anything is read (a sparse gigabyte costs nothing), and never reading more
+/// than one byte past `limit`, so that a file growing after its size was taken, or a device
+/// with no size, cannot get past the limit either.
+pub fn read_bounded(reader: impl io::Read, len: u64, limit: u64) -> Result<Vec<u8>, Bounded> {
+    if len > limit {
+        return Err(Bounded::TooLarge {
+            bytes: len,
+            grew: false,
+        });
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(Bounded::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(Bounded::TooLarge {
+            bytes: bytes.len() as u64,
+            grew: true,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Builds the set of what [`read`] found, checking every item against the contract; fails
@@ -290,28 +440,33 @@ pub fn build(path: &Path, read: Read) -> Result<ItemSet, SourceError> {
 }
 
 /// Reads one JSON or YAML document (by its extension; YAML otherwise), such as a schema or an
-/// environment file, with the limits and error messages of items.
-pub fn read_document(path: &Path) -> Result<serde_json::Value, Problem> {
+/// environment file, with the limits and error messages of items. `path` must lead inside the
+/// directory `root`, symbolic links resolved, and be at most [`MAX_DOCUMENT_BYTES`].
+pub fn read_document(root: &Path, path: &Path) -> Result<serde_json::Value, Problem> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let format = Format::split_name(&name).map_or(Format::Yaml, |(_, format)| format);
-    let bytes = fs::read(path).map_err(|e| unreadable(path, &e))?;
+    let open = resolve_in(root, path)?;
+    let bytes = read_limited(path, &open, MAX_DOCUMENT_BYTES, "a configuration document")?;
     parse(&bytes, format).map_err(|e| e.into_problem(path, format))
 }
 
-/// Reads a text file (a Rego rule), naming it when it cannot be read or is not UTF-8.
-pub fn read_text(path: &Path) -> Result<String, Problem> {
-    let bytes = fs::read(path).map_err(|e| unreadable(path, &e))?;
+/// Reads a text file (a Rego rule) inside `root`, as [`read_document`] does, naming it when it
+/// cannot be read or is not UTF-8.
+pub fn read_text(root: &Path, path: &Path) -> Result<String, Problem> {
+    let open = resolve_in(root, path)?;
+    let bytes = read_limited(path, &open, MAX_DOCUMENT_BYTES, "a rule file")?;
     String::from_utf8(bytes).map_err(|e| Problem::Unreadable {
         file: display(path),
         reason: format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to()),
     })
 }
 
+/// A path as problems name it, escaped for the terminal.
 fn display(path: &Path) -> String {
-    path.display().to_string()
+    crate::escape::path(path)
 }
 
 fn unreadable(path: &Path, error: &io::Error) -> Problem {
@@ -324,14 +479,24 @@ fn unreadable(path: &Path, error: &io::Error) -> Problem {
 /// An item file found in a source directory.
 struct ItemFile {
     key: String,
+    /// As messages name it: under PATH as given.
     path: PathBuf,
+    /// What to open: `path`, or for a symbolic link the file inside the set it leads to.
+    open: PathBuf,
     format: Format,
 }
 
-fn read_dir(root: &Path, exclusions: &Exclusions) -> (Vec<SourceItem>, Vec<Problem>) {
+/// Reads the items under `dir`, whose canonical path is `root`.
+fn read_dir(dir: &Path, root: &Path, exclusions: &Exclusions) -> (Vec<SourceItem>, Vec<Problem>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
-    walk(root, "", 0, exclusions, &mut files, &mut problems);
+    let mut walker = Walker {
+        root,
+        exclusions,
+        files: &mut files,
+        problems: &mut problems,
+    };
+    walker.walk(dir, "", 0);
 
     let mut items = Vec::new();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
@@ -349,10 +514,11 @@ fn read_dir(root: &Path, exclusions: &Exclusions) -> (Vec<SourceItem>, Vec<Probl
             problems.push(contract_problem(&file.path, &file.key, e));
             continue;
         }
-        let bytes = match fs::read(&file.path) {
+        let bytes = match read_limited(&file.path, &file.open, MAX_ITEM_FILE_BYTES, "an item file")
+        {
             Ok(bytes) => bytes,
-            Err(e) => {
-                problems.push(unreadable(&file.path, &e));
+            Err(problem) => {
+                problems.push(problem);
                 continue;
             }
         };
@@ -373,80 +539,119 @@ fn read_dir(root: &Path, exclusions: &Exclusions) -> (Vec<SourceItem>, Vec<Probl
     (items, problems)
 }
 
-/// Collects the item files under `dir` in sorted order; `prefix` is the key prefix of `dir`
-/// (empty at the root, else ending with `/`).
-fn walk(
-    dir: &Path,
-    prefix: &str,
-    depth: usize,
-    exclusions: &Exclusions,
-    files: &mut Vec<ItemFile>,
-    problems: &mut Vec<Problem>,
-) {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            problems.push(unreadable(dir, &e));
-            return;
-        }
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        match entry {
-            Ok(entry) => names.push(entry.file_name()),
-            Err(e) => problems.push(unreadable(dir, &e)),
-        }
-    }
-    names.sort();
-    for name in names {
-        let name_str = name.to_string_lossy();
-        if name_str.starts_with('.') || (prefix.is_empty() && name_str == CONFIG_FILE) {
-            continue;
-        }
-        let relative = format!("{prefix}{name_str}");
-        let path = dir.join(&name);
-        // Follows symbolic links; a dangling one cannot be read.
-        let meta = match fs::metadata(&path) {
-            Ok(meta) => meta,
+/// Collects the item files of a source directory whose canonical path is `root`.
+struct Walker<'a> {
+    root: &'a Path,
+    exclusions: &'a Exclusions,
+    files: &'a mut Vec<ItemFile>,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Walker<'_> {
+    /// Collects the item files under `dir` in sorted order; `prefix` is the key prefix of `dir`
+    /// (empty at the root, else ending with `/`).
+    fn walk(&mut self, dir: &Path, prefix: &str, depth: usize) {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
             Err(e) => {
-                if Format::split_name(&name_str).is_some() {
-                    problems.push(unreadable(&path, &e));
-                }
-                continue;
+                self.problems.push(unreadable(dir, &e));
+                return;
             }
         };
-        if meta.is_dir() {
-            if exclusions.dirs.contains(&relative) {
+        let mut names = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(entry) => names.push(entry.file_name()),
+                Err(e) => self.problems.push(unreadable(dir, &e)),
+            }
+        }
+        names.sort();
+        for name in names {
+            let name_str = name.to_string_lossy();
+            if name_str.starts_with('.') || (prefix.is_empty() && name_str == CONFIG_FILE) {
                 continue;
             }
-            if depth + 1 >= MAX_DEPTH {
-                problems.push(Problem::TooDeep {
-                    file: display(&path),
+            let relative = format!("{prefix}{name_str}");
+            let path = dir.join(&name);
+            let Some((meta, open)) = self.follow(&path, &relative, &name_str) else {
+                continue;
+            };
+            if meta.is_dir() {
+                if self.exclusions.dirs.contains(&relative) {
+                    continue;
+                }
+                if depth + 1 >= MAX_DEPTH {
+                    self.problems.push(Problem::TooDeep {
+                        file: display(&path),
+                    });
+                } else {
+                    self.walk(&path, &format!("{relative}/"), depth + 1);
+                }
+            } else if meta.is_file()
+                && !self.exclusions.files.contains(&relative)
+                && let Some((stem, format)) = Format::split_name(&name_str)
+            {
+                self.files.push(ItemFile {
+                    key: format!("{prefix}{stem}"),
+                    path,
+                    open,
+                    format,
                 });
-            } else {
-                walk(
-                    &path,
-                    &format!("{relative}/"),
-                    depth + 1,
-                    exclusions,
-                    files,
-                    problems,
-                );
             }
-        } else if meta.is_file()
-            && !exclusions.files.contains(&relative)
-            && let Some((stem, format)) = Format::split_name(&name_str)
-        {
-            files.push(ItemFile {
-                key: format!("{prefix}{stem}"),
-                path,
-                format,
-            });
+        }
+    }
+
+    /// The metadata of the entry at `path` and the path to open it by, following a symbolic
+    /// link only when it leads inside the set; `None`, with the problem recorded if it matters,
+    /// when the entry is not to be read.
+    fn follow(
+        &mut self,
+        path: &Path,
+        relative: &str,
+        name: &str,
+    ) -> Option<(fs::Metadata, PathBuf)> {
+        let is_item_name = Format::split_name(name).is_some();
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                if is_item_name {
+                    self.problems.push(unreadable(path, &e));
+                }
+                return None;
+            }
+        };
+        if !meta.file_type().is_symlink() {
+            return Some((meta, path.to_path_buf()));
+        }
+        let target = match resolve_inside(self.root, path) {
+            Ok(target) => target,
+            Err(problem) => {
+                // Only a link sbctl would follow is a problem: one to a directory or named
+                // like an item. A `README.md` linked from elsewhere is never read. A schema or
+                // the environments directory is refused where it is read, so it is not
+                // reported twice. A dangling link cannot be read: a problem for an item.
+                let leads_to_dir = fs::metadata(path).is_ok_and(|m| m.is_dir());
+                let excluded = self.exclusions.files.contains(relative)
+                    || self.exclusions.dirs.contains(relative);
+                if !excluded && (is_item_name || leads_to_dir) {
+                    self.problems.push(problem);
+                }
+                return None;
+            }
+        };
+        match fs::metadata(&target) {
+            Ok(meta) => Some((meta, target)),
+            Err(e) => {
+                if is_item_name {
+                    self.problems.push(unreadable(path, &e));
+                }
+                None
+            }
         }
     }
 }
 
-fn read_file(path: &Path) -> (Vec<SourceItem>, Vec<Problem>) {
+fn read_file(path: &Path, open: &Path) -> (Vec<SourceItem>, Vec<Problem>) {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -459,9 +664,9 @@ fn read_file(path: &Path) -> (Vec<SourceItem>, Vec<Problem>) {
             }],
         );
     };
-    let bytes = match fs::read(path) {
+    let bytes = match read_limited(path, open, MAX_SET_FILE_BYTES, "a single-file set") {
         Ok(bytes) => bytes,
-        Err(e) => return (Vec::new(), vec![unreadable(path, &e)]),
+        Err(problem) => return (Vec::new(), vec![problem]),
     };
     let entries = match parse::<Entries>(&bytes, format) {
         Ok(entries) => entries.0,
@@ -938,6 +1143,212 @@ mod tests {
         );
         assert!(!msg.contains("bad20.json"), "{msg}");
         assert!(msg.ends_with("and 6 more"), "{msg}");
+    }
+
+    fn symlink(target: &Path, link: &Path) {
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::os::unix::fs::symlink(target, link).expect("symlink");
+    }
+
+    #[test]
+    fn a_link_out_of_the_set_is_refused_naming_it_and_its_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("set");
+        let outside = dir.path().join("outside");
+        write(&outside, "secret.json", r#"{"token": "s3cr3t"}"#);
+        write(&outside, "shared/x.json", "1");
+        write(&outside, "README.md", "# not an item");
+        write(&root, "a.json", "1");
+        symlink(&outside.join("secret.json"), &root.join("creds.json"));
+        symlink(&outside.join("shared"), &root.join("tables/shared"));
+        // A link to a sibling set whose name begins like this one's is still outside.
+        write(dir.path(), "set-old/b.json", "2");
+        symlink(&dir.path().join("set-old/b.json"), &root.join("b.json"));
+        // Never read, so not a problem: a link that is not named like an item.
+        symlink(&outside.join("README.md"), &root.join("README.md"));
+
+        let (msg, found) = problems(load(&root));
+        let outside_links: Vec<_> = found
+            .iter()
+            .filter_map(|p| match p {
+                Problem::LinkOutside { file, target, .. } => Some((file.clone(), target.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(outside_links.len(), 3, "{msg}");
+        assert_eq!(found.len(), 3, "{msg}");
+        let secret = outside
+            .join("secret.json")
+            .canonicalize()
+            .expect("canonical");
+        assert!(
+            msg.contains(&display(&root.join("creds.json")))
+                && msg.contains(&display(&secret))
+                && msg.contains(&display(&root.join("tables/shared")))
+                && msg.contains("b.json"),
+            "{msg}"
+        );
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn a_link_inside_the_set_is_followed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("set");
+        write(&root, "common/owner.json", r#"{"team": "data"}"#);
+        symlink(
+            Path::new("../common/owner.json"),
+            &root.join("tables/owner.json"),
+        );
+        symlink(&root.join("common"), &root.join("alias"));
+        // PATH itself may be a link: what counts is the directory it leads to.
+        let current = dir.path().join("current");
+        symlink(&root, &current);
+        let set = load(&current).expect("loads");
+        let keys: Vec<_> = set.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["alias/owner", "common/owner", "tables/owner"]);
+        assert_eq!(value(&set, "tables/owner"), json!({"team": "data"}));
+    }
+
+    #[test]
+    fn a_single_file_set_that_links_out_of_its_directory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "outside/secret.json", r#"{"token": "s3cr3t"}"#);
+        write(dir.path(), "repo/real.json", r#"{"a": 1}"#);
+        let repo = dir.path().join("repo");
+        symlink(
+            &dir.path().join("outside/secret.json"),
+            &repo.join("set.json"),
+        );
+        let (msg, found) = problems(load(&repo.join("set.json")));
+        assert!(matches!(&found[..], [Problem::LinkOutside { .. }]), "{msg}");
+        assert!(
+            msg.contains("set.json") && msg.contains("secret.json"),
+            "{msg}"
+        );
+        symlink(Path::new("real.json"), &repo.join("alias.json"));
+        let set = load(&repo.join("alias.json")).expect("a link within its directory loads");
+        assert_eq!(value(&set, "a"), json!(1));
+    }
+
+    #[test]
+    fn documents_that_link_out_of_the_set_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("set");
+        write(dir.path(), "outside/schema.json", r#"{"type": "object"}"#);
+        write(&root, "schemas/own.json", r#"{"type": "object"}"#);
+        symlink(
+            &dir.path().join("outside/schema.json"),
+            &root.join("schemas/table.json"),
+        );
+        let refused = read_document(&root, &root.join("schemas/table.json"))
+            .expect_err("a schema outside the set");
+        assert!(matches!(refused, Problem::LinkOutside { .. }), "{refused}");
+        assert!(read_document(&root, &root.join("schemas/own.json")).is_ok());
+        let refused =
+            read_text(&root, &root.join("schemas/table.json")).expect_err("a rule outside the set");
+        assert!(matches!(refused, Problem::LinkOutside { .. }), "{refused}");
+    }
+
+    #[test]
+    fn a_file_over_its_limit_is_refused_from_its_size_before_it_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "small.json", "1");
+        // Sparse: a gigabyte that takes no room on disk, and must take none in memory.
+        let big = fs::File::create(dir.path().join("big.json")).expect("create");
+        big.set_len(1 << 30).expect("set_len");
+        let (msg, found) = problems(load(dir.path()));
+        match &found[..] {
+            [
+                Problem::FileTooLarge {
+                    bytes,
+                    limit,
+                    grew: false,
+                    ..
+                },
+            ] => {
+                assert_eq!((*bytes, *limit), (1 << 30, MAX_ITEM_FILE_BYTES));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            msg.contains("big.json") && msg.contains("1073741824 bytes"),
+            "{msg}"
+        );
+
+        let set_file = dir.path().join("set.json");
+        fs::File::create(&set_file)
+            .and_then(|f| f.set_len(MAX_SET_FILE_BYTES + 1))
+            .expect("sparse set file");
+        let (msg, found) = problems(load(&set_file));
+        assert!(
+            matches!(&found[..], [Problem::FileTooLarge { grew: false, .. }]),
+            "{msg}"
+        );
+        let schema = dir.path().join("schema.json");
+        fs::File::create(&schema)
+            .and_then(|f| f.set_len(MAX_DOCUMENT_BYTES + 1))
+            .expect("sparse schema");
+        let refused = read_document(dir.path(), &schema).expect_err("too large");
+        assert!(
+            matches!(refused, Problem::FileTooLarge { grew: false, .. }),
+            "{refused}"
+        );
+    }
+
+    /// A reader that counts what is taken from it.
+    struct Counting<R> {
+        inner: R,
+        taken: u64,
+    }
+
+    impl<R: io::Read> io::Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.taken += n as u64;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn reading_stops_one_byte_past_the_limit_whatever_the_metadata_said() {
+        // A file that grew after its size was taken: the metadata said 10 bytes.
+        let mut counting = Counting {
+            inner: io::repeat(b' ').take(100 * 1024),
+            taken: 0,
+        };
+        match read_bounded(&mut counting, 10, 1024) {
+            Err(Bounded::TooLarge { bytes, grew: true }) => assert_eq!(bytes, 1025),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            counting.taken, 1025,
+            "read no more than the limit and a byte"
+        );
+        let exact = read_bounded(io::repeat(b'1').take(1024), 1024, 1024).expect("at the limit");
+        assert_eq!(exact.len(), 1024);
+    }
+
+    #[test]
+    fn a_name_with_an_escape_character_is_printed_escaped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write(dir.path(), "ok.json", "1");
+        write(dir.path(), "red\x1b[31m.json", "1");
+        write(dir.path(), "bad\x1b]0;owned\x07.json", "1");
+        // A valid key in a directory whose own name would clear the screen.
+        let root = dir.path().join("set\x1b[2J");
+        write(&root, "broken.json", "{");
+        let (msg, found) = problems(load(dir.path()));
+        assert_eq!(found.len(), 3, "{msg}");
+        assert!(!msg.contains('\x1b') && !msg.contains('\x07'), "{msg:?}");
+        assert!(
+            msg.contains("red\\u{1b}[31m.json")
+                && msg.contains("bad\\u{1b}]0;owned\\u{7}.json")
+                && msg.contains("set\\u{1b}[2J/broken.json"),
+            "escaped, the rest readable: {msg}"
+        );
     }
 
     #[test]

@@ -91,8 +91,8 @@ pub fn load_config(dir: &Path) -> Result<Config, Vec<Problem>> {
     if !path.is_file() {
         return Ok(Config::default());
     }
-    let file = path.display().to_string();
-    let document = source::read_document(&path).map_err(|p| vec![p])?;
+    let file = crate::escape::path(&path);
+    let document = source::read_document(dir, &path).map_err(|p| vec![p])?;
     parse_config(&file, document)
 }
 
@@ -192,7 +192,7 @@ pub fn compile(dir: &Path, config: &Config) -> Result<Schemas, Vec<Problem>> {
     switchboard_contract::schema::compile_rules(
         relatives.iter().map(|(p, r)| (p.clone(), r.as_str())),
         &documents,
-        |relative| dir.join(relative).display().to_string(),
+        |relative| crate::escape::path(&dir.join(relative)),
     )
     .map_err(|errors| {
         errors
@@ -212,7 +212,7 @@ fn read_schema_documents(
 ) -> Result<BTreeMap<String, Value>, Vec<Problem>> {
     let mut documents = BTreeMap::new();
     let mut problems = Vec::new();
-    let config_file = dir.join(CONFIG_FILE).display().to_string();
+    let config_file = crate::escape::path(&dir.join(CONFIG_FILE));
     for rule in &config.rules {
         let relative = relative_inside(&rule.schema).unwrap_or_default();
         if documents.contains_key(&relative) {
@@ -224,13 +224,13 @@ fn read_schema_documents(
                 file: config_file.clone(),
                 reason: format!(
                     "the schema {} of pattern {:?} does not exist",
-                    path.display(),
+                    crate::escape::path(&path),
                     rule.pattern.as_str()
                 ),
             });
             continue;
         }
-        match source::read_document(&path) {
+        match source::read_document(dir, &path) {
             Ok(document) => {
                 documents.insert(relative, document);
             }
@@ -271,7 +271,7 @@ pub fn read_contract(
     let mut problems = Vec::new();
     for file in &config.rule_files {
         let path = dir.join(file);
-        match source::read_text(&path) {
+        match source::read_text(dir, &path) {
             Ok(text) => {
                 rules.insert(file.clone(), text);
             }

@@ -63,11 +63,11 @@ pub async fn diff(
     Err(CliError::Failed(match &report.active_version {
         None => format!(
             "{} differs: nothing is active in {namespace}",
-            path.display()
+            crate::escape::path(path)
         ),
         Some(active) => format!(
             "{} differs from the active set of {namespace} (version {active}): {} added, {} changed, {} removed",
-            path.display(),
+            crate::escape::path(path),
             report.added.len(),
             report.changed.len(),
             report.removed.len()

@@ -380,7 +380,7 @@ fn fuzz_auth_files_and_source_documents() {
         let _ = switchboard_coordinator::auth::Users::parse(&text);
         for path in [&yaml, &json] {
             std::fs::write(path, &data).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let _ = sbctl::source::read_document(path);
+            let _ = sbctl::source::read_document(dir.path(), path);
         }
         Ok(())
     });
