@@ -721,6 +721,31 @@ impl Gate {
         denial.error
     }
 
+    /// The gate's first look at a request, from its headers alone, before its body is read:
+    /// with `--auth`, a caller without a known token is refused here (rate limit first, as in
+    /// [`Self::admit`]), counted, and its message never read, however large it says it is.
+    /// A known caller goes on to [`Self::admit`], which knows the namespace.
+    pub fn authenticate_first(&self, credentials: &Credentials, rpc: Rpc) -> Result<()> {
+        let Some(users) = self.users() else {
+            return Ok(());
+        };
+        if credentials
+            .bearer()
+            .and_then(|token| users.authenticate(token))
+            .is_some()
+        {
+            return Ok(());
+        }
+        self.limit(credentials, rpc)?;
+        match check(&users, credentials, rpc, "") {
+            Err(denial) if denial.is_unauthenticated() => {
+                self.count_unauthenticated(&denial, credentials, rpc);
+                Err(denial.error)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The actor of an allowed request; a request over its caller's rate limit is refused,
     /// and a denied one is recorded and refused.
     pub async fn admit(&self, credentials: &Credentials, rpc: Rpc, ns: &str) -> Result<Actor> {
@@ -731,7 +756,33 @@ impl Gate {
         }
     }
 
+    /// Counts a denial of a caller without a known token, and logs it now and then. Nothing
+    /// that such a caller sends reaches etcd or a log line of its own: the namespace it names,
+    /// the name it claims and its token are not even looked at.
+    fn count_unauthenticated(&self, denial: &Denial, credentials: &Credentials, rpc: Rpc) {
+        metrics::counter!(
+            telemetry::REQUESTS_DENIED,
+            "rpc" => rpc.name(),
+            "code" => denial.code(),
+            "reason" => denial.reason
+        )
+        .increment(1);
+        if let Some(suppressed) = self.unauthenticated_log.allow(Instant::now()) {
+            tracing::info!(
+                rpc = rpc.name(),
+                reason = denial.reason,
+                peer = ?credentials.peer,
+                suppressed,
+                "request denied: missing or unknown token (switchboard_requests_denied_total counts these; `suppressed` is how many such lines were left out since the last)"
+            );
+        }
+    }
+
     async fn record_denial(&self, denial: &Denial, credentials: &Credentials, rpc: Rpc, ns: &str) {
+        if denial.is_unauthenticated() {
+            self.count_unauthenticated(denial, credentials, rpc);
+            return;
+        }
         let code = denial.code();
         metrics::counter!(
             telemetry::REQUESTS_DENIED,
@@ -740,21 +791,6 @@ impl Gate {
             "reason" => denial.reason
         )
         .increment(1);
-        if denial.is_unauthenticated() {
-            // Nothing that a caller without a known token sends reaches etcd or a log line
-            // of its own: the namespace it names, the name it claims and its token are not
-            // even looked at.
-            if let Some(suppressed) = self.unauthenticated_log.allow(Instant::now()) {
-                tracing::info!(
-                    rpc = rpc.name(),
-                    reason = denial.reason,
-                    peer = ?credentials.peer,
-                    suppressed,
-                    "request denied: missing or unknown token (switchboard_requests_denied_total counts these; `suppressed` is how many such lines were left out since the last)"
-                );
-            }
-            return;
-        }
         let detail = json!({
             "rpc": rpc.name(),
             "code": code,

@@ -19,6 +19,8 @@ use crate::store::MAX_TXN_BYTES;
 
 /// Largest gRPC message accepted or sent: a chunk of up to about 1 MiB plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Most concurrent streams on one connection to the admin API.
+pub const MAX_CONCURRENT_STREAMS: u32 = 64;
 /// Most chunks one GetChunks request may ask for.
 pub const MAX_CHUNKS_PER_READ: usize = 10_000;
 /// Chunks read from etcd before they are sent on.
@@ -75,6 +77,95 @@ fn credentials<T>(request: &Request<T>) -> Credentials {
         authorization: text("authorization"),
         claimed_actor: text("x-switchboard-actor"),
         peer: request.remote_addr().map(|address| address.ip()),
+    }
+}
+
+/// The RPC of the admin service a request path names (`/switchboard.v1.Admin/<Method>`).
+fn rpc_of_path(path: &str) -> Option<Rpc> {
+    let method = path.strip_prefix("/switchboard.v1.Admin/")?;
+    Rpc::ALL.into_iter().find(|rpc| rpc.name() == method)
+}
+
+/// A layer in front of the admin service that authenticates each request from its headers
+/// before its body is read ([`Gate::authenticate_first`]): a caller without a known token
+/// gets `UNAUTHENTICATED` at once, and the message it announced, however large, is never
+/// buffered.
+#[derive(Clone)]
+pub struct AuthenticateFirstLayer {
+    gate: Gate,
+}
+
+impl AuthenticateFirstLayer {
+    pub fn new(gate: Gate) -> Self {
+        Self { gate }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthenticateFirstLayer {
+    type Service = AuthenticateFirst<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthenticateFirst {
+            inner,
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthenticateFirst<S> {
+    inner: S,
+    gate: Gate,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for AuthenticateFirst<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        if let Some(rpc) = rpc_of_path(request.uri().path()) {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let extensions = request.extensions();
+            let peer = extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr())
+                .or_else(|| {
+                    extensions
+                        .get::<tonic::transport::server::TlsConnectInfo<
+                            tonic::transport::server::TcpConnectInfo,
+                        >>()
+                        .and_then(|info| info.get_ref().remote_addr())
+                });
+            let credentials = Credentials {
+                authorization: header("authorization"),
+                claimed_actor: header("x-switchboard-actor"),
+                peer: peer.map(|address| address.ip()),
+            };
+            if let Err(error) = self.gate.authenticate_first(&credentials, rpc) {
+                let status = Status::from(error);
+                return Box::pin(futures::future::ready(Ok(status.into_http())));
+            }
+        }
+        Box::pin(self.inner.call(request))
     }
 }
 
@@ -677,4 +768,104 @@ fn written(
     reply.bytes_written += bytes;
     crate::crash::point(crate::crash::STAGE_BETWEEN_BATCHES, "stage");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    /// A gate with `--auth` and one operator, bob, whose token is "bob-token". Its store
+    /// points at no etcd: the first look at a request touches none.
+    async fn gate() -> Gate {
+        let text = format!(
+            "users:\n  - {{name: bob, roles: [operator], token_sha256: \"{}\"}}\n",
+            switchboard_proto::set::sha256_hex(b"bob-token")
+        );
+        let users = crate::auth::Users::parse(&text).expect("parses");
+        let client = switchboard_runtime::connect_etcd(&["http://127.0.0.1:9".to_string()])
+            .await
+            .expect("a lazy client");
+        let store = crate::store::Store::new(client, switchboard_proto::Keys::new("/t"));
+        Gate::new(Some(users), Releases::new(store))
+    }
+
+    /// The service behind the layer counts the requests that reach it; it never reads a body.
+    fn counted(
+        calls: Arc<AtomicUsize>,
+    ) -> impl tower::Service<
+        axum::http::Request<()>,
+        Response = axum::http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future = futures::future::Ready<
+            Result<axum::http::Response<tonic::body::Body>, std::convert::Infallible>,
+        >,
+    > + Clone {
+        tower::service_fn(move |_request: axum::http::Request<()>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            futures::future::ready(Ok(axum::http::Response::new(tonic::body::Body::empty())))
+        })
+    }
+
+    fn request(path: &str, token: Option<&str>) -> axum::http::Request<()> {
+        let mut builder = axum::http::Request::builder().uri(path);
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
+        }
+        builder.body(()).expect("a request")
+    }
+
+    #[tokio::test]
+    async fn a_caller_without_a_known_token_never_reaches_the_service() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut service = AuthenticateFirstLayer::new(gate().await).layer(counted(calls.clone()));
+        for token in [None, Some("made-up"), Some("BOB-TOKEN")] {
+            let answer = service
+                .ready()
+                .await
+                .expect("ready")
+                .call(request("/switchboard.v1.Admin/BeginStage", token))
+                .await
+                .expect("an answer");
+            let status = answer
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(status, Some("16"), "{token:?}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "a refused request reached the service"
+        );
+        // A known token, and paths outside the admin service, go on to the service.
+        for (path, token) in [
+            ("/switchboard.v1.Admin/BeginStage", Some("bob-token")),
+            ("/grpc.health.v1.Health/Check", None),
+        ] {
+            let answer = service
+                .ready()
+                .await
+                .expect("ready")
+                .call(request(path, token))
+                .await
+                .expect("an answer");
+            assert!(answer.headers().get("grpc-status").is_none(), "{path}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn every_admin_rpc_is_known_by_its_path() {
+        for rpc in Rpc::ALL {
+            let path = format!("/switchboard.v1.Admin/{}", rpc.name());
+            assert_eq!(rpc_of_path(&path), Some(rpc));
+        }
+        assert_eq!(rpc_of_path("/switchboard.v1.Reader/Get"), None);
+        assert_eq!(rpc_of_path("/switchboard.v1.Admin/Nothing"), None);
+    }
 }

@@ -82,7 +82,7 @@ pub async fn allowed_host(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let host = request_host(&request);
+    let host = switchboard_runtime::host::request_host(&request);
     if allowlist.allows(host.as_deref()) {
         return next.run(request).await;
     }
@@ -92,15 +92,6 @@ pub async fn allowed_host(
         Json(serde_json::json!({"error": message})),
     )
         .into_response()
-}
-
-/// The host a request names: its `Host` header, else (HTTP/2) the authority of its URI. A
-/// header that is not text counts as a host nobody allows.
-pub fn request_host(request: &axum::extract::Request) -> Option<String> {
-    match request.headers().get(axum::http::header::HOST) {
-        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}").to_string()),
-        None => request.uri().authority().map(|a| a.as_str().to_string()),
-    }
 }
 
 async fn render_metrics(State(state): State<AppState>) -> String {

@@ -322,8 +322,11 @@ async fn serve(
         gate.clone(),
         shutdown.clone(),
     );
-    let router =
-        http::router(releases, gate, metrics, samples).layer(axum::middleware::from_fn_with_state(
+    let router = http::router(releases, gate, metrics, samples)
+        .layer(axum::middleware::from_fn(
+            switchboard_runtime::json_errors::json_errors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(switchboard_runtime::host::HostAllowlist::new(
                 &args.allowed_hosts,
             )),
@@ -369,9 +372,15 @@ pub async fn serve_grpc(
             .tls_config(tls)
             .context("cannot set up TLS on the gRPC listener")?;
     }
-    let service = grpc::AdminService::new(releases, gate, shutdown.clone());
+    let service = grpc::AdminService::new(releases, gate.clone(), shutdown.clone());
     let tasks = service.tasks();
+    // Streams per connection are bounded (h2 would allow hundreds), and a caller without a
+    // known token is refused from its headers, before its message is read.
     let server = builder
+        .max_concurrent_streams(Some(grpc::MAX_CONCURRENT_STREAMS))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(grpc::AuthenticateFirstLayer::new(gate))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let result = drain(server, shutdown).await;

@@ -60,6 +60,15 @@ impl HostAllowlist {
     }
 }
 
+/// The host a request names: its `Host` header, else (HTTP/2) the authority of its URI. A
+/// header that is not text counts as a host nobody allows.
+pub fn request_host<B>(request: &axum::http::Request<B>) -> Option<String> {
+    match request.headers().get(axum::http::header::HOST) {
+        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}").to_string()),
+        None => request.uri().authority().map(|a| a.as_str().to_string()),
+    }
+}
+
 /// The name part of a `Host` value: without the port, and without the brackets of an IPv6
 /// literal. `None` when the value is not a host at all.
 fn host_name(host: &str) -> Option<&str> {

@@ -9,6 +9,7 @@
 //! that does not answer out of the balanced client, and puts it back once it answers again.
 
 pub mod host;
+pub mod json_errors;
 
 use std::time::Duration;
 

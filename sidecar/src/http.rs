@@ -44,6 +44,9 @@ pub fn router(served: Arc<Served>, allowlist: HostAllowlist) -> Router {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            switchboard_runtime::json_errors::json_errors,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(allowlist),
             allowed_host,
@@ -58,10 +61,7 @@ async fn allowed_host(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let host = match request.headers().get(header::HOST) {
-        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}").to_string()),
-        None => request.uri().authority().map(|a| a.as_str().to_string()),
-    };
+    let host = switchboard_runtime::host::request_host(&request);
     if allowlist.allows(host.as_deref()) {
         return next.run(request).await;
     }
