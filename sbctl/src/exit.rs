@@ -141,6 +141,16 @@ fn retry_after(status: &tonic::Status) -> Option<u64> {
         .ok()
 }
 
+/// The HTTP status of an answer that was HTTP but not gRPC, as tonic words it; `None` for any
+/// other message.
+fn http_not_grpc(message: &str) -> Option<&str> {
+    if let Some((_, code)) = message.split_once("mapped from HTTP status code ") {
+        return Some(code.trim());
+    }
+    let (_, status) = message.split_once("while receiving response with status: ")?;
+    (!status.starts_with("200")).then(|| status.trim())
+}
+
 /// The coordinator's status message is already a full sentence; print it as is. Transport
 /// failures get a sentence naming the coordinator.
 fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
@@ -159,6 +169,20 @@ fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
                 message
             };
             format!("cannot reach the coordinator at {coordinator}: {reason}")
+        }
+        // A server that answers HTTP but not gRPC (the coordinator's JSON API, a sidecar, a
+        // proxy) makes tonic report the HTTP status, or its failure to read the HTTP body as
+        // a gRPC message, as a gRPC error.
+        _ if http_not_grpc(message).is_some() => {
+            let http = http_not_grpc(message)
+                .filter(|code| !code.is_empty())
+                .map(|code| format!(" (it answered HTTP {code})"))
+                .unwrap_or_default();
+            format!(
+                "{coordinator} answers HTTP but is not the coordinator's gRPC API{http}: is it \
+                 the coordinator's HTTP port? sbctl talks to the address of its --listen flag \
+                 (default 127.0.0.1:7100)"
+            )
         }
         // An older coordinator answers RPCs it does not know with Unimplemented.
         Code::Unimplemented => {
@@ -183,6 +207,30 @@ fn rpc_message(rpc: &str, status: &tonic::Status, coordinator: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_http_port_is_named_as_such() {
+        let status = tonic::Status::unimplemented(
+            "grpc-status header missing, mapped from HTTP status code 404",
+        );
+        let message = rpc_message("Status", &status, "http://127.0.0.1:7101");
+        assert_eq!(
+            message,
+            "http://127.0.0.1:7101 answers HTTP but is not the coordinator's gRPC API (it answered \
+             HTTP 404): is it the coordinator's HTTP port? sbctl talks to the address of its \
+             --listen flag (default 127.0.0.1:7100)"
+        );
+        assert!(!message.contains("older"));
+        let status = tonic::Status::internal(
+            "protocol error: received message with invalid compression flag: 123 (valid flags are 0 and 1) while receiving response with status: 404 Not Found",
+        );
+        let message = rpc_message("Status", &status, "http://127.0.0.1:7101");
+        assert!(
+            message
+                .contains("(it answered HTTP 404 Not Found): is it the coordinator's HTTP port?"),
+            "{message}"
+        );
+    }
 
     #[test]
     fn grpc_codes_map_to_the_contract() {

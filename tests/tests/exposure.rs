@@ -110,6 +110,15 @@ async fn requests_for_another_host_are_refused_on_both_http_apis() -> Result<()>
     let (code, body) = raw_http(sidecar_address, &get(&read, "localhost")).await?;
     ensure!(code == 200, "{code} {body}");
 
+    // sbctl pointed at the HTTP port says so, instead of calling the coordinator old.
+    let wrong_port = switchboard_tests::SbctlRunner::new(&format!("http://{coordinator}"))
+        .run(&["status", NS])
+        .await?;
+    ensure!(
+        !wrong_port.success() && wrong_port.stderr.contains("the coordinator's HTTP port"),
+        "{wrong_port}"
+    );
+
     // A name the operator allows is answered.
     let named = Coordinator::start_with(
         &env.etcd_endpoints(),
