@@ -109,6 +109,23 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Pee
     }
 }
 
+impl<L>
+    Connected<axum::serve::IncomingStream<'_, switchboard_runtime::connections::GuardedListener<L>>>
+    for PeerAddr
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    L::Io: Unpin,
+{
+    fn connect_info(
+        stream: axum::serve::IncomingStream<
+            '_,
+            switchboard_runtime::connections::GuardedListener<L>,
+        >,
+    ) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 impl Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for PeerAddr {
     fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
         PeerAddr(*stream.remote_addr())

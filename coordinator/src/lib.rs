@@ -36,6 +36,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchboard_proto::Keys;
+use switchboard_runtime::connections::GuardedListener;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -200,6 +201,7 @@ async fn serve(
         .context("cannot install the metrics recorder")?;
     telemetry::describe();
     telemetry::register();
+    switchboard_runtime::connections::describe_metrics();
     let etcd_options = args.etcd_connection.options()?;
     let Some(client) =
         switchboard_runtime::connect_etcd_as(&args.etcd, &etcd_options, &shutdown).await?
@@ -230,6 +232,7 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
     tracing::info!(grpc = %args.listen, http = %args.http, etcd = %args.etcd.join(","), prefix = %args.prefix, "coordinator serving");
+    let http_limits = switchboard_runtime::connections::limits_for_this_process();
     match (&users, &args.auth) {
         (Some(users), Some(path)) => tracing::info!(
             users = users.users().len(),
@@ -336,13 +339,20 @@ async fn serve(
         match http_tls {
             Some(config) => {
                 serve_http(
-                    tls::TlsListener::new(http_listener, config),
+                    GuardedListener::new(tls::TlsListener::new(http_listener, config), http_limits),
                     router,
                     shutdown.clone(),
                 )
                 .await
             }
-            None => serve_http(http_listener, router, shutdown.clone()).await,
+            None => {
+                serve_http(
+                    GuardedListener::new(http_listener, http_limits),
+                    router,
+                    shutdown.clone(),
+                )
+                .await
+            }
         }
     };
     let (grpc, http) = tokio::join!(grpc, http);

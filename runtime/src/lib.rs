@@ -8,6 +8,7 @@
 //! [`keep_endpoints_answering`] probes each member on its own connection and takes a member
 //! that does not answer out of the balanced client, and puts it back once it answers again.
 
+pub mod connections;
 pub mod host;
 pub mod json_errors;
 

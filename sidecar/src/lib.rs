@@ -267,6 +267,10 @@ pub async fn run(
     tracing::info!(%id, http = %args.http, grpc = %args.grpc, etcd = %args.etcd.join(","), prefix = %args.prefix, namespaces = ?args.namespaces, "sidecar serving");
 
     let allowlist = switchboard_runtime::host::HostAllowlist::new(&args.allowed_hosts);
+    switchboard_runtime::connections::describe_metrics();
+    let http_limits = switchboard_runtime::connections::limits_for_this_process();
+    let http_listener =
+        switchboard_runtime::connections::GuardedListener::new(http_listener, http_limits);
     let http = axum::serve(http_listener, http::router(served.clone(), allowlist))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();

@@ -310,3 +310,103 @@ async fn every_error_of_both_http_apis_is_json() -> Result<()> {
     }
     Ok(())
 }
+
+/// Raises this test process's descriptor limit to its hard limit and checks that it allows
+/// `needed` descriptors: the flood below holds thousands of connections.
+fn descriptors_for(needed: u64) -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    ensure!(
+        hard >= needed,
+        "this test needs {needed} file descriptors; the hard limit is {hard}"
+    );
+    Ok(())
+}
+
+/// Holds `count` connections to `address`, each with a request head cut off before its end,
+/// while a whole request is sent every 100 of them: every whole request must be answered.
+/// Returns the half-sent connections and the slowest answer.
+async fn flood_with_half_sent_requests(
+    address: SocketAddr,
+    count: usize,
+) -> Result<(Vec<tokio::net::TcpStream>, std::time::Duration)> {
+    let mut held = Vec::with_capacity(count);
+    let mut slowest = std::time::Duration::ZERO;
+    for index in 0..count {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
+            .await?;
+        held.push(stream);
+        if index % 100 == 99 {
+            let started = std::time::Instant::now();
+            let (code, body) = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                raw_http(address, &get("/healthz", "127.0.0.1")),
+            )
+            .await
+            .with_context(|| {
+                format!("{address} stopped answering after {index} half-sent requests")
+            })??;
+            ensure!(code == 200, "{address}: {code} {body}");
+            slowest = slowest.max(started.elapsed());
+        }
+    }
+    Ok((held, slowest))
+}
+
+/// Waits until the server has closed `stream` (a read ends or fails).
+async fn closed_by_the_server(stream: &mut tokio::net::TcpStream) -> Result<()> {
+    let mut buffer = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.read(&mut buffer)).await {
+            Err(_) => anyhow::bail!("the server kept a half-sent request open past {DEADLINE:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+            // A 408 or an error page before the close is fine.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Issue 14, acceptance 3: 2,000 half-sent requests against the coordinator and against the
+/// sidecar, each with its descriptor limit at 1,024: both keep answering whole requests all
+/// the while, and the half-sent ones are closed (the oldest to make room, the rest after the
+/// header timeout of 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_and_the_apis_keep_answering() -> Result<()> {
+    descriptors_for(2_500)?;
+    let env = TestEnv::start(&[NS]).await?;
+    stage_and_flip(&env, NS, &example("catalog-v1")).await?;
+    let sidecar = env.start_sidecar("half-sent").await?;
+    sidecar.wait_ready(DEADLINE).await?;
+    for (name, pid, address) in [
+        (
+            "coordinator",
+            env.coordinator.pid(),
+            env.coordinator.http_addr(),
+        ),
+        ("sidecar", sidecar.pid(), sidecar.http_addr()),
+    ] {
+        let limited = tokio::process::Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), "--nofile=1024:1024"])
+            .status()
+            .await
+            .context("running prlimit (util-linux)")?;
+        ensure!(limited.success(), "prlimit failed for the {name}");
+        let (mut held, slowest) = flood_with_half_sent_requests(address, 2_000).await?;
+        eprintln!(
+            "{name}: 2,000 half-sent requests held; the slowest whole request took {slowest:?}"
+        );
+        // The oldest were closed to make room for newer ones; the newest at their header
+        // timeout.
+        closed_by_the_server(&mut held[0]).await?;
+        let last = held.len() - 1;
+        closed_by_the_server(&mut held[last]).await?;
+        let (code, _) = raw_http(address, &get("/healthz", "127.0.0.1")).await?;
+        ensure!(code == 200, "{name} after the flood: {code}");
+    }
+    Ok(())
+}
