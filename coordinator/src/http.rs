@@ -75,25 +75,6 @@ pub fn router(
         })
 }
 
-/// Refuses a request that names a host outside the allowlist (DNS rebinding), before anything
-/// else looks at it.
-pub async fn allowed_host(
-    State(allowlist): State<std::sync::Arc<switchboard_runtime::host::HostAllowlist>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let host = switchboard_runtime::host::request_host(&request);
-    if allowlist.allows(host.as_deref()) {
-        return next.run(request).await;
-    }
-    let message = allowlist.refusal(host.as_deref().unwrap_or_default());
-    (
-        StatusCode::FORBIDDEN,
-        Json(serde_json::json!({"error": message})),
-    )
-        .into_response()
-}
-
 async fn render_metrics(State(state): State<AppState>) -> String {
     state.metrics.render()
 }

@@ -61,15 +61,8 @@ pub struct Args {
     /// Address of the JSON API, the dashboard (at /), /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:7101")]
     pub http: SocketAddr,
-    /// A host name the JSON API and the dashboard answer to, besides IP addresses and
-    /// localhost (against DNS rebinding); repeat, or comma-separate. `*` allows every name.
-    #[arg(
-        long = "allowed-host",
-        env = "SWITCHBOARD_ALLOWED_HOSTS",
-        value_delimiter = ',',
-        value_name = "NAME"
-    )]
-    pub allowed_hosts: Vec<String>,
+    #[command(flatten)]
+    pub hosts: switchboard_runtime::host::HostArgs,
     /// Prefix of every etcd key.
     #[arg(long, default_value = "/switchboard")]
     pub prefix: String,
@@ -330,10 +323,8 @@ async fn serve(
             switchboard_runtime::json_errors::json_errors,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::new(switchboard_runtime::host::HostAllowlist::new(
-                &args.allowed_hosts,
-            )),
-            http::allowed_host,
+            std::sync::Arc::new(args.hosts.allowlist()),
+            switchboard_runtime::host::refuse_other_hosts,
         ));
     let http = async {
         match http_tls {

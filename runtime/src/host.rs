@@ -9,6 +9,52 @@
 //! every name.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+/// `--allowed-host`, as both servers take it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct HostArgs {
+    /// A host name the HTTP API (and the coordinator's dashboard) answers to, besides IP
+    /// addresses and localhost (against DNS rebinding); repeat, or comma-separate. `*` allows
+    /// every name.
+    #[arg(
+        long = "allowed-host",
+        env = "SWITCHBOARD_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl HostArgs {
+    pub fn allowlist(&self) -> HostAllowlist {
+        HostAllowlist::new(&self.allowed_hosts)
+    }
+}
+
+/// Middleware of both HTTP APIs: refuses a request that names a host outside the allowlist
+/// (DNS rebinding) with 403 and a JSON error, before anything else looks at it.
+pub async fn refuse_other_hosts(
+    State(allowlist): State<Arc<HostAllowlist>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request_host(&request);
+    if allowlist.allows(host.as_deref()) {
+        return next.run(request).await;
+    }
+    let message = allowlist.refusal(host.as_deref().unwrap_or_default());
+    (
+        StatusCode::FORBIDDEN,
+        axum::Json(serde_json::json!({ "error": message })),
+    )
+        .into_response()
+}
 
 /// The names a server answers besides IP literals and loopback names.
 #[derive(Clone, Debug, Default)]

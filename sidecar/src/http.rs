@@ -49,26 +49,9 @@ pub fn router(served: Arc<Served>, allowlist: HostAllowlist) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(allowlist),
-            allowed_host,
+            switchboard_runtime::host::refuse_other_hosts,
         ))
         .with_state(served)
-}
-
-/// Refuses a request that names a host outside the allowlist (DNS rebinding), before anything
-/// else looks at it.
-async fn allowed_host(
-    State(allowlist): State<Arc<HostAllowlist>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let host = switchboard_runtime::host::request_host(&request);
-    if allowlist.allows(host.as_deref()) {
-        return next.run(request).await;
-    }
-    json_error(
-        StatusCode::FORBIDDEN,
-        allowlist.refusal(host.as_deref().unwrap_or_default()),
-    )
 }
 
 /// Refuses a request without the bearer token, when the sidecar has one.

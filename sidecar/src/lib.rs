@@ -61,15 +61,8 @@ pub struct Args {
     /// Address of the gRPC read API.
     #[arg(long, default_value = "127.0.0.1:7071")]
     pub grpc: SocketAddr,
-    /// A host name the HTTP API answers to, besides IP addresses and localhost (against DNS
-    /// rebinding); repeat, or comma-separate. `*` allows every name.
-    #[arg(
-        long = "allowed-host",
-        env = "SWITCHBOARD_ALLOWED_HOSTS",
-        value_delimiter = ',',
-        value_name = "NAME"
-    )]
-    pub allowed_hosts: Vec<String>,
+    #[command(flatten)]
+    pub hosts: switchboard_runtime::host::HostArgs,
     /// How to connect to etcd: as which user, with which TLS.
     #[command(flatten)]
     pub etcd_connection: switchboard_runtime::EtcdArgs,
@@ -266,7 +259,7 @@ pub async fn run(
     });
     tracing::info!(%id, http = %args.http, grpc = %args.grpc, etcd = %args.etcd.join(","), prefix = %args.prefix, namespaces = ?args.namespaces, "sidecar serving");
 
-    let allowlist = switchboard_runtime::host::HostAllowlist::new(&args.allowed_hosts);
+    let allowlist = args.hosts.allowlist();
     switchboard_runtime::connections::describe_metrics();
     let http_limits = switchboard_runtime::connections::limits_for_this_process();
     let http_listener =
