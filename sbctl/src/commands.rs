@@ -286,12 +286,12 @@ pub async fn plan(
     options: &SourceOptions,
 ) -> Result<(), CliError> {
     let prepared = pipeline::prepare(path, options.env.as_deref())?;
-    let (manifest, _) = prepared.set.to_chunks();
+    let (manifest, chunks) = prepared.set.to_chunks();
     let mut coordinator = ctx.coordinator().await?;
     let report = pipeline::plan_with_contract(
         &mut coordinator,
         namespace,
-        &manifest,
+        (&manifest, &chunks),
         &prepared,
         &ctx.connect.actor,
     )

@@ -9,7 +9,7 @@ use std::path::Path;
 use switchboard_contract::check::{RuleScope, SealCheck, Subject, Verdict};
 use switchboard_contract::diff::ActiveOnlyItems;
 use switchboard_contract::rules::{DEFAULT_TIME_LIMIT, RuleOutcome};
-use switchboard_proto::set::decode_chunk;
+use switchboard_proto::set::Chunk;
 use switchboard_proto::{ItemSet, Manifest};
 
 use crate::client::Coordinator;
@@ -190,11 +190,12 @@ async fn plan_with_active(
 /// `sbctl plan`: the plan, and what the namespace's contract on the coordinator would say at
 /// the seal, judged here by the same code the coordinator runs (`switchboard_contract::check`):
 /// schema violations, and the Rego rules' deny, warn and approval messages. The rules see every
-/// item, as at a seal under a contract that did not judge the active set.
+/// item, as at a seal under a contract that did not judge the active set. `manifest` and
+/// `chunks` are the prepared set's, as `ItemSet::to_chunks` made them.
 pub async fn plan_with_contract(
     coordinator: &mut Coordinator,
     namespace: &str,
-    manifest: &Manifest,
+    (manifest, chunks): (&Manifest, &[Chunk]),
     prepared: &Prepared,
     actor: &str,
 ) -> Result<PlanReport, CliError> {
@@ -213,13 +214,14 @@ pub async fn plan_with_contract(
         .map(|m| m.chunks.iter().map(|c| c.hash.as_str()).collect())
         .unwrap_or_default();
     let mut check = SealCheck::new(&compiled, active.is_some(), RuleScope::All);
-    let (_, chunks) = prepared.set.to_chunks();
-    for chunk in &chunks {
+    // The chunks hold the set's items in key order, so the items are taken from the set
+    // itself, each chunk's count in turn, rather than decoded from the chunks again.
+    let mut items = prepared.set.iter();
+    for chunk in chunks {
         let in_shared = shared.contains(chunk.hash.as_str());
-        let items = decode_chunk(&chunk.hash, &chunk.data)
-            .map_err(|e| CliError::Refused(format!("the set does not encode as it should: {e}")))?;
-        for (key, value) in items {
-            check.add_item(&key, &value, in_shared);
+        let count = usize::try_from(chunk.items).unwrap_or(usize::MAX);
+        for (key, value) in items.by_ref().take(count) {
+            check.add_item(key, value, in_shared);
         }
     }
     let subject = Subject {

@@ -8,7 +8,6 @@ mod common;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
 use switchboard_tests::TestEnv;
 
 const NS: &str = "catalog";
@@ -18,18 +17,6 @@ fn write(path: &Path, text: &str) -> Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Neither slot holds a version: nothing was ever staged in the namespace.
-fn nothing_staged(status: &Value) -> Result<()> {
-    for slot in ["blue", "green"] {
-        let version = &status["slots"][slot]["version"];
-        ensure!(
-            version.is_null() || version == "",
-            "the {slot} slot holds a version: {status}"
-        );
-    }
-    Ok(())
 }
 
 #[tokio::test]
@@ -62,7 +49,7 @@ async fn a_link_out_of_the_set_is_refused_naming_it_and_nothing_is_staged() -> R
         ensure!(out.stderr.contains(named), "{named} is not named:\n{out}");
     }
     ensure!(!out.stderr.contains("s3cr3t"), "{out}");
-    nothing_staged(&common::status(&sbctl, NS).await?)?;
+    common::nothing_staged(&common::status(&sbctl, NS).await?)?;
 
     // With the links gone, the same set stages.
     std::fs::remove_file(set.join("tables/credentials.json"))?;
@@ -103,6 +90,6 @@ async fn a_file_name_with_an_escape_character_is_printed_escaped() -> Result<()>
         "the name with a backslash is not shown escaped: {:?}",
         out.stderr
     );
-    nothing_staged(&common::status(&sbctl, NS).await?)?;
+    common::nothing_staged(&common::status(&sbctl, NS).await?)?;
     Ok(())
 }

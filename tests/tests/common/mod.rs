@@ -66,6 +66,18 @@ pub async fn status(sbctl: &SbctlRunner, ns: &str) -> Result<Value> {
     sbctl.run_json(&["status", ns]).await
 }
 
+/// Neither slot holds a version: nothing was ever staged in the namespace.
+pub fn nothing_staged(status: &Value) -> Result<()> {
+    for slot in ["blue", "green"] {
+        let version = &status["slots"][slot]["version"];
+        ensure!(
+            version.is_null() || version == "",
+            "the {slot} slot holds a version: {status}"
+        );
+    }
+    Ok(())
+}
+
 pub async fn epoch(sbctl: &SbctlRunner, ns: &str) -> Result<u64> {
     status(sbctl, ns).await?["epoch"]
         .as_u64()
