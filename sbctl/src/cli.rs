@@ -144,15 +144,8 @@ pub enum Command {
         /// The version id, as `sbctl status` or `stage` printed it.
         #[arg(value_name = "VERSION")]
         version: String,
-        /// Why, recorded in the audit trail.
-        #[arg(
-            short = 'm',
-            long = "message",
-            visible_alias = "reason",
-            default_value = "",
-            hide_default_value = true
-        )]
-        reason: String,
+        #[command(flatten)]
+        why: Why,
     },
     /// The versions ever sealed in a namespace, newest first: who staged each, when, why, where
     /// it is now and who approved it.
@@ -209,15 +202,8 @@ pub enum Command {
         /// Stop the rollout and end its canary: everyone back on the active version.
         #[arg(long)]
         abort: bool,
-        /// Why, recorded in the audit trail.
-        #[arg(
-            short = 'm',
-            long = "message",
-            visible_alias = "reason",
-            default_value = "",
-            hide_default_value = true
-        )]
-        reason: String,
+        #[command(flatten)]
+        why: Why,
         /// Start only if routing is still at epoch N (default: the epoch read just before).
         #[arg(long, value_name = "N", conflicts_with_all = ["pause", "resume", "abort"])]
         expect_epoch: Option<u64>,
@@ -315,15 +301,8 @@ pub enum GateCommand {
         /// The value to compare with: JSON (192, true, "done", null) or else a plain string.
         #[arg(long, value_name = "VALUE", value_parser = parse_gate_value, allow_hyphen_values = true)]
         value: Option<serde_json::Value>,
-        /// Why, recorded in the audit trail.
-        #[arg(
-            short = 'm',
-            long = "message",
-            visible_alias = "reason",
-            default_value = "",
-            hide_default_value = true
-        )]
-        reason: String,
+        #[command(flatten)]
+        why: Why,
     },
     /// Remove a gate.
     Remove {
@@ -332,15 +311,8 @@ pub enum GateCommand {
         namespace: String,
         #[arg(value_name = "NAME")]
         name: String,
-        /// Why, recorded in the audit trail.
-        #[arg(
-            short = 'm',
-            long = "message",
-            visible_alias = "reason",
-            default_value = "",
-            hide_default_value = true
-        )]
-        reason: String,
+        #[command(flatten)]
+        why: Why,
     },
     /// The gates of a namespace.
     List {
@@ -410,15 +382,8 @@ pub enum ContractCommand {
         /// A directory with a switchboard.yaml (the set's own directory, usually).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
-        /// Why, recorded in the audit trail.
-        #[arg(
-            short = 'm',
-            long = "message",
-            visible_alias = "reason",
-            default_value = "",
-            hide_default_value = true
-        )]
-        reason: String,
+        #[command(flatten)]
+        why: Why,
     },
     /// Put the proposed contract HASH (its first 12 hex digits suffice) in force.
     Approve {
@@ -428,15 +393,8 @@ pub enum ContractCommand {
         /// The proposal's hash, as `sbctl contract show` prints it.
         #[arg(value_name = "HASH")]
         hash: String,
-        /// Why, recorded in the audit trail.
-        #[arg(
-            short = 'm',
-            long = "message",
-            visible_alias = "reason",
-            default_value = "",
-            hide_default_value = true
-        )]
-        reason: String,
+        #[command(flatten)]
+        why: Why,
     },
 }
 
@@ -456,15 +414,8 @@ pub enum PolicyCommand {
         namespace: String,
         #[command(flatten)]
         settings: PolicySettings,
-        /// Why, recorded in the audit trail.
-        #[arg(
-            short = 'm',
-            long = "message",
-            visible_alias = "reason",
-            default_value = "",
-            hide_default_value = true
-        )]
-        reason: String,
+        #[command(flatten)]
+        why: Why,
     },
 }
 
@@ -570,9 +521,10 @@ impl RolloutAction {
     }
 }
 
-/// What every routing change takes besides its target.
-#[derive(Clone, Debug, Args)]
-pub struct ChangeArgs {
+/// Why a change is made: `-m`/`--message` (alias `--reason`), which every command that changes
+/// something takes.
+#[derive(Clone, Debug, Default, Args)]
+pub struct Why {
     /// Why, recorded in the audit trail.
     #[arg(
         short = 'm',
@@ -582,6 +534,13 @@ pub struct ChangeArgs {
         hide_default_value = true
     )]
     pub reason: String,
+}
+
+/// What every routing change takes besides its target.
+#[derive(Clone, Debug, Args)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    pub why: Why,
     /// Change only if routing is still at epoch N (default: the epoch read just before).
     #[arg(long, value_name = "N")]
     pub expect_epoch: Option<u64>,
@@ -1024,12 +983,12 @@ mod tests {
                 pause,
                 resume,
                 abort,
-                reason,
+                why,
                 expect_epoch,
                 expect_version,
                 ..
             } => {
-                assert_eq!(reason, "go");
+                assert_eq!(why.reason, "go");
                 assert_eq!(expect_epoch, Some(7));
                 assert_eq!(expect_version.as_deref(), Some("abcd"));
                 assert_eq!(
@@ -1118,10 +1077,7 @@ mod tests {
         assert_eq!(cli.command.namespace(), Some("cat"));
         match cli.command {
             Command::Policy {
-                command:
-                    PolicyCommand::Set {
-                        settings, reason, ..
-                    },
+                command: PolicyCommand::Set { settings, why, .. },
             } => {
                 assert_eq!(
                     settings,
@@ -1134,7 +1090,7 @@ mod tests {
                         destructive_requires_approval: None,
                     }
                 );
-                assert_eq!(reason, "stricter");
+                assert_eq!(why.reason, "stricter");
             }
             other => panic!("{other:?}"),
         }
@@ -1175,7 +1131,7 @@ mod tests {
                 weight_bp, change, ..
             } => {
                 assert_eq!(weight_bp, 1250);
-                assert_eq!(change.reason, "why");
+                assert_eq!(change.why.reason, "why");
             }
             other => panic!("{other:?}"),
         }

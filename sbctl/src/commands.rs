@@ -370,7 +370,7 @@ pub async fn canary(
         namespace: namespace.to_string(),
         weight_bp,
         expected_epoch,
-        reason: change.reason.clone(),
+        reason: change.why.reason.clone(),
         expected_version,
     };
     let reply = gated(&mut coordinator, request, change.gate_wait(), |c, r| {
@@ -425,7 +425,7 @@ async fn flip_request(
     Ok(FlipRequest {
         namespace: namespace.to_string(),
         expected_epoch,
-        reason: change.reason.clone(),
+        reason: change.why.reason.clone(),
         expected_version,
         ..FlipRequest::default()
     })
@@ -633,7 +633,7 @@ pub async fn rollback(
     let request = RollbackRequest {
         namespace: namespace.to_string(),
         expected_epoch,
-        reason: change.reason.clone(),
+        reason: change.why.reason.clone(),
         to_version: to_version.unwrap_or_default().to_string(),
     };
     let reply: Reply<RoutingChange> =
@@ -852,13 +852,13 @@ pub async fn rollout(
                 interval_seconds: *interval_seconds,
                 expected_epoch,
                 expected_version,
-                reason: change.reason.clone(),
+                reason: change.why.reason.clone(),
             }
         }
         RolloutAction::Pause | RolloutAction::Resume | RolloutAction::Abort => RolloutRequest {
             namespace: namespace.to_string(),
             action: action.as_str().to_string(),
-            reason: change.reason.clone(),
+            reason: change.why.reason.clone(),
             ..RolloutRequest::default()
         },
     };

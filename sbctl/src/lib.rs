@@ -148,8 +148,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Approve {
             namespace,
             version,
-            reason,
-        } => versions::approve(&ctx, &namespace, &version, &reason).await,
+            why,
+        } => versions::approve(&ctx, &namespace, &version, &why.reason).await,
         Command::History { namespace } => versions::history(&ctx, &namespace).await,
         Command::Diff {
             namespace,
@@ -172,7 +172,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 pointer,
                 op,
                 value,
-                reason,
+                why,
             } => {
                 let spec = gates::GateSpec {
                     name,
@@ -183,13 +183,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     op,
                     value,
                 };
-                gates::set(&ctx, &namespace, &spec, &reason).await
+                gates::set(&ctx, &namespace, &spec, &why.reason).await
             }
             GateCommand::Remove {
                 namespace,
                 name,
-                reason,
-            } => gates::remove(&ctx, &namespace, &name, &reason).await,
+                why,
+            } => gates::remove(&ctx, &namespace, &name, &why.reason).await,
             GateCommand::List { namespace } => gates::list(&ctx, &namespace).await,
             GateCommand::Check { namespace, version } => {
                 gates::check(&ctx, &namespace, version.as_deref()).await
@@ -219,17 +219,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 ContractCommand::Set {
                     namespace,
                     dir,
-                    reason,
+                    why,
                 },
-        } => commands::contract_set(&ctx, &namespace, &dir, &reason).await,
+        } => commands::contract_set(&ctx, &namespace, &dir, &why.reason).await,
         Command::Contract {
             command:
                 ContractCommand::Approve {
                     namespace,
                     hash,
-                    reason,
+                    why,
                 },
-        } => commands::contract_approve(&ctx, &namespace, &hash, &reason).await,
+        } => commands::contract_approve(&ctx, &namespace, &hash, &why.reason).await,
         Command::Policy {
             command: PolicyCommand::Show { namespace },
         } => commands::policy_show(&ctx, &namespace).await,
@@ -238,9 +238,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 PolicyCommand::Set {
                     namespace,
                     settings,
-                    reason,
+                    why,
                 },
-        } => commands::policy_set(&ctx, &namespace, &settings, &reason).await,
+        } => commands::policy_set(&ctx, &namespace, &settings, &why.reason).await,
         Command::Rollout {
             namespace,
             steps,
@@ -248,7 +248,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             pause,
             resume,
             abort,
-            reason,
+            why,
             expect_epoch,
             expect_version,
             wait_for_gates,
@@ -257,7 +257,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let action = RolloutAction::from_flags(steps, interval, pause, resume, abort)
                 .map_err(CliError::Usage)?;
             let change = cli::ChangeArgs {
-                reason,
+                why,
                 expect_epoch,
                 expect_version,
                 wait_for_gates,
