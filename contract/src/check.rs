@@ -62,8 +62,10 @@ pub struct SealCheck<'c> {
     /// The new set's items in chunks the active set does not share.
     new_only: BTreeMap<String, Arc<[u8]>>,
     shared_items: u64,
-    /// Every item's JSON text, for rules that see all items.
+    /// Every item's JSON text, for rules that see all items, unless the caller streams them
+    /// to the rules itself.
     all_items: Vec<(String, Arc<[u8]>)>,
+    keeps_all_items: bool,
     keys_without_active: Vec<String>,
 }
 
@@ -78,14 +80,24 @@ impl<'c> SealCheck<'c> {
             new_only: BTreeMap::new(),
             shared_items: 0,
             all_items: Vec::new(),
+            keeps_all_items: true,
             keys_without_active: Vec::new(),
         }
+    }
+
+    /// A check whose caller hands every item to the rules as it adds it (the coordinator's
+    /// seal, which streams them to the rule worker): the rules' input then leaves every item
+    /// out, instead of holding a second list of them.
+    pub fn with_items_streamed(mut self) -> Self {
+        self.keeps_all_items = false;
+        self
     }
 
     /// Adds the next item of the new set. `in_shared_chunk`: the item's chunk is also one of
     /// the active set's, so the item is unchanged. Values are JSON (the set was verified).
     pub fn add_item(&mut self, key: &str, value: &Arc<[u8]>, in_shared_chunk: bool) {
-        let wants_value = self.scope == RuleScope::All && !self.contract.rules.is_empty();
+        let wants_value =
+            self.keeps_all_items && self.scope == RuleScope::All && !self.contract.rules.is_empty();
         let schemas = &self.contract.schemas;
         let judged_before = in_shared_chunk && self.scope == RuleScope::Changed;
         if !judged_before && !schemas.for_key(key).is_empty() {
@@ -397,6 +409,24 @@ approval contains {"msg": "a column of a pii table is removed", "item": change.k
         // With no active set, everything is added and the rules see every item.
         assert_eq!(checked.plan.len(), 3);
         assert_eq!(checked.rule_input.items.len(), 3);
+    }
+
+    #[test]
+    fn streamed_items_are_not_kept_again_but_still_validated() {
+        let contract = contract();
+        let mut check = SealCheck::new(&contract, false, RuleScope::All).with_items_streamed();
+        check.add_item(
+            "tables/a",
+            &value(json!({"owner": "x", "columns": []})),
+            false,
+        );
+        check.add_item("tables/b", &value(json!({"columns": 3})), false);
+        assert_eq!(check.violations().1, 2);
+        let checked = check
+            .finish(&ActiveOnlyItems::new(), &SUBJECT)
+            .expect("checks");
+        assert!(checked.rule_input.items.is_empty());
+        assert_eq!(checked.plan.len(), 2);
     }
 
     #[test]

@@ -358,9 +358,13 @@ impl Releases {
             .map(|(m, _, _)| m.chunks.iter().map(|c| c.hash.clone()).collect())
             .unwrap_or_default();
 
-        let mut check = SealCheck::new(&compiled, active.is_some(), scope);
         // Rules that see every item get them while the set is read back, so that the worker
         // parses them while etcd is still sending the rest.
+        let streams_items = scope == RuleScope::All;
+        let mut check = SealCheck::new(&compiled, active.is_some(), scope);
+        if streams_items {
+            check = check.with_items_streamed();
+        }
         let mut rules = if compiled.rules.is_empty() {
             None
         } else {
@@ -368,7 +372,6 @@ impl Releases {
                 CoordinatorError::Refused(format!("the seal of {ns} is refused: {e}"))
             })?)
         };
-        let streams_items = scope == RuleScope::All;
         let chunks: Vec<(String, u64)> = manifest
             .chunks
             .iter()
@@ -465,13 +468,10 @@ impl Releases {
         let outcome = match rules {
             None => no_rules.clone(),
             Some(session) => {
-                let unstreamed: &[(String, Arc<[u8]>)] = if streams_items {
-                    &[]
-                } else {
-                    &checked.rule_input.items
-                };
+                // The changed items, when the rules see only those; none when every item was
+                // streamed.
                 let evaluated = session
-                    .finish(&checked.rule_input.context, unstreamed)
+                    .finish(&checked.rule_input.context, &checked.rule_input.items)
                     .await
                     .map_err(|e| {
                         CoordinatorError::Refused(format!("the seal of {ns} is refused: {e}"))
