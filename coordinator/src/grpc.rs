@@ -66,17 +66,22 @@ impl AdminService {
 /// while the coordinator runs without `--auth`), and the address it connects from (with TLS
 /// too: tonic records it for both).
 fn credentials<T>(request: &Request<T>) -> Credentials {
-    let text = |name: &str| {
-        request
-            .metadata()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    credentials_from(
+        |name| request.metadata().get(name).and_then(|v| v.to_str().ok()),
+        request.remote_addr(),
+    )
+}
+
+/// The credentials of a request whose header `name` is `header(name)`, from `peer`: the one
+/// place that names the headers, for the handlers and for [`AuthenticateFirst`].
+fn credentials_from<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+    peer: Option<std::net::SocketAddr>,
+) -> Credentials {
     Credentials {
-        authorization: text("authorization"),
-        claimed_actor: text("x-switchboard-actor"),
-        peer: request.remote_addr().map(|address| address.ip()),
+        authorization: header("authorization").map(str::to_string),
+        claimed_actor: header("x-switchboard-actor").map(str::to_string),
+        peer: peer.map(|address| address.ip()),
     }
 }
 
@@ -137,13 +142,6 @@ where
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
         if let Some(rpc) = rpc_of_path(request.uri().path()) {
-            let header = |name: &str| {
-                request
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
             let extensions = request.extensions();
             let peer = extensions
                 .get::<tonic::transport::server::TcpConnectInfo>()
@@ -155,11 +153,10 @@ where
                         >>()
                         .and_then(|info| info.get_ref().remote_addr())
                 });
-            let credentials = Credentials {
-                authorization: header("authorization"),
-                claimed_actor: header("x-switchboard-actor"),
-                peer: peer.map(|address| address.ip()),
-            };
+            let credentials = credentials_from(
+                |name| request.headers().get(name).and_then(|v| v.to_str().ok()),
+                peer,
+            );
             if let Err(error) = self.gate.authenticate_first(&credentials, rpc) {
                 let status = Status::from(error);
                 return Box::pin(futures::future::ready(Ok(status.into_http())));
