@@ -248,12 +248,11 @@ async fn errors(State(state): State<AppState>, Path(ns): Path<String>, caller: C
 /// also keeps other sites from making changes through a coordinator that runs without
 /// `--auth`.
 async fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: Body, what: &str) -> Result<T> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let media_type = content_type.split(';').next().unwrap_or_default().trim();
-    if !media_type.eq_ignore_ascii_case("application/json") {
+    if !switchboard_runtime::json_errors::says_json(headers) {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         return Err(CoordinatorError::InvalidInput(format!(
             "send the {what} as JSON with Content-Type: application/json (got {:?})",
             content_type.chars().take(100).collect::<String>()

@@ -44,8 +44,14 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 fn is_json(response: &Response) -> bool {
-    response
-        .headers()
+    says_json(response.headers())
+}
+
+/// Whether headers say their body is JSON (`application/json`, in any case, with or without
+/// parameters such as a charset): the one reading of the media type for requests and answers
+/// of both HTTP APIs.
+pub fn says_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())

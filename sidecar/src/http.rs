@@ -78,16 +78,6 @@ fn json_error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
-/// Whether the request says its body is JSON (`application/json`, in any case, with or without
-/// parameters such as a charset).
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
-}
-
 fn rejected(rejection: impl IntoResponse + std::fmt::Display) -> Response {
     let message = rejection.to_string();
     json_error(rejection.into_response().status(), message)
@@ -240,7 +230,7 @@ async fn report(
 ) -> Result<Response, Response> {
     // Only JSON: a browser may send `text/plain` across origins without asking first, so a
     // report in any other type is refused before it is read.
-    if !is_json(&headers) {
+    if !switchboard_runtime::json_errors::says_json(&headers) {
         return Err(json_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "a report must be sent as Content-Type: application/json".into(),
