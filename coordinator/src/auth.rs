@@ -746,6 +746,18 @@ impl Gate {
         }
     }
 
+    /// Whether the caller's roles permit `rpc` (in any namespace; roles are not per namespace):
+    /// always without `--auth`. Nothing is recorded: this only sizes what the caller may send.
+    pub fn may_call(&self, credentials: &Credentials, rpc: Rpc) -> bool {
+        let Some(users) = self.users() else {
+            return true;
+        };
+        credentials
+            .bearer()
+            .and_then(|token| users.authenticate(token))
+            .is_some_and(|user| permitted(&user.roles, rpc))
+    }
+
     /// The actor of an allowed request; a request over its caller's rate limit is refused,
     /// and a denied one is recorded and refused.
     pub async fn admit(&self, credentials: &Credentials, rpc: Rpc, ns: &str) -> Result<Actor> {

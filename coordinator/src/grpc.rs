@@ -17,8 +17,12 @@ use crate::release::{Actor, BeginStage, Releases};
 use crate::routing::ChangeRequest;
 use crate::store::MAX_TXN_BYTES;
 
-/// Largest gRPC message accepted or sent: a chunk of up to about 1 MiB plus framing.
+/// Largest gRPC message accepted or sent: the chunks of an upload, or a manifest's pages
+/// (up to 15 MiB) with its head. Only the RPCs that carry them take messages this large, and
+/// only from callers who may call them ([`message_limit`]).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest message of every other RPC: names, a policy, a reason.
+pub const SMALL_MESSAGE_BYTES: usize = 256 * 1024;
 /// Most concurrent streams on one connection to the admin API.
 pub const MAX_CONCURRENT_STREAMS: u32 = 64;
 /// Most chunks one GetChunks request may ask for.
@@ -91,9 +95,29 @@ fn rpc_of_path(path: &str) -> Option<Rpc> {
     Rpc::ALL.into_iter().find(|rpc| rpc.name() == method)
 }
 
+/// The largest message that `rpc` takes from a caller, who may call it or not (by its roles;
+/// anyone may, without `--auth`). A caller who may not gets the small limit whatever the RPC,
+/// so that the handler can still read its request and refuse (and audit) it.
+pub fn message_limit(rpc: Rpc, may_call: bool) -> usize {
+    if !may_call {
+        return SMALL_MESSAGE_BYTES;
+    }
+    match rpc {
+        Rpc::BeginStage | Rpc::UploadChunks => MAX_MESSAGE_BYTES,
+        Rpc::SetContract => {
+            switchboard_contract::document::MAX_CONTRACT_BYTES + SMALL_MESSAGE_BYTES
+        }
+        // Each hash is 64 hex digits and 2 bytes of framing.
+        Rpc::GetChunks => MAX_CHUNKS_PER_READ * 66 + SMALL_MESSAGE_BYTES,
+        _ => SMALL_MESSAGE_BYTES,
+    }
+}
+
 /// A layer in front of the admin service that authenticates each request from its headers
 /// before its body is read ([`Gate::authenticate_first`]): a caller without a known token
 /// gets `UNAUTHENTICATED` at once, and the message it announced, however large, is never
+/// buffered. The body of an admitted request is read under its RPC's [`message_limit`]: a
+/// message that announces more is refused by its announced length, before any of it is
 /// buffered.
 #[derive(Clone)]
 pub struct AuthenticateFirstLayer {
@@ -125,9 +149,14 @@ pub struct AuthenticateFirst<S> {
 
 impl<S, B> tower::Service<axum::http::Request<B>> for AuthenticateFirst<S>
 where
-    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>,
+    S: tower::Service<
+            axum::http::Request<tonic::body::Body>,
+            Response = axum::http::Response<tonic::body::Body>,
+        >,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
 {
     type Response = axum::http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -161,8 +190,105 @@ where
                 let status = Status::from(error);
                 return Box::pin(futures::future::ready(Ok(status.into_http())));
             }
+            let limit = message_limit(rpc, self.gate.may_call(&credentials, rpc));
+            let request =
+                request.map(|body| tonic::body::Body::new(LimitedMessages::new(body, rpc, limit)));
+            return Box::pin(self.inner.call(request));
         }
-        Box::pin(self.inner.call(request))
+        Box::pin(self.inner.call(request.map(tonic::body::Body::new)))
+    }
+}
+
+/// A gRPC request body whose messages may not announce more than `limit` bytes. It reads the
+/// 5-byte prefix of each message (a compression flag and the length) as the data goes by, and
+/// fails the body at the prefix of a message that is too large, so that the decoder never
+/// sees the prefix and reserves nothing for it.
+struct LimitedMessages<B> {
+    inner: B,
+    rpc: Rpc,
+    limit: usize,
+    prefix: [u8; 5],
+    prefix_filled: usize,
+    message_left: usize,
+}
+
+impl<B> LimitedMessages<B> {
+    fn new(inner: B, rpc: Rpc, limit: usize) -> Self {
+        Self {
+            inner,
+            rpc,
+            limit,
+            prefix: [0; 5],
+            prefix_filled: 0,
+            message_left: 0,
+        }
+    }
+
+    /// Follows the messages through `data`; the refusal of one that announces too much.
+    fn read(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            if self.message_left > 0 {
+                let skipped = self.message_left.min(data.len());
+                self.message_left -= skipped;
+                data = &data[skipped..];
+                continue;
+            }
+            let wanted = (self.prefix.len() - self.prefix_filled).min(data.len());
+            self.prefix[self.prefix_filled..self.prefix_filled + wanted]
+                .copy_from_slice(&data[..wanted]);
+            self.prefix_filled += wanted;
+            data = &data[wanted..];
+            if self.prefix_filled < self.prefix.len() {
+                return Ok(());
+            }
+            self.prefix_filled = 0;
+            let [_, l0, l1, l2, l3] = self.prefix;
+            let announced = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+            if announced > self.limit {
+                return Err(Status::resource_exhausted(format!(
+                    "{} takes messages of up to {} bytes from this caller; this one announces {announced} bytes",
+                    self.rpc.name(),
+                    self.limit
+                )));
+            }
+            self.message_left = announced;
+        }
+        Ok(())
+    }
+}
+
+impl<B> http_body::Body for LimitedMessages<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = bytes::Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => return std::task::Poll::Ready(Some(Err(error.into()))),
+            None => return std::task::Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref()
+            && let Err(status) = this.read(data)
+        {
+            return std::task::Poll::Ready(Some(Err(Box::new(status))));
+        }
+        std::task::Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -776,6 +902,65 @@ mod tests {
 
     use super::*;
 
+    /// gRPC messages (a compression flag, the length, the body) of these lengths, one after
+    /// the other.
+    fn messages(lengths: &[u32]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &length in lengths {
+            bytes.push(0);
+            bytes.extend(length.to_be_bytes());
+            bytes.resize(bytes.len() + length as usize, 7);
+        }
+        bytes
+    }
+
+    #[test]
+    fn messages_are_refused_by_the_length_they_announce() {
+        let within = messages(&[0, 10, 3, 10]);
+        let mut over = within.clone();
+        over.extend(messages(&[11]));
+        for piece in [1, 2, 4, 5, 6, 15, 100] {
+            let mut body = LimitedMessages::new((), Rpc::SetPolicy, 10);
+            for data in within.chunks(piece) {
+                body.read(data).expect("messages within the limit pass");
+            }
+            let mut body = LimitedMessages::new((), Rpc::SetPolicy, 10);
+            // The refusal comes with the piece that completes the long message's prefix,
+            // before any of its body.
+            let refused_at = over
+                .chunks(piece)
+                .position(|data| body.read(data).is_err())
+                .expect("a message over the limit is refused");
+            assert_eq!(
+                refused_at,
+                (within.len() + 5).div_ceil(piece) - 1,
+                "in pieces of {piece}"
+            );
+        }
+        let mut body = LimitedMessages::new((), Rpc::SetPolicy, 10);
+        let refused = body.read(&over).expect_err("too large");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            refused.message(),
+            "SetPolicy takes messages of up to 10 bytes from this caller; this one announces 11 bytes"
+        );
+    }
+
+    #[test]
+    fn only_the_rpcs_that_carry_sets_take_large_messages_and_only_from_their_callers() {
+        for rpc in Rpc::ALL {
+            assert_eq!(message_limit(rpc, false), SMALL_MESSAGE_BYTES, "{rpc:?}");
+            let allowed = message_limit(rpc, true);
+            match rpc {
+                Rpc::BeginStage | Rpc::UploadChunks => assert_eq!(allowed, MAX_MESSAGE_BYTES),
+                Rpc::SetContract | Rpc::GetChunks => {
+                    assert!(allowed > SMALL_MESSAGE_BYTES && allowed < 2 * 1024 * 1024)
+                }
+                _ => assert_eq!(allowed, SMALL_MESSAGE_BYTES, "{rpc:?}"),
+            }
+        }
+    }
+
     /// A gate with `--auth` and one operator, bob, whose token is "bob-token". Its store
     /// points at no etcd: the first look at a request touches none.
     async fn gate() -> Gate {
@@ -795,25 +980,25 @@ mod tests {
     fn counted(
         calls: Arc<AtomicUsize>,
     ) -> impl tower::Service<
-        axum::http::Request<()>,
+        axum::http::Request<tonic::body::Body>,
         Response = axum::http::Response<tonic::body::Body>,
         Error = std::convert::Infallible,
         Future = futures::future::Ready<
             Result<axum::http::Response<tonic::body::Body>, std::convert::Infallible>,
         >,
     > + Clone {
-        tower::service_fn(move |_request: axum::http::Request<()>| {
+        tower::service_fn(move |_request: axum::http::Request<tonic::body::Body>| {
             calls.fetch_add(1, Ordering::SeqCst);
             futures::future::ready(Ok(axum::http::Response::new(tonic::body::Body::empty())))
         })
     }
 
-    fn request(path: &str, token: Option<&str>) -> axum::http::Request<()> {
+    fn request(path: &str, token: Option<&str>) -> axum::http::Request<tonic::body::Body> {
         let mut builder = axum::http::Request::builder().uri(path);
         if let Some(token) = token {
             builder = builder.header("authorization", format!("Bearer {token}"));
         }
-        builder.body(()).expect("a request")
+        builder.body(tonic::body::Body::empty()).expect("a request")
     }
 
     #[tokio::test]
@@ -821,8 +1006,7 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut service = AuthenticateFirstLayer::new(gate().await).layer(counted(calls.clone()));
         for token in [None, Some("made-up"), Some("BOB-TOKEN")] {
-            let answer = service
-                .ready()
+            let answer = ServiceExt::<axum::http::Request<tonic::body::Body>>::ready(&mut service)
                 .await
                 .expect("ready")
                 .call(request("/switchboard.v1.Admin/BeginStage", token))
@@ -844,8 +1028,7 @@ mod tests {
             ("/switchboard.v1.Admin/BeginStage", Some("bob-token")),
             ("/grpc.health.v1.Health/Check", None),
         ] {
-            let answer = service
-                .ready()
+            let answer = ServiceExt::<axum::http::Request<tonic::body::Body>>::ready(&mut service)
                 .await
                 .expect("ready")
                 .call(request(path, token))

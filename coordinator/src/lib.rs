@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use switchboard_proto::Keys;
-use switchboard_runtime::connections::GuardedListener;
+use switchboard_runtime::connections::{ConnectionLimits, GuardedListener};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -225,7 +225,8 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
     tracing::info!(grpc = %args.listen, http = %args.http, etcd = %args.etcd.join(","), prefix = %args.prefix, "coordinator serving");
-    let http_limits = switchboard_runtime::connections::limits_for_this_process();
+    // The two listeners share the descriptors that the process may open.
+    let limits = switchboard_runtime::connections::limits_for_this_process(2);
     match (&users, &args.auth) {
         (Some(users), Some(path)) => tracing::info!(
             users = users.users().len(),
@@ -265,8 +266,7 @@ async fn serve(
         args.tls_key.as_deref(),
         args.tls_client_ca.as_deref(),
     )?;
-    let grpc_tls = tls.as_ref().map(tls::TlsSettings::tonic).transpose()?;
-    let http_tls = tls.as_ref().map(tls::TlsSettings::rustls).transpose()?;
+    let tls_config = tls.as_ref().map(tls::TlsSettings::rustls).transpose()?;
     match &tls {
         Some(tls) => tracing::info!(
             cert = %tls.cert.display(),
@@ -313,7 +313,8 @@ async fn serve(
     ));
     let grpc = serve_grpc(
         grpc_listener,
-        grpc_tls,
+        tls_config.clone(),
+        limits,
         releases.clone(),
         gate.clone(),
         shutdown.clone(),
@@ -327,10 +328,11 @@ async fn serve(
             switchboard_runtime::host::refuse_other_hosts,
         ));
     let http = async {
-        match http_tls {
+        match tls_config {
             Some(config) => {
+                let listener = tls::TlsListener::new(http_listener, config, "HTTP");
                 serve_http(
-                    GuardedListener::new(tls::TlsListener::new(http_listener, config), http_limits),
+                    GuardedListener::new(listener, limits, "http"),
                     router,
                     shutdown.clone(),
                 )
@@ -338,7 +340,7 @@ async fn serve(
             }
             None => {
                 serve_http(
-                    GuardedListener::new(http_listener, http_limits),
+                    GuardedListener::new(http_listener, limits, "http"),
                     router,
                     shutdown.clone(),
                 )
@@ -357,22 +359,52 @@ async fn serve(
 }
 
 /// Serves the admin API on a bound listener until `shutdown`, then drains for `SHUTDOWN_GRACE`.
+/// Its connections live under `limits` ([`GuardedListener`]), above TLS when `tls` is given.
 pub async fn serve_grpc(
     listener: TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
     releases: release::Releases,
     gate: auth::Gate,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Without TCP_NODELAY, a reply written in two segments waits for the client's delayed ACK
-    // (about 40 ms): `serve_with_incoming` does not set it for us.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .context("cannot set up TLS on the gRPC listener")?;
+    use axum::serve::ListenerExt;
+    use switchboard_runtime::connections::incoming;
+    match tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config, "gRPC");
+            let connections = incoming(GuardedListener::new(listener, limits, "grpc"));
+            serve_grpc_connections(connections, releases, gate, shutdown).await
+        }
+        None => {
+            // Without TCP_NODELAY, a reply written in two segments waits for the client's
+            // delayed ACK (about 40 ms).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            let connections = incoming(GuardedListener::new(listener, limits, "grpc"));
+            serve_grpc_connections(connections, releases, gate, shutdown).await
+        }
     }
+}
+
+/// Serves the admin API on `connections` until `shutdown`, then drains for `SHUTDOWN_GRACE`.
+async fn serve_grpc_connections<IO>(
+    connections: impl futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    releases: release::Releases,
+    gate: auth::Gate,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    IO: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+{
+    let builder = tonic::transport::Server::builder();
     let service = grpc::AdminService::new(releases, gate.clone(), shutdown.clone());
     let tasks = service.tasks();
     // Streams per connection are bounded (h2 would allow hundreds), and a caller without a
@@ -383,7 +415,7 @@ pub async fn serve_grpc(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(grpc::AuthenticateFirstLayer::new(gate))
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(connections, shutdown.clone().cancelled_owned());
     let result = drain(server, shutdown).await;
     // The tasks the handlers started stop on the same shutdown (a synchronized flip withdraws
     // its preparation first); a handler that was closed after the grace may have left its task

@@ -1,7 +1,8 @@
-//! TLS on the coordinator's listeners, with rustls (ring): the admin gRPC API through tonic's
-//! own TLS, and the HTTP API through a listener that completes each handshake before axum sees
-//! the connection, many handshakes at once so that a silent client stalls nobody. With `--tls-client-ca`, both require a client certificate signed by that
-//! CA; a client without one never gets past the handshake.
+//! TLS on the coordinator's listeners, with rustls (ring): the admin gRPC API and the HTTP API
+//! both through a listener that completes each handshake before the server sees the
+//! connection, many handshakes at once so that a silent client stalls nobody. With
+//! `--tls-client-ca`, both require a client certificate signed by that CA; a client without
+//! one never gets past the handshake.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,9 @@ use tokio_rustls::server::TlsStream;
 
 use crate::telemetry;
 
-/// How long a client may take to finish the TLS handshake on the HTTP listener.
+/// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most TLS handshakes under way at once on the HTTP listener. Handshakes run side by side, so
+/// Most TLS handshakes under way at once on one listener. Handshakes run side by side, so
 /// a client that opens a connection and says nothing holds one of these for at most
 /// [`HANDSHAKE_TIMEOUT`], not the listener; past the cap, new connections are closed at once
 /// (and counted) until handshakes finish.
@@ -57,27 +58,8 @@ impl TlsSettings {
         }
     }
 
-    fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
-        std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
-    }
-
-    /// tonic's server TLS for the admin gRPC API.
-    pub fn tonic(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-        let identity = tonic::transport::Identity::from_pem(
-            Self::read(&self.cert, "--tls-cert")?,
-            Self::read(&self.key, "--tls-key")?,
-        );
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(Self::read(
-                ca,
-                "--tls-client-ca",
-            )?));
-        }
-        Ok(config)
-    }
-
-    /// rustls's server configuration for the HTTP API.
+    /// rustls's server configuration for both APIs: ALPN offers HTTP/2 (which gRPC needs)
+    /// and HTTP/1.1.
     pub fn rustls(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
@@ -134,21 +116,25 @@ impl TlsSettings {
     }
 }
 
-/// A listener that hands axum only connections whose TLS handshake completed. Handshakes run
-/// concurrently, each under its own timeout, in tasks the listener owns: dropping the listener
-/// (at shutdown) aborts those still under way.
+/// A listener that hands the server only connections whose TLS handshake completed.
+/// Handshakes run concurrently, each under its own timeout, in tasks the listener owns:
+/// dropping the listener (at shutdown) aborts those still under way.
 pub struct TlsListener {
     tcp: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+    /// The API it serves, for the logs: `HTTP` or `gRPC`.
+    api: &'static str,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+    /// A listener of the API named `api` (for the logs).
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>, api: &'static str) -> Self {
         Self {
             tcp,
             acceptor: tokio_rustls::TlsAcceptor::from(config),
             handshakes: JoinSet::new(),
+            api,
         }
     }
 }
@@ -159,16 +145,17 @@ async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     address: SocketAddr,
+    api: &'static str,
 ) -> Option<(TlsStream<TcpStream>, SocketAddr)> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => Some((tls, address)),
         Ok(Err(error)) => {
-            tracing::info!(%address, %error, "TLS handshake refused on the HTTP listener");
+            tracing::info!(%address, %error, "TLS handshake refused on the {api} listener");
             metrics::counter!(telemetry::TLS_HANDSHAKES_FAILED, "reason" => "refused").increment(1);
             None
         }
         Err(_) => {
-            tracing::info!(%address, "TLS handshake timed out on the HTTP listener");
+            tracing::info!(%address, "TLS handshake timed out on the {api} listener");
             metrics::counter!(telemetry::TLS_HANDSHAKES_FAILED, "reason" => "timeout").increment(1);
             None
         }
@@ -184,6 +171,9 @@ impl axum::serve::Listener for TlsListener {
             tokio::select! {
                 accepted = self.tcp.accept() => match accepted {
                     Ok((stream, address)) => {
+                        // Without TCP_NODELAY, a reply written in two segments waits for
+                        // the client's delayed ACK (about 40 ms).
+                        let _ = stream.set_nodelay(true);
                         if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
                             metrics::counter!(telemetry::TLS_HANDSHAKES_FAILED, "reason" => "too_many")
                                 .increment(1);
@@ -191,12 +181,12 @@ impl axum::serve::Listener for TlsListener {
                             continue;
                         }
                         self.handshakes
-                            .spawn(handshake(self.acceptor.clone(), stream, address));
+                            .spawn(handshake(self.acceptor.clone(), stream, address, self.api));
                     }
                     Err(error) => {
                         // Out of file descriptors and the like: wait a little instead of
                         // spinning.
-                        tracing::warn!(%error, "cannot accept an HTTP connection");
+                        tracing::warn!(%error, api = self.api, "cannot accept a connection");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },

@@ -1,19 +1,23 @@
-//! Connections to the HTTP APIs that cannot starve each other. A client that opens connections
-//! and never finishes a request (half-sent headers, or nothing at all) would otherwise hold
-//! them, and their file descriptors, forever: a few hundred took down every listener of a
-//! process. [`GuardedListener`] wraps a listener so that:
+//! Connections to the HTTP and gRPC APIs that cannot starve each other. A client that opens
+//! connections and never finishes a request (half-sent headers, or nothing at all) would
+//! otherwise hold them, and their file descriptors, forever: a few hundred took down every
+//! listener of a process. [`GuardedListener`] wraps a listener so that:
 //!
-//! - a connection must finish its first request's head within the header timeout of being
-//!   accepted, however slowly it trickles bytes; after its first answer, it is closed once it
-//!   has been idle (nothing read or written) for the idle timeout;
+//! - a connection must make its first request within the header timeout of being accepted,
+//!   however slowly it trickles bytes; after that, it is closed once it has been idle (nothing
+//!   read or written) for the idle timeout;
 //! - at most `max_connections` are open at once; at the cap, a new connection evicts the
 //!   oldest one that has not been answered yet (a slow or silent client), so that a flood of
 //!   half-sent requests cannot lock out a client that asks and goes; when every open
 //!   connection has been answered, the new one is closed at once.
 //!
-//! The limits apply to the byte stream under HTTP, whatever the protocol: a long response
-//! keeps its connection alive by writing, and the APIs have no request that waits silently
-//! for longer than the idle timeout.
+//! The limits apply to the byte stream under HTTP (above TLS), so they hold for HTTP/1.1 and
+//! HTTP/2 alike. What "made its first request" means is read from the bytes: an HTTP/2
+//! connection (it opens with the HTTP/2 preface) has made it once a whole header block has
+//! arrived, because an HTTP/2 server writes its settings before the client says anything; an
+//! HTTP/1.1 connection, once the server has answered it. A long response keeps its connection
+//! alive by writing, HTTP/2 keep-alive pings keep an idle gRPC connection alive, and the APIs
+//! have no request that waits silently for longer than the idle timeout.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -37,27 +41,27 @@ pub const DESCRIPTOR_HEADROOM: u64 = 256;
 /// The most HTTP connections of one listener, whatever the descriptor limit allows.
 pub const MAX_CONNECTIONS: usize = 4096;
 
-/// Counted in `switchboard_http_connections_closed_total{reason}`.
+/// Counted in `switchboard_http_connections_closed_total{listener, reason}`.
 pub const CONNECTIONS_CLOSED: &str = "switchboard_http_connections_closed_total";
 /// Why the listener closes a connection: `header_timeout`, `idle`, `evicted` (for a newer
 /// one, at the cap) and `full` (at the cap, with every connection answered).
 pub const CLOSE_REASONS: [&str; 4] = ["header_timeout", "idle", "evicted", "full"];
 
-/// The `# HELP` line and the zero values of the listener's counter (the recorder installed).
+/// The `# HELP` line of the listeners' counter (the recorder installed); each
+/// [`GuardedListener`] sets its own zero values.
 pub fn describe_metrics() {
     metrics::describe_counter!(
         CONNECTIONS_CLOSED,
-        "HTTP connections the server closed, by reason: header_timeout (no whole request head in time), idle, evicted (the oldest unanswered one, for a newer connection at the cap), full (at the cap, every connection answered)."
+        "Connections an HTTP or gRPC listener closed, by listener and reason: header_timeout (no first request in time), idle, evicted (the oldest one without a request, for a newer connection at the cap), full (at the cap, every connection in use)."
     );
-    for reason in CLOSE_REASONS {
-        metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(0);
-    }
 }
 
 /// The limits of one listener.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// How many listeners share the process's descriptors (each gets its part of them).
+    pub listeners: u64,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -96,8 +100,99 @@ impl ConnectionLimits {
             max_connections: usize::try_from(usable)
                 .unwrap_or(MAX_CONNECTIONS)
                 .clamp(16, MAX_CONNECTIONS),
+            listeners: listeners.max(1),
             header_timeout: HEADER_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// The first bytes of an HTTP/2 connection.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How far a connection is on the way to its first request, read from its bytes.
+#[derive(Debug)]
+enum FirstRequest {
+    /// Nothing read yet, or only the first `matched` bytes of the HTTP/2 preface.
+    Undecided { matched: usize },
+    /// HTTP/1.1: it has made its request once the server answers.
+    Http1,
+    /// HTTP/2: it has made its request once a whole header block has arrived.
+    Http2(FrameScanner),
+}
+
+impl FirstRequest {
+    /// Reads `bytes` from the client; true once they complete an HTTP/2 request's head.
+    fn read(&mut self, mut bytes: &[u8]) -> bool {
+        if let FirstRequest::Undecided { matched } = self {
+            while *matched < HTTP2_PREFACE.len() {
+                let Some((&byte, rest)) = bytes.split_first() else {
+                    return false;
+                };
+                if byte != HTTP2_PREFACE[*matched] {
+                    *self = FirstRequest::Http1;
+                    return false;
+                }
+                *matched += 1;
+                bytes = rest;
+            }
+            *self = FirstRequest::Http2(FrameScanner::default());
+        }
+        match self {
+            FirstRequest::Http2(scanner) => scanner.read(bytes),
+            _ => false,
+        }
+    }
+}
+
+/// Follows HTTP/2 frames by their 9-byte headers until a header block ends (a HEADERS or
+/// CONTINUATION frame with END_HEADERS, and its payload), without decoding anything.
+#[derive(Debug, Default)]
+struct FrameScanner {
+    header: [u8; 9],
+    header_filled: usize,
+    payload_left: usize,
+    payload_ends_a_head: bool,
+}
+
+impl FrameScanner {
+    const HEADERS: u8 = 0x1;
+    const CONTINUATION: u8 = 0x9;
+    const END_HEADERS: u8 = 0x4;
+
+    /// Reads `bytes`; true once a header block has ended within them.
+    fn read(&mut self, mut bytes: &[u8]) -> bool {
+        loop {
+            if self.payload_left > 0 {
+                let skipped = self.payload_left.min(bytes.len());
+                self.payload_left -= skipped;
+                bytes = &bytes[skipped..];
+                if self.payload_left > 0 {
+                    return false;
+                }
+                if self.payload_ends_a_head {
+                    return true;
+                }
+            }
+            if bytes.is_empty() {
+                return false;
+            }
+            let wanted = (self.header.len() - self.header_filled).min(bytes.len());
+            self.header[self.header_filled..self.header_filled + wanted]
+                .copy_from_slice(&bytes[..wanted]);
+            self.header_filled += wanted;
+            bytes = &bytes[wanted..];
+            if self.header_filled < self.header.len() {
+                return false;
+            }
+            self.header_filled = 0;
+            let [l0, l1, l2, kind, flags, ..] = self.header;
+            self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+            self.payload_ends_a_head = matches!(kind, Self::HEADERS | Self::CONTINUATION)
+                && flags & Self::END_HEADERS != 0;
+            if self.payload_left == 0 && self.payload_ends_a_head {
+                return true;
+            }
         }
     }
 }
@@ -120,28 +215,36 @@ struct Registry {
 pub struct GuardedListener<L> {
     inner: L,
     limits: ConnectionLimits,
+    /// The `listener` label of its metrics: `http` or `grpc`.
+    name: &'static str,
     registry: Arc<Mutex<Registry>>,
     next_id: AtomicU64,
 }
 
 impl<L> GuardedListener<L> {
-    pub fn new(inner: L, limits: ConnectionLimits) -> Self {
+    /// Guards `inner`, whose connections are counted in the metrics as listener `name`.
+    pub fn new(inner: L, limits: ConnectionLimits, name: &'static str) -> Self {
+        for reason in CLOSE_REASONS {
+            metrics::counter!(CONNECTIONS_CLOSED, "listener" => name, "reason" => reason)
+                .increment(0);
+        }
         GuardedListener {
             inner,
             limits,
+            name,
             registry: Arc::new(Mutex::new(Registry::default())),
             next_id: AtomicU64::new(0),
         }
     }
 
     /// The cap now: the configured one, or less when the descriptor limit was lowered since
-    /// the start (`prlimit`), keeping [`DESCRIPTOR_HEADROOM`] free.
+    /// the start (`prlimit`), keeping [`DESCRIPTOR_HEADROOM`] free and sharing the rest.
     fn cap(&self) -> usize {
         use nix::sys::resource::{Resource, getrlimit};
         match getrlimit(Resource::RLIMIT_NOFILE) {
             Ok((soft, _)) => {
-                let usable =
-                    usize::try_from(soft.saturating_sub(DESCRIPTOR_HEADROOM)).unwrap_or(usize::MAX);
+                let usable = soft.saturating_sub(DESCRIPTOR_HEADROOM) / self.limits.listeners;
+                let usable = usize::try_from(usable).unwrap_or(usize::MAX);
                 self.limits.max_connections.min(usable.max(16))
             }
             Err(_) => self.limits.max_connections,
@@ -156,7 +259,8 @@ impl<L> GuardedListener<L> {
             let (_, oldest) = registry.unanswered.pop_first()?;
             oldest.evicted.store(true, Ordering::SeqCst);
             oldest.waker.wake();
-            metrics::counter!(CONNECTIONS_CLOSED, "reason" => "evicted").increment(1);
+            metrics::counter!(CONNECTIONS_CLOSED, "listener" => self.name, "reason" => "evicted")
+                .increment(1);
             // The evicted one still counts until it is dropped; the new one is admitted now.
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -186,13 +290,16 @@ where
                         shared,
                         registry: self.registry.clone(),
                         limits: self.limits,
+                        listener: self.name,
+                        first_request: FirstRequest::Undecided { matched: 0 },
                         answered: false,
                         deadline: Box::pin(tokio::time::sleep(self.limits.header_timeout)),
                     };
                     return (io, address);
                 }
                 None => {
-                    metrics::counter!(CONNECTIONS_CLOSED, "reason" => "full").increment(1);
+                    metrics::counter!(CONNECTIONS_CLOSED, "listener" => self.name, "reason" => "full")
+                        .increment(1);
                     drop(io);
                 }
             }
@@ -211,12 +318,24 @@ pub struct GuardedIo<T> {
     shared: Arc<Shared>,
     registry: Arc<Mutex<Registry>>,
     limits: ConnectionLimits,
-    /// Whether anything was written: the first request was answered.
+    listener: &'static str,
+    first_request: FirstRequest,
+    /// Whether the connection has made its first request (see the module's notes): from then
+    /// on, the idle timeout applies instead of the header timeout, and it is not evicted.
     answered: bool,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<T> GuardedIo<T> {
+    /// Notes that the connection has made its first request.
+    fn now_answered(&mut self) {
+        if !self.answered {
+            self.answered = true;
+            let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            registry.unanswered.remove(&self.id);
+        }
+    }
+
     /// Notes activity: the deadline moves, once the connection has been answered.
     fn active(&mut self) {
         if self.answered {
@@ -240,7 +359,8 @@ impl<T> GuardedIo<T> {
             } else {
                 "header_timeout"
             };
-            metrics::counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
+            metrics::counter!(CONNECTIONS_CLOSED, "listener" => self.listener, "reason" => reason)
+                .increment(1);
             return Some(io::Error::new(io::ErrorKind::TimedOut, reason));
         }
         None
@@ -265,6 +385,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedIo<T> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
+                    if !self.answered && self.first_request.read(&buf.filled()[before..]) {
+                        self.now_answered();
+                    }
                     self.active();
                 }
                 Poll::Ready(Ok(()))
@@ -288,10 +411,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         if let Poll::Ready(Ok(n)) = written
             && n > 0
         {
-            if !self.answered {
-                self.answered = true;
-                let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
-                registry.unanswered.remove(&self.id);
+            // An HTTP/2 server writes before the client's request (its settings, a ping), so
+            // only an HTTP/1.1 answer counts.
+            if matches!(self.first_request, FirstRequest::Http1) {
+                self.now_answered();
             }
             self.active();
         }
@@ -307,23 +430,47 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
     }
 }
 
-/// Raises the descriptor limit as far as it goes, logs it, and returns the limits of one HTTP
-/// listener of this process.
-pub fn limits_for_this_process() -> ConnectionLimits {
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for GuardedIo<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    /// The connection's own information (its address, its TLS peer), so that a gRPC handler
+    /// sees the same as without the guard.
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// The connections of `listener` as the stream of incoming connections that tonic serves.
+pub fn incoming<L>(
+    listener: GuardedListener<L>,
+) -> impl futures::Stream<Item = io::Result<GuardedIo<L::Io>>>
+where
+    L: axum::serve::Listener,
+    L::Io: Unpin,
+{
+    futures::stream::unfold(listener, |mut listener| async move {
+        let (io, _) = axum::serve::Listener::accept(&mut listener).await;
+        Some((Ok(io), listener))
+    })
+}
+
+/// Raises the descriptor limit as far as it goes, logs it, and returns the limits of each of
+/// this process's `listeners`.
+pub fn limits_for_this_process(listeners: u64) -> ConnectionLimits {
     match raise_descriptor_limit() {
         Ok(descriptors) => {
-            let limits = ConnectionLimits::for_descriptors(descriptors.now, 1);
+            let limits = ConnectionLimits::for_descriptors(descriptors.now, listeners);
             tracing::info!(
                 descriptors_before = descriptors.before,
                 descriptors = descriptors.now,
-                max_http_connections = limits.max_connections,
+                max_connections_per_listener = limits.max_connections,
                 "file descriptor limit"
             );
             limits
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the file descriptor limit; assuming 1024");
-            ConnectionLimits::for_descriptors(1024, 1)
+            ConnectionLimits::for_descriptors(1024, listeners)
         }
     }
 }
@@ -353,6 +500,83 @@ mod tests {
         );
     }
 
+    /// Feeds `bytes` to a new connection's reader in pieces of `piece` bytes; the offset just
+    /// after the piece at which it saw the first request's head, if it did.
+    fn first_request_seen(bytes: &[u8], piece: usize) -> Option<usize> {
+        let mut first_request = FirstRequest::Undecided { matched: 0 };
+        let mut offset = 0;
+        for chunk in bytes.chunks(piece) {
+            offset += chunk.len();
+            if first_request.read(chunk) {
+                return Some(offset);
+            }
+        }
+        None
+    }
+
+    fn frame(kind: u8, flags: u8, payload: usize) -> Vec<u8> {
+        let length = u32::try_from(payload).expect("a small frame").to_be_bytes();
+        let mut frame = vec![length[1], length[2], length[3], kind, flags, 0, 0, 0, 1];
+        frame.resize(9 + payload, 0xAB);
+        frame
+    }
+
+    #[test]
+    fn an_http2_request_is_seen_when_its_header_block_ends() {
+        let settings = frame(0x4, 0, 12);
+        let data = frame(0x0, 0, 40);
+        let headers_open = frame(0x1, 0, 30);
+        let continuation_end = frame(0x9, 0x4, 7);
+        let mut bytes = HTTP2_PREFACE.to_vec();
+        bytes.extend(&settings);
+        bytes.extend(&data);
+        bytes.extend(&headers_open);
+        bytes.extend(&continuation_end);
+        bytes.extend(frame(0x0, 0x1, 5));
+        let end_of_head = bytes.len() - 14;
+        for piece in [1, 2, 7, 9, 10, 64, bytes.len()] {
+            let seen = first_request_seen(&bytes, piece).expect("a request");
+            assert!(
+                seen >= end_of_head && seen < end_of_head + piece,
+                "in pieces of {piece}: seen at {seen}, the head ends at {end_of_head}"
+            );
+        }
+        // A header block that has not ended yet, or its last bytes missing, is no request.
+        assert_eq!(first_request_seen(&bytes[..end_of_head - 1], 3), None);
+        let mut unended = HTTP2_PREFACE.to_vec();
+        unended.extend(&settings);
+        unended.extend(&headers_open);
+        unended.extend(&data);
+        assert_eq!(first_request_seen(&unended, 5), None);
+        // An empty header block with END_HEADERS is one.
+        let mut empty = HTTP2_PREFACE.to_vec();
+        empty.extend(frame(0x1, 0x5, 0));
+        assert_eq!(first_request_seen(&empty, 4), Some(empty.len()));
+    }
+
+    #[test]
+    fn http1_is_told_from_http2_by_the_preface() {
+        let mut first_request = FirstRequest::Undecided { matched: 0 };
+        assert!(!first_request.read(b"PRI * HTTP/2"));
+        assert!(matches!(
+            first_request,
+            FirstRequest::Undecided { matched: 12 }
+        ));
+        assert!(!first_request.read(b"POST / HTTP/1.1\r\n"));
+        for start in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /v1",
+            b"PRI * HTTP/1.1\r\n",
+        ] {
+            let mut first_request = FirstRequest::Undecided { matched: 0 };
+            assert!(!first_request.read(start));
+            assert!(
+                matches!(first_request, FirstRequest::Http1),
+                "{start:?} is HTTP/1.1"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn at_the_cap_the_oldest_unanswered_connection_makes_room() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -361,10 +585,11 @@ mod tests {
         let address = listener.local_addr().expect("an address");
         let limits = ConnectionLimits {
             max_connections: 2,
+            listeners: 1,
             header_timeout: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(3600),
         };
-        let mut guarded = GuardedListener::new(listener, limits);
+        let mut guarded = GuardedListener::new(listener, limits, "test");
         let mut clients = Vec::new();
         let mut accepted = Vec::new();
         for _ in 0..3 {

@@ -15,9 +15,16 @@ pub struct ReaderService {
     served: Arc<Served>,
 }
 
+/// Largest request the read API takes: each names a namespace, a key, a consumer or a few
+/// counts, so a larger one is a mistake or an attack, refused by its announced length.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Most concurrent streams on one connection (a `WatchVersions` per namespace, reads beside).
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
 impl ReaderService {
     pub fn new(served: Arc<Served>) -> pb::reader_server::ReaderServer<Self> {
         pb::reader_server::ReaderServer::new(Self { served })
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 

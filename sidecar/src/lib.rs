@@ -29,9 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::Parser;
 use switchboard_proto::Keys;
 use switchboard_proto::keys::validate_namespace;
+use switchboard_runtime::connections::{GuardedListener, incoming};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -261,18 +263,25 @@ pub async fn run(
 
     let allowlist = args.hosts.allowlist();
     switchboard_runtime::connections::describe_metrics();
-    let http_limits = switchboard_runtime::connections::limits_for_this_process();
-    let http_listener =
-        switchboard_runtime::connections::GuardedListener::new(http_listener, http_limits);
+    // The two listeners share the descriptors that the process may open.
+    let limits = switchboard_runtime::connections::limits_for_this_process(2);
+    let http_listener = GuardedListener::new(http_listener, limits, "http");
     let http = axum::serve(http_listener, http::router(served.clone(), allowlist))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
+    // Without TCP_NODELAY every answer waits for the client's delayed ACK (about 40 ms).
+    let grpc_listener = grpc_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    // Keep-alive pings keep an application's quiet `WatchVersions` stream alive past the
+    // listener's idle timeout, and find a peer that is gone.
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(grpc::MAX_CONCURRENT_STREAMS))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(grpc::ReaderService::new(served))
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY every answer waits for the client's delayed ACK (about 40 ms),
-            // and `serve_with_incoming` does not set it for us.
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            incoming(GuardedListener::new(grpc_listener, limits, "grpc")),
             shutdown.clone().cancelled_owned(),
         );
     let servers = async {

@@ -182,17 +182,84 @@ async fn send_message(
     Ok((status, send))
 }
 
-/// Issue 14, acceptance 2: 200 gRPC streams without a known token, each sending a 16 MiB
-/// message, are refused from their headers before their body is read: each is answered
-/// UNAUTHENTICATED, and the coordinator's memory barely moves (flow control holds the rest of
-/// each message at the sender). They call unary RPCs (BeginStage, SetContract, Seal), whose handlers see only
-/// a whole message: before the check moved in front of the body, each waited for its 16 MiB.
-/// An operator's upload of a large item still works.
+/// The streams of [`two_hundred_large_messages`], open until dropped, with their connections.
+struct OpenStreams {
+    _streams: Vec<h2::SendStream<bytes::Bytes>>,
+    _connections: tokio::task::JoinSet<Result<(), h2::Error>>,
+}
+
+/// Opens 200 gRPC streams to `address` with `token` over 4 connections, calling `rpcs` in
+/// turn, and sends on each a message of 16 MiB (its header announces 16 MiB less 5 bytes).
+/// Returns each stream's RPC and the grpc-status it was answered, and the open streams.
+async fn two_hundred_large_messages(
+    address: SocketAddr,
+    token: &str,
+    rpcs: &[&'static str],
+) -> Result<(Vec<(&'static str, Option<String>)>, OpenStreams)> {
+    let size = 16usize << 20;
+    let mut message = vec![0u8];
+    message.extend_from_slice(&u32::try_from(size - 5)?.to_be_bytes());
+    message.resize(size, 0);
+    let message = bytes::Bytes::from(message);
+    let mut open = OpenStreams {
+        _streams: Vec::new(),
+        _connections: tokio::task::JoinSet::new(),
+    };
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let tcp = tokio::net::TcpStream::connect(address).await?;
+        let (client, connection) = h2::client::handshake(tcp).await?;
+        open._connections.spawn(connection);
+        let mut streams = tokio::task::JoinSet::new();
+        for stream in 0..50 {
+            let (client, token, message) = (client.clone(), token.to_string(), message.clone());
+            let rpc = rpcs[stream % rpcs.len()];
+            streams.spawn(async move {
+                let (status, send) = send_message(client, address, rpc, &token, message).await?;
+                Ok::<_, anyhow::Error>((rpc, status, send))
+            });
+        }
+        while let Some(done) = streams.join_next().await {
+            let (rpc, status, send) = done??;
+            answers.push((rpc, status));
+            open._streams.push(send);
+        }
+    }
+    Ok((answers, open))
+}
+
+/// How much the peak resident memory of `pid` grew past `before` (both in bytes); printed
+/// with `what` caused it. The peak, not the memory now: a message buffered and freed again
+/// leaves no trace in the resident memory at the end.
+fn peak_growth(pid: u32, before: u64, what: &str) -> Result<(u64, u64)> {
+    let after = memory_bytes(pid, "VmHWM")?;
+    let growth = after.saturating_sub(before);
+    eprintln!(
+        "{what}: coordinator peak RSS {:.1} MB -> {:.1} MB (+{:.1} MB)",
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        growth as f64 / 1e6
+    );
+    Ok((growth, after))
+}
+
+/// Issue 14, acceptance 2, and its per-RPC message limits ("small by default, large only for
+/// the RPCs that carry chunks and only for callers allowed to stage"). 200 gRPC streams without
+/// a known token, each sending a 16 MiB message, are refused from their headers before their
+/// body is read: each is answered UNAUTHENTICATED, and the coordinator's memory barely moves
+/// (flow control holds the rest of each message at the sender). They call unary RPCs
+/// (BeginStage, SetContract, Seal), whose handlers see only a whole message: before the check
+/// moved in front of the body, each waited for its 16 MiB. Then a viewer's 200 streams
+/// announcing 16 MiB (UploadChunks, BeginStage, SetPolicy) are refused by the announced length,
+/// and memory barely moves again; an operator's policy of 1 MiB is refused naming the RPC and
+/// the limit, while the operator's staging of large items works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_without_a_known_token_are_refused_before_their_bodies_are_read() -> Result<()> {
+async fn large_messages_are_refused_before_they_are_read_unless_the_caller_may_send_them()
+-> Result<()> {
     let olga = new_user("olga", &["operator"]).await?;
+    let vera = new_user("vera", &["viewer"]).await?;
     let dir = tempfile::tempdir()?;
-    let auth = write_auth_file(dir.path(), &[&olga])?;
+    let auth = write_auth_file(dir.path(), &[&olga, &vera])?;
     let etcd = EtcdServer::start().await?;
     let coordinator = Coordinator::start_with(
         &etcd.endpoint(),
@@ -203,51 +270,77 @@ async fn streams_without_a_known_token_are_refused_before_their_bodies_are_read(
     let address = coordinator.grpc_addr();
     let before = memory_bytes(coordinator.pid(), "VmHWM")?;
 
-    let mut connections = tokio::task::JoinSet::new();
-    let mut open_streams = Vec::new();
     let made_up = "0123456789abcdef".repeat(4);
-    // One 16 MiB message, shared by every stream: a header announcing 16 MiB - 5 bytes of
-    // body, and the body.
-    let size = 16usize << 20;
-    let mut message = vec![0u8];
-    message.extend_from_slice(&u32::try_from(size - 5)?.to_be_bytes());
-    message.resize(size, 0);
-    let message = bytes::Bytes::from(message);
-    for _ in 0..4 {
-        let tcp = tokio::net::TcpStream::connect(address).await?;
-        let (client, connection) = h2::client::handshake(tcp).await?;
-        connections.spawn(connection);
-        let mut streams = tokio::task::JoinSet::new();
-        for stream in 0..50 {
-            let (client, token, message) = (client.clone(), made_up.clone(), message.clone());
-            let rpc = ["BeginStage", "SetContract", "Seal"][stream % 3];
-            streams.spawn(async move { send_message(client, address, rpc, &token, message).await });
-        }
-        while let Some(done) = streams.join_next().await {
-            let (status, send) = done??;
-            ensure!(
-                status.as_deref() == Some("16"),
-                "a stream without a known token was answered {status:?}, not UNAUTHENTICATED (16)"
-            );
-            open_streams.push(send);
-        }
+    let (answers, open_streams) =
+        two_hundred_large_messages(address, &made_up, &["BeginStage", "SetContract", "Seal"])
+            .await?;
+    for (rpc, status) in answers {
+        ensure!(
+            status.as_deref() == Some("16"),
+            "a {rpc} stream without a known token was answered {status:?}, not UNAUTHENTICATED (16)"
+        );
     }
-    // The peak, not the memory now: a message buffered and freed again leaves no trace in
-    // the resident memory at the end.
-    let after = memory_bytes(coordinator.pid(), "VmHWM")?;
-    let growth = after.saturating_sub(before);
-    eprintln!(
-        "200 unauthenticated streams sending 16 MiB each: coordinator peak RSS {:.1} MB -> {:.1} MB (+{:.1} MB)",
-        before as f64 / 1e6,
-        after as f64 / 1e6,
-        growth as f64 / 1e6
-    );
+    let (growth, before) = peak_growth(
+        coordinator.pid(),
+        before,
+        "200 unauthenticated streams sending 16 MiB each",
+    )?;
     ensure!(
         growth < 50_000_000,
         "the coordinator grew by {growth} bytes"
     );
     drop(open_streams);
-    connections.abort_all();
+
+    let (answers, open_streams) = two_hundred_large_messages(
+        address,
+        &vera.token,
+        &["UploadChunks", "BeginStage", "SetPolicy"],
+    )
+    .await?;
+    for (rpc, status) in answers {
+        // The viewer's upload is refused for its role (its first message, too large to read,
+        // names no namespace); the unary RPCs by the size of their message.
+        let expected = if rpc == "UploadChunks" { "7" } else { "8" };
+        ensure!(
+            status.as_deref() == Some(expected),
+            "the viewer's {rpc} of 16 MiB was answered {status:?}, not {expected}"
+        );
+    }
+    let (growth, _) = peak_growth(
+        coordinator.pid(),
+        before,
+        "a viewer's 200 streams announcing 16 MiB each",
+    )?;
+    ensure!(
+        growth < 50_000_000,
+        "the coordinator grew by {growth} bytes"
+    );
+    drop(open_streams);
+
+    // An operator may set policies, but not of a megabyte.
+    let mut admin =
+        switchboard_proto::pb::admin_client::AdminClient::connect(coordinator.grpc_url()).await?;
+    let mut request = tonic::Request::new(switchboard_proto::pb::SetPolicyRequest {
+        namespace: NS.into(),
+        policy_json: format!("{{\"note\": \"{}\"}}", "x".repeat(1 << 20)),
+        reason: "a large policy".into(),
+        expected_policy_json: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {}", olga.token).parse()?);
+    let refused = admin
+        .set_policy(request)
+        .await
+        .err()
+        .context("a policy of 1 MiB was accepted")?;
+    ensure!(
+        refused.code() == tonic::Code::ResourceExhausted
+            && refused
+                .message()
+                .contains("SetPolicy takes messages of up to 262144 bytes"),
+        "{refused:?}"
+    );
 
     // An operator's upload of an item close to the 1 MiB limit goes through.
     let operator = coordinator.sbctl().env("SWITCHBOARD_TOKEN", &olga.token);
@@ -329,36 +422,48 @@ fn descriptors_for(needed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Holds `count` connections to `address`, each with a request head cut off before its end,
-/// while a whole request is sent every 100 of them: every whole request must be answered.
-/// Returns the half-sent connections and the slowest answer.
-async fn flood_with_half_sent_requests(
+/// An HTTP/1.1 request head cut off before its end.
+const HALF_SENT_HTTP1: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ";
+
+/// A gRPC connection's first bytes that never make a request: the HTTP/2 preface, empty
+/// settings, and the first 9 bytes of a HEADERS frame whose payload never comes.
+const HALF_SENT_HTTP2: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\x40\x01\x04\0\0\0\x01";
+
+/// Opens `count` connections to `address` that each send `half_request` and nothing more,
+/// while `call` makes a whole request on a new connection every 100 of them: every call must
+/// be answered. Then waits until the server has closed the oldest of them (to make room) and
+/// the newest (at its header timeout). Returns the slowest call.
+async fn flood_with_half_sent_requests<F, Fut>(
     address: SocketAddr,
     count: usize,
-) -> Result<(Vec<tokio::net::TcpStream>, std::time::Duration)> {
+    half_request: &[u8],
+    mut call: F,
+) -> Result<std::time::Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     let mut held = Vec::with_capacity(count);
     let mut slowest = std::time::Duration::ZERO;
     for index in 0..count {
         let mut stream = tokio::net::TcpStream::connect(address).await?;
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Half: ")
-            .await?;
+        stream.write_all(half_request).await?;
         held.push(stream);
         if index % 100 == 99 {
             let started = std::time::Instant::now();
-            let (code, body) = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                raw_http(address, &get("/healthz", "127.0.0.1")),
-            )
-            .await
-            .with_context(|| {
-                format!("{address} stopped answering after {index} half-sent requests")
-            })??;
-            ensure!(code == 200, "{address}: {code} {body}");
+            tokio::time::timeout(std::time::Duration::from_secs(5), call())
+                .await
+                .with_context(|| {
+                    format!("{address} stopped answering after {index} half-sent requests")
+                })??;
             slowest = slowest.max(started.elapsed());
         }
     }
-    Ok((held, slowest))
+    closed_by_the_server(&mut held[0]).await?;
+    let last = held.len() - 1;
+    closed_by_the_server(&mut held[last]).await?;
+    Ok(slowest)
 }
 
 /// Waits until the server has closed `stream` (a read ends or fails).
@@ -374,24 +479,23 @@ async fn closed_by_the_server(stream: &mut tokio::net::TcpStream) -> Result<()> 
     }
 }
 
-/// Issue 14, acceptance 3: 2,000 half-sent requests against the coordinator and against the
-/// sidecar, each with its descriptor limit at 1,024: both keep answering whole requests all
-/// the while, and the half-sent ones are closed (the oldest to make room, the rest after the
-/// header timeout of 10 s).
+/// Issue 14, acceptance 3, and "a connection cap on every HTTP and gRPC listener": with the
+/// descriptor limit of the coordinator and of the sidecar at 1,024, 2,000 half-sent requests
+/// against each of their four listeners in turn (HTTP/1.1 heads cut off on the HTTP ports;
+/// the HTTP/2 preface and half a header block on the gRPC ports). Every listener keeps
+/// answering whole requests on new connections all the while, and the half-sent ones are
+/// closed (the oldest to make room, the rest after the header timeout of 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_are_closed_and_the_apis_keep_answering() -> Result<()> {
+    use switchboard_proto::pb;
     descriptors_for(2_500)?;
     let env = TestEnv::start(&[NS]).await?;
     stage_and_flip(&env, NS, &example("catalog-v1")).await?;
     let sidecar = env.start_sidecar("half-sent").await?;
     sidecar.wait_ready(DEADLINE).await?;
-    for (name, pid, address) in [
-        (
-            "coordinator",
-            env.coordinator.pid(),
-            env.coordinator.http_addr(),
-        ),
-        ("sidecar", sidecar.pid(), sidecar.http_addr()),
+    for (name, pid) in [
+        ("coordinator", env.coordinator.pid()),
+        ("sidecar", sidecar.pid()),
     ] {
         let limited = tokio::process::Command::new("prlimit")
             .args(["--pid", &pid.to_string(), "--nofile=1024:1024"])
@@ -399,17 +503,59 @@ async fn half_sent_requests_are_closed_and_the_apis_keep_answering() -> Result<(
             .await
             .context("running prlimit (util-linux)")?;
         ensure!(limited.success(), "prlimit failed for the {name}");
-        let (mut held, slowest) = flood_with_half_sent_requests(address, 2_000).await?;
-        eprintln!(
-            "{name}: 2,000 half-sent requests held; the slowest whole request took {slowest:?}"
-        );
-        // The oldest were closed to make room for newer ones; the newest at their header
-        // timeout.
-        closed_by_the_server(&mut held[0]).await?;
-        let last = held.len() - 1;
-        closed_by_the_server(&mut held[last]).await?;
-        let (code, _) = raw_http(address, &get("/healthz", "127.0.0.1")).await?;
-        ensure!(code == 200, "{name} after the flood: {code}");
     }
+
+    for (name, address) in [
+        ("coordinator", env.coordinator.http_addr()),
+        ("sidecar", sidecar.http_addr()),
+    ] {
+        let healthz = || async move {
+            let (code, body) = raw_http(address, &get("/healthz", "127.0.0.1")).await?;
+            ensure!(code == 200, "{address}: {code} {body}");
+            Ok(())
+        };
+        let slowest =
+            flood_with_half_sent_requests(address, 2_000, HALF_SENT_HTTP1, healthz).await?;
+        eprintln!(
+            "{name} HTTP: 2,000 half-sent requests; the slowest whole request took {slowest:?}"
+        );
+    }
+
+    let coordinator_url = env.coordinator.grpc_url();
+    let status = || {
+        let url = coordinator_url.clone();
+        async move {
+            let mut admin = pb::admin_client::AdminClient::connect(url).await?;
+            let request = pb::StatusRequest {
+                namespace: NS.into(),
+            };
+            admin.status(request).await?;
+            Ok(())
+        }
+    };
+    let slowest =
+        flood_with_half_sent_requests(env.coordinator.grpc_addr(), 2_000, HALF_SENT_HTTP2, status)
+            .await?;
+    eprintln!(
+        "coordinator gRPC: 2,000 half-sent requests; the slowest Status call took {slowest:?}"
+    );
+
+    let sidecar_url = sidecar.grpc_url();
+    let read = || {
+        let url = sidecar_url.clone();
+        async move {
+            let mut reader = pb::reader_client::ReaderClient::connect(url).await?;
+            let request = pb::GetRequest {
+                namespace: NS.into(),
+                key: "schema_version".into(),
+                consumer: "app-1".into(),
+            };
+            reader.get(request).await?;
+            Ok(())
+        }
+    };
+    let slowest =
+        flood_with_half_sent_requests(sidecar.grpc_addr(), 2_000, HALF_SENT_HTTP2, read).await?;
+    eprintln!("sidecar gRPC: 2,000 half-sent requests; the slowest Get took {slowest:?}");
     Ok(())
 }
