@@ -99,6 +99,9 @@ pub enum Command {
         /// 0 to 100 with at most two decimals: 10, 12.5, 0.25.
         #[arg(value_parser = parse_percent, allow_negative_numbers = true, value_name = "PERCENT")]
         weight_bp: u32,
+        /// Wait until every live sidecar serves the new weight (its epoch).
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         change: ChangeArgs,
     },

@@ -356,11 +356,15 @@ async fn expected_epoch_and_version(
     ))
 }
 
-/// `sbctl canary NS PERCENT [-m REASON] [--expect-epoch N]`
+/// `sbctl canary NS PERCENT [--wait] [-m REASON] [--expect-epoch N]`
+///
+/// With `--wait`, as `flip --wait`: the change, then a progress bar of the sidecars on its
+/// epoch, so that a read made after the command sees the new weight.
 pub async fn canary(
     ctx: &Context,
     namespace: &str,
     weight_bp: u32,
+    wait: Option<Duration>,
     change: &ChangeArgs,
 ) -> Result<(), CliError> {
     let mut coordinator = ctx.coordinator().await?;
@@ -377,7 +381,7 @@ pub async fn canary(
         Box::pin(c.set_canary(r))
     })
     .await?;
-    ctx.print(&reply, output::render_routing_change)
+    print_change_and_wait(ctx, &mut coordinator, namespace, &reply, wait).await
 }
 
 /// `sbctl flip NS [--wait] [--timeout SECONDS] [-m REASON] [--expect-epoch N]`
@@ -397,14 +401,27 @@ pub async fn flip(
         Box::pin(c.flip(r))
     })
     .await?;
+    print_change_and_wait(ctx, &mut coordinator, namespace, &reply, wait).await
+}
+
+/// Prints a routing change; with `wait`, then waits (up to it) until every live sidecar
+/// serves its epoch. `--json` prints one document at the end, the change plus `"wait"`, also
+/// when the wait fails (the change was made either way).
+async fn print_change_and_wait(
+    ctx: &Context,
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    reply: &Reply<RoutingChange>,
+    wait: Option<Duration>,
+) -> Result<(), CliError> {
     let Some(timeout) = wait else {
-        return ctx.print(&reply, output::render_routing_change);
+        return ctx.print(reply, output::render_routing_change);
     };
     if !ctx.json {
         output::print_text(&output::render_routing_change(&reply.document))?;
     }
     let epoch = reply.document.routing.epoch;
-    let (report, waited) = wait_for_epoch(&mut coordinator, namespace, epoch, timeout).await;
+    let (report, waited) = wait_for_epoch(coordinator, namespace, epoch, timeout).await;
     if ctx.json {
         output::print_json(&output::flip_wait_document(&reply.json, &report))?;
     } else if waited.is_ok() {

@@ -118,8 +118,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Canary {
             namespace,
             weight_bp,
+            wait,
             change,
-        } => commands::canary(&ctx, &namespace, weight_bp, &change).await,
+        } => {
+            let wait = wait.then_some(change.timeout);
+            commands::canary(&ctx, &namespace, weight_bp, wait, &change).await
+        }
         Command::Flip {
             namespace,
             sync: true,

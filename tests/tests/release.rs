@@ -44,9 +44,18 @@ async fn the_tour_stage_canary_flip_rollback_through_a_sidecar() -> Result<()> {
 
     let v2 = stage_with(&sbctl, NS, &example("catalog-v2"), &["--allow-destructive"]).await?;
     assert_ne!(v1, v2);
-    sbctl.run(&["canary", NS, "10"]).await?.ensure_success()?;
-    let canary_epoch = epoch(&sbctl, NS).await?;
-    sidecar.wait_for_epoch(NS, canary_epoch, DEADLINE).await?;
+    // `canary --wait` returns once every live sidecar serves the canary's epoch, so the reads
+    // right after it see the new weight without waiting themselves (issue 15).
+    let canary = sbctl.run_json(&["canary", NS, "10", "--wait"]).await?;
+    let canary_epoch = canary["routing"]["epoch"]
+        .as_u64()
+        .context("no epoch in the change")?;
+    ensure!(
+        canary["wait"]["converged"] == true
+            && canary["wait"]["sidecars"] == 1
+            && canary["wait"]["epoch"] == canary_epoch,
+        "canary --wait: {canary}"
+    );
 
     // Some consumers get v2, the rest v1, and each answer's header matches its content.
     let mut seen = HashSet::new();
