@@ -264,6 +264,7 @@ impl Conn for GrpcConn {
                     namespace: self.namespace.clone(),
                     key: self.key.clone(),
                     consumer: String::new(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

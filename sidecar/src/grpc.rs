@@ -8,7 +8,8 @@ use futures::Stream;
 use switchboard_proto::pb::{self, reader_server::Reader};
 use tonic::{Request, Response, Status};
 
-use crate::serve::{ReadError, Served};
+use crate::changes::{Feed, LastEventId};
+use crate::serve::{ReadError, Reading, Served, item_etag, items_etag};
 use crate::snapshot::{Choice, Snapshot};
 
 pub struct ReaderService {
@@ -45,7 +46,27 @@ impl From<ReadError> for Status {
             ReadError::BadRequest(_) => Status::invalid_argument(error.to_string()),
             ReadError::UnknownVersion { .. } => Status::failed_precondition(error.to_string()),
             ReadError::CountsFull { .. } => Status::unavailable(error.to_string()),
+            // The version it would serve now travels in the metadata, as in the HTTP
+            // answer's headers.
+            ReadError::VersionNotHeld { ref current, .. } => {
+                let mut status = Status::failed_precondition(error.to_string());
+                if let Ok(current) = current.parse() {
+                    status
+                        .metadata_mut()
+                        .insert("x-switchboard-version", current);
+                }
+                status
+            }
         }
+    }
+}
+
+fn served_of_reading(namespace: &str, reading: &Reading) -> pb::Served {
+    pb::Served {
+        namespace: namespace.to_string(),
+        slot: reading.slot.to_string(),
+        version: reading.set.version.clone(),
+        epoch: reading.epoch,
     }
 }
 
@@ -64,6 +85,12 @@ fn json_text(value: &[u8]) -> String {
 }
 
 type ServedStream = Pin<Box<dyn Stream<Item = Result<pb::Served, Status>> + Send>>;
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::Change, Status>> + Send>>;
+
+/// A pinned version from a request: empty is none.
+fn pinned(version: &str) -> Option<&str> {
+    Some(version).filter(|v| !v.is_empty())
+}
 
 impl ReaderService {
     /// Refuses a call without the bearer token, when the sidecar has one.
@@ -90,9 +117,11 @@ impl Reader for ReaderService {
     ) -> Result<Response<pb::GetReply>, Status> {
         self.check_token(&request)?;
         let r = request.into_inner();
-        let snapshot = self.served.snapshot(&r.namespace)?;
-        let choice = snapshot.choose(self.served.consumer(Some(&r.consumer)));
-        let value = choice
+        let consumer = self.served.consumer(Some(&r.consumer));
+        let reading = self
+            .served
+            .reading(&r.namespace, consumer, pinned(&r.version))?;
+        let value = reading
             .set
             .items
             .get(&r.key)
@@ -101,8 +130,9 @@ impl Reader for ReaderService {
                 key: r.key.clone(),
             })?;
         Ok(Response::new(pb::GetReply {
-            served: Some(served_of(&r.namespace, &choice)),
+            served: Some(served_of_reading(&r.namespace, &reading)),
             value_json: json_text(value),
+            etag: item_etag(value),
         }))
     }
 
@@ -112,9 +142,11 @@ impl Reader for ReaderService {
     ) -> Result<Response<pb::ListReply>, Status> {
         self.check_token(&request)?;
         let r = request.into_inner();
-        let snapshot = self.served.snapshot(&r.namespace)?;
-        let choice = snapshot.choose(self.served.consumer(Some(&r.consumer)));
-        let items = choice
+        let consumer = self.served.consumer(Some(&r.consumer));
+        let reading = self
+            .served
+            .reading(&r.namespace, consumer, pinned(&r.version))?;
+        let items = reading
             .set
             .items
             .with_prefix(&r.prefix)
@@ -124,8 +156,9 @@ impl Reader for ReaderService {
             })
             .collect();
         Ok(Response::new(pb::ListReply {
-            served: Some(served_of(&r.namespace, &choice)),
+            served: Some(served_of_reading(&r.namespace, &reading)),
             items,
+            etag: items_etag(reading.set.items.with_prefix(&r.prefix)),
         }))
     }
 
@@ -151,6 +184,28 @@ impl Reader for ReaderService {
         let stream = futures::stream::unfold(watch, |mut watch| async move {
             let served = watch.next_change().await?;
             Some((Ok(served), watch))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchChangesStream = ChangeStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<Self::WatchChangesStream>, Status> {
+        self.check_token(&request)?;
+        let r = request.into_inner();
+        let namespace = self.served.namespace(&r.namespace)?.clone();
+        let consumer = self.served.consumer(Some(&r.consumer)).to_string();
+        let resume = pinned(r.last_event_id.trim())
+            .map(LastEventId::parse)
+            .transpose()?;
+        let feed = Feed::new(namespace, consumer, resume, self.served.shutdown.clone());
+        // As WatchVersions: the stream is the response, dropped when the client goes away.
+        let stream = futures::stream::unfold(feed, |mut feed| async move {
+            let change = feed.next().await?;
+            Some((Ok(change.to_proto()), feed))
         });
         Ok(Response::new(Box::pin(stream)))
     }

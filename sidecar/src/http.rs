@@ -1,7 +1,8 @@
-//! The sidecar's HTTP API on localhost: item reads, prefix reads, reports, health and status.
+//! The sidecar's HTTP API on localhost: item reads and prefix reads (conditional, long-polled
+//! or pinned to a version), the change feed, reports, health and status.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -14,11 +15,19 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_runtime::host::HostAllowlist;
 
-use crate::serve::{ReadError, Served};
-use crate::snapshot::Choice;
+use crate::changes::{Feed, LastEventId};
+use crate::serve::{ReadError, Reading, Served, item_etag, items_etag, none_match};
 use crate::telemetry;
 
 pub const CONSUMER_HEADER: &str = "x-switchboard-consumer";
+/// A read pinned to a version names it in this header.
+pub const VERSION_HEADER: &str = "x-switchboard-version";
+/// The longest a long poll (`?wait=`) waits: below the listener's idle timeout (60 s), which
+/// would otherwise close the connection of a poll that waits silently.
+pub const MAX_WAIT: Duration = Duration::from_secs(50);
+/// How often a change feed with nothing to say sends a comment, so that the connection is not
+/// idle (the listener closes connections idle for 60 s) and a client notices a dead one.
+pub const FEED_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Largest report body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -28,6 +37,7 @@ pub fn router(served: Arc<Served>, allowlist: HostAllowlist) -> Router {
     let api = Router::new()
         .route("/v1/ns/{ns}/items/{*key}", get(get_item))
         .route("/v1/ns/{ns}/items", get(list_items))
+        .route("/v1/ns/{ns}/events", get(events))
         .route("/v1/ns/{ns}/report", post(report))
         .route("/v1/status", get(status))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -87,6 +97,91 @@ fn rejected(rejection: impl IntoResponse + std::fmt::Display) -> Response {
 struct ReadParams {
     consumer: Option<String>,
     prefix: Option<String>,
+    /// Seconds to wait, with `If-None-Match`, for an answer that differs.
+    wait: Option<String>,
+    /// As the `Last-Event-ID` header, for clients that cannot set it.
+    last_event_id: Option<String>,
+}
+
+/// What a read's headers and query ask beyond the item: a pinned version, `If-None-Match`,
+/// and how long to wait for a change.
+struct Conditions {
+    pinned: Option<String>,
+    if_none_match: Option<String>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Conditions {
+    fn of(headers: &HeaderMap, params: &ReadParams) -> Result<Self, ReadError> {
+        let text = |name: &str| -> Result<Option<String>, ReadError> {
+            match headers.get(name) {
+                None => Ok(None),
+                Some(value) => value
+                    .to_str()
+                    .map(|v| Some(v.trim().to_string()))
+                    .map_err(|_| ReadError::BadRequest(format!("header {name} is not text"))),
+            }
+        };
+        let pinned = text(VERSION_HEADER)?.filter(|v| !v.is_empty());
+        if let Some(version) = &pinned {
+            let valid = version.len() <= crate::serve::MAX_VERSION_LEN
+                && version.bytes().all(|b| b.is_ascii_alphanumeric());
+            if !valid {
+                return Err(ReadError::BadRequest(format!(
+                    "{VERSION_HEADER} must be a version (1 to {} letters and digits), as the X-Switchboard-Version of an answer",
+                    crate::serve::MAX_VERSION_LEN
+                )));
+            }
+        }
+        let if_none_match = text(header::IF_NONE_MATCH.as_str())?;
+        let wait = match params.wait.as_deref() {
+            None => None,
+            Some(seconds) => {
+                let seconds: f64 = seconds
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| {
+                        ReadError::BadRequest(format!(
+                            "wait must be a number of seconds (at most {}), not {seconds:?}",
+                            MAX_WAIT.as_secs()
+                        ))
+                    })?;
+                Some(Duration::from_secs_f64(seconds).min(MAX_WAIT))
+            }
+        };
+        Ok(Self {
+            pinned,
+            // Waiting needs something to compare with: without If-None-Match, answer at once.
+            deadline: wait
+                .filter(|_| if_none_match.is_some())
+                .map(|wait| tokio::time::Instant::now() + wait),
+            if_none_match,
+        })
+    }
+
+    /// Whether the client already has the answer tagged `etag`.
+    fn unchanged(&self, etag: &str) -> bool {
+        self.if_none_match
+            .as_deref()
+            .is_some_and(|inm| none_match(inm, etag))
+    }
+
+    /// Waits for the namespace to change, until the deadline: true if it did.
+    async fn changed<T>(
+        &self,
+        changes: &mut tokio::sync::watch::Receiver<T>,
+        served: &Served,
+    ) -> bool {
+        let Some(deadline) = self.deadline else {
+            return false;
+        };
+        tokio::select! {
+            changed = tokio::time::timeout_at(deadline, changes.changed()) => matches!(changed, Ok(Ok(()))),
+            () = served.shutdown.cancelled() => false,
+        }
+    }
 }
 
 fn consumer_of<'a>(headers: &'a HeaderMap, params: &'a ReadParams) -> Option<&'a str> {
@@ -102,17 +197,42 @@ impl IntoResponse for ReadError {
         let status = match self {
             ReadError::UnknownNamespace(_) | ReadError::UnknownKey { .. } => StatusCode::NOT_FOUND,
             ReadError::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ReadError::VersionNotHeld { .. } => StatusCode::CONFLICT,
             ReadError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ReadError::UnknownVersion { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ReadError::CountsFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
         };
         let mut body = json!({"error": self.to_string()});
-        if let ReadError::UnknownVersion {
-            version, accepted, ..
-        } = self
-        {
-            body["version"] = json!(version);
-            body["accepted_versions"] = json!(accepted);
+        match self {
+            ReadError::UnknownVersion {
+                version, accepted, ..
+            } => {
+                body["version"] = json!(version);
+                body["accepted_versions"] = json!(accepted);
+            }
+            ReadError::VersionNotHeld {
+                version,
+                current,
+                slot,
+                epoch,
+                ..
+            } => {
+                body["version"] = json!(version);
+                body["current_version"] = json!(current);
+                // The headers name what a read without the pin would be served now.
+                let mut response = (status, Json(body)).into_response();
+                let headers = response.headers_mut();
+                headers.insert(
+                    "x-switchboard-slot",
+                    HeaderValue::from_static(slot.as_str()),
+                );
+                if let Ok(current) = HeaderValue::from_str(&current) {
+                    headers.insert(VERSION_HEADER, current);
+                }
+                headers.insert("x-switchboard-epoch", HeaderValue::from(epoch));
+                return response;
+            }
+            _ => {}
         }
         (status, Json(body)).into_response()
     }
@@ -124,21 +244,74 @@ impl From<ReadError> for Response {
     }
 }
 
-fn served_headers(response: &mut Response, choice: &Choice<'_>) {
+/// The headers that name where an answer came from, and its ETag.
+fn served_headers(response: &mut Response, reading: &Reading, etag: Option<&str>) {
     let headers = response.headers_mut();
     headers.insert(
         "x-switchboard-slot",
-        HeaderValue::from_static(choice.slot.as_str()),
+        HeaderValue::from_static(reading.slot.as_str()),
     );
-    if let Ok(version) = HeaderValue::from_str(&choice.set.version) {
-        headers.insert("x-switchboard-version", version);
+    if let Ok(version) = HeaderValue::from_str(&reading.set.version) {
+        headers.insert(VERSION_HEADER, version);
     }
-    headers.insert("x-switchboard-epoch", HeaderValue::from(choice.epoch));
+    headers.insert("x-switchboard-epoch", HeaderValue::from(reading.epoch));
+    if let Some(etag) = etag.and_then(|etag| HeaderValue::from_str(etag).ok()) {
+        headers.insert(header::ETAG, etag);
+    }
 }
 
-fn record_read(ns: &str, choice: &Choice<'_>, started: Instant) {
-    metrics::counter!(telemetry::READS, "namespace" => ns.to_string(), "slot" => choice.slot.as_str(), "version" => choice.set.version.clone()).increment(1);
+fn record_read(ns: &str, reading: &Reading, started: Instant) {
+    metrics::counter!(telemetry::READS, "namespace" => ns.to_string(), "slot" => reading.slot.as_str(), "version" => reading.set.version.clone()).increment(1);
     metrics::histogram!(telemetry::READ_SECONDS).record(started.elapsed().as_secs_f64());
+}
+
+/// A 304 for a client that has the answer tagged `etag` already.
+fn not_modified(reading: &Reading, etag: &str) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    served_headers(&mut response, reading, Some(etag));
+    response
+}
+
+fn json_response(body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Answers a read under its conditions: `etag_of` tags the answer from the set the read is
+/// served from (`None`: no tag, as for a missing item), `answer` makes it. A client that has
+/// the answer already gets 304, at once or, with `?wait=`, once the wait ends without a
+/// change; a change within the wait is answered as it comes.
+async fn answer_read(
+    served: &Served,
+    ns: &str,
+    consumer: &str,
+    conditions: &Conditions,
+    etag_of: impl Fn(&Reading) -> Option<String>,
+    answer: impl Fn(&Reading) -> Response,
+) -> Result<Response, Response> {
+    let started = Instant::now();
+    let mut changes = served.namespace(ns)?.subscribe();
+    loop {
+        let reading = served.reading(ns, consumer, conditions.pinned.as_deref())?;
+        let etag = etag_of(&reading);
+        if let Some(etag) = &etag
+            && conditions.unchanged(etag)
+        {
+            if conditions.changed(&mut changes, served).await {
+                continue;
+            }
+            record_read(ns, &reading, started);
+            return Ok(not_modified(&reading, etag));
+        }
+        let mut response = answer(&reading);
+        served_headers(&mut response, &reading, etag.as_deref());
+        record_read(ns, &reading, started);
+        return Ok(response);
+    }
 }
 
 async fn get_item(
@@ -149,27 +322,18 @@ async fn get_item(
 ) -> Result<Response, Response> {
     // A query that does not parse is a JSON 400 like every other error.
     let Query(params) = query.map_err(rejected)?;
-    let started = Instant::now();
-    let snapshot = served.snapshot(&ns)?;
-    let choice = snapshot.choose(served.consumer(consumer_of(&headers, &params)));
-    let mut response = match choice.set.items.get(&key) {
-        Some(value) => {
-            let mut response = Response::new(Body::from(bytes::Bytes::copy_from_slice(value)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+    let conditions = Conditions::of(&headers, &params)?;
+    let consumer = served.consumer(consumer_of(&headers, &params)).to_string();
+    let etag_of = |reading: &Reading| reading.set.items.get(&key).map(|v| item_etag(v));
+    let answer = |reading: &Reading| match reading.set.items.get(&key) {
+        Some(value) => json_response(bytes::Bytes::copy_from_slice(value)),
         None => ReadError::UnknownKey {
             namespace: ns.clone(),
-            key,
+            key: key.clone(),
         }
         .into_response(),
     };
-    served_headers(&mut response, &choice);
-    record_read(&ns, &choice, started);
-    Ok(response)
+    answer_read(&served, &ns, &consumer, &conditions, etag_of, answer).await
 }
 
 async fn list_items(
@@ -180,34 +344,68 @@ async fn list_items(
 ) -> Result<Response, Response> {
     // A query that does not parse is a JSON 400 like every other error.
     let Query(params) = query.map_err(rejected)?;
-    let started = Instant::now();
-    let snapshot = served.snapshot(&ns)?;
-    let choice = snapshot.choose(served.consumer(consumer_of(&headers, &params)));
+    let conditions = Conditions::of(&headers, &params)?;
+    let consumer = served.consumer(consumer_of(&headers, &params)).to_string();
     let prefix = params.prefix.as_deref().unwrap_or("");
-    // Values are already canonical JSON: the answer is assembled from them without parsing.
-    let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(b"{\"slot\":\"");
-    body.extend_from_slice(choice.slot.as_str().as_bytes());
-    body.extend_from_slice(b"\",\"version\":");
-    body.extend_from_slice(json!(choice.set.version).to_string().as_bytes());
-    body.extend_from_slice(format!(",\"epoch\":{},\"items\":{{", choice.epoch).as_bytes());
-    for (i, (key, value)) in choice.set.items.with_prefix(prefix).enumerate() {
-        if i > 0 {
-            body.push(b',');
+    let etag_of = |reading: &Reading| Some(items_etag(reading.set.items.with_prefix(prefix)));
+    let answer = |reading: &Reading| {
+        // Values are already canonical JSON: the answer is assembled from them without
+        // parsing.
+        let mut body = Vec::with_capacity(256);
+        body.extend_from_slice(b"{\"slot\":\"");
+        body.extend_from_slice(reading.slot.as_str().as_bytes());
+        body.extend_from_slice(b"\",\"version\":");
+        body.extend_from_slice(json!(reading.set.version).to_string().as_bytes());
+        body.extend_from_slice(format!(",\"epoch\":{},\"items\":{{", reading.epoch).as_bytes());
+        for (i, (key, value)) in reading.set.items.with_prefix(prefix).enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(json!(key).to_string().as_bytes());
+            body.push(b':');
+            body.extend_from_slice(value);
         }
-        body.extend_from_slice(json!(key).to_string().as_bytes());
-        body.push(b':');
-        body.extend_from_slice(value);
-    }
-    body.extend_from_slice(b"}}");
-    let mut response = Response::new(Body::from(body));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        body.extend_from_slice(b"}}");
+        json_response(body)
+    };
+    answer_read(&served, &ns, &consumer, &conditions, etag_of, answer).await
+}
+
+/// The change feed of one consumer, as Server-Sent Events (see [`crate::changes`]).
+async fn events(
+    State(served): State<Arc<Served>>,
+    Path(ns): Path<String>,
+    query: Result<Query<ReadParams>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Response> {
+    let Query(params) = query.map_err(rejected)?;
+    let namespace = served.namespace(&ns)?.clone();
+    let consumer = served.consumer(consumer_of(&headers, &params)).to_string();
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ReadError::BadRequest("header Last-Event-ID is not text".into()).into_response()
+        })?),
+        None => params.last_event_id.as_deref(),
+    };
+    let resume = last_event_id
+        .filter(|id| !id.trim().is_empty())
+        .map(|id| LastEventId::parse(id.trim()))
+        .transpose()?;
+    let feed = Feed::new(namespace, consumer, resume, served.shutdown.clone());
+    // The stream is the response itself: it ends when the client goes away or at shutdown.
+    let stream = futures::stream::unfold(feed, |mut feed| async move {
+        let change = feed.next().await?;
+        let event = axum::response::sse::Event::default()
+            .id(change.id())
+            .data(change.to_json());
+        Some((Ok::<_, std::convert::Infallible>(event), feed))
+    });
+    let sse = axum::response::sse::Sse::new(stream).keep_alive(
+        axum::response::sse::KeepAlive::new()
+            .interval(FEED_KEEP_ALIVE)
+            .text("keep-alive"),
     );
-    served_headers(&mut response, &choice);
-    record_read(&ns, &choice, started);
-    Ok(response)
+    Ok(sse.into_response())
 }
 
 /// Unknown fields are refused: `{"error": 5}` for `errors` would otherwise count nothing, and

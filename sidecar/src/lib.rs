@@ -8,6 +8,7 @@
 //! health publisher revokes its lease so that `status` drops this sidecar at once.
 
 pub mod cache;
+pub mod changes;
 pub mod grpc;
 pub mod health;
 pub mod http;
@@ -87,6 +88,10 @@ pub struct Args {
     /// Prefix of every etcd key.
     #[arg(long, default_value = "/switchboard")]
     pub prefix: String,
+    /// How long a set stays in memory after it stops being served, for reads pinned to its
+    /// version (X-Switchboard-Version) and for the keys a change feed reports.
+    #[arg(long, default_value = "60", value_name = "SECONDS")]
+    pub keep_replaced_seconds: u64,
 }
 
 impl Args {
@@ -153,7 +158,11 @@ pub async fn run(
     let namespaces: HashMap<String, Arc<namespace::Namespace>> = args
         .namespaces
         .iter()
-        .map(|name| (name.clone(), namespace::Namespace::new(name)))
+        .map(|name| {
+            let keep = Duration::from_secs(args.keep_replaced_seconds);
+            let namespace = namespace::Namespace::keeping_replaced_sets(name, keep);
+            (name.clone(), namespace)
+        })
         .collect();
     let health_dirty = Arc::new(Notify::new());
     let reports_changed = Arc::new(Notify::new());
@@ -170,6 +179,18 @@ pub async fn run(
     let tasks = TaskTracker::new();
     if let Some(handle) = &metrics {
         tasks.spawn(telemetry::keep_up(handle.clone(), background.clone()));
+    }
+    {
+        // Replaced sets are let go once their time is up, even when nothing else happens.
+        let (namespaces, background) = (namespaces.clone(), background.clone());
+        tasks.spawn(async move {
+            let mut every = switchboard_runtime::Every::new(Duration::from_secs(5));
+            while every.tick(&background).await {
+                for namespace in namespaces.values() {
+                    namespace.release_replaced_sets();
+                }
+            }
+        });
     }
     for namespace in namespaces.values() {
         tasks.spawn(cache::keep_written(

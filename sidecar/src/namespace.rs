@@ -1,16 +1,51 @@
 //! The per-namespace handle shared by the sync loop (its only writer), the servers and the
 //! health publisher.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use switchboard_proto::VersionReports;
+use switchboard_proto::{Routing, Slot, VersionReports};
 use tokio::sync::watch;
 
+use crate::changes::{SetDiff, diff_sets};
 use crate::reports::{Refused, Reports};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{LoadedSet, Snapshot};
 use crate::telemetry;
+
+/// How long a set that stops being served stays held by default, for reads pinned to its
+/// version and for the keys a change feed reports.
+pub const KEEP_REPLACED: Duration = Duration::from_secs(60);
+/// The routings applied that the change log keeps, for feeds that resume or fall behind.
+const CHANGE_LOG_LEN: usize = 256;
+/// The diffs between two sets kept, newest first out.
+const DIFFS_KEPT: usize = 64;
+
+/// A routing this sidecar applied: the change log's entry, from which each consumer's change
+/// feed works out what it was served.
+#[derive(Debug)]
+pub struct Applied {
+    /// Counts the routings applied, from 0.
+    pub seq: u64,
+    pub routing: Routing,
+    /// When it was applied, Unix microseconds.
+    pub applied_at_us: u64,
+}
+
+/// The last [`CHANGE_LOG_LEN`] routings applied.
+#[derive(Default)]
+struct ChangeLog {
+    entries: VecDeque<Arc<Applied>>,
+    next_seq: u64,
+}
+
+/// A set that is no longer served, held until `until`.
+struct Replaced {
+    slot: Slot,
+    set: Arc<LoadedSet>,
+    until: Instant,
+}
 
 /// Where the snapshot being served came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -58,16 +93,35 @@ pub struct Namespace {
     /// point is published only if no newer routing came meanwhile, checked and published under
     /// this lock so that the newer one's snapshot can never be overtaken by the older one.
     generation: Mutex<u64>,
+    /// The routings applied lately, and the count of all applied so far (sent on every new
+    /// one).
+    changes: Mutex<ChangeLog>,
+    changes_applied: watch::Sender<u64>,
+    /// Sets served until lately, held for pinned reads and change feeds.
+    replaced: Mutex<Vec<Replaced>>,
+    keep_replaced: Duration,
+    /// The diffs between sets worked out lately.
+    diffs: Mutex<VecDeque<Arc<SetDiff>>>,
 }
 
 impl Namespace {
     pub fn new(name: &str) -> Arc<Self> {
+        Self::keeping_replaced_sets(name, KEEP_REPLACED)
+    }
+
+    /// A namespace that holds a set it stops serving for `keep_replaced` more.
+    pub fn keeping_replaced_sets(name: &str, keep_replaced: Duration) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_string(),
             snapshot: watch::Sender::new(None),
             sync: Mutex::new(SyncState::default()),
             reports: Mutex::new(Reports::default()),
             generation: Mutex::new(0),
+            changes: Mutex::new(ChangeLog::default()),
+            changes_applied: watch::Sender::new(0),
+            replaced: Mutex::new(Vec::new()),
+            keep_replaced,
+            diffs: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -106,7 +160,9 @@ impl Namespace {
     }
 
     /// Serves `snapshot` from now on, and notes the versions it serves: reports for them are
-    /// accepted from now until 10 minutes after they stop being served.
+    /// accepted from now until 10 minutes after they stop being served. Once reads see it, the
+    /// sets it no longer holds are kept for a while, the keys that changed for its consumers
+    /// are worked out, and the change feeds are told.
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
         let versions: Vec<&str> = snapshot
             .served_sets()
@@ -114,8 +170,147 @@ impl Namespace {
             .map(|(_, set)| set.version.as_str())
             .collect();
         self.lock_reports().note_served(&versions, Instant::now());
-        self.snapshot.send_replace(Some(snapshot));
+        let before = self.snapshot.send_replace(Some(snapshot.clone()));
         metrics::counter!(telemetry::SNAPSHOT_SWAPS, "namespace" => self.name.clone()).increment(1);
+        self.after_publish(before.as_deref(), &snapshot);
+    }
+
+    fn after_publish(&self, before: Option<&Snapshot>, after: &Snapshot) {
+        let now = Instant::now();
+        if let Some(before) = before {
+            let mut replaced = lock(&self.replaced);
+            replaced.retain(|r| r.until > now && after.held(&r.set.version).is_none());
+            for (slot, set) in before.held_sets() {
+                let kept = replaced.iter().any(|r| r.set.version == set.version);
+                if after.held(&set.version).is_none() && !kept {
+                    replaced.push(Replaced {
+                        slot,
+                        set: set.clone(),
+                        until: now + self.keep_replaced,
+                    });
+                }
+            }
+            drop(replaced);
+            // The keys that changed for the consumers who moved, while both sets are at hand:
+            // a feed then finds them ready.
+            for (_, from) in before.served_sets() {
+                for (_, to) in after.served_sets() {
+                    if from.version != to.version {
+                        self.remember_diff(from, to);
+                    }
+                }
+            }
+        }
+        let mut log = lock(&self.changes);
+        let unchanged = log
+            .entries
+            .back()
+            .is_some_and(|last| last.routing == after.routing);
+        if !unchanged {
+            let seq = log.next_seq;
+            log.entries.push_back(Arc::new(Applied {
+                seq,
+                routing: after.routing.clone(),
+                applied_at_us: switchboard_proto::time::now_us(),
+            }));
+            if log.entries.len() > CHANGE_LOG_LEN {
+                log.entries.pop_front();
+            }
+            log.next_seq = seq + 1;
+            drop(log);
+            self.changes_applied.send_replace(seq + 1);
+        }
+    }
+
+    /// Lets go of the replaced sets whose time is up.
+    pub fn release_replaced_sets(&self) {
+        let now = Instant::now();
+        lock(&self.replaced).retain(|r| r.until > now);
+    }
+
+    /// The set of `version` if this sidecar holds it: served now, held for the bake time, or
+    /// replaced lately. With its slot.
+    pub fn held_set(&self, version: &str) -> Option<(Slot, Arc<LoadedSet>)> {
+        if let Some(snapshot) = self.current()
+            && let Some((slot, set)) = snapshot.held(version)
+        {
+            return Some((slot, set.clone()));
+        }
+        let now = Instant::now();
+        lock(&self.replaced)
+            .iter()
+            .find(|r| r.set.version == version && r.until > now)
+            .map(|r| (r.slot, r.set.clone()))
+    }
+
+    /// The keys that differ from version `from` to version `to`, if both sets are held now or
+    /// their diff was worked out while they were.
+    pub fn diff(&self, from: &str, to: &str) -> Option<Arc<SetDiff>> {
+        if let Some(diff) = lock(&self.diffs)
+            .iter()
+            .find(|d| d.from == from && d.to == to)
+        {
+            return Some(diff.clone());
+        }
+        let (_, from) = self.held_set(from)?;
+        let (_, to) = self.held_set(to)?;
+        Some(self.remember_diff(&from, &to))
+    }
+
+    fn remember_diff(&self, from: &LoadedSet, to: &LoadedSet) -> Arc<SetDiff> {
+        if let Some(diff) = lock(&self.diffs)
+            .iter()
+            .find(|d| d.from == from.version && d.to == to.version)
+        {
+            return diff.clone();
+        }
+        let diff = Arc::new(diff_sets(from, to));
+        let mut diffs = lock(&self.diffs);
+        diffs.push_back(diff.clone());
+        if diffs.len() > DIFFS_KEPT {
+            diffs.pop_front();
+        }
+        diff
+    }
+
+    /// Told the count of routings applied, each time one is.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changes_applied.subscribe()
+    }
+
+    /// The routings applied from `seq` on, oldest first; `lagged` when some of them are no
+    /// longer in the log.
+    pub fn changes_since(&self, seq: u64) -> (Vec<Arc<Applied>>, bool) {
+        let log = lock(&self.changes);
+        let first = log.entries.front().map_or(log.next_seq, |e| e.seq);
+        let entries = log
+            .entries
+            .iter()
+            .filter(|e| e.seq >= seq)
+            .cloned()
+            .collect();
+        (entries, seq < first)
+    }
+
+    /// The last routing applied, if any.
+    pub fn last_applied(&self) -> Option<Arc<Applied>> {
+        lock(&self.changes).entries.back().cloned()
+    }
+
+    /// Where a feed that last saw epoch `epoch` resumes: the sequence number of the first
+    /// routing applied after it, when the log still reaches back to it.
+    pub fn resume_after_epoch(&self, epoch: u64) -> Option<u64> {
+        let log = lock(&self.changes);
+        let first = log.entries.front()?;
+        if first.routing.epoch > epoch {
+            return None;
+        }
+        Some(
+            log.entries
+                .iter()
+                .find(|e| e.routing.epoch > epoch)
+                .map_or(log.next_seq, |e| e.seq),
+        )
     }
 
     /// Counts outcomes reported for `version`, if reports for it are accepted now. Returns
@@ -140,6 +335,11 @@ impl Namespace {
         self.reports.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether any feed is waiting for changes (for the metrics).
+    pub fn feeds(&self) -> usize {
+        self.changes_applied.receiver_count()
+    }
+
     pub fn sync_state(&self) -> SyncState {
         self.sync.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -149,4 +349,9 @@ impl Namespace {
             update(&mut state);
         }
     }
+}
+
+/// A lock whose data stays consistent even if a holder panicked: each update is whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

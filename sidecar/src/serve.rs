@@ -6,9 +6,11 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
+use switchboard_proto::Slot;
+
 use crate::namespace::Namespace;
 use crate::reports::{MAX_REPORT_COUNT, Refused};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{LoadedSet, Snapshot};
 use crate::telemetry;
 
 /// Longest version a report may name.
@@ -21,6 +23,18 @@ pub enum ReadError {
     UnknownNamespace(String),
     #[error("namespace {0:?} has not been loaded yet")]
     NotLoaded(String),
+    /// A read pinned to a version this sidecar no longer holds.
+    #[error(
+        "version {version:?} of namespace {namespace:?} is no longer held by this sidecar; it serves {current:?} to this consumer now: read again without the pinned version (X-Switchboard-Version) to move to it"
+    )]
+    VersionNotHeld {
+        namespace: String,
+        version: String,
+        /// What the consumer would be served now.
+        current: String,
+        slot: Slot,
+        epoch: u64,
+    },
     #[error("no item {key:?} in namespace {namespace:?}")]
     UnknownKey { namespace: String, key: String },
     #[error("{0}")]
@@ -49,6 +63,44 @@ fn accepted_list(accepted: &[String]) -> String {
     } else {
         format!("reports are accepted for {}", accepted.join(", "))
     }
+}
+
+/// What one read is served from: a set, where it came from, and the routing's epoch.
+pub struct Reading {
+    pub slot: Slot,
+    pub epoch: u64,
+    pub canary: bool,
+    pub set: Arc<LoadedSet>,
+}
+
+/// The ETag of an item: its canonical JSON's 128-bit XXH3, so every sidecar gives the same
+/// item the same tag, whichever version it comes from.
+pub fn item_etag(value: &[u8]) -> String {
+    format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(value))
+}
+
+/// The ETag of a list of items: the XXH3 of their keys and values in order. Weak, because the
+/// answer also names the version and epoch it came from, which the tag leaves out: two answers
+/// with the same items are the same to a cache.
+pub fn items_etag<'a>(items: impl Iterator<Item = (&'a String, &'a Arc<[u8]>)>) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for (key, value) in items {
+        hasher.update(&(key.len() as u64).to_le_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update(&(value.len() as u64).to_le_bytes());
+        hasher.update(value);
+    }
+    format!("W/\"{:032x}\"", hasher.digest128())
+}
+
+/// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110 asks of
+/// `If-None-Match`; `*` names any).
+pub fn none_match(if_none_match: &str, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_string();
+    let wanted = opaque(etag);
+    if_none_match
+        .split(',')
+        .any(|tag| tag.trim() == "*" || opaque(tag) == wanted)
 }
 
 /// The state both servers read.
@@ -99,6 +151,45 @@ impl Served {
         self.namespace(name)?
             .current()
             .ok_or_else(|| ReadError::NotLoaded(name.to_string()))
+    }
+
+    /// The set a read of `name` is served from: `pinned`'s while this sidecar holds it, else
+    /// the consumer's by routing.
+    pub fn reading(
+        &self,
+        name: &str,
+        consumer: &str,
+        pinned: Option<&str>,
+    ) -> Result<Reading, ReadError> {
+        let snapshot = self.snapshot(name)?;
+        let choice = snapshot.choose(consumer);
+        let routed = crate::snapshot::route(&snapshot.routing, consumer);
+        let Some(pinned) = pinned.filter(|v| *v != choice.set.version) else {
+            return Ok(Reading {
+                slot: choice.slot,
+                epoch: choice.epoch,
+                canary: routed.canary && snapshot.canary.is_some(),
+                set: choice.set.clone(),
+            });
+        };
+        match self.namespace(name)?.held_set(pinned) {
+            Some((slot, set)) => Ok(Reading {
+                slot,
+                epoch: snapshot.routing.epoch,
+                canary: snapshot
+                    .routing
+                    .live_canary()
+                    .is_some_and(|c| c.version == set.version),
+                set,
+            }),
+            None => Err(ReadError::VersionNotHeld {
+                namespace: name.to_string(),
+                version: pinned.to_string(),
+                current: choice.set.version.clone(),
+                slot: choice.slot,
+                epoch: choice.epoch,
+            }),
+        }
     }
 
     /// The consumer a read is for: the one named, else this sidecar's id.

@@ -30,6 +30,33 @@ pub struct Snapshot {
     pub previous: Option<Arc<LoadedSet>>,
 }
 
+/// Where routing sends one consumer: to the canary's set or to the active one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route<'r> {
+    pub slot: Slot,
+    pub version: &'r str,
+    pub canary: bool,
+}
+
+/// Where `routing` sends `consumer`: the sticky, monotonic canary assignment (invariant 4).
+/// Reads ([`Snapshot::choose`]) and the change feed both decide by it.
+pub fn route<'r>(routing: &'r Routing, consumer: &str) -> Route<'r> {
+    if let Some(canary) = routing.live_canary()
+        && on_canary(consumer, canary.seed, canary.weight_bp)
+    {
+        return Route {
+            slot: canary.slot,
+            version: &canary.version,
+            canary: true,
+        };
+    }
+    Route {
+        slot: routing.active.slot,
+        version: &routing.active.version,
+        canary: false,
+    }
+}
+
 /// The set one consumer is served, and where it came from (invariant 6).
 pub struct Choice<'a> {
     pub slot: Slot,
@@ -38,13 +65,15 @@ pub struct Choice<'a> {
 }
 
 impl Snapshot {
-    /// Sticky, monotonic canary assignment (invariant 4).
+    /// The set `consumer` is served: by [`route`] (a snapshot holds the canary's set whenever
+    /// routing names a live canary).
     pub fn choose(&self, consumer: &str) -> Choice<'_> {
-        if let (Some(canary), Some(set)) = (self.routing.live_canary(), &self.canary)
-            && on_canary(consumer, canary.seed, canary.weight_bp)
+        let routed = route(&self.routing, consumer);
+        if routed.canary
+            && let Some(set) = &self.canary
         {
             return Choice {
-                slot: canary.slot,
+                slot: routed.slot,
                 epoch: self.routing.epoch,
                 set,
             };
@@ -54,6 +83,22 @@ impl Snapshot {
             epoch: self.routing.epoch,
             set: &self.active,
         }
+    }
+
+    /// The sets this snapshot holds: those served, and the one held for the bake time.
+    pub fn held_sets(&self) -> Vec<(Slot, &Arc<LoadedSet>)> {
+        let mut sets = self.served_sets();
+        if let Some((previous, _, Some(set))) = self.baking() {
+            sets.push((previous.slot, set));
+        }
+        sets
+    }
+
+    /// The set of `version` if this snapshot holds it, with its slot.
+    pub fn held(&self, version: &str) -> Option<(Slot, &Arc<LoadedSet>)> {
+        self.held_sets()
+            .into_iter()
+            .find(|(_, set)| set.version == version)
     }
 
     /// The previous set routing keeps hot during the bake time, with the end of the bake and

@@ -549,6 +549,7 @@ async fn half_sent_requests_are_closed_and_the_apis_keep_answering() -> Result<(
                 namespace: NS.into(),
                 key: "schema_version".into(),
                 consumer: "app-1".into(),
+                ..Default::default()
             };
             reader.get(request).await?;
             Ok(())

@@ -25,6 +25,7 @@ async fn grpc_reads_announce_version_changes_and_take_reports() -> Result<()> {
             namespace: NS.into(),
             key: "schema_version".into(),
             consumer: "app-1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -41,6 +42,7 @@ async fn grpc_reads_announce_version_changes_and_take_reports() -> Result<()> {
             namespace: NS.into(),
             prefix: "owners/".into(),
             consumer: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -51,6 +53,7 @@ async fn grpc_reads_announce_version_changes_and_take_reports() -> Result<()> {
             namespace: NS.into(),
             key: "no/such/key".into(),
             consumer: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("unknown key");
@@ -346,6 +349,7 @@ async fn a_sidecar_with_a_token_refuses_reads_without_it() -> Result<()> {
         namespace: NS.into(),
         key: "schema_version".into(),
         consumer: "app-1".into(),
+        ..Default::default()
     };
     let refused = reader
         .get(get())

@@ -575,6 +575,8 @@ mod reports {
     }
 }
 
+mod feed;
+
 mod http {
     use super::*;
 
@@ -1370,6 +1372,7 @@ mod grpc {
             namespace: namespace.to_string(),
             key: key.to_string(),
             consumer: consumer.to_string(),
+            ..Default::default()
         })
     }
 
@@ -1438,6 +1441,7 @@ mod grpc {
                 namespace: UNLOADED_NS.to_string(),
                 prefix: String::new(),
                 consumer: String::new(),
+                ..Default::default()
             }))
             .await
             .expect_err("not loaded");
@@ -1456,6 +1460,7 @@ mod grpc {
                         namespace: NS.to_string(),
                         prefix: prefix.to_string(),
                         consumer: consumer.clone(),
+                        ..Default::default()
                     }))
                     .await
                     .expect("loaded namespace")
