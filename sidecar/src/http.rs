@@ -38,6 +38,12 @@ pub fn router(served: Arc<Served>, allowlist: HostAllowlist) -> Router {
         .route("/v1/ns/{ns}/items/{*key}", get(get_item))
         .route("/v1/ns/{ns}/items", get(list_items))
         .route("/v1/ns/{ns}/events", get(events))
+        .route(
+            "/ofrep/v1/evaluate/flags/{*key}",
+            post(crate::ofrep::evaluate),
+        )
+        .route("/ofrep/v1/evaluate/flags", post(crate::ofrep::evaluate_all))
+        .route("/ofrep/v1/events", get(crate::ofrep::events))
         .route("/v1/ns/{ns}/report", post(report))
         .route("/v1/status", get(status))
         .route_layer(axum::middleware::from_fn_with_state(

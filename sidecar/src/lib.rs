@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod loader;
 pub mod namespace;
+pub mod ofrep;
 pub mod reports;
 pub mod serve;
 pub mod snapshot;
