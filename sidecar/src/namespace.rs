@@ -170,27 +170,38 @@ impl Namespace {
             .map(|(_, set)| set.version.as_str())
             .collect();
         self.lock_reports().note_served(&versions, Instant::now());
+        // The sets this snapshot lets go are kept before reads can see it, so that no read
+        // pinned to one of them finds it neither in the snapshot nor among the replaced sets.
+        if let Some(before) = self.current() {
+            self.keep_replaced_sets(&before, &snapshot);
+        }
         let before = self.snapshot.send_replace(Some(snapshot.clone()));
         metrics::counter!(telemetry::SNAPSHOT_SWAPS, "namespace" => self.name.clone()).increment(1);
         self.after_publish(before.as_deref(), &snapshot);
     }
 
+    /// Keeps the sets `before` holds and `after` does not, for a while.
+    fn keep_replaced_sets(&self, before: &Snapshot, after: &Snapshot) {
+        let until = Instant::now() + self.keep_replaced;
+        let mut replaced = lock(&self.replaced);
+        for (slot, set) in before.held_sets() {
+            let kept = replaced.iter().any(|r| r.set.version == set.version);
+            if after.held(&set.version).is_none() && !kept {
+                replaced.push(Replaced {
+                    slot,
+                    set: set.clone(),
+                    until,
+                });
+            }
+        }
+    }
+
     fn after_publish(&self, before: Option<&Snapshot>, after: &Snapshot) {
         let now = Instant::now();
+        // Sets served again, and those whose time is up, leave the replaced ones (now that
+        // reads see the snapshot that holds them).
+        lock(&self.replaced).retain(|r| r.until > now && after.held(&r.set.version).is_none());
         if let Some(before) = before {
-            let mut replaced = lock(&self.replaced);
-            replaced.retain(|r| r.until > now && after.held(&r.set.version).is_none());
-            for (slot, set) in before.held_sets() {
-                let kept = replaced.iter().any(|r| r.set.version == set.version);
-                if after.held(&set.version).is_none() && !kept {
-                    replaced.push(Replaced {
-                        slot,
-                        set: set.clone(),
-                        until: now + self.keep_replaced,
-                    });
-                }
-            }
-            drop(replaced);
             // The keys that changed for the consumers who moved, while both sets are at hand:
             // a feed then finds them ready.
             for (_, from) in before.served_sets() {

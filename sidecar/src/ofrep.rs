@@ -33,18 +33,36 @@ struct EvaluationRequest {
     context: Option<serde_json::Map<String, Value>>,
 }
 
-/// An OFREP error answer: `{"key", "errorCode", "errorDetails"}`.
-fn failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -> Response {
-    let mut body = json!({"errorCode": code, "errorDetails": details});
-    if let Some(key) = key {
-        body["key"] = json!(key);
+/// An OFREP error answer: `{"key", "errorCode", "errorDetails"}` with its status.
+pub struct Failure {
+    status: StatusCode,
+    key: Option<String>,
+    code: &'static str,
+    details: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let mut body = json!({"errorCode": self.code, "errorDetails": self.details});
+        if let Some(key) = self.key {
+            body["key"] = json!(key);
+        }
+        (self.status, Json(body)).into_response()
     }
-    (status, Json(body)).into_response()
+}
+
+fn failure(status: StatusCode, key: Option<&str>, code: &'static str, details: String) -> Failure {
+    Failure {
+        status,
+        key: key.map(str::to_string),
+        code,
+        details,
+    }
 }
 
 /// A read error as OFREP's answer: a missing item or namespace is `FLAG_NOT_FOUND`, a bad
 /// request `INVALID_CONTEXT`, and the rest `GENERAL`.
-fn read_failure(key: Option<&str>, error: ReadError) -> Response {
+fn read_failure(key: Option<&str>, error: ReadError) -> Failure {
     let (status, code) = match error {
         ReadError::UnknownKey { .. } | ReadError::UnknownNamespace(_) => {
             (StatusCode::NOT_FOUND, "FLAG_NOT_FOUND")
@@ -57,7 +75,7 @@ fn read_failure(key: Option<&str>, error: ReadError) -> Response {
 }
 
 /// The consumer of an evaluation request's body (JSON, possibly empty).
-fn consumer_of(served: &Served, key: Option<&str>, body: &[u8]) -> Result<String, Response> {
+fn consumer_of(served: &Served, key: Option<&str>, body: &[u8]) -> Result<String, Failure> {
     let request: EvaluationRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EvaluationRequest::default()
     } else {
@@ -88,7 +106,7 @@ fn consumer_of(served: &Served, key: Option<&str>, body: &[u8]) -> Result<String
 
 /// The namespace and item a flag key names: `<namespace>/<item>`, or the bare item when the
 /// sidecar serves one namespace.
-fn resolve<'k>(served: &Served, key: &'k str) -> Result<(String, &'k str), Response> {
+fn resolve<'k>(served: &Served, key: &'k str) -> Result<(String, &'k str), Failure> {
     if let Some((namespace, item)) = key.split_once('/')
         && !item.is_empty()
         && served.namespaces.contains_key(namespace)
@@ -156,39 +174,33 @@ pub async fn evaluate(
     Path(key): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let details = rejection.to_string();
-            return failure(rejection.status(), Some(&key), "PARSE_ERROR", details);
-        }
-    };
-    let consumer = match consumer_of(&served, Some(&key), &body) {
-        Ok(consumer) => consumer,
-        Err(response) => return response,
-    };
-    let (namespace, item) = match resolve(&served, &key) {
-        Ok(resolved) => resolved,
-        Err(response) => return response,
-    };
+) -> Result<Response, Failure> {
+    let body = body.map_err(|rejection| {
+        failure(
+            rejection.status(),
+            Some(&key),
+            "PARSE_ERROR",
+            rejection.to_string(),
+        )
+    })?;
+    let consumer = consumer_of(&served, Some(&key), &body)?;
+    let (namespace, item) = resolve(&served, &key)?;
     let pinned = headers
         .get(crate::http::VERSION_HEADER)
         .and_then(|v| v.to_str().ok());
-    let reading = match served.reading(&namespace, &consumer, pinned) {
-        Ok(reading) => reading,
-        Err(error) => return read_failure(Some(&key), error),
-    };
+    let reading = served
+        .reading(&namespace, &consumer, pinned)
+        .map_err(|error| read_failure(Some(&key), error))?;
     let Some(value) = reading.set.items.get(item) else {
         let error = ReadError::UnknownKey {
             namespace,
             key: item.to_string(),
         };
-        return read_failure(Some(&key), error);
+        return Err(read_failure(Some(&key), error));
     };
     let mut out = Vec::with_capacity(value.len() + 200);
     evaluation_json(&key, &namespace, &reading, value, &mut out);
-    json_answer(out)
+    Ok(json_answer(out))
 }
 
 /// What the consumer is served in every namespace, sorted by namespace; the namespaces not
@@ -234,18 +246,16 @@ pub async fn evaluate_all(
     State(served): State<Arc<Served>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let details = rejection.to_string();
-            return failure(rejection.status(), None, "PARSE_ERROR", details);
-        }
-    };
-    let consumer = match consumer_of(&served, None, &body) {
-        Ok(consumer) => consumer,
-        Err(response) => return response,
-    };
+) -> Result<Response, Failure> {
+    let body = body.map_err(|rejection| {
+        failure(
+            rejection.status(),
+            None,
+            "PARSE_ERROR",
+            rejection.to_string(),
+        )
+    })?;
+    let consumer = consumer_of(&served, None, &body)?;
     let etag = bulk_etag(&served, &consumer);
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
@@ -257,7 +267,7 @@ pub async fn evaluate_all(
         if let Some(etag) = etag_header {
             response.headers_mut().insert(header::ETAG, etag);
         }
-        return response;
+        return Ok(response);
     }
     let mut out = Vec::with_capacity(4096);
     out.extend_from_slice(b"{\"flags\":[");
@@ -293,7 +303,7 @@ pub async fn evaluate_all(
     if let Some(etag) = etag_header {
         response.headers_mut().insert(header::ETAG, etag);
     }
-    response
+    Ok(response)
 }
 
 /// Percent-escapes everything but unreserved characters (RFC 3986), for a query value.
@@ -314,14 +324,15 @@ fn url_escape(text: &str) -> String {
 pub async fn events(
     State(served): State<Arc<Served>>,
     query: Result<Query<EventsParams>, QueryRejection>,
-) -> Response {
-    let params = match query {
-        Ok(Query(params)) => params,
-        Err(rejection) => {
-            let details = rejection.to_string();
-            return failure(StatusCode::BAD_REQUEST, None, "INVALID_CONTEXT", details);
-        }
-    };
+) -> Result<Response, Failure> {
+    let Query(params) = query.map_err(|rejection| {
+        failure(
+            StatusCode::BAD_REQUEST,
+            None,
+            "INVALID_CONTEXT",
+            rejection.to_string(),
+        )
+    })?;
     let consumer = served.consumer(params.consumer.as_deref()).to_string();
     let feeds = served.namespaces.values().map(|namespace| {
         let feed = Feed::new(
@@ -349,11 +360,11 @@ pub async fn events(
                 axum::response::sse::Event::default().data(data.to_string()),
             )
         });
-    axum::response::sse::Sse::new(stream)
+    Ok(axum::response::sse::Sse::new(stream)
         .keep_alive(
             axum::response::sse::KeepAlive::new()
                 .interval(crate::http::FEED_KEEP_ALIVE)
                 .text("keep-alive"),
         )
-        .into_response()
+        .into_response())
 }
