@@ -51,6 +51,7 @@ bench: deps
 	$(LOADTEST) read --out $(BENCH_DIR)/read.json
 	$(LOADTEST) propagation --out $(BENCH_DIR)/propagation.json
 	$(LOADTEST) sync --out $(BENCH_DIR)/sync.json
+	$(LOADTEST) feed --out $(BENCH_DIR)/feed.json
 	$(LOADTEST) stage --out $(BENCH_DIR)/stage.json
 	$(LOADTEST) rollback --out $(BENCH_DIR)/rollback.json
 	$(LOADTEST) judge --runs 500 --out $(BENCH_DIR)/judge.json

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod chart;
+pub mod feed;
 pub mod judge_sim;
 pub mod load;
 pub mod propagation;

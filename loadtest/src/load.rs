@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use switchboard_proto::pb::GetRequest;
@@ -186,9 +186,18 @@ impl Pacer {
 /// HTTP/1.1 GETs of one path over keep-alive connections, with hyper's own client connection
 /// (no pool, no extra layers), so that the client costs as little as it can.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Connect {
+    http_request(addr, path, None)
+}
+
+/// HTTP/1.1 POSTs of one JSON body to one path, as [`http_get`] does GETs.
+pub fn http_post_json(addr: std::net::SocketAddr, path: &str, body: &str) -> Connect {
+    http_request(addr, path, Some(Bytes::from(body.to_string())))
+}
+
+fn http_request(addr: std::net::SocketAddr, path: &str, body: Option<Bytes>) -> Connect {
     let path = path.to_string();
     Arc::new(move || {
-        let path = path.clone();
+        let (path, body) = (path.clone(), body.clone());
         Box::pin(async move {
             let stream = tokio::net::TcpStream::connect(addr)
                 .await
@@ -201,6 +210,7 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Connect {
                 sender,
                 path,
                 host: addr.to_string(),
+                body,
             });
             Ok(conn)
         })
@@ -208,17 +218,25 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Connect {
 }
 
 struct HttpConn {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     path: String,
     host: String,
+    /// A POST's body; `None` for a GET.
+    body: Option<Bytes>,
 }
 
 impl Conn for HttpConn {
     fn call(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let request = hyper::Request::get(self.path.as_str())
-                .header(hyper::header::HOST, self.host.as_str())
-                .body(Empty::<Bytes>::new())?;
+            let request = match &self.body {
+                None => hyper::Request::get(self.path.as_str())
+                    .header(hyper::header::HOST, self.host.as_str())
+                    .body(Full::new(Bytes::new()))?,
+                Some(body) => hyper::Request::post(self.path.as_str())
+                    .header(hyper::header::HOST, self.host.as_str())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(body.clone()))?,
+            };
             let response = self.sender.send_request(request).await?;
             let status = response.status();
             let body = response.into_body().collect().await?.to_bytes();

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use switchboard_loadtest::judge_sim::{self, NamedPolicy, SCENARIOS, TableConfig, Timing};
-use switchboard_loadtest::{propagation, read, report, rollback, stage, sync_flip};
+use switchboard_loadtest::{feed, propagation, read, report, rollback, stage, sync_flip};
 
 /// Switchboard's load tests and simulations.
 #[derive(Parser)]
@@ -34,6 +34,9 @@ enum Scenario {
     /// Synchronized flips (`sbctl flip --sync`) across N sidecar processes: the activation
     /// spread, the lateness after the activation point, the acknowledgement wait.
     Sync(SyncArgs),
+    /// The change feed: 1,000 subscribers and long polls of one sidecar, and N sidecars end
+    /// to end, across flips; OFREP evaluations beside plain item reads.
+    Feed(FeedArgs),
     /// A large set staged beside raw etcd puts of the same bytes; bytes re-uploaded after a
     /// 1% change; a sidecar's cold load time and memory.
     Stage(StageArgs),
@@ -94,6 +97,33 @@ struct SyncArgs {
     /// Milliseconds from the commit to the activation point.
     #[arg(long, default_value_t = 250)]
     lead_ms: u64,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct FeedArgs {
+    /// Subscribers of one sidecar's change feed.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Long polls of one item on the same sidecar.
+    #[arg(long, default_value_t = 100)]
+    long_polls: usize,
+    /// Sidecar processes of the end-to-end run, one subscriber each.
+    #[arg(long, default_value_t = 100)]
+    sidecars: usize,
+    /// Flips per run.
+    #[arg(long, default_value_t = 20)]
+    flips: usize,
+    /// Items in each of the two sets.
+    #[arg(long, default_value_t = 100)]
+    items: usize,
+    /// Seconds of each OFREP and GET run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Client connections of the OFREP and GET runs.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
     #[command(flatten)]
     output: Output,
 }
@@ -202,6 +232,22 @@ fn main() -> ExitCode {
                 };
                 let report = sync_flip::run(&config, work).await?;
                 Ok((sync_flip::render(&report), report))
+            }),
+        ),
+        Scenario::Feed(args) => (
+            "feed",
+            measured(&args.output, async |work| {
+                let config = feed::FeedConfig {
+                    subscribers: args.subscribers,
+                    long_polls: args.long_polls,
+                    sidecars: args.sidecars,
+                    flips: args.flips,
+                    items: args.items,
+                    seconds: args.seconds,
+                    connections: args.connections,
+                };
+                let report = feed::run(&config, work).await?;
+                Ok((feed::render(&report), report))
             }),
         ),
         Scenario::Stage(args) => (

@@ -11,7 +11,15 @@ use crate::propagation::PropagationReport;
 use crate::read::ReadReport;
 
 /// The scenarios in the order the document shows them.
-pub const SCENARIOS: [&str; 6] = ["read", "propagation", "sync", "stage", "rollback", "judge"];
+pub const SCENARIOS: [&str; 7] = [
+    "read",
+    "propagation",
+    "sync",
+    "feed",
+    "stage",
+    "rollback",
+    "judge",
+];
 
 /// Writes the charts into `dir` and returns the markdown that shows them with every table found.
 pub fn write(dir: &Path) -> Result<String> {
