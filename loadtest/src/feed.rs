@@ -381,9 +381,15 @@ pub async fn run(config: &FeedConfig, work: &std::path::Path) -> Result<FeedRepo
         sidecars.push(env.start_sidecar(&format!("bench-feed-{index:04}")).await?);
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut listening = Vec::with_capacity(sidecars.len());
     for (index, sidecar) in sidecars.iter().enumerate() {
         sidecar.wait_ready(DEADLINE).await?;
-        let _ = subscribe(sidecar.http_addr(), index, tx.clone(), stop.clone());
+        listening.push(subscribe(
+            sidecar.http_addr(),
+            index,
+            tx.clone(),
+            stop.clone(),
+        ));
     }
     let (epoch, _) = flip(&env).await?;
     heard(

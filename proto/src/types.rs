@@ -211,6 +211,11 @@ pub struct Policy {
     /// by someone who did not stage it before a canary above 0% or a flip.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub destructive_requires_approval: bool,
+    /// Whether sidecars answer preview reads (`X-Switchboard-Preview: staged`) from the sealed
+    /// staged set, for test traffic before any canary. Off by default; turning it on is a
+    /// policy change, audited as every one is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preview_reads: bool,
     /// Preconditions checked before a canary step above 0% or a flip (not before a rollback).
     pub gates: Vec<crate::gate::Gate>,
 }
@@ -224,6 +229,7 @@ impl Default for Policy {
             bake_seconds: 300,
             require_approval: false,
             destructive_requires_approval: false,
+            preview_reads: false,
             gates: Vec::new(),
         }
     }

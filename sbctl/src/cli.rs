@@ -452,16 +452,21 @@ pub struct PolicySettings {
     /// needs `sbctl approve` by someone other than the stager: true or false.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub destructive_requires_approval: Option<bool>,
+    /// Whether sidecars answer preview reads (header `X-Switchboard-Preview: staged`) from the
+    /// sealed staged set, for test traffic: true or false.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub preview_reads: Option<bool>,
 }
 
 /// The flags of [`PolicySettings`], in the order they are checked and listed.
-pub const POLICY_FLAGS: [&str; 6] = [
+pub const POLICY_FLAGS: [&str; 7] = [
     "--max-error-rate",
     "--min-requests",
     "--window",
     "--bake",
     "--require-approval",
     "--destructive-requires-approval",
+    "--preview-reads",
 ];
 
 /// The steps of a rollout, in exact basis points, strictly ascending, each in (0, 10000].
@@ -1091,6 +1096,7 @@ mod tests {
                         bake_seconds: Some(600),
                         require_approval: None,
                         destructive_requires_approval: None,
+                        preview_reads: None,
                     }
                 );
                 assert_eq!(why.reason, "stricter");

@@ -758,6 +758,7 @@ fn apply_settings(base: &Policy, settings: &PolicySettings) -> Policy {
         destructive_requires_approval: settings
             .destructive_requires_approval
             .unwrap_or(base.destructive_requires_approval),
+        preview_reads: settings.preview_reads.unwrap_or(base.preview_reads),
         gates: base.gates.clone(),
     }
 }
@@ -773,6 +774,7 @@ fn with_setting(base: &Policy, from: &Policy, flag: &str) -> Policy {
         "--destructive-requires-approval" => {
             policy.destructive_requires_approval = from.destructive_requires_approval
         }
+        "--preview-reads" => policy.preview_reads = from.preview_reads,
         _ => policy.bake_seconds = from.bake_seconds,
     }
     policy
@@ -787,6 +789,7 @@ fn given_flags(settings: &PolicySettings) -> Vec<&'static str> {
         settings.bake_seconds.is_some(),
         settings.require_approval.is_some(),
         settings.destructive_requires_approval.is_some(),
+        settings.preview_reads.is_some(),
     ];
     POLICY_FLAGS
         .iter()
@@ -1088,6 +1091,7 @@ mod tests {
                     bake_seconds: Some(7 * 86_400),
                     require_approval: None,
                     destructive_requires_approval: None,
+                    preview_reads: None,
                 },
                 Policy {
                     max_error_rate: 0.0,
@@ -1180,6 +1184,7 @@ mod tests {
                     bake_seconds: Some(u64::MAX),
                     require_approval: None,
                     destructive_requires_approval: None,
+                    preview_reads: None,
                 },
                 "--bake",
             ),

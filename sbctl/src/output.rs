@@ -294,13 +294,18 @@ pub fn render_reports(reports: &[VersionReports]) -> String {
 
 /// The settings of a policy, as `(flag name, value text)`, in [`crate::cli::POLICY_FLAGS`]
 /// order.
-fn policy_settings(policy: &Policy) -> [(&'static str, String); 5] {
+fn policy_settings(policy: &Policy) -> [(&'static str, String); 7] {
     [
         ("max-error-rate", rate(policy.max_error_rate)),
         ("min-requests", policy.min_requests.to_string()),
         ("window", seconds_text(policy.window_seconds)),
         ("bake", seconds_text(policy.bake_seconds)),
         ("require-approval", policy.require_approval.to_string()),
+        (
+            "destructive-requires-approval",
+            policy.destructive_requires_approval.to_string(),
+        ),
+        ("preview-reads", policy.preview_reads.to_string()),
     ]
 }
 
@@ -309,9 +314,15 @@ fn policy_settings(policy: &Policy) -> [(&'static str, String); 5] {
 pub fn render_policy_line(policy: &Policy) -> String {
     let settings = policy_settings(policy);
     let defaults = policy_settings(&Policy::default());
+    // The switches that are off by default are named only when on, to keep the line short.
     let line = settings
         .iter()
-        .map(|(name, value)| format!("{name} {value}"))
+        .zip(&defaults)
+        .filter(|(setting, default)| {
+            !(setting.1 == default.1
+                && matches!(setting.0, "destructive-requires-approval" | "preview-reads"))
+        })
+        .map(|((name, value), _)| format!("{name} {value}"))
         .collect::<Vec<_>>()
         .join("  ");
     let changed: Vec<&str> = settings
@@ -338,9 +349,9 @@ pub fn render_policy(namespace: &str, policy: &Policy, previous: Option<&Policy>
     for (i, (name, value)) in settings.iter().enumerate() {
         let default = &defaults[i].1;
         let mut line = if value == default {
-            format!("  {name:<18}{value:<14}default")
+            format!("  {name:<31}{value:<14}default")
         } else {
-            format!("  {name:<18}{value:<14}not the default ({default})")
+            format!("  {name:<31}{value:<14}not the default ({default})")
         };
         if let Some((_, was)) = before.as_ref().map(|b| &b[i]).filter(|b| &b.1 != value) {
             let _ = write!(line, ", was {was}");
@@ -1415,24 +1426,28 @@ mod tests {
         assert_eq!(
             render_policy("catalog", &policy, None),
             "policy of catalog\n  \
-             max-error-rate    2.5%          not the default (5%)\n  \
-             min-requests      200           default\n  \
-             window            120s (2m)     default\n  \
-             bake              600s (10m)    not the default (300s (5m))\n  \
-             require-approval  false         default\n\
+             max-error-rate                 2.5%          not the default (5%)\n  \
+             min-requests                   200           default\n  \
+             window                         120s (2m)     default\n  \
+             bake                           600s (10m)    not the default (300s (5m))\n  \
+             require-approval               false         default\n  \
+             destructive-requires-approval  false         default\n  \
+             preview-reads                  false         default\n\
              gates of catalog: none\n"
         );
         let text = render_policy("catalog", &policy, Some(&Policy::default()));
         assert!(
-            text.contains("max-error-rate    2.5%          not the default (5%), was 5%\n"),
+            text.contains(
+                "max-error-rate                 2.5%          not the default (5%), was 5%\n"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("min-requests      200           default\n"),
+            text.contains("min-requests                   200           default\n"),
             "{text}"
         );
         let defaults = render_policy("catalog", &Policy::default(), None);
-        assert_eq!(defaults.matches("  default\n").count(), 5, "{defaults}");
+        assert_eq!(defaults.matches("  default\n").count(), 7, "{defaults}");
     }
 
     #[test]

@@ -337,11 +337,11 @@ async fn policy_set_changes_only_the_given_settings() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("window            180s (3m)     not the default (120s (2m))"),
+        text.contains("window                         180s (3m)     not the default (120s (2m))"),
         "{text}"
     );
     assert!(
-        text.contains("bake              300s (5m)     default"),
+        text.contains("bake                           300s (5m)     default"),
         "{text}"
     );
 

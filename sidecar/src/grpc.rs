@@ -46,6 +46,9 @@ impl From<ReadError> for Status {
             ReadError::BadRequest(_) => Status::invalid_argument(error.to_string()),
             ReadError::UnknownVersion { .. } => Status::failed_precondition(error.to_string()),
             ReadError::CountsFull { .. } => Status::unavailable(error.to_string()),
+            ReadError::PreviewOff(_) => Status::permission_denied(error.to_string()),
+            ReadError::NothingStaged(_) => Status::not_found(error.to_string()),
+            ReadError::PreviewUnavailable { .. } => Status::unavailable(error.to_string()),
             // The version it would serve now travels in the metadata, as in the HTTP
             // answer's headers.
             ReadError::VersionNotHeld { ref current, .. } => {
@@ -93,6 +96,29 @@ fn pinned(version: &str) -> Option<&str> {
 }
 
 impl ReaderService {
+    /// The set a read is served from: the staged one for a preview, else the pinned version's
+    /// or the consumer's.
+    async fn reading_of(
+        &self,
+        namespace: &str,
+        consumer: &str,
+        version: &str,
+        preview: bool,
+    ) -> Result<Reading, Status> {
+        if preview && pinned(version).is_some() {
+            return Err(Status::invalid_argument(
+                "a read is either pinned (version) or a preview, not both",
+            ));
+        }
+        let reading = if preview {
+            self.served.preview_reading(namespace).await?
+        } else {
+            let consumer = self.served.consumer(Some(consumer));
+            self.served.reading(namespace, consumer, pinned(version))?
+        };
+        Ok(reading)
+    }
+
     /// Refuses a call without the bearer token, when the sidecar has one.
     fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let authorization = request
@@ -117,10 +143,9 @@ impl Reader for ReaderService {
     ) -> Result<Response<pb::GetReply>, Status> {
         self.check_token(&request)?;
         let r = request.into_inner();
-        let consumer = self.served.consumer(Some(&r.consumer));
         let reading = self
-            .served
-            .reading(&r.namespace, consumer, pinned(&r.version))?;
+            .reading_of(&r.namespace, &r.consumer, &r.version, r.preview)
+            .await?;
         let value = reading
             .set
             .items
@@ -142,10 +167,9 @@ impl Reader for ReaderService {
     ) -> Result<Response<pb::ListReply>, Status> {
         self.check_token(&request)?;
         let r = request.into_inner();
-        let consumer = self.served.consumer(Some(&r.consumer));
         let reading = self
-            .served
-            .reading(&r.namespace, consumer, pinned(&r.version))?;
+            .reading_of(&r.namespace, &r.consumer, &r.version, r.preview)
+            .await?;
         let items = reading
             .set
             .items

@@ -113,6 +113,8 @@ struct ReadParams {
 /// and how long to wait for a change.
 struct Conditions {
     pinned: Option<String>,
+    /// `X-Switchboard-Preview: staged`: read the sealed staged set.
+    preview: bool,
     if_none_match: Option<String>,
     deadline: Option<tokio::time::Instant>,
 }
@@ -139,6 +141,23 @@ impl Conditions {
                 )));
             }
         }
+        let preview = match text(crate::preview::PREVIEW_HEADER)?.as_deref() {
+            None => false,
+            Some(crate::preview::PREVIEW_STAGED) => true,
+            Some(other) => {
+                return Err(ReadError::BadRequest(format!(
+                    "{} must be {:?}, not {other:?}",
+                    crate::preview::PREVIEW_HEADER,
+                    crate::preview::PREVIEW_STAGED
+                )));
+            }
+        };
+        if preview && pinned.is_some() {
+            return Err(ReadError::BadRequest(format!(
+                "a read is either pinned ({VERSION_HEADER}) or a preview ({}), not both",
+                crate::preview::PREVIEW_HEADER
+            )));
+        }
         let if_none_match = text(header::IF_NONE_MATCH.as_str())?;
         let wait = match params.wait.as_deref() {
             None => None,
@@ -159,6 +178,7 @@ impl Conditions {
         };
         Ok(Self {
             pinned,
+            preview,
             // Waiting needs something to compare with: without If-None-Match, answer at once.
             deadline: wait
                 .filter(|_| if_none_match.is_some())
@@ -204,6 +224,9 @@ impl IntoResponse for ReadError {
             ReadError::UnknownNamespace(_) | ReadError::UnknownKey { .. } => StatusCode::NOT_FOUND,
             ReadError::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ReadError::VersionNotHeld { .. } => StatusCode::CONFLICT,
+            ReadError::PreviewOff(_) => StatusCode::FORBIDDEN,
+            ReadError::NothingStaged(_) => StatusCode::NOT_FOUND,
+            ReadError::PreviewUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ReadError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ReadError::UnknownVersion { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ReadError::CountsFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -261,6 +284,12 @@ fn served_headers(response: &mut Response, reading: &Reading, etag: Option<&str>
         headers.insert(VERSION_HEADER, version);
     }
     headers.insert("x-switchboard-epoch", HeaderValue::from(reading.epoch));
+    if reading.preview {
+        headers.insert(
+            crate::preview::PREVIEW_HEADER,
+            HeaderValue::from_static(crate::preview::PREVIEW_STAGED),
+        );
+    }
     if let Some(etag) = etag.and_then(|etag| HeaderValue::from_str(etag).ok()) {
         headers.insert(header::ETAG, etag);
     }
@@ -302,7 +331,11 @@ async fn answer_read(
     let started = Instant::now();
     let mut changes = served.namespace(ns)?.subscribe();
     loop {
-        let reading = served.reading(ns, consumer, conditions.pinned.as_deref())?;
+        let reading = if conditions.preview {
+            served.preview_reading(ns).await?
+        } else {
+            served.reading(ns, consumer, conditions.pinned.as_deref())?
+        };
         let etag = etag_of(&reading);
         if let Some(etag) = &etag
             && conditions.unchanged(etag)

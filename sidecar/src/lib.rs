@@ -15,6 +15,7 @@ pub mod http;
 pub mod loader;
 pub mod namespace;
 pub mod ofrep;
+pub mod preview;
 pub mod reports;
 pub mod serve;
 pub mod snapshot;

@@ -102,6 +102,8 @@ pub struct Namespace {
     keep_replaced: Duration,
     /// The diffs between sets worked out lately.
     diffs: Mutex<VecDeque<Arc<SetDiff>>>,
+    /// Preview reads of the staged set.
+    pub preview: crate::preview::PreviewSource,
 }
 
 impl Namespace {
@@ -122,6 +124,7 @@ impl Namespace {
             replaced: Mutex::new(Vec::new()),
             keep_replaced,
             diffs: Mutex::new(VecDeque::new()),
+            preview: crate::preview::PreviewSource::default(),
         })
     }
 

@@ -69,6 +69,7 @@ fn read_failure(key: Option<&str>, error: ReadError) -> Failure {
         }
         ReadError::BadRequest(_) => (StatusCode::BAD_REQUEST, "INVALID_CONTEXT"),
         ReadError::VersionNotHeld { .. } => (StatusCode::CONFLICT, "GENERAL"),
+        ReadError::PreviewOff(_) => (StatusCode::FORBIDDEN, "GENERAL"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "GENERAL"),
     };
     failure(status, key, code, error.to_string())
@@ -188,9 +189,15 @@ pub async fn evaluate(
     let pinned = headers
         .get(crate::http::VERSION_HEADER)
         .and_then(|v| v.to_str().ok());
-    let reading = served
-        .reading(&namespace, &consumer, pinned)
-        .map_err(|error| read_failure(Some(&key), error))?;
+    let preview = headers
+        .get(crate::preview::PREVIEW_HEADER)
+        .is_some_and(|v| v.as_bytes() == crate::preview::PREVIEW_STAGED.as_bytes());
+    let reading = if preview {
+        served.preview_reading(&namespace).await
+    } else {
+        served.reading(&namespace, &consumer, pinned)
+    }
+    .map_err(|error| read_failure(Some(&key), error))?;
     let Some(value) = reading.set.items.get(item) else {
         let error = ReadError::UnknownKey {
             namespace,

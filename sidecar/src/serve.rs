@@ -17,12 +17,21 @@ use crate::telemetry;
 pub const MAX_VERSION_LEN: usize = 64;
 
 /// Why a read could not be answered; the servers map it to a status code.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("namespace {0:?} is not served by this sidecar")]
     UnknownNamespace(String),
     #[error("namespace {0:?} has not been loaded yet")]
     NotLoaded(String),
+    /// A preview read of a namespace whose policy does not allow them.
+    #[error(
+        "preview reads of namespace {0:?} are off; an admin turns them on with `sbctl policy set {0} --preview-reads true` (the change is audited)"
+    )]
+    PreviewOff(String),
+    #[error("namespace {0:?} has no sealed staged set to preview; stage one with `sbctl stage`")]
+    NothingStaged(String),
+    #[error("preview reads of namespace {namespace:?} cannot be answered now: {why}")]
+    PreviewUnavailable { namespace: String, why: String },
     /// A read pinned to a version this sidecar no longer holds.
     #[error(
         "version {version:?} of namespace {namespace:?} is no longer held by this sidecar; it serves {current:?} to this consumer now: read again without the pinned version (X-Switchboard-Version) to move to it"
@@ -71,6 +80,8 @@ pub struct Reading {
     pub epoch: u64,
     pub canary: bool,
     pub set: Arc<LoadedSet>,
+    /// A preview read, served the staged set.
+    pub preview: bool,
 }
 
 /// The ETag of an item: its canonical JSON's 128-bit XXH3, so every sidecar gives the same
@@ -170,6 +181,7 @@ impl Served {
                 epoch: choice.epoch,
                 canary: routed.canary && snapshot.canary.is_some(),
                 set: choice.set.clone(),
+                preview: false,
             });
         };
         match self.namespace(name)?.held_set(pinned) {
@@ -181,6 +193,7 @@ impl Served {
                     .live_canary()
                     .is_some_and(|c| c.version == set.version),
                 set,
+                preview: false,
             }),
             None => Err(ReadError::VersionNotHeld {
                 namespace: name.to_string(),
@@ -190,6 +203,24 @@ impl Served {
                 epoch: choice.epoch,
             }),
         }
+    }
+
+    /// The set a preview read of `name` is served from: the sealed staged set, when the
+    /// namespace's policy allows preview reads (see [`crate::preview`]).
+    pub async fn preview_reading(&self, name: &str) -> Result<Reading, ReadError> {
+        let snapshot = self.snapshot(name)?;
+        let staged = self
+            .namespace(name)?
+            .preview
+            .staged(name, snapshot.routing.active.slot)
+            .await?;
+        Ok(Reading {
+            slot: staged.slot,
+            epoch: snapshot.routing.epoch,
+            canary: false,
+            set: staged.set,
+            preview: true,
+        })
     }
 
     /// The consumer a read is for: the one named, else this sidecar's id.

@@ -128,6 +128,8 @@ impl NamespaceSync {
         namespace: Arc<Namespace>,
         health_dirty: Arc<Notify>,
     ) -> Self {
+        // Preview reads ask etcd through the same connection.
+        namespace.preview.attach(client.clone(), keys.clone());
         Self {
             client,
             keys,

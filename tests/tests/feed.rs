@@ -487,3 +487,106 @@ async fn reads_pinned_to_a_version_stay_on_it_while_it_is_held() -> Result<()> {
     );
     Ok(())
 }
+
+/// A preview read of one item: the status, the version header and the JSON body.
+async fn preview(sidecar: &Sidecar, key: &str) -> Result<(u16, String, Value)> {
+    let answer = reqwest::Client::new()
+        .get(format!("{}/v1/ns/{NS}/items/{key}", sidecar.http_url()))
+        .header("x-switchboard-preview", "staged")
+        .send()
+        .await?;
+    let status = answer.status().as_u16();
+    let version = header_text(&answer, "x-switchboard-version");
+    let preview = header_text(&answer, "x-switchboard-preview");
+    ensure!(
+        status != 200 || preview == "staged",
+        "a preview answer without its header"
+    );
+    Ok((status, version, answer.json().await?))
+}
+
+/// Issue 15, acceptance 4: preview reads (`X-Switchboard-Preview: staged`) are refused while the
+/// namespace's policy does not allow them, with a message that says how to allow them; once an
+/// admin allows them (an audited policy change) they are served from the sealed staged set at
+/// a 0% canary, over HTTP and gRPC, while every other read stays on the active set; turned off
+/// again, they are refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preview_reads_serve_the_staged_set_only_when_the_policy_allows_them() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let (v1, _) = stage_and_flip(&env, NS, &example("catalog-v1")).await?;
+    let v2 = stage_with(&sbctl, NS, &example("catalog-v2"), &["--allow-destructive"]).await?;
+    let sidecar = env.start_sidecar("preview").await?;
+    sidecar.wait_ready(DEADLINE).await?;
+
+    let (code, _, body) = preview(&sidecar, "schema_version").await?;
+    ensure!(code == 403, "{code} {body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    ensure!(
+        error.contains("sbctl policy set catalog --preview-reads true"),
+        "{error}"
+    );
+
+    sbctl
+        .run(&[
+            "policy",
+            "set",
+            NS,
+            "--preview-reads",
+            "true",
+            "-m",
+            "test traffic",
+        ])
+        .await?
+        .ensure_success()?;
+    let trail = sbctl.run_json(&["audit", NS]).await?;
+    let last = trail["records"]
+        .as_array()
+        .and_then(|records| records.last())
+        .context("no audit record")?;
+    ensure!(
+        last["action"] == "policy"
+            && last["detail"]["to"]["preview_reads"] == true
+            && last["detail"]["from"]["preview_reads"].is_null(),
+        "{last}"
+    );
+    // The sidecar asks etcd at most once a second.
+    wait_until(DEADLINE, "preview reads to be allowed", async || {
+        Ok(preview(&sidecar, "schema_version").await?.0 == 200)
+    })
+    .await?;
+    let (_, version, body) = preview(&sidecar, "schema_version").await?;
+    ensure!(version == v2 && body["version"] == 192, "{version} {body}");
+    // Everyone else still reads the active set, and there is no canary.
+    let answer = sidecar
+        .get_item(NS, "schema_version", Some("anyone"))
+        .await?;
+    ensure!(answer.version.as_deref() == Some(v1.as_str()), "{answer:?}");
+    let routing = status(&sbctl, NS).await?;
+    ensure!(routing["canary"].is_null(), "{routing}");
+
+    let mut reader = pb::reader_client::ReaderClient::connect(sidecar.grpc_url()).await?;
+    let reply = reader
+        .get(pb::GetRequest {
+            namespace: NS.into(),
+            key: "schema_version".into(),
+            preview: true,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        reply.served.map(|s| s.version) == Some(v2.clone()),
+        "gRPC preview"
+    );
+
+    sbctl
+        .run(&["policy", "set", NS, "--preview-reads", "false"])
+        .await?
+        .ensure_success()?;
+    wait_until(DEADLINE, "preview reads to be refused again", async || {
+        Ok(preview(&sidecar, "schema_version").await?.0 == 403)
+    })
+    .await?;
+    Ok(())
+}
