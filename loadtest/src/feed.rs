@@ -52,6 +52,10 @@ pub struct FeedConfig {
     /// Seconds of each OFREP and GET run.
     pub seconds: f64,
     pub connections: usize,
+    /// Between flips, as between releases: a flip's background work on every sidecar (its
+    /// health record and disk copy, put off until 100 ms after the commit) would otherwise land
+    /// on the next flip.
+    pub pause: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,10 +71,20 @@ pub struct FeedReport {
     /// Applied to answered, each long poll.
     pub long_poll: Latency,
     pub sidecars: usize,
+    /// Between flips, in ms.
+    #[serde(default)]
+    pub pause_ms: u64,
     /// Commit to applied, each sidecar of the end-to-end run.
     pub commit_to_applied: Latency,
     /// Commit to notified, each sidecar's subscriber.
     pub end_to_end: Latency,
+    /// Per flip, in order: commit to the last subscriber notified, in ms.
+    #[serde(default)]
+    pub last_notified_per_flip_ms: Vec<f64>,
+    /// The same for the two flips before the measured ones, on which every sidecar loads the
+    /// other set from etcd.
+    #[serde(default)]
+    pub warmup_last_notified_ms: Vec<f64>,
     pub item_get: RunResult,
     pub ofrep: RunResult,
 }
@@ -83,70 +97,111 @@ struct Notified {
     epoch: u64,
     applied_at_us: u64,
     at_us: u64,
+    /// The feed's first event: the subscriber listens from now on.
+    initial: bool,
 }
 
-#[derive(Deserialize)]
+/// The fields of an event that the subscribers measure by.
 struct EventHead {
     epoch: u64,
     applied_at_us: u64,
     initial: bool,
 }
 
+impl EventHead {
+    /// Reads the fields from the start of the event's JSON (the envelope comes before the key
+    /// lists) without parsing the rest: a thousand subscribers share this machine's cores with
+    /// the sidecar they measure.
+    fn read(json: &[u8]) -> Option<Self> {
+        let envelope = &json[..json.len().min(512)];
+        let number = |name: &[u8]| -> Option<u64> {
+            let start = find(envelope, name)? + name.len();
+            let digits = envelope[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+            Some(digits)
+        };
+        Some(Self {
+            epoch: number(b"\"epoch\":")?,
+            applied_at_us: number(b"\"applied_at_us\":")?,
+            initial: find(envelope, b"\"initial\":true").is_some(),
+        })
+    }
+}
+
 /// Subscribes to `addr`'s change feed as consumer `app-{index}` on a connection of its own;
-/// sends every event after the first to `notified`. Ends with `stop`.
+/// sends every event to `notified`. Ends with `stop`.
+///
+/// The subscriber reads the raw bytes of the response itself, with one task and one buffer:
+/// a thousand of them share the sidecar's two cores, and an HTTP client's per-connection task
+/// and body channel would double the wake-ups the measurement pays for. Each event is one
+/// chunk of the chunked body, so the chunk-size lines fall between events, never inside one.
 fn subscribe(
     addr: SocketAddr,
     index: usize,
     notified: mpsc::UnboundedSender<Notified>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<Result<()>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     tokio::spawn(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
-        let request = hyper::Request::get(format!("/v1/ns/{NAMESPACE}/events"))
-            .header(hyper::header::HOST, addr.to_string())
-            .header("x-switchboard-consumer", format!("app-{index}"))
-            .body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        if !response.status().is_success() {
-            bail!("subscriber {index}: HTTP {}", response.status());
-        }
-        let mut body = response.into_body();
-        let mut buffer = String::new();
+        let request = format!(
+            "GET /v1/ns/{NAMESPACE}/events HTTP/1.1\r\nHost: {addr}\r\nX-Switchboard-Consumer: app-{index}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
+        let mut head_read = false;
         loop {
-            let frame = tokio::select! {
+            let read = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
-                frame = body.frame() => frame,
+                read = stream.read_buf(&mut buffer) => read?,
             };
-            let Some(frame) = frame else {
+            if read == 0 {
                 bail!("subscriber {index}: the feed ended");
-            };
+            }
             let at_us = now_us();
-            let Ok(data) = frame?.into_data() else {
-                continue;
-            };
-            buffer.push_str(&String::from_utf8_lossy(&data));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let Some(json) = block.lines().find_map(|l| l.strip_prefix("data:")) else {
+            if !head_read {
+                let Some(end) = find(&buffer, b"\r\n\r\n") else {
                     continue;
                 };
-                let head: EventHead = serde_json::from_str(json.trim())
-                    .with_context(|| format!("subscriber {index}: an event that does not parse"))?;
-                if !head.initial {
-                    let _ = notified.send(Notified {
-                        subscriber: index,
-                        epoch: head.epoch,
-                        applied_at_us: head.applied_at_us,
-                        at_us,
-                    });
+                if !buffer.starts_with(b"HTTP/1.1 200") {
+                    bail!(
+                        "subscriber {index}: {}",
+                        String::from_utf8_lossy(&buffer[..end])
+                    );
                 }
+                buffer.drain(..end + 4);
+                head_read = true;
             }
+            let mut consumed = 0;
+            while let Some(end) = find(&buffer[consumed..], b"\n\n") {
+                let event = &buffer[consumed..consumed + end];
+                consumed += end + 2;
+                let Some(data) = find(event, b"data: ") else {
+                    continue;
+                };
+                let head = EventHead::read(&event[data + 6..])
+                    .with_context(|| format!("subscriber {index}: an event without its epoch"))?;
+                let _ = notified.send(Notified {
+                    subscriber: index,
+                    epoch: head.epoch,
+                    applied_at_us: head.applied_at_us,
+                    at_us,
+                    initial: head.initial,
+                });
+            }
+            buffer.drain(..consumed);
         }
     })
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 /// Long-polls one item of `addr` as consumer `poll-{index}`: each answer (a new version) is
@@ -194,6 +249,16 @@ fn long_poll(
                         epoch: epoch.parse().unwrap_or(0),
                         applied_at_us: 0,
                         at_us,
+                        initial: false,
+                    });
+                } else {
+                    // The first answer: the poll waits for changes from now on.
+                    let _ = answered.send(Notified {
+                        subscriber: index,
+                        epoch: 0,
+                        applied_at_us: 0,
+                        at_us,
+                        initial: true,
                     });
                 }
                 etag = new_etag;
@@ -216,7 +281,8 @@ async fn flip(env: &TestEnv) -> Result<(u64, u64)> {
     Ok((epoch, at_ms * 1000))
 }
 
-/// Waits until `count` distinct listeners have reported `epoch`; returns their reports.
+/// Waits until `count` distinct listeners have reported a change to `epoch`; returns their
+/// reports.
 async fn heard(
     rx: &mut mpsc::UnboundedReceiver<Notified>,
     epoch: u64,
@@ -226,7 +292,7 @@ async fn heard(
     let mut seen: HashMap<usize, Notified> = HashMap::new();
     wait_until(DEADLINE, what, async || {
         while let Ok(notified) = rx.try_recv() {
-            if notified.epoch == epoch {
+            if notified.epoch == epoch && !notified.initial {
                 seen.entry(notified.subscriber).or_insert(notified);
             }
         }
@@ -234,6 +300,25 @@ async fn heard(
     })
     .await?;
     Ok(seen.into_values().collect())
+}
+
+/// Waits until `count` distinct listeners listen (their feed's first event, a poll's first
+/// answer), so that the next flip finds every one of them listening.
+async fn listening(
+    rx: &mut mpsc::UnboundedReceiver<Notified>,
+    count: usize,
+    what: &str,
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    wait_until(DEADLINE, what, async || {
+        while let Ok(notified) = rx.try_recv() {
+            if notified.initial {
+                seen.insert(notified.subscriber);
+            }
+        }
+        Ok(seen.len() >= count)
+    })
+    .await
 }
 
 /// Starts `count` subscribers of `sidecar` numbered from `first`, and waits until each has
@@ -247,10 +332,11 @@ async fn subscribers(
     mpsc::UnboundedReceiver<Notified>,
     Vec<tokio::task::JoinHandle<Result<()>>>,
 )> {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let tasks = (first..first + count)
         .map(|index| subscribe(sidecar, index, tx.clone(), stop.clone()))
         .collect();
+    listening(&mut rx, count, "every subscriber to listen").await?;
     Ok((rx, tasks))
 }
 
@@ -260,11 +346,12 @@ async fn measure_fan_out(
     env: &TestEnv,
     rx: &mut mpsc::UnboundedReceiver<Notified>,
     count: usize,
-    flips: usize,
+    (flips, pause): (usize, Duration),
     mut polls: Option<(&mut mpsc::UnboundedReceiver<Notified>, usize, &mut Vec<u64>)>,
 ) -> Result<Latency> {
     let mut samples = Vec::new();
     for _ in 0..flips {
+        tokio::time::sleep(pause).await;
         let (epoch, _) = flip(env).await?;
         let notified = heard(rx, epoch, count, "every subscriber to hear of the flip").await?;
         let applied = notified.first().map_or(0, |n| n.applied_at_us);
@@ -302,10 +389,8 @@ pub async fn run(config: &FeedConfig, work: &std::path::Path) -> Result<FeedRepo
     sidecar.wait_ready(DEADLINE).await?;
     eprintln!("feed: one subscriber, {} flips", config.flips);
     let (mut rx, _one) = subscribers(sidecar.http_addr(), 0, 1, &stop).await?;
-    // A first flip makes sure it listens before anything is measured.
-    let (epoch, _) = flip(&env).await?;
-    heard(&mut rx, epoch, 1, "the subscriber to listen").await?;
-    let one_subscriber = measure_fan_out(&env, &mut rx, 1, config.flips, None).await?;
+    let one_subscriber =
+        measure_fan_out(&env, &mut rx, 1, (config.flips, config.pause), None).await?;
 
     eprintln!(
         "feed: {} subscribers and {} long polls, {} flips",
@@ -316,27 +401,13 @@ pub async fn run(config: &FeedConfig, work: &std::path::Path) -> Result<FeedRepo
     let _polls: Vec<_> = (0..config.long_polls)
         .map(|index| long_poll(sidecar.http_addr(), index, poll_tx.clone(), stop.clone()))
         .collect();
-    let (epoch, _) = flip(&env).await?;
-    heard(
-        &mut rx,
-        epoch,
-        config.subscribers,
-        "every subscriber to listen",
-    )
-    .await?;
-    heard(
-        &mut poll_rx,
-        epoch,
-        config.long_polls,
-        "every long poll to wait",
-    )
-    .await?;
+    listening(&mut poll_rx, config.long_polls, "every long poll to wait").await?;
     let mut poll_samples = Vec::new();
     let fan_out = measure_fan_out(
         &env,
         &mut rx,
         config.subscribers,
-        config.flips,
+        (config.flips, config.pause),
         Some((&mut poll_rx, config.long_polls, &mut poll_samples)),
     )
     .await?;
@@ -381,36 +452,36 @@ pub async fn run(config: &FeedConfig, work: &std::path::Path) -> Result<FeedRepo
         sidecars.push(env.start_sidecar(&format!("bench-feed-{index:04}")).await?);
     }
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut listening = Vec::with_capacity(sidecars.len());
+    let mut subscriptions = Vec::with_capacity(sidecars.len());
     for (index, sidecar) in sidecars.iter().enumerate() {
         sidecar.wait_ready(DEADLINE).await?;
-        listening.push(subscribe(
+        subscriptions.push(subscribe(
             sidecar.http_addr(),
             index,
             tx.clone(),
             stop.clone(),
         ));
     }
-    let (epoch, _) = flip(&env).await?;
-    heard(
+    listening(
         &mut rx,
-        epoch,
         config.sidecars,
         "every sidecar's subscriber to listen",
     )
     .await?;
-    let (mut applied, mut notified) = (Vec::new(), Vec::new());
+    // Two flips first, unmeasured: on each, every sidecar loads the other set from etcd (the
+    // propagation scenario reports that as its first flip); later flips find both sets held.
+    let mut warmup_last_notified_ms = Vec::new();
+    for _ in 0..2 {
+        let heard = flip_and_hear(&env, &mut rx, config.sidecars).await?;
+        warmup_last_notified_ms.push(heard.last_notified_ms);
+    }
+    let (mut applied, mut notified, mut last_per_flip) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..config.flips {
-        let (epoch, at_us) = flip(&env).await?;
-        let heard = heard(
-            &mut rx,
-            epoch,
-            config.sidecars,
-            "every subscriber to hear of the flip",
-        )
-        .await?;
-        applied.extend(heard.iter().map(|n| n.applied_at_us.saturating_sub(at_us)));
-        notified.extend(heard.iter().map(|n| n.at_us.saturating_sub(at_us)));
+        tokio::time::sleep(config.pause).await;
+        let heard = flip_and_hear(&env, &mut rx, config.sidecars).await?;
+        applied.extend(heard.applied);
+        notified.extend(heard.notified);
+        last_per_flip.push(heard.last_notified_ms);
     }
     stop.cancel();
     Ok(FeedReport {
@@ -422,10 +493,43 @@ pub async fn run(config: &FeedConfig, work: &std::path::Path) -> Result<FeedRepo
         long_polls: config.long_polls,
         long_poll,
         sidecars: config.sidecars,
+        pause_ms: u64::try_from(config.pause.as_millis()).unwrap_or(u64::MAX),
         commit_to_applied: Latency::from_samples(&mut applied),
         end_to_end: Latency::from_samples(&mut notified),
+        last_notified_per_flip_ms: last_per_flip,
+        warmup_last_notified_ms,
         item_get,
         ofrep,
+    })
+}
+
+/// What one flip measured end to end, from its commit: each subscriber's sidecar applying it,
+/// each subscriber notified, and the last of them.
+struct EndToEnd {
+    applied: Vec<u64>,
+    notified: Vec<u64>,
+    last_notified_ms: f64,
+}
+
+/// Flips once and waits until all `count` subscribers on `rx` have heard of it.
+async fn flip_and_hear(
+    env: &TestEnv,
+    rx: &mut mpsc::UnboundedReceiver<Notified>,
+    count: usize,
+) -> Result<EndToEnd> {
+    let (epoch, at_us) = flip(env).await?;
+    let heard = heard(rx, epoch, count, "every subscriber to hear of the flip").await?;
+    let notified: Vec<u64> = heard
+        .iter()
+        .map(|n| n.at_us.saturating_sub(at_us))
+        .collect();
+    Ok(EndToEnd {
+        applied: heard
+            .iter()
+            .map(|n| n.applied_at_us.saturating_sub(at_us))
+            .collect(),
+        last_notified_ms: notified.iter().copied().max().unwrap_or(0) as f64 / 1000.0,
+        notified,
     })
 }
 
@@ -494,6 +598,23 @@ pub fn render(report: &FeedReport) -> String {
             "commit to applied: p99 {:.1} ms",
             report.commit_to_applied.p99_ms()
         ),
+    ));
+    let per_flip: Vec<String> = report
+        .last_notified_per_flip_ms
+        .iter()
+        .map(|ms| format!("{ms:.0}"))
+        .collect();
+    let warmup: Vec<String> = report
+        .warmup_last_notified_ms
+        .iter()
+        .map(|ms| format!("{ms:.0}"))
+        .collect();
+    out.push_str(&format!(
+        "\nFlips {} ms apart. End to end, the last of the {} subscribers notified, flip by flip (ms): {}. The two flips before them, unmeasured, on which every sidecar loads the other set from etcd: {}.\n",
+        report.pause_ms,
+        report.sidecars,
+        per_flip.join(", "),
+        warmup.join(", ")
     ));
     out.push_str(&format!(
         "\n| read of one item, {} connections, saturation | requests/s | p50 / p99 ms |\n|---|---:|---|\n\

@@ -124,6 +124,9 @@ struct FeedArgs {
     /// Client connections of the OFREP and GET runs.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Milliseconds between flips.
+    #[arg(long, default_value_t = 1000)]
+    pause_ms: u64,
     #[command(flatten)]
     output: Output,
 }
@@ -245,6 +248,7 @@ fn main() -> ExitCode {
                     items: args.items,
                     seconds: args.seconds,
                     connections: args.connections,
+                    pause: std::time::Duration::from_millis(args.pause_ms),
                 };
                 let report = feed::run(&config, work).await?;
                 Ok((feed::render(&report), report))

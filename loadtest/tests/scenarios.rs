@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use switchboard_loadtest::catalog::ChangePattern;
-use switchboard_loadtest::{propagation, read, report, rollback, stage, sync_flip};
+use switchboard_loadtest::{feed, propagation, read, report, rollback, stage, sync_flip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propagation_counts_every_sidecar_on_every_flip() -> Result<()> {
@@ -45,6 +45,38 @@ async fn propagation_counts_every_sidecar_on_every_flip() -> Result<()> {
         2,
         "{table}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_hears_every_flip_from_every_listener() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = feed::FeedConfig {
+        subscribers: 20,
+        long_polls: 5,
+        sidecars: 3,
+        flips: 3,
+        items: 20,
+        seconds: 0.5,
+        connections: 2,
+        pause: std::time::Duration::from_millis(10),
+    };
+    let report = feed::run(&config, work.path()).await?;
+    // One sample per listener and flip, in every row.
+    assert_eq!(report.one_subscriber.count, 3, "{report:?}");
+    assert_eq!(report.fan_out.count, 20 * 3, "{report:?}");
+    assert_eq!(report.long_poll.count, 5 * 3, "{report:?}");
+    assert_eq!(report.commit_to_applied.count, 3 * 3, "{report:?}");
+    assert_eq!(report.end_to_end.count, 3 * 3, "{report:?}");
+    // Notified comes after applied, for the same flips and sidecars.
+    assert!(report.end_to_end.max_us >= report.commit_to_applied.p50_us);
+    assert!(report.item_get.completed > 0 && report.item_get.errors == 0);
+    assert!(report.ofrep.completed > 0 && report.ofrep.errors == 0);
+    let table = feed::render(&report);
+    assert!(table.contains("20 subscribers, one sidecar"), "{table}");
+    assert!(table.contains("% of GET)"), "{table}");
+    assert_eq!(report.last_notified_per_flip_ms.len(), 3, "{report:?}");
+    assert_eq!(report.warmup_last_notified_ms.len(), 2, "{report:?}");
     Ok(())
 }
 

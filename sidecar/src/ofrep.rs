@@ -26,11 +26,18 @@ use serde_json::{Value, json};
 use crate::changes::Feed;
 use crate::serve::{ReadError, Reading, Served, none_match};
 
-/// The consumer a request names: `context.targetingKey`.
+/// The consumer a request names: `context.targetingKey`. The context's other attributes are
+/// skipped unread: nothing here targets by them.
 #[derive(Deserialize, Default)]
 struct EvaluationRequest {
     #[serde(default)]
-    context: Option<serde_json::Map<String, Value>>,
+    context: Option<EvaluationContext>,
+}
+
+#[derive(Deserialize, Default)]
+struct EvaluationContext {
+    #[serde(rename = "targetingKey", default)]
+    targeting_key: Option<Value>,
 }
 
 /// An OFREP error answer: `{"key", "errorCode", "errorDetails"}` with its status.
@@ -92,7 +99,7 @@ fn consumer_of(served: &Served, key: Option<&str>, body: &[u8]) -> Result<String
     let targeting_key = request
         .context
         .as_ref()
-        .and_then(|context| context.get("targetingKey"));
+        .and_then(|context| context.targeting_key.as_ref());
     match targeting_key {
         None | Some(Value::Null) => Ok(served.consumer(None).to_string()),
         Some(Value::String(consumer)) => Ok(served.consumer(Some(consumer)).to_string()),
@@ -141,21 +148,36 @@ fn flag_key(served: &Served, namespace: &str, item: &str) -> String {
     }
 }
 
-/// One evaluation's JSON, the value spliced in as stored (canonical JSON, never parsed).
+/// Appends `text` to `out` as a JSON string. Item keys, namespaces and versions need no
+/// escaping but for odd characters, so the common case copies them as they are.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        out.extend_from_slice(Value::from(text).to_string().as_bytes());
+    }
+}
+
+/// One evaluation's JSON, the value spliced in as stored (canonical JSON, never parsed), written
+/// straight into `out`: this is the hot path of every OFREP read.
 fn evaluation_json(key: &str, namespace: &str, reading: &Reading, value: &[u8], out: &mut Vec<u8>) {
-    let head = json!({
-        "key": key,
-        "reason": if reading.canary { "SPLIT" } else { "STATIC" },
-        "variant": reading.set.version,
-        "metadata": {
-            "namespace": namespace,
-            "slot": reading.slot.as_str(),
-            "epoch": reading.epoch,
-        },
-    })
-    .to_string();
-    out.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
-    out.extend_from_slice(b",\"value\":");
+    out.extend_from_slice(b"{\"key\":");
+    push_json_string(out, key);
+    out.extend_from_slice(if reading.canary {
+        b",\"reason\":\"SPLIT\",\"variant\":"
+    } else {
+        b",\"reason\":\"STATIC\",\"variant\":"
+    });
+    push_json_string(out, &reading.set.version);
+    out.extend_from_slice(b",\"metadata\":{\"namespace\":");
+    push_json_string(out, namespace);
+    out.extend_from_slice(b",\"slot\":\"");
+    out.extend_from_slice(reading.slot.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"epoch\":");
+    out.extend_from_slice(reading.epoch.to_string().as_bytes());
+    out.extend_from_slice(b"},\"value\":");
     out.extend_from_slice(value);
     out.push(b'}');
 }

@@ -152,17 +152,25 @@ fn fuzz_manifest_json() {
 
 #[test]
 fn fuzz_manifest_head_and_pages() {
-    let (manifest, _) = sample_set(1500).to_chunks();
+    let (manifest, chunks) = sample_set(1500).to_chunks();
     let (head, pages) = manifest.to_pages();
     fuzz("manifest head", input(head.to_canonical_json()), |data| {
         if let Ok(parsed) = ManifestHead::from_json(&data) {
             let _ = parsed.hash();
-            // Only the true head assembles from the true pages.
-            if parsed
-                .assemble(pages.iter().map(|p| p.data.as_slice()))
-                .is_ok()
-            {
-                prop_assert_eq!(&parsed, &head);
+            // A head is trusted through two guards: its pages must assemble (they pin the
+            // chunk list and the counts), and the chunks must verify against the result (the
+            // set's checksum, which no page pins). Only the true head passes both; a head that
+            // differs only in its checksum assembles, and the verification catches it.
+            if let Ok(assembled) = parsed.assemble(pages.iter().map(|p| p.data.as_slice())) {
+                prop_assert_eq!(&assembled.chunks, &manifest.chunks);
+                let mut verifier = SetVerifier::verify_only(&assembled);
+                let verified = chunks
+                    .iter()
+                    .try_for_each(|chunk| verifier.add_chunk(&chunk.data))
+                    .and_then(|()| verifier.finish());
+                if verified.is_ok() {
+                    prop_assert_eq!(&parsed, &head);
+                }
             }
         }
         Ok(())
