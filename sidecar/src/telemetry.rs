@@ -42,6 +42,8 @@ pub const ETCD_REACHABLE: &str = "switchboard_sidecar_etcd_reachable";
 pub const NAMESPACE_LOADED: &str = "switchboard_sidecar_namespace_loaded";
 /// Snapshots published: `namespace`.
 pub const SNAPSHOT_SWAPS: &str = "switchboard_sidecar_snapshot_swaps_total";
+/// Change feeds open (SSE, gRPC `WatchChanges`, OFREP refresh connections): `namespace`.
+pub const CHANGE_FEEDS: &str = "switchboard_sidecar_change_feeds";
 
 /// Read latency buckets, in seconds: reads are answered from memory, mostly well under a
 /// millisecond, so the buckets start at 50 µs and end at 100 ms.
@@ -110,6 +112,10 @@ pub fn describe() {
         "1 once the namespace has a verified set to serve, 0 while its reads answer 503."
     );
     describe_counter!(SNAPSHOT_SWAPS, "Snapshots published.");
+    describe_gauge!(
+        CHANGE_FEEDS,
+        "Change feeds open on the namespace (SSE, gRPC WatchChanges, OFREP refresh connections)."
+    );
 }
 
 /// Counts outcomes of an accepted report.
@@ -146,6 +152,7 @@ pub fn update_gauges(served: &Served, now_ms: u64) {
             0.0
         };
         metrics::gauge!(NAMESPACE_LOADED, "namespace" => name.clone()).set(loaded);
+        metrics::gauge!(CHANGE_FEEDS, "namespace" => name.clone()).set(namespace.feeds() as f64);
     }
 }
 
