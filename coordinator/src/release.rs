@@ -473,16 +473,7 @@ impl Releases {
                     "judgement": judgement.audit_detail(),
                 }),
             )?;
-            let history = HistoryEntry {
-                version: sealed.version.clone(),
-                manifest: sealed.manifest.clone(),
-                checksum: sealed.checksum.clone(),
-                item_count: sealed.item_count,
-                bytes: sealed.bytes,
-                staged_by: sealed.staged_by.clone(),
-                message: sealed.message.clone(),
-                at_ms: sealed.at_ms,
-            };
+            let history = HistoryEntry::of_sealed(&sealed);
             let mut operations = vec![
                 TxnOp::put(keys.slot(ns, slot), to_json(&sealed), None),
                 TxnOp::put(keys.history(ns, &sealed.version), to_json(&history), None),

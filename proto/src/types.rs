@@ -446,9 +446,33 @@ pub struct HistoryEntry {
     pub message: String,
     /// When it was sealed (the last time, if it was staged more than once).
     pub at_ms: u64,
+    /// The contract the set was sealed under, as its slot recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    /// Why the version needs a second person's approval before a canary or a flip, as its
+    /// seal decided: a version restaged from the history (`rollback --to`) needs it as much as
+    /// it did the first time. Records written before this field have none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approval_reasons: Vec<String>,
 }
 
 impl HistoryEntry {
+    /// The history record of a sealed slot.
+    pub fn of_sealed(slot: &SlotRef) -> Self {
+        Self {
+            version: slot.version.clone(),
+            manifest: slot.manifest.clone(),
+            checksum: slot.checksum.clone(),
+            item_count: slot.item_count,
+            bytes: slot.bytes,
+            staged_by: slot.staged_by.clone(),
+            message: slot.message.clone(),
+            at_ms: slot.at_ms,
+            contract: slot.contract.clone(),
+            approval_reasons: slot.approval_reasons.clone(),
+        }
+    }
+
     /// The record of a slot sealed with this version, as its last staging left it.
     pub fn sealed_slot(&self) -> SlotRef {
         SlotRef {
@@ -462,8 +486,8 @@ impl HistoryEntry {
             staged_by: self.staged_by.clone(),
             message: self.message.clone(),
             at_ms: self.at_ms,
-            contract: None,
-            approval_reasons: Vec::new(),
+            contract: self.contract.clone(),
+            approval_reasons: self.approval_reasons.clone(),
         }
     }
 }
@@ -635,6 +659,42 @@ mod tests {
     const OLD_ROUTING: &str = r#"{"epoch":7,"active":{"slot":"blue","version":"v1","manifest":"m1"},
         "canary":null,"previous":null,"bake_until_ms":null,"action":"flip","by":"alice",
         "reason":"","at_ms":1}"#;
+
+    /// A version restaged from the history keeps what its seal decided: without the approval
+    /// reasons, `rollback --to` a version that needed a second person's approval would flip to
+    /// it without one.
+    #[test]
+    fn a_version_restaged_from_the_history_keeps_its_seal_s_judgement() {
+        let sealed = SlotRef {
+            version: "abcdef0123456789".into(),
+            manifest: "m".repeat(64),
+            state: SlotState::Sealed,
+            item_count: 3,
+            bytes: 300,
+            checksum: "c".repeat(64),
+            seed: 7,
+            staged_by: "alice".into(),
+            message: "drop a column".into(),
+            at_ms: 1,
+            contract: Some("contract-hash".into()),
+            approval_reasons: vec!["destructive: tables/orders: field removed".into()],
+        };
+        let entry = HistoryEntry::of_sealed(&sealed);
+        let stored: HistoryEntry =
+            serde_json::from_str(&serde_json::to_string(&entry).expect("encodes"))
+                .expect("decodes");
+        let restaged = stored.sealed_slot();
+        assert_eq!(restaged.approval_reasons, sealed.approval_reasons);
+        assert_eq!(restaged.contract, sealed.contract);
+        assert_eq!(
+            restaged.seed,
+            crate::bucket::seed_for_checksum(&sealed.checksum)
+        );
+        // A record written before the fields existed reads as none.
+        let old = r#"{"version":"v","manifest":"m","checksum":"c","item_count":1,"bytes":1,"staged_by":"a","message":"","at_ms":1}"#;
+        let old: HistoryEntry = serde_json::from_str(old).expect("an old record parses");
+        assert!(old.sealed_slot().approval_reasons.is_empty());
+    }
 
     #[test]
     fn old_routing_parses_without_the_sync_fields() {
