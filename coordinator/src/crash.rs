@@ -19,6 +19,12 @@ pub const JUDGE_LOOP_PANIC: &str = "judge-loop-panic";
 /// A delay point: between a seal's contract check and its transaction
 /// (`seal-after-check=return(MS)` waits MS milliseconds there).
 pub const SEAL_AFTER_CHECK: &str = "seal-after-check";
+/// A pause point (see [`pause_point`]): a routing change after its reads and checks (the
+/// gates, the approval), right before its transaction.
+pub const ROUTING_PAUSE: &str = "routing-pause-before-txn";
+/// A pause point: a stage's beginning, after it chose the idle slot, right before the
+/// transaction that claims it.
+pub const STAGE_PAUSE: &str = "stage-pause-before-txn";
 
 /// Keeps the failpoint configuration read from `FAILPOINTS` for as long as it lives.
 pub struct Scenario {
@@ -66,6 +72,42 @@ pub async fn delay_point(name: &str) {
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
 pub async fn delay_point(_name: &str) {}
+
+/// Holds a request at the point, for the race tests: with `<point>=return(DIR)`, a request
+/// that reaches it while the file `DIR/<point>.armed` exists removes that file, creates
+/// `DIR/<point>.paused`, and waits until `DIR/<point>.resume` exists (which it removes, with
+/// the paused marker). A test arms the point, starts the change, waits for the marker, makes
+/// the competing change, and lets the first one go: the order is fixed, not left to timing.
+/// Each arming pauses one request; the others pass.
+#[cfg(feature = "failpoints")]
+pub async fn pause_point(name: &str) {
+    let Some(dir) = fail::eval(name, |value| value).flatten() else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    if std::fs::remove_file(dir.join(format!("{name}.armed"))).is_err() {
+        return;
+    }
+    let paused = dir.join(format!("{name}.paused"));
+    let resume = dir.join(format!("{name}.resume"));
+    if let Err(error) = std::fs::write(&paused, b"") {
+        eprintln!("switchboard-coordinator: pause point {name}: cannot write its marker: {error}");
+        return;
+    }
+    eprintln!(
+        "switchboard-coordinator: pause point {name} reached; waiting for {}",
+        resume.display()
+    );
+    while !resume.exists() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let _ = std::fs::remove_file(&resume);
+    let _ = std::fs::remove_file(&paused);
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn pause_point(_name: &str) {}
 
 #[cfg(feature = "failpoints")]
 pub fn panic_point(name: &str) {

@@ -305,6 +305,7 @@ impl Releases {
                     // Registers the namespace for the leader's loops.
                     TxnOp::put(keys.namespace_marker(ns), Vec::new(), None),
                 ]);
+            crash::pause_point(crash::STAGE_PAUSE).await;
             let response = self.store.txn(txn).await?;
             if !response.succeeded() {
                 continue;

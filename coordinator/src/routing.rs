@@ -1127,6 +1127,7 @@ impl Releases {
             if let Some(rollout) = &rollout_after {
                 operations.push(TxnOp::put(keys.rollout(ns), to_json(rollout), None));
             }
+            crash::pause_point(crash::ROUTING_PAUSE).await;
             crash::point(crash::ROUTING_BEFORE_TXN, action);
             let committed = self
                 .store()

@@ -585,21 +585,7 @@ async fn the_json_api_changes_routing_like_sbctl_and_refuses_bad_input() -> Resu
         expect_error(answer, status, says, what)?;
     }
     // The namespace's gates hold for the dashboard as for sbctl: a blocking gate is 422.
-    sbctl
-        .run(&[
-            "gate",
-            "set",
-            NS,
-            "migration",
-            "--etcd-key",
-            "/dashboard-test/migration",
-            "--op",
-            "==",
-            "--value",
-            "done",
-        ])
-        .await?
-        .ensure_success()?;
+    set_etcd_key_gate(&sbctl, NS, "migration", "/dashboard-test/migration", "done").await?;
     expect_error(
         api.post(&canary, json!({"percent": 10, "expected_epoch": 1}))
             .await?,

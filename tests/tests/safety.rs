@@ -154,23 +154,7 @@ async fn an_etcd_key_gate_holds_a_flip_until_the_key_changes() -> Result<()> {
     client
         .put(gate_key.as_str(), "migration in progress", None)
         .await?;
-    sbctl
-        .run(&[
-            "gate",
-            "set",
-            NS,
-            "migration",
-            "--etcd-key",
-            &gate_key,
-            "--op",
-            "==",
-            "--value",
-            "done",
-            "-m",
-            "schema migration first",
-        ])
-        .await?
-        .ensure_success()?;
+    set_etcd_key_gate(&sbctl, NS, "migration", &gate_key, "done").await?;
     let v2 = stage(&sbctl, NS, &set2).await?;
     let epoch_before = epoch(&sbctl, NS).await?;
 

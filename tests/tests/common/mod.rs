@@ -95,6 +95,35 @@ pub async fn audit_actions(sbctl: &SbctlRunner, ns: &str) -> Result<Vec<String>>
         .collect())
 }
 
+/// `sbctl gate set NS NAME --etcd-key KEY --op == --value VALUE`: a gate that holds while the
+/// etcd key reads VALUE.
+pub async fn set_etcd_key_gate(
+    sbctl: &SbctlRunner,
+    ns: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    sbctl
+        .run(&[
+            "gate",
+            "set",
+            ns,
+            name,
+            "--etcd-key",
+            key,
+            "--op",
+            "==",
+            "--value",
+            value,
+            "-m",
+            "a gate of the test",
+        ])
+        .await?
+        .ensure_success()?;
+    Ok(())
+}
+
 /// Stages `path` and flips to it; returns (version, epoch after the flip).
 pub async fn stage_and_flip(env: &TestEnv, ns: &str, path: &str) -> Result<(String, u64)> {
     let sbctl = env.sbctl();
