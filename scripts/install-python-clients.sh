@@ -11,5 +11,13 @@ if PYTHONPATH="$target" python3 -c 'import openfeature.contrib.provider.ofrep' 2
 	exit 0
 fi
 echo "installing the OpenFeature Python SDK and its OFREP provider into $target"
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --target "$target" "${packages[@]}"
+if ! python3 -m pip --version >/dev/null 2>&1; then
+	sudo=""
+	[ "$(id -u)" = 0 ] || sudo=sudo
+	$sudo apt-get update -qq && $sudo apt-get install -y -qq python3-pip
+fi
+# --target keeps the packages out of the interpreter's own environment, so Debian's
+# "externally managed" guard has nothing to protect here.
+PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+	python3 -m pip install -q --disable-pip-version-check --target "$target" "${packages[@]}"
 PYTHONPATH="$target" python3 -c 'import openfeature.contrib.provider.ofrep'
