@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::namespace::{Applied, Namespace};
 use crate::serve::ReadError;
-use crate::snapshot::{LoadedSet, route};
+use crate::snapshot::{LoadedSet, Route, route};
 
 /// A key that changed, with its change class.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -327,7 +327,7 @@ impl Feed {
                     let routed = route(&last.routing, &self.consumer);
                     self.last_version = Some(routed.version.to_string());
                     self.next_seq = last.seq + 1;
-                    let change = self.change(&last, None, true, None);
+                    let change = self.change(&last, routed, None, None);
                     self.pending.push_back(change);
                     return;
                 }
@@ -358,19 +358,21 @@ impl Feed {
             let diff = previous
                 .as_deref()
                 .and_then(|from| self.namespace.diff(from, routed.version));
-            let change = self.change(&entry, previous, false, diff);
+            let change = self.change(&entry, routed, previous, diff);
             self.pending.push_back(change);
         }
     }
 
+    /// The event of `entry`, which routes the consumer as `routed`: the first view when there
+    /// is no previous version.
     fn change(
         &self,
         entry: &Applied,
+        routed: Route<'_>,
         previous_version: Option<String>,
-        initial: bool,
         diff: Option<Arc<SetDiff>>,
     ) -> Change {
-        let routed = route(&entry.routing, &self.consumer);
+        let initial = previous_version.is_none();
         Change {
             namespace: self.namespace.name.clone(),
             consumer: self.consumer.clone(),

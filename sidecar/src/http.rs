@@ -197,10 +197,10 @@ impl Conditions {
     /// Waits for the namespace to change, until the deadline: true if it did.
     async fn changed<T>(
         &self,
-        changes: &mut tokio::sync::watch::Receiver<T>,
+        changes: Option<&mut tokio::sync::watch::Receiver<T>>,
         served: &Served,
     ) -> bool {
-        let Some(deadline) = self.deadline else {
+        let (Some(deadline), Some(changes)) = (self.deadline, changes) else {
             return false;
         };
         tokio::select! {
@@ -329,7 +329,12 @@ async fn answer_read(
     answer: impl Fn(&Reading) -> Response,
 ) -> Result<Response, Response> {
     let started = Instant::now();
-    let mut changes = served.namespace(ns)?.subscribe();
+    // Only a long poll watches for the next snapshot. It subscribes before its first look, so
+    // that a change between the look and the wait is not missed.
+    let mut changes = match conditions.deadline {
+        Some(_) => Some(served.namespace(ns)?.subscribe()),
+        None => None,
+    };
     loop {
         let reading = if conditions.preview {
             served.preview_reading(ns).await?
@@ -340,7 +345,7 @@ async fn answer_read(
         if let Some(etag) = &etag
             && conditions.unchanged(etag)
         {
-            if conditions.changed(&mut changes, served).await {
+            if conditions.changed(changes.as_mut(), served).await {
                 continue;
             }
             record_read(ns, &reading, started);

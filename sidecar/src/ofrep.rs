@@ -82,12 +82,25 @@ fn read_failure(key: Option<&str>, error: ReadError) -> Failure {
     failure(status, key, code, error.to_string())
 }
 
-/// The consumer of an evaluation request's body (JSON, possibly empty).
-fn consumer_of(served: &Served, key: Option<&str>, body: &[u8]) -> Result<String, Failure> {
+/// The consumer of an evaluation request's body (JSON, possibly empty); a body that could not
+/// be read is a `PARSE_ERROR` too.
+fn consumer_of(
+    served: &Served,
+    key: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<String, Failure> {
+    let body = body.map_err(|rejection| {
+        failure(
+            rejection.status(),
+            key,
+            "PARSE_ERROR",
+            rejection.to_string(),
+        )
+    })?;
     let request: EvaluationRequest = if body.iter().all(u8::is_ascii_whitespace) {
         EvaluationRequest::default()
     } else {
-        serde_json::from_slice(body).map_err(|e| {
+        serde_json::from_slice(&body).map_err(|e| {
             failure(
                 StatusCode::BAD_REQUEST,
                 key,
@@ -198,15 +211,7 @@ pub async fn evaluate(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let body = body.map_err(|rejection| {
-        failure(
-            rejection.status(),
-            Some(&key),
-            "PARSE_ERROR",
-            rejection.to_string(),
-        )
-    })?;
-    let consumer = consumer_of(&served, Some(&key), &body)?;
+    let consumer = consumer_of(&served, Some(&key), body)?;
     let (namespace, item) = resolve(&served, &key)?;
     let pinned = headers
         .get(crate::http::VERSION_HEADER)
@@ -255,12 +260,7 @@ pub fn bulk_etag(served: &Served, consumer: &str) -> String {
         // The reason and the variant are part of the answer too.
         hasher.update(reading.set.version.as_bytes());
         hasher.update(&[u8::from(reading.canary)]);
-        for (key, value) in reading.set.items.iter() {
-            hasher.update(&(key.len() as u64).to_le_bytes());
-            hasher.update(key.as_bytes());
-            hasher.update(&(value.len() as u64).to_le_bytes());
-            hasher.update(value);
-        }
+        crate::serve::hash_items(&mut hasher, reading.set.items.iter());
     }
     format!("W/\"{:032x}\"", hasher.digest128())
 }
@@ -276,15 +276,7 @@ pub async fn evaluate_all(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    let body = body.map_err(|rejection| {
-        failure(
-            rejection.status(),
-            None,
-            "PARSE_ERROR",
-            rejection.to_string(),
-        )
-    })?;
-    let consumer = consumer_of(&served, None, &body)?;
+    let consumer = consumer_of(&served, None, body)?;
     let etag = bulk_etag(&served, &consumer);
     let unchanged = headers
         .get(header::IF_NONE_MATCH)

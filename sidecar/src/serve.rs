@@ -95,13 +95,22 @@ pub fn item_etag(value: &[u8]) -> String {
 /// with the same items are the same to a cache.
 pub fn items_etag<'a>(items: impl Iterator<Item = (&'a String, &'a Arc<[u8]>)>) -> String {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hash_items(&mut hasher, items);
+    format!("W/\"{:032x}\"", hasher.digest128())
+}
+
+/// Feeds the keys and values of `items` to `hasher`, each with its length, in order: what a tag
+/// over several items covers.
+pub fn hash_items<'a>(
+    hasher: &mut xxhash_rust::xxh3::Xxh3,
+    items: impl Iterator<Item = (&'a String, &'a Arc<[u8]>)>,
+) {
     for (key, value) in items {
         hasher.update(&(key.len() as u64).to_le_bytes());
         hasher.update(key.as_bytes());
         hasher.update(&(value.len() as u64).to_le_bytes());
         hasher.update(value);
     }
-    format!("W/\"{:032x}\"", hasher.digest128())
 }
 
 /// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC 9110 asks of
@@ -174,12 +183,11 @@ impl Served {
     ) -> Result<Reading, ReadError> {
         let snapshot = self.snapshot(name)?;
         let choice = snapshot.choose(consumer);
-        let routed = crate::snapshot::route(&snapshot.routing, consumer);
         let Some(pinned) = pinned.filter(|v| *v != choice.set.version) else {
             return Ok(Reading {
                 slot: choice.slot,
                 epoch: choice.epoch,
-                canary: routed.canary && snapshot.canary.is_some(),
+                canary: choice.canary,
                 set: choice.set.clone(),
                 preview: false,
             });

@@ -62,6 +62,8 @@ pub struct Choice<'a> {
     pub slot: Slot,
     pub epoch: u64,
     pub set: &'a Arc<LoadedSet>,
+    /// Whether the set is the canary's.
+    pub canary: bool,
 }
 
 impl Snapshot {
@@ -76,12 +78,14 @@ impl Snapshot {
                 slot: routed.slot,
                 epoch: self.routing.epoch,
                 set,
+                canary: true,
             };
         }
         Choice {
             slot: self.routing.active.slot,
             epoch: self.routing.epoch,
             set: &self.active,
+            canary: false,
         }
     }
 
