@@ -724,17 +724,18 @@ impl Gate {
     /// The gate's first look at a request, from its headers alone, before its body is read:
     /// with `--auth`, a caller without a known token is refused here (rate limit first, as in
     /// [`Self::admit`]), counted, and its message never read, however large it says it is.
-    /// A known caller goes on to [`Self::admit`], which knows the namespace.
-    pub fn authenticate_first(&self, credentials: &Credentials, rpc: Rpc) -> Result<()> {
+    /// A known caller goes on to [`Self::admit`], which knows the namespace. Returns whether the
+    /// caller's roles permit `rpc` (in any namespace; roles are not per namespace; always
+    /// without `--auth`), which sizes what the caller may send; nothing is recorded for that.
+    pub fn authenticate_first(&self, credentials: &Credentials, rpc: Rpc) -> Result<bool> {
         let Some(users) = self.users() else {
-            return Ok(());
+            return Ok(true);
         };
-        if credentials
+        if let Some(user) = credentials
             .bearer()
             .and_then(|token| users.authenticate(token))
-            .is_some()
         {
-            return Ok(());
+            return Ok(permitted(&user.roles, rpc));
         }
         self.limit(credentials, rpc)?;
         match check(&users, credentials, rpc, "") {
@@ -742,20 +743,8 @@ impl Gate {
                 self.count_unauthenticated(&denial, credentials, rpc);
                 Err(denial.error)
             }
-            _ => Ok(()),
+            _ => Ok(false),
         }
-    }
-
-    /// Whether the caller's roles permit `rpc` (in any namespace; roles are not per namespace):
-    /// always without `--auth`. Nothing is recorded: this only sizes what the caller may send.
-    pub fn may_call(&self, credentials: &Credentials, rpc: Rpc) -> bool {
-        let Some(users) = self.users() else {
-            return true;
-        };
-        credentials
-            .bearer()
-            .and_then(|token| users.authenticate(token))
-            .is_some_and(|user| permitted(&user.roles, rpc))
     }
 
     /// The actor of an allowed request; a request over its caller's rate limit is refused,

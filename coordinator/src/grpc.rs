@@ -186,11 +186,14 @@ where
                 |name| request.headers().get(name).and_then(|v| v.to_str().ok()),
                 peer,
             );
-            if let Err(error) = self.gate.authenticate_first(&credentials, rpc) {
-                let status = Status::from(error);
-                return Box::pin(futures::future::ready(Ok(status.into_http())));
-            }
-            let limit = message_limit(rpc, self.gate.may_call(&credentials, rpc));
+            let may_call = match self.gate.authenticate_first(&credentials, rpc) {
+                Ok(may_call) => may_call,
+                Err(error) => {
+                    let status = Status::from(error);
+                    return Box::pin(futures::future::ready(Ok(status.into_http())));
+                }
+            };
+            let limit = message_limit(rpc, may_call);
             let request =
                 request.map(|body| tonic::body::Body::new(LimitedMessages::new(body, rpc, limit)));
             return Box::pin(self.inner.call(request));
