@@ -25,6 +25,15 @@ pub const ROUTING_PAUSE: &str = "routing-pause-before-txn";
 /// A pause point: a stage's beginning, after it chose the idle slot, right before the
 /// transaction that claims it.
 pub const STAGE_PAUSE: &str = "stage-pause-before-txn";
+/// A pause point: a seal, after its reads and the contract's judgement, right before its
+/// transaction.
+pub const SEAL_PAUSE: &str = "seal-pause-before-txn";
+/// A pause point: an audited change of one record (the policy, an approval, a rollout's
+/// pause, the contract, an audit note), right before its transaction.
+pub const AUDITED_PAUSE: &str = "audited-pause-before-txn";
+/// A pause point: a housekeeping round that found something to delete, after it decided what,
+/// right before its first delete.
+pub const JANITOR_PAUSE: &str = "janitor-pause-before-txn";
 
 /// Keeps the failpoint configuration read from `FAILPOINTS` for as long as it lives.
 pub struct Scenario {

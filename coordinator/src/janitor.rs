@@ -19,6 +19,7 @@ use etcd_client::{Compare, Txn, TxnOp};
 use switchboard_proto::{HistoryEntry, Slot};
 use tokio_util::sync::CancellationToken;
 
+use crate::crash;
 use crate::error::{CoordinatorError, Result};
 use crate::release::Releases;
 use crate::routing::Fence;
@@ -263,6 +264,9 @@ pub async fn collect(
         ),
     ];
     compares.extend(fence.map(Fence::compare));
+    if !doomed.is_empty() {
+        crash::pause_point(crash::JANITOR_PAUSE).await;
+    }
     for batch in doomed.chunks(MAX_TXN_OPS) {
         let deletes: Vec<TxnOp> = batch
             .iter()

@@ -475,21 +475,19 @@ impl Releases {
                 }),
             )?;
             let history = HistoryEntry::of_sealed(&sealed);
+            let mut compares = vec![
+                unchanged(keys.routing(ns), state.routing.mod_revision),
+                unchanged(keys.slot(ns, slot), current.mod_revision),
+                // The contract that judged the set is still the one in force.
+                unchanged(keys.contract(ns), judgement.contract_revision),
+            ];
             let mut operations = vec![
                 TxnOp::put(keys.slot(ns, slot), to_json(&sealed), None),
                 TxnOp::put(keys.history(ns, &sealed.version), to_json(&history), None),
             ];
-            operations.extend(audit_ops(&keys, ns, &record));
-            let txn = Txn::new()
-                .when(vec![
-                    unchanged(keys.routing(ns), state.routing.mod_revision),
-                    unchanged(keys.slot(ns, slot), current.mod_revision),
-                    // The contract that judged the set is still the one in force.
-                    unchanged(keys.contract(ns), judgement.contract_revision),
-                    unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
-                    absent(keys.audit(ns, record.seq)),
-                ])
-                .and_then(operations);
+            append_audit_record(&keys, ns, &record, &mut compares, &mut operations);
+            let txn = Txn::new().when(compares).and_then(operations);
+            crash::pause_point(crash::SEAL_PAUSE).await;
             crash::point(crash::SEAL_BEFORE_TXN, "stage");
             let committed = self.store.txn(txn).await?.succeeded();
             crash::point(crash::SEAL_AFTER_TXN, "stage");
@@ -922,12 +920,8 @@ impl Releases {
             audited.reason,
             audited.detail,
         )?;
-        compares.push(unchanged(
-            keys.audit_head(ns),
-            state.audit_head.mod_revision,
-        ));
-        compares.push(absent(keys.audit(ns, record.seq)));
-        operations.extend(audit_ops(keys, ns, &record));
+        append_audit_record(keys, ns, &record, &mut compares, &mut operations);
+        crash::pause_point(crash::AUDITED_PAUSE).await;
         let committed = self
             .store
             .txn(Txn::new().when(compares).and_then(operations))
@@ -983,19 +977,31 @@ fn role_of(state: &NamespaceState, routing: Option<&Routing>, entry: &HistoryEnt
     role.to_string()
 }
 
-pub(crate) fn audit_ops(
+/// Adds the audit record to a transaction: the record under its sequence number, the head
+/// moved to it, and the compare that the record's key is still free. That compare is the
+/// audit chain's whole guard: every append moves the head and creates the next record in one
+/// transaction, so two changes that read the same head race for the same key, and the loser
+/// reads again; and a head that fell behind its records (restored from an older copy) makes
+/// every change fail instead of overwriting a record. (Comparing the head's revision as well
+/// guarded nothing more, and no test could tell it was there: it was removed.)
+pub(crate) fn append_audit_record(
     keys: &switchboard_proto::Keys,
     ns: &str,
     record: &AuditRecord,
-) -> [TxnOp; 2] {
+    compares: &mut Vec<etcd_client::Compare>,
+    operations: &mut Vec<TxnOp>,
+) {
     let head = AuditHead {
         seq: record.seq,
         hash: record.hash.clone(),
     };
-    [
-        TxnOp::put(keys.audit(ns, record.seq), to_json(record), None),
-        TxnOp::put(keys.audit_head(ns), to_json(&head), None),
-    ]
+    compares.push(absent(keys.audit(ns, record.seq)));
+    operations.push(TxnOp::put(
+        keys.audit(ns, record.seq),
+        to_json(record),
+        None,
+    ));
+    operations.push(TxnOp::put(keys.audit_head(ns), to_json(&head), None));
 }
 
 pub(crate) fn check_namespace(ns: &str) -> Result<()> {

@@ -22,10 +22,10 @@ use crate::audit;
 use crate::crash;
 use crate::error::{CoordinatorError, Result};
 use crate::release::{
-    Actor, AuditedChange, BeginStage, MAX_ATTEMPTS, Releases, audit_ops, busy, check_namespace,
-    to_json, unique,
+    Actor, AuditedChange, BeginStage, MAX_ATTEMPTS, Releases, append_audit_record, busy,
+    check_namespace, to_json, unique,
 };
-use crate::store::{NamespaceState, absent, parse_health_records, parse_record, unchanged};
+use crate::store::{NamespaceState, parse_health_records, parse_record, unchanged};
 
 /// The leader's claim: its key under the election name, and the revision that created it. A
 /// leader whose lease expired has lost that key, and every write fenced with it fails.
@@ -1101,11 +1101,9 @@ impl Releases {
             let record = audit::next_record(&head, ns, &actor.name, action, reason, detail)?;
             let mut compares = vec![
                 unchanged(keys.routing(ns), state.routing.mod_revision),
-                unchanged(keys.audit_head(ns), state.audit_head.mod_revision),
                 unchanged(keys.rollout(ns), state.rollout.mod_revision),
                 // The approval requirement and the gates were read with the policy.
                 unchanged(keys.policy(ns), state.policy.mod_revision),
-                absent(keys.audit(ns, record.seq)),
             ];
             compares.extend(preconditions);
             for slot in decision.compare_slots {
@@ -1123,7 +1121,7 @@ impl Releases {
                 ..routing
             };
             let mut operations = vec![TxnOp::put(keys.routing(ns), to_json(&routing), None)];
-            operations.extend(audit_ops(&keys, ns, &record));
+            append_audit_record(&keys, ns, &record, &mut compares, &mut operations);
             if let Some(rollout) = &rollout_after {
                 operations.push(TxnOp::put(keys.rollout(ns), to_json(rollout), None));
             }

@@ -82,6 +82,39 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Each version draws its own canary population (the seed comes from its checksum):
+        /// of the consumers a 10% canary of one version takes, about a tenth are taken first
+        /// by another version's too, where one population for every version would be all of
+        /// them. Within a version the draw is sticky: raising the weight keeps everyone.
+        #[test]
+        fn each_version_draws_its_own_canary_population(
+            first in "[0-9a-f]{64}",
+            second in "[0-9a-f]{64}",
+        ) {
+            let (seed_first, seed_second) = (seed_for_checksum(&first), seed_for_checksum(&second));
+            proptest::prop_assume!(seed_first != seed_second);
+            let consumers: Vec<String> = (0..2_000).map(|n| format!("consumer-{n}")).collect();
+            let canary_of_first: Vec<&String> = consumers
+                .iter()
+                .filter(|c| on_canary(c, seed_first, 1_000))
+                .collect();
+            let in_both = canary_of_first
+                .iter()
+                .filter(|c| on_canary(c, seed_second, 1_000))
+                .count();
+            proptest::prop_assert!(
+                in_both * 2 < canary_of_first.len(),
+                "{in_both} of the {} consumers first on {first} are first on {second} too",
+                canary_of_first.len()
+            );
+            for consumer in &canary_of_first {
+                proptest::prop_assert!(on_canary(consumer, seed_first, 3_000));
+                proptest::prop_assert!(on_canary(consumer, seed_for_checksum(&first), 1_000));
+            }
+        }
+    }
+
     #[test]
     fn zero_weight_is_nobody_and_full_weight_is_everybody() {
         for n in 0..1_000 {

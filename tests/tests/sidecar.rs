@@ -378,3 +378,67 @@ async fn a_sidecar_with_a_token_refuses_reads_without_it() -> Result<()> {
     );
     Ok(())
 }
+
+/// Each new version draws a new canary population (the design's invariant 4, end to end: the
+/// coordinator seeds each staged version from its checksum, routing carries the seed, the
+/// sidecar draws with it): the consumers a 20% canary of v2 takes first are mostly not the ones
+/// a 20% canary of v3 takes first, while within v2 raising the canary keeps everyone it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_version_sends_its_own_consumers_to_the_canary_first() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let sidecar = env.start_sidecar("sidecar-1").await?;
+    let dir = tempfile::tempdir()?;
+    let set = |generation: &str| -> Result<String> {
+        Ok(write_set(dir.path(), generation, 5, 10)?
+            .display()
+            .to_string())
+    };
+    sbctl
+        .run(&["policy", "set", NS, "--bake", "0"])
+        .await?
+        .ensure_success()?;
+    stage_and_flip(&env, NS, &set("d1")?).await?;
+    let consumers: Vec<String> = (0..300).map(|n| format!("consumer-{n}")).collect();
+    // The consumers a canary of `percent` sends to `version`.
+    let canary_of = async |version: &str, percent: &str| -> Result<Vec<String>> {
+        sbctl
+            .run(&["canary", NS, percent])
+            .await?
+            .ensure_success()?;
+        sidecar
+            .wait_for_epoch(NS, epoch(&sbctl, NS).await?, DEADLINE)
+            .await?;
+        let mut on_canary = Vec::new();
+        for consumer in &consumers {
+            let answer = sidecar.get_item(NS, "items/k00001", Some(consumer)).await?;
+            if answer.version.as_deref() == Some(version) {
+                on_canary.push(consumer.clone());
+            }
+        }
+        Ok(on_canary)
+    };
+
+    let v2 = stage(&sbctl, NS, &set("d2")?).await?;
+    let first_on_v2 = canary_of(&v2, "20").await?;
+    let more_on_v2 = canary_of(&v2, "40").await?;
+    anyhow::ensure!(
+        first_on_v2.iter().all(|c| more_on_v2.contains(c)),
+        "raising v2's canary moved consumers off it"
+    );
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    let v3 = stage(&sbctl, NS, &set("d3")?).await?;
+    let first_on_v3 = canary_of(&v3, "20").await?;
+    let in_both = first_on_v2
+        .iter()
+        .filter(|c| first_on_v3.contains(c))
+        .count();
+    // Independent draws of 20% share about a fifth; one population for every version would
+    // share all of them.
+    anyhow::ensure!(
+        !first_on_v2.is_empty() && in_both * 2 < first_on_v2.len(),
+        "{in_both} of the {} consumers first on v2 were first on v3 too",
+        first_on_v2.len()
+    );
+    Ok(())
+}

@@ -28,9 +28,19 @@ impl TestEnv {
         namespaces: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_with_coordinator(namespaces, &[], env).await
+    }
+
+    /// [`Self::start`] with extra arguments (`--gc-interval`) and environment variables for
+    /// the coordinator.
+    pub async fn start_with_coordinator(
+        namespaces: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let etcd = EtcdServer::start().await?;
         let prefix = unique_prefix();
-        let coordinator = Coordinator::start_with_env(&etcd.endpoint(), &prefix, &[], env).await?;
+        let coordinator = Coordinator::start_with_env(&etcd.endpoint(), &prefix, args, env).await?;
         Ok(Self {
             coordinator,
             etcd,
