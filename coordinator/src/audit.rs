@@ -136,6 +136,29 @@ mod tests {
         assert_eq!(verdict.first_bad_seq, Some(3));
     }
 
+    /// A forger who rewrites a record and computes its hash again is caught by the record
+    /// after it, whose `prev_hash` still names the original.
+    #[test]
+    fn a_rewritten_record_with_its_hash_recomputed_is_caught_by_the_next() {
+        let (mut raw, head) = chain(4);
+        let mut record: AuditRecord = serde_json::from_slice(&raw[1].1).expect("record");
+        record.actor = "mallory".into();
+        record.hash = record.compute_hash();
+        raw[1].1 = serde_json::to_vec(&record).expect("json");
+        let (_, verdict) = verify_chain(&raw, Some(&head));
+        assert_eq!(verdict.first_bad_seq, Some(3), "{verdict:?}");
+    }
+
+    /// A record removed from the middle is named by its number: the record in its place
+    /// carries the next one.
+    #[test]
+    fn a_removed_record_is_named_by_its_number() {
+        let (mut raw, head) = chain(4);
+        raw.remove(1);
+        let (_, verdict) = verify_chain(&raw, Some(&head));
+        assert_eq!(verdict.first_bad_seq, Some(2), "{verdict:?}");
+    }
+
     #[test]
     fn a_missing_head_is_caught() {
         let (raw, _) = chain(2);

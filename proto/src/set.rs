@@ -814,6 +814,31 @@ mod tests {
         assert!(assemble_verified(&manifest, truncated.iter().map(|c| c.data.as_slice())).is_err());
     }
 
+    /// The set's checksum is checked over the whole set: a manifest that lists one set's chunks
+    /// under another set's checksum (and so its version) is refused, though every chunk and
+    /// every count verifies.
+    #[test]
+    fn chunks_under_another_sets_checksum_are_refused() {
+        let (manifest, chunks) = sample(200).to_chunks();
+        let mut other = sample(200);
+        other
+            .insert_value(
+                "tables/t00000",
+                &json!({"id": 0, "name": "table-X", "pad": "x".repeat(900)}),
+            )
+            .expect("valid item");
+        let (other_manifest, _) = other.to_chunks();
+        assert_ne!(other_manifest.checksum, manifest.checksum);
+        let claimed = Manifest {
+            checksum: other_manifest.checksum.clone(),
+            version: other_manifest.version.clone(),
+            ..manifest.clone()
+        };
+        let data = chunks.iter().map(|c| c.data.as_slice());
+        let error = assemble_verified(&claimed, data).expect_err("another set's checksum");
+        assert!(error.to_string().contains("checksum"), "{error}");
+    }
+
     #[test]
     fn read_batches_respect_both_limits() {
         assert!(read_batches(&[]).is_empty());

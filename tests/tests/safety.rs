@@ -713,3 +713,61 @@ async fn a_policy_change_decided_on_a_stale_read_is_a_conflict() -> Result<()> {
     assert_eq!(policy["bake_seconds"], 300, "{policy}");
     Ok(())
 }
+
+/// An approval counts only when it comes from someone other than whoever staged the version:
+/// a version brought back by `rollback --to` is restaged by whoever asks for it, so an approver
+/// who brings back a version they approved themselves is refused (exit 4) until another person
+/// approves it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_by_whoever_restages_a_version_does_not_count() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let dir = tempfile::tempdir()?;
+    sbctl
+        .run(&[
+            "policy",
+            "set",
+            NS,
+            "--bake",
+            "0",
+            "--require-approval",
+            "true",
+        ])
+        .await?
+        .ensure_success()?;
+    let mut versions = Vec::new();
+    for generation in ["r1", "r2", "r3"] {
+        let set = write_set(dir.path(), generation, 10, 10)?;
+        let version = stage_with(&sbctl, NS, &set.display().to_string(), &["--as", "otto"]).await?;
+        sbctl
+            .run(&["--as", "alice", "approve", NS, &version])
+            .await?
+            .ensure_success()?;
+        if generation != "r3" {
+            sbctl
+                .run(&["--as", "otto", "flip", NS])
+                .await?
+                .ensure_success()?;
+        }
+        versions.push(version);
+    }
+    // v1 is in no slot now (v3 replaced it): bringing it back restages it as alice.
+    let v1 = &versions[0];
+    expect_exit(
+        &sbctl,
+        &["--as", "alice", "rollback", NS, "--to", v1],
+        REFUSED,
+        &format!("version {v1} of catalog needs an approval"),
+    )
+    .await?;
+    sbctl
+        .run(&["--as", "bob", "approve", NS, v1])
+        .await?
+        .ensure_success()?;
+    sbctl
+        .run(&["--as", "alice", "rollback", NS, "--to", v1])
+        .await?
+        .ensure_success()?;
+    ensure!(status(&sbctl, NS).await?["active"]["version"] == v1.as_str());
+    Ok(())
+}
