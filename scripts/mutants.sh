@@ -51,12 +51,12 @@ contract set: policy	coordinator/src/contract.rs	-	unchanged(keys.policy(ns), re
 contract approve: contract in force	coordinator/src/contract.rs	action: "contract-approved",	unchanged(keys.contract(ns), read.active.mod_revision),	-	$(races an_approval_records_the_contract_it_really_replaced)
 contract approve: proposal	coordinator/src/contract.rs	action: "contract-approved",	unchanged(keys.contract_proposal(ns), read.proposal.mod_revision),	-	$(races a_proposal_replaced_under_a_paused_approval_is_not_put_in_force)
 janitor: routing	coordinator/src/janitor.rs	-	unchanged(keys.routing(ns), state.routing.mod_revision),	-	$(races a_version_routing_starts_naming_while_the_janitor_decides_stays_whole)
-janitor: blue slot	coordinator/src/janitor.rs	-	unchanged( keys.slot(ns, Slot::Blue), state.slot(Slot::Blue).mod_revision, ),	-	$(races a_version_brought_back_into_blue_while_the_janitor_decides_stays_whole)
-janitor: green slot	coordinator/src/janitor.rs	-	unchanged( keys.slot(ns, Slot::Green), state.slot(Slot::Green).mod_revision, ),	-	$(races a_version_brought_back_into_green_while_the_janitor_decides_stays_whole)
+janitor: blue slot	coordinator/src/janitor.rs	-	unchanged( keys.slot(ns, Slot::Blue), state.slot(Slot::Blue).mod_revision, ),	-	$(races a_version_staged_again_into_blue_while_the_janitor_decides_stays_whole)
+janitor: green slot	coordinator/src/janitor.rs	-	unchanged( keys.slot(ns, Slot::Green), state.slot(Slot::Green).mod_revision, ),	-	$(races a_version_staged_again_into_green_while_the_janitor_decides_stays_whole)
 janitor: leader's fence	coordinator/src/janitor.rs	-	compares.extend(fence.map(Fence::compare));	-	$(races a_deposed_leaders_changes_and_deletions_are_refused)
 canary: seed of the draw	proto/src/bucket.rs	pub fn on_canary(	bucket(consumer, seed)	bucket(consumer, 0)	-p switchboard-proto --lib -- bucket::tests::each_version_draws_its_own_canary_population
 canary: seed of each version	coordinator/src/release.rs	-	seed: switchboard_proto::bucket::seed_for_checksum(&manifest.checksum),	seed: 0,	-p switchboard-tests --test sidecar -- --exact each_version_sends_its_own_consumers_to_the_canary_first
-set: chunk hash	proto/src/set.rs	pub fn decode_chunk(	if actual != expected_hash {	if false {	-p switchboard-proto --lib -- set::tests::tampering_is_detected
+set: chunk hash	proto/src/set.rs	pub fn decode_chunk(	if actual != expected_hash {	if false {	-p switchboard-proto --lib -- set::tests::a_chunk_is_checked_against_its_hash
 set: set checksum	proto/src/set.rs	let checksum = hex::encode(self.checksum.finalize());	if checksum != self.manifest.checksum {	if false {	-p switchboard-proto --lib -- set::tests::chunks_under_another_sets_checksum_are_refused
 sidecar: disk copy hash	sidecar/src/cache.rs	pub fn decode(	if Sha256::digest(content).as_slice() != trailer {	if false {	-p switchboard-sidecar --lib -- cache::tests
 approval: not the stager	coordinator/src/release.rs	pub async fn approve(	if staged_by == actor.name {	if false {	-p switchboard-tests --test safety -- --exact a_release_needs_the_approval_of_a_second_person_for_its_exact_version
@@ -81,7 +81,19 @@ for file in $files; do
         exit 2
     fi
 done
-restore() { git checkout -q HEAD -- $files; }
+# A property test that fails under a mutant saves its case in a proptest-regressions file next
+# to the source; those the mutants made are removed with the mutant.
+regressions() { git ls-files --others --exclude-standard | grep '/proptest-regressions/' || true; }
+regressions_before=$(regressions)
+restore() {
+    git checkout -q HEAD -- $files
+    for file in $(regressions); do
+        if ! grep -qxF "$file" <<<"$regressions_before"; then
+            rm -f "$file"
+            rmdir --ignore-fail-on-non-empty "$(dirname "$file")"
+        fi
+    done
+}
 trap restore EXIT
 
 # Replaces the first match of GUARD after ANCHOR in FILE with MUTATION; fails when the anchor

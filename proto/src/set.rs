@@ -702,6 +702,15 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
+    /// [`sample`] with the first item's name changed, its length kept.
+    fn sample_with_the_first_item_changed(n: usize) -> ItemSet {
+        let mut set = sample(n);
+        let value = json!({"id": 0, "name": "table-X", "pad": "x".repeat(900)});
+        set.insert_value("tables/t00000", &value)
+            .expect("valid item");
+        set
+    }
+
     fn sample(n: usize) -> ItemSet {
         let mut set = ItemSet::new();
         for i in 0..n {
@@ -814,20 +823,29 @@ mod tests {
         assert!(assemble_verified(&manifest, truncated.iter().map(|c| c.data.as_slice())).is_err());
     }
 
+    /// A chunk is checked against the hash its manifest names: another chunk that decodes as
+    /// well (same framing, same number of items) is refused under that hash.
+    #[test]
+    fn a_chunk_is_checked_against_its_hash() {
+        let (_, ours) = sample(3).to_chunks();
+        let (_, theirs) = sample_with_the_first_item_changed(3).to_chunks();
+        assert_ne!(ours[0].hash, theirs[0].hash);
+        assert!(decode_chunk(&ours[0].hash, &ours[0].data).is_ok());
+        assert!(decode_chunk(&theirs[0].hash, &theirs[0].data).is_ok());
+        let error = decode_chunk(&ours[0].hash, &theirs[0].data).expect_err("another chunk");
+        assert!(
+            matches!(error, ContractError::CorruptChunk { .. }),
+            "{error}"
+        );
+    }
+
     /// The set's checksum is checked over the whole set: a manifest that lists one set's chunks
     /// under another set's checksum (and so its version) is refused, though every chunk and
     /// every count verifies.
     #[test]
     fn chunks_under_another_sets_checksum_are_refused() {
         let (manifest, chunks) = sample(200).to_chunks();
-        let mut other = sample(200);
-        other
-            .insert_value(
-                "tables/t00000",
-                &json!({"id": 0, "name": "table-X", "pad": "x".repeat(900)}),
-            )
-            .expect("valid item");
-        let (other_manifest, _) = other.to_chunks();
+        let (other_manifest, _) = sample_with_the_first_item_changed(200).to_chunks();
         assert_ne!(other_manifest.checksum, manifest.checksum);
         let claimed = Manifest {
             checksum: other_manifest.checksum.clone(),

@@ -167,6 +167,14 @@ impl Race {
         Ok((active, epoch, staged))
     }
 
+    /// Writes a key of garbage that the janitor's next round will find and delete, so that
+    /// the round reaches its pause point: a test that holds it knows the round before is over.
+    async fn garbage_for_the_next_round(&self) -> Result<()> {
+        let key = format!("{}deadbeef", self.env.keys().manifests_prefix(NS));
+        self.etcd().await?.put(key, "garbage", None).await?;
+        Ok(())
+    }
+
     /// No bake time, so that each stage may follow a flip at once.
     async fn no_bake(&self) -> Result<()> {
         self.env
@@ -1038,16 +1046,24 @@ async fn releases_then_stage(race: &Race, generations: &[&str], next: &str) -> R
     Ok(versions)
 }
 
-/// Issue 16, acceptance 4 (the janitor's compare of the slot that `rollback --to` restages
-/// into): with no history retained, a flip makes the version before the previous one garbage,
-/// and the housekeeping round that decided to delete it is paused; `rollback --to` that
-/// version restages it into the idle slot and flips to it; on resume the round's transaction
-/// fails and deletes nothing. The next round (which finds the version that the rollback
-/// replaced) is held too, and at that point every version routing names is whole in etcd.
-/// Without the compare, the round deletes the manifest and chunks of the active version.
+/// How a version the janitor chose to delete is brought back while the round is held.
+#[derive(Clone, Copy)]
+enum BringBack {
+    /// `rollback --to` it: restaged into the idle slot, then flipped to.
+    RollbackTo,
+    /// Its set staged again: it is sealed in the idle slot, and routing does not change.
+    StageAgain,
+}
+
+/// With no history retained, a flip makes the version before the previous one garbage, and
+/// the housekeeping round that decided to delete it is held; the version is brought back into
+/// the idle slot; on resume the round's transaction fails and deletes nothing. A key of garbage
+/// written meanwhile makes the next round find something to delete, so it is held too: by then
+/// the first round is over, and the version is whole in etcd. Returns the slot it came back in.
 async fn a_version_brought_back_while_the_janitor_decides_stays_whole(
     released: &[&str],
     staged: &str,
+    how: BringBack,
 ) -> Result<Slot> {
     let race = Race::start_with(&["--gc-interval", "1", "--retain-versions", "0"]).await?;
     let sbctl = race.env.sbctl();
@@ -1061,7 +1077,8 @@ async fn a_version_brought_back_while_the_janitor_decides_stays_whole(
         })
         .await?;
     }
-    let doomed = &versions[versions.len() - 3];
+    let doomed_index = versions.len() - 3;
+    let doomed = &versions[doomed_index];
 
     race.arm(JANITOR_PAUSE)?;
     sbctl
@@ -1075,43 +1092,77 @@ async fn a_version_brought_back_while_the_janitor_decides_stays_whole(
         .parse()
         .map_err(|e| anyhow::anyhow!("an unknown slot: {e}"))?;
     let idle = active.other();
-    sbctl
-        .run(&["rollback", NS, "--to", doomed, "-m", "bring it back"])
-        .await?
-        .ensure_success()?;
+    match how {
+        BringBack::RollbackTo => sbctl
+            .run(&["rollback", NS, "--to", doomed, "-m", "bring it back"])
+            .await?
+            .ensure_success()
+            .map(drop)?,
+        BringBack::StageAgain => {
+            let set = race.set(released[doomed_index])?;
+            ensure!(stage(&sbctl, NS, &set).await? == *doomed);
+        }
+    }
+    race.garbage_for_the_next_round().await?;
     race.arm(JANITOR_PAUSE)?;
     race.resume(JANITOR_PAUSE)?;
     race.paused(JANITOR_PAUSE).await?;
     let after = status(&sbctl, NS).await?;
+    let held = match how {
+        BringBack::RollbackTo => &after["active"]["version"],
+        BringBack::StageAgain => &after["slots"][idle.to_string()]["version"],
+    };
     ensure!(
-        after["active"]["version"] == doomed.as_str(),
-        "the rollback did not bring {doomed} back: {after}"
+        held == doomed.as_str(),
+        "{doomed} was not brought back: {after}"
     );
-    for named in [&after["active"]["version"], &after["previous"]["version"]] {
-        let version = named.as_str().with_context(|| format!("{after}"))?;
-        ensure!(
-            retained(&releases, version).await?,
-            "{version}, which routing names, was collected: {after}"
-        );
-    }
+    ensure!(
+        retained(&releases, doomed).await?,
+        "{doomed}, brought back into {idle}, was collected: {after}"
+    );
     race.resume(JANITOR_PAUSE)?;
     Ok(idle)
 }
 
+/// Issue 16, acceptance 4: the round is held while a flip (`rollback --to`) makes the version
+/// it chose live again; nothing that routing names is deleted. (Routing and the idle slot both
+/// change; the janitor compares both.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_brought_back_into_green_while_the_janitor_decides_stays_whole() -> Result<()> {
-    let idle =
-        a_version_brought_back_while_the_janitor_decides_stays_whole(&["g1", "g2"], "g3").await?;
+async fn a_version_rolled_back_to_while_the_janitor_decides_stays_whole() -> Result<()> {
+    let idle = a_version_brought_back_while_the_janitor_decides_stays_whole(
+        &["g1", "g2"],
+        "g3",
+        BringBack::RollbackTo,
+    )
+    .await?;
     ensure!(idle == Slot::Green, "restaged into {idle}");
     Ok(())
 }
 
+/// The janitor's compare of the green slot: the version it chose is staged again into green,
+/// and routing does not change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_brought_back_into_blue_while_the_janitor_decides_stays_whole() -> Result<()> {
-    let idle =
-        a_version_brought_back_while_the_janitor_decides_stays_whole(&["b1", "b2", "b3"], "b4")
-            .await?;
-    ensure!(idle == Slot::Blue, "restaged into {idle}");
+async fn a_version_staged_again_into_green_while_the_janitor_decides_stays_whole() -> Result<()> {
+    let idle = a_version_brought_back_while_the_janitor_decides_stays_whole(
+        &["n1", "n2"],
+        "n3",
+        BringBack::StageAgain,
+    )
+    .await?;
+    ensure!(idle == Slot::Green, "staged into {idle}");
+    Ok(())
+}
+
+/// The janitor's compare of the blue slot, the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_staged_again_into_blue_while_the_janitor_decides_stays_whole() -> Result<()> {
+    let idle = a_version_brought_back_while_the_janitor_decides_stays_whole(
+        &["u1", "u2", "u3"],
+        "u4",
+        BringBack::StageAgain,
+    )
+    .await?;
+    ensure!(idle == Slot::Blue, "staged into {idle}");
     Ok(())
 }
 
@@ -1140,11 +1191,9 @@ async fn a_version_routing_starts_naming_while_the_janitor_decides_stays_whole()
         routing["previous"]["manifest"] = manifest.as_str().into();
     })
     .await?;
+    race.garbage_for_the_next_round().await?;
     race.arm(JANITOR_PAUSE)?;
     race.resume(JANITOR_PAUSE)?;
-    // A new stage replaces the idle slot's version, so that the next round has something to
-    // delete and is held: by then the first round is over.
-    stage(&sbctl, NS, &race.set("j4")?).await?;
     race.paused(JANITOR_PAUSE).await?;
     ensure!(
         retained(&releases, doomed).await?,
