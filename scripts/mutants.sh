@@ -54,20 +54,22 @@ janitor: routing	coordinator/src/janitor.rs	-	unchanged(keys.routing(ns), state.
 janitor: blue slot	coordinator/src/janitor.rs	-	unchanged( keys.slot(ns, Slot::Blue), state.slot(Slot::Blue).mod_revision, ),	-	$(races a_version_staged_again_into_blue_while_the_janitor_decides_stays_whole)
 janitor: green slot	coordinator/src/janitor.rs	-	unchanged( keys.slot(ns, Slot::Green), state.slot(Slot::Green).mod_revision, ),	-	$(races a_version_staged_again_into_green_while_the_janitor_decides_stays_whole)
 janitor: leader's fence	coordinator/src/janitor.rs	-	compares.extend(fence.map(Fence::compare));	-	$(races a_deposed_leaders_changes_and_deletions_are_refused)
-canary: seed of the draw	proto/src/bucket.rs	pub fn on_canary(	bucket(consumer, seed)	bucket(consumer, 0)	-p switchboard-proto --lib -- bucket::tests::each_version_draws_its_own_canary_population
+canary: seed of the draw	proto/src/bucket.rs	pub fn on_canary(	bucket(consumer, seed)	bucket(consumer, 0)	-p switchboard-proto --lib -- --exact bucket::tests::each_version_draws_its_own_canary_population
 canary: seed of each version	coordinator/src/release.rs	-	seed: switchboard_proto::bucket::seed_for_checksum(&manifest.checksum),	seed: 0,	-p switchboard-tests --test sidecar -- --exact each_version_sends_its_own_consumers_to_the_canary_first
-set: chunk hash	proto/src/set.rs	pub fn decode_chunk(	if actual != expected_hash {	if false {	-p switchboard-proto --lib -- set::tests::a_chunk_is_checked_against_its_hash
-set: set checksum	proto/src/set.rs	let checksum = hex::encode(self.checksum.finalize());	if checksum != self.manifest.checksum {	if false {	-p switchboard-proto --lib -- set::tests::chunks_under_another_sets_checksum_are_refused
-sidecar: disk copy hash	sidecar/src/cache.rs	pub fn decode(	if Sha256::digest(content).as_slice() != trailer {	if false {	-p switchboard-sidecar --lib -- cache::tests
+set: chunk hash	proto/src/set.rs	pub fn decode_chunk(	if actual != expected_hash {	if false {	-p switchboard-proto --lib -- --exact set::tests::a_chunk_is_checked_against_its_hash
+set: set checksum	proto/src/set.rs	let checksum = hex::encode(self.checksum.finalize());	if checksum != self.manifest.checksum {	if false {	-p switchboard-proto --lib -- --exact set::tests::chunks_under_another_sets_checksum_are_refused
+sidecar: disk copy hash	sidecar/src/cache.rs	pub fn decode(	if Sha256::digest(content).as_slice() != trailer {	if false {	-p switchboard-sidecar --lib -- --exact cache::tests::any_changed_or_missing_byte_is_refused
 approval: not the stager	coordinator/src/release.rs	pub async fn approve(	if staged_by == actor.name {	if false {	-p switchboard-tests --test safety -- --exact a_release_needs_the_approval_of_a_second_person_for_its_exact_version
 approval: counted only from another	coordinator/src/store.rs	pub fn approval_of(	a.approved_by != staged_by	true	-p switchboard-tests --test safety -- --exact an_approval_by_whoever_restages_a_version_does_not_count
 approval: contract not by its proposer	coordinator/src/contract.rs	-	if proposed.set_by == actor.name {	if false {	-p switchboard-tests --test contract -- --exact a_contract_change_waits_for_another_persons_approval
-audit chain: content hash	coordinator/src/audit.rs	-	} else if record.compute_hash() != record.hash {	} else if false {	-p switchboard-coordinator --lib -- audit::tests
-audit chain: link to the record before	coordinator/src/audit.rs	-	} else if record.prev_hash != previous_hash {	} else if false {	-p switchboard-coordinator --lib -- audit::tests
-audit chain: sequence	coordinator/src/audit.rs	-	if record.seq != expected_seq {	if false {	-p switchboard-coordinator --lib -- audit::tests
-audit chain: head present	coordinator/src/audit.rs	-	if problem.is_none() && head.is_none() && !raw.is_empty() {	if false {	-p switchboard-coordinator --lib -- audit::tests
-audit chain: head matches	coordinator/src/audit.rs	-	&& (head.seq != raw.len() as u64 || head.hash != previous_hash)	&& false	-p switchboard-coordinator --lib -- audit::tests
-judge: significance	proto/src/judge.rs	-	Some(z) if z <= Z_THRESHOLD => verdict(	Some(z) if false => verdict(	-p switchboard-proto --lib -- judge::tests
+audit chain: content hash	coordinator/src/audit.rs	-	} else if record.compute_hash() != record.hash {	} else if false {	-p switchboard-coordinator --lib -- --exact audit::tests::one_changed_byte_names_its_record
+audit chain: link to the record before	coordinator/src/audit.rs	-	} else if record.prev_hash != previous_hash {	} else if false {	-p switchboard-coordinator --lib -- --exact audit::tests::a_rewritten_record_with_its_hash_recomputed_is_caught_by_the_next
+audit chain: sequence	coordinator/src/audit.rs	-	if record.seq != expected_seq {	if false {	-p switchboard-coordinator --lib -- --exact audit::tests::a_removed_record_is_named_by_its_number
+audit chain: head present	coordinator/src/audit.rs	-	if problem.is_none() && head.is_none() && !raw.is_empty() {	if false {	-p switchboard-coordinator --lib -- --exact audit::tests::a_missing_head_is_caught
+audit chain: head matches	coordinator/src/audit.rs	-	&& (head.seq != raw.len() as u64 || head.hash != previous_hash)	&& false	-p switchboard-coordinator --lib -- --exact audit::tests::a_removed_last_record_is_caught_by_the_head
+outcomes: only the leader takes them	coordinator/src/grpc.rs	async fn report_outcomes(	if !*leading.borrow_and_update() {	if false {	-p switchboard-tests --test judge -- --exact outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else
+outcomes: a reporter does nothing else	coordinator/src/auth.rs	-	Role::Reporter => rpc == ReportOutcomes,	Role::Reporter => true,	-p switchboard-tests --test judge -- --exact outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else
+judge: significance	proto/src/judge.rs	-	Some(z) if z <= Z_THRESHOLD => verdict(	Some(z) if false => verdict(	-p switchboard-proto --lib -- --exact judge::tests::a_healthy_canary_passes_even_when_noisy
 EOF
 )
 

@@ -69,10 +69,19 @@ pub enum Role {
     Approver,
     /// Everything, including the health judge's policy.
     Admin,
+    /// A sidecar: it streams its applications' outcomes to the leader's judge, and may do
+    /// nothing else.
+    Reporter,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Operator, Role::Approver, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Operator,
+        Role::Approver,
+        Role::Admin,
+        Role::Reporter,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,6 +89,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Approver => "approver",
             Role::Admin => "admin",
+            Role::Reporter => "reporter",
         }
     }
 
@@ -116,10 +126,11 @@ pub enum Rpc {
     GetContract,
     SetContract,
     ApproveContract,
+    ReportOutcomes,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 19] = [
+    pub const ALL: [Rpc; 20] = [
         Rpc::Status,
         Rpc::GetManifest,
         Rpc::GetChunks,
@@ -139,6 +150,7 @@ impl Rpc {
         Rpc::GetContract,
         Rpc::SetContract,
         Rpc::ApproveContract,
+        Rpc::ReportOutcomes,
     ];
 
     /// The RPC's name in `switchboard.proto`, as the audit trail records it.
@@ -163,6 +175,7 @@ impl Rpc {
             Rpc::GetContract => "GetContract",
             Rpc::SetContract => "SetContract",
             Rpc::ApproveContract => "ApproveContract",
+            Rpc::ReportOutcomes => "ReportOutcomes",
         }
     }
 
@@ -186,6 +199,7 @@ impl Rpc {
             Rpc::GetContract => format!("read the contract of {ns}"),
             Rpc::SetContract => format!("set the contract of {ns}"),
             Rpc::ApproveContract => format!("approve contracts of {ns}"),
+            Rpc::ReportOutcomes => "report the outcomes of a sidecar's applications".into(),
         }
     }
 }
@@ -207,6 +221,8 @@ pub fn role_permits(role: Role, rpc: Rpc) -> bool {
         }
         Role::Approver => read || matches!(rpc, Approve | ApproveContract),
         Role::Admin => true,
+        // A sidecar's credential: it feeds the judge and nothing else, and reads nothing.
+        Role::Reporter => rpc == ReportOutcomes,
     }
 }
 
@@ -934,7 +950,21 @@ mod tests {
     /// The permission table, one RPC at a time: which of viewer, operator, approver, admin
     /// may call it.
     fn allowed(rpc: Rpc) -> [bool; 4] {
-        Role::ALL.map(|role| role_permits(role, rpc))
+        [Role::Viewer, Role::Operator, Role::Approver, Role::Admin]
+            .map(|role| role_permits(role, rpc))
+    }
+
+    /// A sidecar's credential feeds the judge and does nothing else, not even read.
+    #[test]
+    fn the_reporter_may_only_report_outcomes() {
+        for rpc in Rpc::ALL {
+            assert_eq!(
+                role_permits(Role::Reporter, rpc),
+                rpc == Rpc::ReportOutcomes,
+                "{rpc:?}"
+            );
+        }
+        assert_eq!(allowed(Rpc::ReportOutcomes), [false, false, false, true]);
     }
 
     #[test]
@@ -1024,7 +1054,7 @@ mod tests {
 
     #[test]
     fn every_rpc_is_in_the_table_and_admins_may_do_everything() {
-        assert_eq!(Rpc::ALL.len(), 19);
+        assert_eq!(Rpc::ALL.len(), 20);
         for rpc in Rpc::ALL {
             assert!(role_permits(Role::Admin, rpc), "{rpc:?}");
             assert!(!roles_that_permit(rpc).is_empty());
@@ -1032,8 +1062,8 @@ mod tests {
         assert!(permitted(&[Role::Viewer, Role::Approver], Rpc::Approve));
         assert!(!permitted(&[Role::Viewer, Role::Approver], Rpc::Flip));
         assert!(!permitted(&[], Rpc::Status));
-        // Reading history and checking gates change nothing: every role may.
-        for role in Role::ALL {
+        // Reading history and checking gates change nothing: every role of a person may.
+        for role in [Role::Viewer, Role::Operator, Role::Approver, Role::Admin] {
             assert!(role_permits(role, Rpc::History) && role_permits(role, Rpc::CheckGates));
         }
         assert!(!permitted(&[Role::Operator], Rpc::Approve));

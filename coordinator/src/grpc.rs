@@ -2,11 +2,14 @@
 //! actor or refuses), delegates to `release`.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use switchboard_proto::pb::{self, admin_server::Admin};
 use switchboard_proto::set::{MAX_CHUNK_BYTES, is_sha256_hex};
+use switchboard_proto::time::now_ms;
 use switchboard_proto::{Policy, Slot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -119,14 +122,19 @@ pub fn message_limit(rpc: Rpc, may_call: bool) -> usize {
 /// buffered. The body of an admitted request is read under its RPC's [`message_limit`]: a
 /// message that announces more is refused by its announced length, before any of it is
 /// buffered.
+///
+/// It also counts the requests in flight ([`InFlight`]), but for outcome streams, which last as
+/// long as their sidecar: a shutdown waits for requests, not for such streams or for idle
+/// connections (a stopped client's connection would hold HTTP/2's graceful close forever).
 #[derive(Clone)]
 pub struct AuthenticateFirstLayer {
     gate: Gate,
+    in_flight: InFlight,
 }
 
 impl AuthenticateFirstLayer {
-    pub fn new(gate: Gate) -> Self {
-        Self { gate }
+    pub fn new(gate: Gate, in_flight: InFlight) -> Self {
+        Self { gate, in_flight }
     }
 }
 
@@ -137,6 +145,7 @@ impl<S> tower::Layer<S> for AuthenticateFirstLayer {
         AuthenticateFirst {
             inner,
             gate: self.gate.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -145,6 +154,70 @@ impl<S> tower::Layer<S> for AuthenticateFirstLayer {
 pub struct AuthenticateFirst<S> {
     inner: S,
     gate: Gate,
+    in_flight: InFlight,
+}
+
+/// The admin requests being answered, from their arrival until their response's body is done
+/// with. The shutdown waits until there are none (or its grace ends), then closes what is left.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    count: Arc<AtomicUsize>,
+    idle: Arc<tokio::sync::Notify>,
+}
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Returns once no request is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One request in flight, until dropped.
+struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// A response body that holds its request's place in [`InFlight`] until it is dropped.
+struct CountedBody {
+    inner: tonic::body::Body,
+    _in_flight: InFlightGuard,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl<S, B> tower::Service<axum::http::Request<B>> for AuthenticateFirst<S>
@@ -196,7 +269,20 @@ where
             let limit = message_limit(rpc, may_call);
             let request =
                 request.map(|body| tonic::body::Body::new(LimitedMessages::new(body, rpc, limit)));
-            return Box::pin(self.inner.call(request));
+            if rpc == Rpc::ReportOutcomes {
+                return Box::pin(self.inner.call(request));
+            }
+            let guard = self.in_flight.enter();
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|inner| {
+                    tonic::body::Body::new(CountedBody {
+                        inner,
+                        _in_flight: guard,
+                    })
+                }))
+            });
         }
         Box::pin(self.inner.call(request.map(tonic::body::Body::new)))
     }
@@ -875,7 +961,71 @@ impl Admin for AdminService {
         let report = self.releases.check_gates(&r.namespace, version).await?;
         json_reply(&report)
     }
+
+    async fn report_outcomes(
+        &self,
+        request: Request<Streaming<pb::OutcomeReport>>,
+    ) -> Result<Response<pb::OutcomeReportReply>, Status> {
+        let credentials = credentials(&request);
+        self.gate.limit(&credentials, Rpc::ReportOutcomes)?;
+        if let Err(denial) = self.gate.check(&credentials, Rpc::ReportOutcomes, "") {
+            return Err(self
+                .gate
+                .refuse(denial, &credentials, Rpc::ReportOutcomes, "")
+                .await
+                .into());
+        }
+        let outcomes = self.releases.outcomes().clone();
+        let mut leading = outcomes.leading();
+        if !*leading.borrow_and_update() {
+            return Err(Status::failed_precondition(NOT_LEADING));
+        }
+        let mut stream = request.into_inner();
+        let mut sidecar: Option<String> = None;
+        let ended = loop {
+            tokio::select! {
+                changed = leading.changed() => {
+                    if changed.is_err() || !*leading.borrow_and_update() {
+                        break Err(Status::failed_precondition(NOT_LEADING));
+                    }
+                }
+                () = self.shutdown.cancelled() => {
+                    break Err(Status::unavailable("the coordinator is shutting down"));
+                }
+                message = stream.next() => match message {
+                    None => break Ok(Response::new(pb::OutcomeReportReply {})),
+                    Some(Err(status)) => break Err(status),
+                    Some(Ok(report)) => {
+                        if sidecar.as_ref().is_some_and(|id| *id != report.sidecar) {
+                            break Err(Status::invalid_argument(
+                                "a stream carries the outcomes of one sidecar",
+                            ));
+                        }
+                        if let Err(reason) = outcomes.observe(&report, now_ms()) {
+                            break Err(Status::invalid_argument(format!(
+                                "outcome report refused: {reason}"
+                            )));
+                        }
+                        if sidecar.is_none() {
+                            outcomes.opened(&report.sidecar);
+                            metrics::gauge!(crate::telemetry::OUTCOME_STREAMS).increment(1.0);
+                            sidecar = Some(report.sidecar);
+                        }
+                    }
+                },
+            }
+        };
+        if let Some(id) = sidecar {
+            outcomes.closed(&id, now_ms());
+            metrics::gauge!(crate::telemetry::OUTCOME_STREAMS).decrement(1.0);
+        }
+        ended
+    }
 }
+
+/// Why a replica that does not lead refuses or ends an outcome stream: the sidecar looks up
+/// the leader again.
+const NOT_LEADING: &str = "this coordinator does not lead; outcomes go to the leader";
 
 /// Batches of uploaded chunks verified and written at once by one upload.
 const UPLOAD_WRITES_IN_FLIGHT: usize = 4;
@@ -1007,7 +1157,8 @@ mod tests {
     #[tokio::test]
     async fn a_caller_without_a_known_token_never_reaches_the_service() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let mut service = AuthenticateFirstLayer::new(gate().await).layer(counted(calls.clone()));
+        let mut service = AuthenticateFirstLayer::new(gate().await, InFlight::default())
+            .layer(counted(calls.clone()));
         for token in [None, Some("made-up"), Some("BOB-TOKEN")] {
             let answer = ServiceExt::<axum::http::Request<tonic::body::Body>>::ready(&mut service)
                 .await

@@ -1,20 +1,21 @@
-//! The health judge, run by the leader: it samples the outcome counters that sidecars publish,
-//! sums them per version over the policy's window, and acts on the verdict of
-//! `switchboard_proto::judge::judge`:
+//! The health judge, run by the leader: it sums the outcome counters that sidecars stream to
+//! the leader ([`crate::outcomes`]) per version over the policy's window, and acts on the
+//! verdict of `switchboard_proto::judge::judge`:
 //! - during a canary, a breach sets the canary to 0, and a rollout takes its next step only on
 //!   a pass once its interval is over (too little data holds it);
 //! - during the bake time after a flip, a breach flips everyone back to the previous set, and
 //!   the end of the bake time releases the previous set.
 //!
-//! The samples live in memory: a new leader starts with empty windows, so it holds until it has
-//! seen enough (too little data is never a pass). Every action is a fenced routing transaction
-//! with the verdict and the policy in its audit record.
+//! The counters live in memory: a new leader receives them again, with their recent history,
+//! as the sidecars reconnect to it, and holds until it has enough (too little data is never a
+//! pass). Every action is a fenced routing transaction with the verdict and the policy in its
+//! audit record.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashSet;
 use std::time::Duration;
 use switchboard_runtime::Every;
 
-use switchboard_proto::judge::{Counts, Outcome, Verdict, judge};
+use switchboard_proto::judge::{Outcome, Verdict, judge};
 use switchboard_proto::time::now_ms;
 use switchboard_proto::{HealthRecord, Policy, RolloutState, Routing};
 use tokio_util::sync::CancellationToken;
@@ -28,112 +29,12 @@ use crate::telemetry;
 /// How often the judge looks.
 pub const TICK: Duration = Duration::from_millis(500);
 
-/// One sidecar's cumulative counters for one version, as observed over time.
-#[derive(Default)]
-struct Series {
-    started_at_ms: u64,
-    /// (observed at, ok, errors), oldest first.
-    points: VecDeque<(u64, u64, u64)>,
-}
-
-impl Series {
-    fn observe(&mut self, started_at_ms: u64, at_ms: u64, ok: u64, errors: u64) {
-        let restarted = started_at_ms != self.started_at_ms
-            || self
-                .points
-                .back()
-                .is_some_and(|&(_, o, e)| ok < o || errors < e);
-        if restarted {
-            self.started_at_ms = started_at_ms;
-            self.points.clear();
-        }
-        self.points.push_back((at_ms, ok, errors));
-    }
-
-    /// Outcomes counted since `since_ms`: the newest point minus a base. The base is the newest
-    /// point at or before `since_ms`; failing that, zero if the sidecar started inside the
-    /// window (its counters were zero then), else the oldest point, so that outcomes from
-    /// before the window are never counted in it.
-    fn since(&self, since_ms: u64) -> Counts {
-        let Some(&(_, ok, errors)) = self.points.back() else {
-            return Counts::default();
-        };
-        let base = match self.points.iter().rev().find(|(at, _, _)| *at <= since_ms) {
-            Some(&(_, base_ok, base_errors)) => (base_ok, base_errors),
-            None if self.started_at_ms >= since_ms => (0, 0),
-            None => self
-                .points
-                .front()
-                .map_or((ok, errors), |&(_, o, e)| (o, e)),
-        };
-        Counts {
-            ok: ok.saturating_sub(base.0),
-            errors: errors.saturating_sub(base.1),
-        }
-    }
-
-    /// Drops points that no window will need again, keeping one at or before the window.
-    fn prune(&mut self, since_ms: u64) {
-        while self.points.len() > 1 && self.points.get(1).is_some_and(|(at, _, _)| *at <= since_ms)
-        {
-            self.points.pop_front();
-        }
-    }
-}
-
-/// The samples of one namespace, per (sidecar, version).
-#[derive(Default)]
-struct NamespaceSamples {
-    series: HashMap<(String, String), Series>,
-    /// Per sidecar: the start time it reported and when the judge last saw its record.
-    sidecars: HashMap<String, (u64, u64)>,
-}
-
-impl NamespaceSamples {
-    fn observe(&mut self, records: &[HealthRecord], at_ms: u64) {
-        for record in records {
-            let seen = self
-                .sidecars
-                .insert(record.id.clone(), (record.started_at_ms, at_ms));
-            for report in &record.reports {
-                let key = (record.id.clone(), report.version.clone());
-                let series = self.series.entry(key).or_insert_with(|| {
-                    let mut series = Series {
-                        started_at_ms: record.started_at_ms,
-                        ..Series::default()
-                    };
-                    // A version that appears in the record of a sidecar seen before (same
-                    // process) had no outcomes then: its counters start from zero, and its
-                    // first outcomes count.
-                    if let Some((started_at_ms, last_seen_ms)) = seen
-                        && started_at_ms == record.started_at_ms
-                    {
-                        series.points.push_back((last_seen_ms, 0, 0));
-                    }
-                    series
-                });
-                series.observe(record.started_at_ms, at_ms, report.ok, report.errors);
-            }
-        }
-    }
-
-    fn window(&mut self, version: &str, since_ms: u64) -> Counts {
-        let mut total = Counts::default();
-        for ((_, v), series) in &mut self.series {
-            series.prune(since_ms);
-            if v == version {
-                total = total.plus(series.since(since_ms));
-            }
-        }
-        total
-    }
-}
-
 pub struct Judge {
     releases: Releases,
     actor: Actor,
     fence: Fence,
-    samples: HashMap<String, NamespaceSamples>,
+    /// The namespaces judged this term, whose gauges go down with it.
+    judged: HashSet<String>,
 }
 
 /// A judge that ends, by returning at the end of its term, by a panic or by being aborted,
@@ -141,7 +42,7 @@ pub struct Judge {
 /// exporting the last values it saw, and after a panic no code after the loop would run.
 impl Drop for Judge {
     fn drop(&mut self) {
-        telemetry::leader_gauges_off(self.samples.keys());
+        telemetry::leader_gauges_off(self.judged.iter());
     }
 }
 
@@ -153,7 +54,7 @@ impl Judge {
                 name: format!("switchboard-judge@{leader_id}"),
             },
             fence,
-            samples: HashMap::new(),
+            judged: HashSet::new(),
         }
     }
 
@@ -196,11 +97,11 @@ impl Judge {
         let state = store.read_namespace(ns).await?;
         let records = store.health_records(ns).await?;
         let now = now_ms();
-        if !self.samples.contains_key(ns) {
+        if self.judged.insert(ns.to_string()) {
             telemetry::register_namespace(ns);
         }
-        let samples = self.samples.entry(ns.to_string()).or_default();
-        samples.observe(&records, now);
+        let outcomes = self.releases.outcomes();
+        let window = |version: &str, since: u64| outcomes.window(ns, version, since, now);
         let Some(routing) = state.routing.value.clone() else {
             return Ok(());
         };
@@ -236,8 +137,8 @@ impl Judge {
             // The tests of the leader's supervision make the judge panic here, once there is a
             // canary to judge: a moment the test chooses, before this leader could act on it.
             crate::crash::panic_point(crate::crash::JUDGE_LOOP_PANIC);
-            let candidate = samples.window(&canary.version, since);
-            let baseline = samples.window(&routing.active.version, since);
+            let candidate = window(&canary.version, since);
+            let baseline = window(&routing.active.version, since);
             let verdict = judge(&policy, candidate, baseline);
             count_verdict(ns, &verdict);
             if verdict.outcome == Outcome::Breach {
@@ -255,8 +156,8 @@ impl Judge {
                 self.releases.complete_bake(request).await?;
                 return Ok(());
             }
-            let candidate = samples.window(&routing.active.version, since);
-            let baseline = samples.window(&previous.version, since);
+            let candidate = window(&routing.active.version, since);
+            let baseline = window(&previous.version, since);
             let verdict = judge(&policy, candidate, baseline);
             count_verdict(ns, &verdict);
             if verdict.outcome == Outcome::Breach {
@@ -375,99 +276,4 @@ fn record_convergence(ns: &str, routing: &Routing, records: &[HealthRecord]) {
         .set(records.len() as f64);
     metrics::gauge!("switchboard_sidecars_on_current_epoch", "namespace" => ns.to_string())
         .set(on_epoch as f64);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_window_counts_only_what_happened_inside_it() {
-        let mut series = Series::default();
-        series.observe(1_000, 10_000, 100, 1);
-        series.observe(1_000, 20_000, 150, 2);
-        series.observe(1_000, 30_000, 400, 10);
-        assert_eq!(series.since(20_000), Counts { ok: 250, errors: 8 });
-        assert_eq!(series.since(25_000), Counts { ok: 250, errors: 8 });
-        // The sidecar started inside the window: everything it counted is in the window.
-        assert_eq!(
-            series.since(500),
-            Counts {
-                ok: 400,
-                errors: 10
-            }
-        );
-    }
-
-    #[test]
-    fn outcomes_from_before_the_window_are_never_counted() {
-        // A new leader first sees a sidecar that started long ago with 500 outcomes counted.
-        let mut series = Series::default();
-        series.observe(1_000, 100_000, 500, 50);
-        series.observe(1_000, 101_000, 510, 51);
-        assert_eq!(series.since(90_000), Counts { ok: 10, errors: 1 });
-    }
-
-    #[test]
-    fn a_restarted_sidecar_counts_from_zero() {
-        let mut series = Series::default();
-        series.observe(1_000, 10_000, 500, 50);
-        series.observe(9_000, 12_000, 20, 5);
-        assert_eq!(series.since(5_000), Counts { ok: 20, errors: 5 });
-    }
-
-    fn record(id: &str, started_at_ms: u64, reports: &[(&str, u64, u64)]) -> HealthRecord {
-        HealthRecord {
-            id: id.into(),
-            namespace: "ns".into(),
-            epoch: 1,
-            serving: vec![],
-            etcd_reachable: true,
-            at_ms: 0,
-            started_at_ms,
-            reports: reports
-                .iter()
-                .map(|(v, ok, errors)| switchboard_proto::VersionReports {
-                    version: (*v).into(),
-                    ok: *ok,
-                    errors: *errors,
-                })
-                .collect(),
-            prepared: None,
-            activated_epoch: None,
-            activated_at_us: None,
-        }
-    }
-
-    #[test]
-    fn the_first_outcomes_of_a_new_version_count() {
-        let mut samples = NamespaceSamples::default();
-        // A sidecar that started long before the window, first seen serving only version a.
-        samples.observe(&[record("s1", 1_000, &[("a", 900, 9)])], 100_000);
-        // Half a second later it reports version b for the first time, with 30 outcomes.
-        samples.observe(
-            &[record("s1", 1_000, &[("a", 950, 9), ("b", 20, 10)])],
-            100_500,
-        );
-        assert_eq!(samples.window("b", 90_000), Counts { ok: 20, errors: 10 });
-        // Version a's history from before the leader saw it is not counted.
-        assert_eq!(samples.window("a", 90_000), Counts { ok: 50, errors: 0 });
-    }
-
-    #[test]
-    fn pruning_keeps_the_base_of_the_window() {
-        let mut series = Series::default();
-        for second in 1..=100u64 {
-            series.observe(0, second * 1_000, second * 10, second);
-        }
-        series.prune(90_000);
-        assert_eq!(
-            series.since(90_000),
-            Counts {
-                ok: 100,
-                errors: 10
-            }
-        );
-        assert!(series.points.len() <= 11);
-    }
 }

@@ -41,11 +41,17 @@ pub const JANITOR_LOOP: &str = "janitor";
 pub const CAPACITY_LOOP: &str = "capacity-sampler";
 pub const LEADER_LOOPS: [&str; 3] = [JUDGE_LOOP, JANITOR_LOOP, CAPACITY_LOOP];
 
+/// Who campaigns: the replica's id, and where sidecars reach it when it leads.
+pub struct Replica {
+    pub id: String,
+    pub advertise: String,
+}
+
 /// Campaigns, leads and campaigns again until `shutdown`.
 pub async fn run(
     client: Client,
     keys: Keys,
-    id: String,
+    replica: Replica,
     releases: Releases,
     janitor: JanitorSettings,
     shutdown: CancellationToken,
@@ -56,7 +62,7 @@ pub async fn run(
         if shutdown.is_cancelled() {
             return;
         }
-        if let Err(error) = term(&client, &keys, &id, &releases, janitor, &shutdown).await {
+        if let Err(error) = term(&client, &keys, &replica, &releases, janitor, &shutdown).await {
             tracing::warn!(%error, "leader election failed; campaigning again");
         }
         tokio::select! {
@@ -70,7 +76,7 @@ pub async fn run(
 async fn term(
     client: &Client,
     keys: &Keys,
-    id: &str,
+    replica: &Replica,
     releases: &Releases,
     janitor: JanitorSettings,
     shutdown: &CancellationToken,
@@ -91,6 +97,15 @@ async fn term(
         term.clone(),
     )));
 
+    let id = replica.id.as_str();
+    // Where sidecars find this replica when it leads, for as long as its lease lives: one
+    // write per term.
+    let options = etcd_client::PutOptions::new().with_lease(lease_id);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.put(keys.replica(id), replica.advertise.as_str(), Some(options)),
+    )
+    .await??;
     let campaign = tokio::select! {
         () = term.cancelled() => None,
         response = client.campaign(keys.leader(), id, lease_id) => Some(response?),
@@ -105,6 +120,7 @@ async fn term(
     if let Some(fence) = fence {
         tracing::info!(%id, "elected leader: running the judge, rollouts and housekeeping");
         metrics::gauge!(crate::telemetry::IS_LEADER).set(1.0);
+        releases.outcomes().set_leading(true);
         let loops: Vec<LeaderLoop> = vec![
             (
                 JUDGE_LOOP,
@@ -120,6 +136,7 @@ async fn term(
             ),
         ];
         let failed = run_loops(loops, &term, LOOPS_STOP_GRACE).await;
+        releases.outcomes().set_leading(false);
         metrics::gauge!(crate::telemetry::IS_LEADER).set(0.0);
         if failed.is_empty() {
             tracing::info!(%id, "leadership ended");

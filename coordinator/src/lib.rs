@@ -22,6 +22,7 @@ pub mod janitor;
 pub mod judge;
 pub mod leader;
 pub mod limits;
+pub mod outcomes;
 pub mod release;
 pub mod routing;
 pub mod rule_worker;
@@ -75,6 +76,11 @@ pub struct Args {
     /// This replica's name in leader elections and in status; host name and port by default.
     #[arg(long)]
     pub id: Option<String>,
+    /// The URL at which sidecars reach this replica's gRPC API to stream their applications'
+    /// outcomes when it leads (published in etcd under the election). By default the --listen
+    /// address (http, or https with --tls-cert), with the host name for an unspecified address.
+    #[arg(long, env = "SWITCHBOARD_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
     /// Users, their roles and the SHA-256 of their bearer tokens (YAML; see the README,
     /// "Identities and roles"). Read again on SIGHUP; a file that does not check then keeps
     /// the users in force. Without it the coordinator is open: every caller acts as an
@@ -218,6 +224,21 @@ async fn serve(
         format!("{}:{}", host.trim(), args.listen.port())
     });
 
+    let advertise = args.advertise.clone().unwrap_or_else(|| {
+        let scheme = if args.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if args.listen.ip().is_unspecified() {
+            let name = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            name.trim().to_string()
+        } else {
+            args.listen.ip().to_string()
+        };
+        format!("{scheme}://{host}:{}", args.listen.port())
+    });
+
     let grpc_listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (--listen)", args.listen))?;
@@ -298,7 +319,10 @@ async fn serve(
     background.spawn(leader::run(
         client,
         keys,
-        id.clone(),
+        leader::Replica {
+            id: id.clone(),
+            advertise,
+        },
         releases.clone(),
         janitor,
         loops.clone(),
@@ -407,16 +431,17 @@ where
     let builder = tonic::transport::Server::builder();
     let service = grpc::AdminService::new(releases, gate.clone(), shutdown.clone());
     let tasks = service.tasks();
+    let in_flight = grpc::InFlight::default();
     // Streams per connection are bounded (h2 would allow hundreds), and a caller without a
     // known token is refused from its headers, before its message is read.
     let server = builder
         .max_concurrent_streams(Some(grpc::MAX_CONCURRENT_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(grpc::AuthenticateFirstLayer::new(gate))
+        .layer(grpc::AuthenticateFirstLayer::new(gate, in_flight.clone()))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(connections, shutdown.clone().cancelled_owned());
-    let result = drain(server, shutdown).await;
+    let result = drain_requests(server, shutdown, in_flight).await;
     // The tasks the handlers started stop on the same shutdown (a synchronized flip withdraws
     // its preparation first); a handler that was closed after the grace may have left its task
     // running, and the server does not end before it.
@@ -456,6 +481,29 @@ where
     )
     .await
 }
+
+/// [`drain`] for the admin gRPC API, which also ends once no request is in flight: its
+/// connections include sidecars' outcome streams and idle connections, which HTTP/2's graceful
+/// close would wait for as long as their client is stopped. The last response gets a moment to
+/// leave.
+async fn drain_requests<E: Into<anyhow::Error>>(
+    server: impl Future<Output = Result<(), E>>,
+    shutdown: CancellationToken,
+    in_flight: grpc::InFlight,
+) -> anyhow::Result<()> {
+    tokio::pin!(server);
+    let drained = drain(&mut server, shutdown.clone());
+    tokio::pin!(drained);
+    tokio::select! {
+        result = &mut drained => return result,
+        () = async { shutdown.cancelled().await; in_flight.idle().await } => {}
+    }
+    let _ = tokio::time::timeout(LAST_RESPONSE_GRACE, drained).await;
+    Ok(())
+}
+
+/// How long the last responses have to leave once no request is in flight.
+const LAST_RESPONSE_GRACE: Duration = Duration::from_millis(200);
 
 async fn drain<E: Into<anyhow::Error>>(
     server: impl Future<Output = Result<(), E>>,

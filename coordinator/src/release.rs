@@ -105,6 +105,7 @@ pub struct Releases {
     compiled_contracts: crate::contract::CompiledContracts,
     rule_runner: crate::rule_worker::RuleRunner,
     denials: Arc<DenialAudits>,
+    outcomes: crate::outcomes::Outcomes,
 }
 
 impl Releases {
@@ -115,6 +116,7 @@ impl Releases {
             capacity: Capacity::default(),
             compiled_contracts: Default::default(),
             rule_runner: Default::default(),
+            outcomes: crate::outcomes::Outcomes::new(),
             denials: Arc::new(DenialAudits {
                 allowance: KeyedBuckets::new(
                     Rate::per(AUDITED_DENIALS_PER_USER_PER_MINUTE, Duration::from_secs(60)),
@@ -148,6 +150,11 @@ impl Releases {
 
     pub fn capacity(&self) -> Capacity {
         self.capacity
+    }
+
+    /// The outcomes sidecars stream to this coordinator while it leads.
+    pub fn outcomes(&self) -> &crate::outcomes::Outcomes {
+        &self.outcomes
     }
 
     pub fn store(&self) -> &Store {
@@ -553,12 +560,13 @@ impl Releases {
             .into_iter()
             .map(|h| StatusSidecar {
                 drift: routing.and_then(|r| drift(&state, r, h.epoch, &h.serving)),
+                // The leader holds the counts; a replica that does not lead has none.
+                reports: self.outcomes.reports_of(ns, &h.id),
                 id: h.id,
                 epoch: h.epoch,
                 serving: h.serving,
                 etcd_reachable: h.etcd_reachable,
                 at_ms: h.at_ms,
-                reports: h.reports,
                 prepared: h.prepared,
                 activated_epoch: h.activated_epoch,
                 activated_at_us: h.activated_at_us,

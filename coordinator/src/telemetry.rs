@@ -33,6 +33,8 @@ pub const SIDECARS_LIVE: &str = "switchboard_sidecars_live";
 pub const SIDECARS_ON_CURRENT_EPOCH: &str = "switchboard_sidecars_on_current_epoch";
 /// 1 on the replica that is the leader, 0 on the others.
 pub const IS_LEADER: &str = "switchboard_coordinator_is_leader";
+/// Sidecars' outcome streams open on this replica (the leader's judge reads them).
+pub const OUTCOME_STREAMS: &str = "switchboard_outcome_streams";
 /// Loops of the leader that ended before their term, by returning or panicking: `loop`
 /// (`judge`, `janitor`, `capacity-sampler`). Each one ended the term and released the lease.
 pub const LEADER_LOOP_FAILURES: &str = "switchboard_leader_loop_failures_total";
@@ -126,6 +128,10 @@ pub fn describe() {
     describe_gauge!(
         IS_LEADER,
         "1 while this replica is the elected leader that runs the judge, rollouts and housekeeping."
+    );
+    describe_gauge!(
+        OUTCOME_STREAMS,
+        "Sidecars' outcome streams open on this replica; the leader takes them, the others refuse them."
     );
     describe_counter!(
         LEADER_LOOP_FAILURES,

@@ -136,6 +136,12 @@ impl Keys {
     pub fn leader(&self) -> String {
         format!("{}/coordinator/leader", self.prefix)
     }
+
+    /// Where a coordinator replica's gRPC API is reached (its advertised URL), under its
+    /// election lease: sidecars find the leader's here by the id the election names.
+    pub fn replica(&self, id: &str) -> String {
+        format!("{}/coordinator/replicas/{id}", self.prefix)
+    }
 }
 
 /// The actor named in the audit record of a request that presented no known token; no user
@@ -167,6 +173,24 @@ pub fn validate_user_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks a sidecar id, which names its health record in etcd and its outcome stream: 1 to 128
+/// of `A-Z a-z 0-9 . _ -`, not starting with a dot.
+pub fn validate_sidecar_id(id: &str) -> Result<(), String> {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} must be 1 to 128 of A-Z a-z 0-9 . _ - (not starting with '.')"
+        ))
+    }
 }
 
 /// Checks a namespace name: 1 to 64 of `a-z 0-9 - _ .`, not starting with a dot.

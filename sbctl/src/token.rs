@@ -25,6 +25,8 @@ pub enum Role {
     Approver,
     /// Everything, including the judge's policy.
     Admin,
+    /// A sidecar, which streams its applications' outcomes to the judge and does nothing else.
+    Reporter,
 }
 
 impl Role {
@@ -34,6 +36,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Approver => "approver",
             Role::Admin => "admin",
+            Role::Reporter => "reporter",
         }
     }
 }

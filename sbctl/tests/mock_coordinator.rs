@@ -186,6 +186,13 @@ impl Admin for Mock {
         unimplemented()
     }
 
+    async fn report_outcomes(
+        &self,
+        _: Request<Streaming<switchboard_proto::pb::OutcomeReport>>,
+    ) -> Result<Response<switchboard_proto::pb::OutcomeReportReply>, Status> {
+        Err(Status::unimplemented("not part of the mock"))
+    }
+
     async fn audit(&self, _: Request<AuditRequest>) -> Result<Response<JsonReply>, Status> {
         unimplemented()
     }

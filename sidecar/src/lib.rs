@@ -15,6 +15,7 @@ pub mod http;
 pub mod loader;
 pub mod namespace;
 pub mod ofrep;
+pub mod outcomes;
 pub mod preview;
 pub mod reports;
 pub mod serve;
@@ -83,6 +84,19 @@ pub struct Args {
     /// This sidecar's id; the host name by default.
     #[arg(long)]
     pub id: Option<String>,
+    /// The bearer token with which outcomes are streamed to the leader, when the coordinator
+    /// runs with `--auth`: a user with the `reporter` role (`sbctl token new NAME --role
+    /// reporter`). Set it in the environment, not on the command line.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_REPORT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub report_token: Option<String>,
+    /// The PEM CA certificate that signed the coordinator's, for a leader reached over https.
+    #[arg(long, env = "SWITCHBOARD_COORDINATOR_CA", value_name = "FILE")]
+    pub coordinator_ca: Option<PathBuf>,
     /// Directory for the verified last-known-good copy of every namespace, served at start
     /// until etcd answers; `.switchboard/sidecar-<id>` by default.
     #[arg(long)]
@@ -109,21 +123,11 @@ impl Args {
     }
 }
 
-/// A sidecar id names its health record in etcd: 1 to 128 of `A-Z a-z 0-9 . _ -`. Two sidecars
-/// must not share one, or they overwrite each other's record; give each a distinct `--id` when
-/// several run on one host.
+/// Checks `--id` ([`switchboard_proto::keys::validate_sidecar_id`]). Two sidecars must not
+/// share one, or they overwrite each other's record; give each a distinct `--id` when several
+/// run on one host.
 pub fn validate_sidecar_id(id: &str) -> anyhow::Result<()> {
-    let valid = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    anyhow::ensure!(
-        valid,
-        "--id {id:?} must be 1 to 128 of A-Z a-z 0-9 . _ - (not starting with '.')"
-    );
-    Ok(())
+    switchboard_proto::keys::validate_sidecar_id(id).map_err(|e| anyhow::anyhow!("--id {e}"))
 }
 
 pub use switchboard_runtime::{cancel_on_signal, connect_etcd};
@@ -247,6 +251,16 @@ pub async fn run(
     // This function owns it through its handle, which aborts it should the function end
     // without waiting for it.
     let health_stop = CancellationToken::new();
+    let access = outcomes::CoordinatorAccess {
+        token: args.report_token.clone(),
+        ca_pem: match &args.coordinator_ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read --coordinator-ca {}", path.display()))?,
+            ),
+            None => None,
+        },
+    };
     let health_task = {
         let health_stop = health_stop.clone();
         let (keys, id, reports_changed) = (keys.clone(), id.clone(), reports_changed.clone());
@@ -256,6 +270,15 @@ pub async fn run(
             let Ok(client) = client_for_health.await else {
                 return;
             };
+            let streamer = outcomes::OutcomeStreamer {
+                client: client.clone(),
+                keys: keys.clone(),
+                id: id.clone(),
+                namespaces: namespaces.clone(),
+                started_at_ms,
+                access,
+                reports_changed,
+            };
             let health = health::HealthPublisher {
                 client,
                 keys,
@@ -263,9 +286,9 @@ pub async fn run(
                 namespaces,
                 started_at_ms,
                 dirty: health_dirty,
-                reports_changed,
             };
-            health.run(health_stop).await;
+            // The outcome stream and the health record end together, last.
+            tokio::join!(streamer.run(health_stop.clone()), health.run(health_stop));
         }))
     };
 

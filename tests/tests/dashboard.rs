@@ -225,7 +225,9 @@ async fn the_dashboard_shows_a_release_and_its_buttons_pass_the_same_gate_as_sbc
     let olga = new_user("olga", &["operator"]).await?;
     let vera = new_user("vera", &["viewer"]).await?;
     let dir = tempfile::tempdir()?;
-    let auth = write_auth_file(dir.path(), &[&olga, &vera])?;
+    // The sidecar's credential: its outcomes reach the leader's judge and the chart.
+    let reporter = new_user("sc-1", &["reporter"]).await?;
+    let auth = write_auth_file(dir.path(), &[&olga, &vera, &reporter])?;
     let etcd = EtcdServer::start().await?;
     let prefix = unique_prefix();
     let coordinator =
@@ -255,7 +257,15 @@ async fn the_dashboard_shows_a_release_and_its_buttons_pass_the_same_gate_as_sbc
         .run(&["canary", NS, "10", "-m", "first look"])
         .await?
         .ensure_success()?;
-    let sidecar = Sidecar::start(&etcd.endpoint(), &prefix, "sc-1", &[NS]).await?;
+    let sidecar = Sidecar::start_with_env(
+        &etcd.endpoint(),
+        &prefix,
+        "sc-1",
+        &[NS],
+        &[],
+        &[("SWITCHBOARD_REPORT_TOKEN", reporter.token.as_str())],
+    )
+    .await?;
     sidecar.wait_for_epoch(NS, 2, DEADLINE).await?;
 
     // The JSON API needs a token, and a viewer's token reads but changes nothing.

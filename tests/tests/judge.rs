@@ -25,17 +25,28 @@ struct Traffic {
 
 impl Traffic {
     fn start(sidecars: Vec<Arc<Sidecar>>, outcomes: Vec<(String, u64, u64)>) -> Self {
+        Self::start_every(sidecars, outcomes, Duration::from_millis(100))
+    }
+
+    /// [`Self::start`] with a round every `every`.
+    fn start_every(
+        sidecars: Vec<Arc<Sidecar>>,
+        outcomes: Vec<(String, u64, u64)>,
+        every: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
+            // A round starts every `every`, however long the one before took.
+            let mut rounds = tokio::time::interval(every);
             while !flag.load(Ordering::Relaxed) {
+                rounds.tick().await;
                 for sidecar in &sidecars {
                     for (version, ok, errors) in &outcomes {
                         let (code, body) = sidecar.report(NS, version, *ok, *errors).await?;
                         ensure!(code == 202, "report of {version} answered {code}: {body}");
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Ok(())
         });
@@ -46,6 +57,29 @@ impl Traffic {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await?
     }
+}
+
+/// Waits until every sidecar serves a routing newer than `canary_epoch` without a canary: the
+/// canary was rolled back.
+async fn only_the_baseline_within(
+    sidecars: &[Arc<Sidecar>],
+    canary_epoch: u64,
+    deadline: Duration,
+) -> Result<()> {
+    wait_until(
+        deadline,
+        "every sidecar serves only the baseline",
+        async || {
+            let mut all = true;
+            for sidecar in sidecars {
+                let status = sidecar.status().await?;
+                let ns = &status["namespaces"][NS];
+                all &= ns["epoch"].as_u64().unwrap_or(0) > canary_epoch && ns["canary"].is_null();
+            }
+            Ok(all)
+        },
+    )
+    .await
 }
 
 async fn set_test_policy(env: &TestEnv, bake_seconds: u64) -> Result<()> {
@@ -110,19 +144,10 @@ async fn a_failing_canary_is_rolled_back_automatically() -> Result<()> {
         sidecars.clone(),
         vec![(b.clone(), 7, 3), (a.clone(), 40, 0)],
     );
-    let deadline = Duration::from_secs(WINDOW_SECONDS + 2);
-    wait_until(
-        deadline,
-        "every sidecar serves only the baseline",
-        async || {
-            let mut all = true;
-            for sidecar in &sidecars {
-                let status = sidecar.status().await?;
-                let ns = &status["namespaces"][NS];
-                all &= ns["epoch"].as_u64().unwrap_or(0) > canary_epoch && ns["canary"].is_null();
-            }
-            Ok(all)
-        },
+    only_the_baseline_within(
+        &sidecars,
+        canary_epoch,
+        Duration::from_secs(WINDOW_SECONDS + 2),
     )
     .await?;
     eprintln!(
@@ -793,5 +818,224 @@ async fn a_panicking_judge_loop_hands_the_lease_to_another_coordinator() -> Resu
         metrics.contains("switchboard_coordinator_is_leader 0"),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// etcd's revision now: every write to etcd raises it by one.
+async fn etcd_revision(env: &TestEnv) -> Result<i64> {
+    let mut client = env.etcd_client().await?;
+    let response = client.get("/", None).await?;
+    Ok(response.header().context("no header")?.revision())
+}
+
+/// Issue 17, acceptance 1: five sidecars whose applications report 20 times a second each make
+/// etcd take at most 0.05 writes per sidecar per second (etcd's revision over 10 s): the
+/// outcomes go to the leader, not into etcd. The leader has them: status shows each sidecar's
+/// counts growing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_do_not_grow_etcds_writes() -> Result<()> {
+    const SIDECARS: usize = 5;
+    const SECONDS: u64 = 10;
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    let dir = tempfile::tempdir()?;
+    let mut sidecars = Vec::new();
+    for n in 0..SIDECARS {
+        sidecars.push(Arc::new(env.start_sidecar(&format!("sidecar-{n}")).await?));
+    }
+    let (a, _) = stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 20, 10)?.display().to_string(),
+    )
+    .await?;
+    wait_all_on(&sidecars, &sbctl).await?;
+    let traffic = Traffic::start_every(
+        sidecars.clone(),
+        vec![(a.clone(), 9, 1)],
+        Duration::from_millis(50),
+    );
+    // Every sidecar streams to the leader: its counts show in status.
+    let reported = async || -> Result<Vec<u64>> {
+        let status = status(&sbctl, NS).await?;
+        let sidecars = status["sidecars"].as_array().cloned().unwrap_or_default();
+        Ok(sidecars
+            .iter()
+            .map(|s| s["reports"][0]["ok"].as_u64().unwrap_or(0))
+            .collect())
+    };
+    wait_until(
+        DEADLINE,
+        "every sidecar's counts at the leader",
+        async || {
+            let counts = reported().await?;
+            Ok(counts.len() == SIDECARS && counts.iter().all(|ok| *ok > 0))
+        },
+    )
+    .await?;
+    let before = reported().await?;
+    let first = etcd_revision(&env).await?;
+    let measured = Instant::now();
+    tokio::time::sleep(Duration::from_secs(SECONDS)).await;
+    let writes = etcd_revision(&env).await? - first;
+    let elapsed = measured.elapsed().as_secs_f64();
+    let after = reported().await?;
+    traffic.stop().await?;
+    let per_sidecar = writes as f64 / SIDECARS as f64 / elapsed;
+    let reports: u64 = after.iter().zip(&before).map(|(a, b)| a - b).sum::<u64>() / 9;
+    eprintln!(
+        "{writes} etcd writes in {elapsed:.1} s with {SIDECARS} sidecars taking {:.1} reports a second each: {per_sidecar:.3} writes per sidecar per second",
+        reports as f64 / SIDECARS as f64 / elapsed
+    );
+    ensure!(
+        per_sidecar <= 0.05,
+        "{per_sidecar:.3} etcd writes per sidecar per second"
+    );
+    ensure!(
+        reports as f64 / SIDECARS as f64 / elapsed >= 19.0,
+        "the leader received {reports} reports in {elapsed:.1} s"
+    );
+    Ok(())
+}
+
+/// Issue 17, acceptance 2: the leader is killed as a failing canary starts erring, before it
+/// could judge; the other coordinator takes the lease, the sidecars stream to it with their
+/// recent history, and it flips the canary back within the window plus 1 s of the first bad
+/// report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_flipped_back_when_the_leader_dies_in_the_window() -> Result<()> {
+    const WINDOW: u64 = 10;
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    set_judge_policy(&sbctl, NS, 50, WINDOW, Some(60)).await?;
+    let (a, b, sidecars, _dir) = two_versions(&env).await?;
+    let leader_id = status(&sbctl, NS).await?["leader"]
+        .as_str()
+        .context("no leader")?
+        .to_string();
+    ensure!(
+        coordinator_named(&[&env.coordinator], &leader_id).is_some(),
+        "the first coordinator does not lead: {leader_id}"
+    );
+    let survivor = env.start_coordinator().await?;
+    sbctl.run(&["canary", NS, "20"]).await?.ensure_success()?;
+    let canary_epoch = wait_all_on(&sidecars, &sbctl).await?;
+    // Streams to the leader are open: its gauge counts them.
+    wait_until(
+        DEADLINE,
+        "the sidecars' streams at the leader",
+        async || {
+            let metrics = reqwest::get(format!("{}/metrics", env.coordinator.http_url()))
+                .await?
+                .text()
+                .await?;
+            Ok(metrics.contains(&format!("switchboard_outcome_streams {}", sidecars.len())))
+        },
+    )
+    .await?;
+
+    let started = Instant::now();
+    let traffic = Traffic::start(
+        sidecars.clone(),
+        vec![(b.clone(), 7, 3), (a.clone(), 40, 0)],
+    );
+    env.coordinator.kill()?;
+    only_the_baseline_within(&sidecars, canary_epoch, Duration::from_secs(WINDOW + 1))
+        .await
+        .with_context(|| {
+            format!(
+                "the surviving coordinator's log:\n{}",
+                survivor.log_tail(40)
+            )
+        })?;
+    eprintln!(
+        "with the leader killed at the first bad report, the canary was flipped back after {:?}",
+        started.elapsed()
+    );
+    traffic.stop().await?;
+    let trail = survivor.sbctl().run_json(&["audit", NS]).await?;
+    let record = last_record(&trail)?;
+    ensure!(record["action"] == "auto-rollback", "{record}");
+    ensure!(
+        record["actor"]
+            .as_str()
+            .is_some_and(|actor| !actor.ends_with(&leader_id)),
+        "the dead leader acted: {record}"
+    );
+    Ok(())
+}
+
+/// The outcome stream's guards: a coordinator that does not lead refuses it
+/// (FAILED_PRECONDITION), so that outcomes never go where no judge reads them; with `--auth`,
+/// a caller without a token is refused, and a sidecar's `reporter` token streams to the leader
+/// but may do nothing else, not even read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else() -> Result<()> {
+    use switchboard_proto::pb;
+    use switchboard_proto::pb::admin_client::AdminClient;
+    use switchboard_tests::{EtcdServer, unique_prefix};
+
+    let etcd = EtcdServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let reporter = new_user("sc-1", &["reporter"]).await?;
+    let auth = write_auth_file(dir.path(), &[&reporter])?;
+    let prefix = unique_prefix();
+    let leader = Coordinator::start_with(&etcd.endpoint(), &prefix, &["--auth", &auth]).await?;
+    // The first coordinator leads before the second starts.
+    wait_until(DEADLINE, "the first coordinator to lead", async || {
+        let metrics = reqwest::get(format!("{}/metrics", leader.http_url()))
+            .await?
+            .text()
+            .await?;
+        Ok(metrics.contains("switchboard_coordinator_is_leader 1"))
+    })
+    .await?;
+    let follower = Coordinator::start_with(&etcd.endpoint(), &prefix, &["--auth", &auth]).await?;
+    let report = pb::OutcomeReport {
+        sidecar: "sc-1".into(),
+        started_at_ms: 1,
+        uptime_ms: 1_000,
+        series: vec![pb::OutcomeSeries {
+            namespace: NS.into(),
+            version: "0123456789abcdef".into(),
+            samples: vec![pb::OutcomeSample {
+                age_ms: 0,
+                ok: 10,
+                errors: 1,
+            }],
+        }],
+    };
+    let stream = async |coordinator: &Coordinator, token: Option<&str>| {
+        let mut admin = AdminClient::connect(coordinator.grpc_url()).await?;
+        let mut request = tonic::Request::new(tokio_stream::iter(vec![report.clone()]));
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse()?);
+        }
+        anyhow::Ok(admin.report_outcomes(request).await)
+    };
+    let token = Some(reporter.token.as_str());
+    match stream(&follower, token).await? {
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {}
+        other => anyhow::bail!("the follower took outcomes: {other:?}"),
+    }
+    match stream(&leader, None).await? {
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {}
+        other => anyhow::bail!("the leader took outcomes without a token: {other:?}"),
+    }
+    stream(&leader, token).await??;
+    let mut admin = AdminClient::connect(leader.grpc_url()).await?;
+    let mut request = tonic::Request::new(pb::StatusRequest {
+        namespace: NS.into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", reporter.token).parse()?,
+    );
+    match admin.status(request).await {
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {}
+        other => anyhow::bail!("a reporter read the status: {other:?}"),
+    }
     Ok(())
 }

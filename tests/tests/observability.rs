@@ -929,14 +929,24 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() -> Result<
     let etcd = EtcdServer::start().await?;
     let dir = tempfile::tempdir()?;
     let admin = new_user("ada", &["admin"]).await?;
-    let auth = write_auth_file(dir.path(), &[&admin])?;
+    // The sidecar's credential, with which its outcomes reach the judge.
+    let reporter = new_user("sidecar-1", &["reporter"]).await?;
+    let auth = write_auth_file(dir.path(), &[&admin, &reporter])?;
     let prefix = unique_prefix();
     let coordinator =
         Coordinator::start_with(&etcd.endpoint(), &prefix, &["--auth", &auth]).await?;
     let sbctl = coordinator.sbctl().env("SWITCHBOARD_TOKEN", &admin.token);
     let proxy =
         TcpProxy::start(SocketAddr::from((Ipv4Addr::LOCALHOST, etcd.client_port()))).await?;
-    let sidecar = Sidecar::start(&proxy.url(), &prefix, "sidecar-1", &[NS]).await?;
+    let sidecar = Sidecar::start_with_env(
+        &proxy.url(),
+        &prefix,
+        "sidecar-1",
+        &[NS],
+        &[],
+        &[("SWITCHBOARD_REPORT_TOKEN", reporter.token.as_str())],
+    )
+    .await?;
     let coordinator_url = coordinator.http_url();
     let sidecar_url = sidecar.http_url();
 

@@ -1,8 +1,9 @@
 //! Error rates per namespace and version over time, for the dashboard's chart.
 //!
-//! Every coordinator replica (not only the leader) samples the outcome counters that sidecars
-//! publish in their health records every [`SAMPLE_INTERVAL`], and keeps what each interval
-//! added per version in a bounded ring. The samples live in memory only: they are a view for
+//! Every coordinator replica samples, every [`SAMPLE_INTERVAL`], the live sidecars' health
+//! records and the outcome counters they stream to it ([`crate::outcomes`]; only the leader
+//! receives them, so another replica's chart stays empty), and keeps what each interval added
+//! per version in a bounded ring. The samples live in memory only: they are a view for
 //! people, never an input to a decision (the judge keeps its own), so a restarted coordinator
 //! simply starts a new chart.
 
@@ -222,7 +223,13 @@ async fn sample_round(releases: &Releases, samples: &ErrorSamples) {
     namespaces.truncate(MAX_NAMESPACES);
     for ns in &namespaces {
         match releases.store().health_records(ns).await {
-            Ok(records) => samples.observe(ns, &records, now_ms()),
+            Ok(mut records) => {
+                // The counts stream to the leader, not through etcd: the records carry none.
+                for record in &mut records {
+                    record.reports = releases.outcomes().reports_of(ns, &record.id);
+                }
+                samples.observe(ns, &records, now_ms())
+            }
             Err(error) => tracing::debug!(ns, %error, "dashboard sampler cannot read health"),
         }
     }

@@ -2013,97 +2013,99 @@ mod bake {
     }
 }
 
-mod health {
+mod outcomes {
     use std::time::Duration;
 
     use tokio::time::Instant;
 
-    use crate::health::{REPORTS_MIN_INTERVAL, ReportsDebounce};
+    use super::*;
+    use crate::outcomes::{HISTORY, History};
+    use switchboard_proto::pb;
 
-    /// Feeds `changes` (offsets from the start) to the debounce, running the publisher's loop
-    /// every millisecond, and returns the offsets of the writes.
-    fn simulate(changes: &[Duration], until: Duration) -> Vec<Duration> {
-        let start = Instant::now();
-        let mut debounce = ReportsDebounce::new(REPORTS_MIN_INTERVAL);
-        let mut writes = Vec::new();
-        let mut changes = changes.iter().peekable();
-        let mut t = Duration::ZERO;
-        while t <= until {
-            let now = start + t;
-            while changes.next_if(|c| **c <= t).is_some() {
-                debounce.changed(now);
-            }
-            if debounce.due().is_some_and(|due| due <= now) {
-                debounce.wrote(now);
-                writes.push(t);
-            }
-            t += Duration::from_millis(1);
+    fn head() -> pb::OutcomeReport {
+        pb::OutcomeReport {
+            sidecar: "s1".into(),
+            started_at_ms: 1,
+            uptime_ms: 0,
+            series: Vec::new(),
         }
-        writes
     }
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    /// (age_ms, ok, errors) of each sample of a series.
+    type Samples = Vec<(u64, u64, u64)>;
+
+    /// (version, samples) of every series in `messages`.
+    fn samples(messages: &[pb::OutcomeReport]) -> Vec<(String, Samples)> {
+        let mut all: Vec<_> = messages
+            .iter()
+            .flat_map(|m| m.series.iter())
+            .map(|s| {
+                let points = s
+                    .samples
+                    .iter()
+                    .map(|p| (p.age_ms, p.ok, p.errors))
+                    .collect();
+                (s.version.clone(), points)
+            })
+            .collect();
+        all.sort();
+        all
     }
 
+    /// A version first seen gets a zero point at the sample before; each change is a point;
+    /// the history sent again is whole, and what follows carries only what is new.
     #[test]
-    fn nothing_to_write_without_changes() {
-        let debounce = ReportsDebounce::new(REPORTS_MIN_INTERVAL);
-        assert!(debounce.due().is_none());
-        assert!(simulate(&[], ms(2000)).is_empty());
-    }
-
-    #[test]
-    fn a_change_after_a_quiet_time_is_written_at_once() {
-        assert_eq!(simulate(&[ms(10)], ms(2000)), vec![ms(10)]);
-        assert_eq!(
-            simulate(&[ms(10), ms(900)], ms(2000)),
-            vec![ms(10), ms(900)]
-        );
-    }
-
-    #[test]
-    fn a_burst_of_changes_makes_one_write_per_interval() {
-        // A report every millisecond for two seconds: 2000 changes.
-        let changes: Vec<Duration> = (0..2000).map(ms).collect();
-        let writes = simulate(&changes, ms(3000));
-        assert_eq!(
-            writes,
-            vec![
-                ms(0),
-                ms(250),
-                ms(500),
-                ms(750),
-                ms(1000),
-                ms(1250),
-                ms(1500),
-                ms(1750),
-                ms(2000)
-            ],
-            "prompt, but never more often than every 250 ms"
-        );
-        // The last change is written, no later than an interval after it.
-        let last_change = ms(1999);
-        assert!(
-            writes
-                .last()
-                .is_some_and(|w| *w >= last_change && *w <= last_change + REPORTS_MIN_INTERVAL)
-        );
-    }
-
-    #[test]
-    fn other_writes_carry_the_pending_counts() {
+    fn each_change_is_a_point_and_a_stream_starts_with_the_history() {
+        let ns = Namespace::new(NS);
+        ns.publish(canary_snapshot(1, 0));
+        let namespaces = vec![ns.clone()];
         let start = Instant::now();
-        let mut debounce = ReportsDebounce::new(REPORTS_MIN_INTERVAL);
-        debounce.wrote(start);
-        debounce.changed(start + ms(10));
-        assert_eq!(debounce.due(), Some(start + REPORTS_MIN_INTERVAL));
-        // A snapshot change writes every record at once, with the counts as they are.
-        debounce.wrote(start + ms(20));
-        assert!(debounce.due().is_none());
-        // The next change waits an interval from that write.
-        debounce.changed(start + ms(30));
-        assert_eq!(debounce.due(), Some(start + ms(20) + REPORTS_MIN_INTERVAL));
+        let mut history = History::default();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(ns.report(V1, 10, 1), Ok(true));
+        history.sample(&namespaces, start, at(500));
+        // Nothing changed: no point.
+        history.sample(&namespaces, at(500), at(1_000));
+        assert_eq!(ns.report(V1, 5, 0), Ok(true));
+        history.sample(&namespaces, at(1_000), at(1_500));
+        let all = history.messages(&head(), None, at(2_000));
+        assert_eq!(
+            samples(&all),
+            vec![(
+                V1.to_string(),
+                vec![(2_000, 0, 0), (1_500, 10, 1), (500, 15, 1)]
+            )]
+        );
+        let after = history.messages(&head(), Some(at(500)), at(2_000));
+        assert_eq!(samples(&after), vec![(V1.to_string(), vec![(500, 15, 1)])]);
+        assert!(
+            history
+                .messages(&head(), Some(at(1_500)), at(2_000))
+                .is_empty()
+        );
+    }
+
+    /// Points older than the history go, but the last one before it stays: it is the base of
+    /// the oldest window, and the counters' value since.
+    #[test]
+    fn the_history_keeps_its_base() {
+        let ns = Namespace::new(NS);
+        ns.publish(canary_snapshot(1, 0));
+        let namespaces = vec![ns.clone()];
+        let start = Instant::now();
+        let mut history = History::default();
+        let mut previous = start;
+        for second in 1..=400u64 {
+            assert_eq!(ns.report(V1, 1, 0), Ok(true));
+            let now = start + Duration::from_secs(second);
+            history.sample(&namespaces, previous, now);
+            previous = now;
+        }
+        let all = history.messages(&head(), None, previous);
+        let points = &samples(&all)[0].1;
+        assert_eq!(points.len() as u64, HISTORY.as_secs() + 1, "{points:?}");
+        assert_eq!(points[0], (HISTORY.as_secs() * 1_000, 100, 0));
+        assert_eq!(points.last(), Some(&(0, 400, 0)));
     }
 }
 
