@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Enables etcd authentication with least privilege for Switchboard:
 #   - user `coordinator`: read-write on PREFIX/ (and read on the gate keys given with --gate-keys);
-#   - user `sidecar-NS` for each namespace NS: read on PREFIX/ns/NS/ only, and write on its own
-#     health records PREFIX/ns/NS/health/ (the one thing a sidecar writes); nothing else.
+#   - user `sidecar-NS` for each namespace NS: read on PREFIX/ns/NS/ and on PREFIX/coordinator/
+#     (the election and the replicas' addresses, to find the leader its outcomes stream to), and
+#     write on its own health records PREFIX/ns/NS/health/ (the one thing a sidecar writes);
+#     nothing else.
 #   - user `root`, which etcd needs to enable authentication.
 #
 # Usage: setup-auth.sh --endpoints URLS [--prefix /switchboard] [--gate-keys PREFIX] NS...
@@ -79,6 +81,7 @@ for ns in "${namespaces[@]}"; do
   role "switchboard-sidecar-$ns"
   ctl role grant-permission "switchboard-sidecar-$ns" read "$prefix/ns/$ns/" --prefix=true >/dev/null
   ctl role grant-permission "switchboard-sidecar-$ns" readwrite "$prefix/ns/$ns/health/" --prefix=true >/dev/null
+  ctl role grant-permission "switchboard-sidecar-$ns" read "$prefix/coordinator/" --prefix=true >/dev/null
   user "sidecar-$ns" "$sidecar_password"
   ctl user grant-role "sidecar-$ns" "switchboard-sidecar-$ns" >/dev/null
 done

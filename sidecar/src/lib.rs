@@ -97,6 +97,11 @@ pub struct Args {
     /// The PEM CA certificate that signed the coordinator's, for a leader reached over https.
     #[arg(long, env = "SWITCHBOARD_COORDINATOR_CA", value_name = "FILE")]
     pub coordinator_ca: Option<PathBuf>,
+    /// The name the coordinator's certificate is checked against, when the leader's advertised
+    /// URL names an address its certificate does not (a pod's IP address, and a certificate
+    /// for the Service's name).
+    #[arg(long, env = "SWITCHBOARD_COORDINATOR_TLS_NAME", value_name = "NAME")]
+    pub coordinator_tls_name: Option<String>,
     /// Directory for the verified last-known-good copy of every namespace, served at start
     /// until etcd answers; `.switchboard/sidecar-<id>` by default.
     #[arg(long)]
@@ -260,6 +265,7 @@ pub async fn run(
             ),
             None => None,
         },
+        tls_name: args.coordinator_tls_name.clone(),
     };
     let health_task = {
         let health_stop = health_stop.clone();

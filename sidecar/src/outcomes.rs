@@ -42,6 +42,8 @@ const SAMPLES_PER_MESSAGE: usize = 1_024;
 pub struct CoordinatorAccess {
     pub token: Option<String>,
     pub ca_pem: Option<Vec<u8>>,
+    /// The name to check the leader's certificate against, instead of its URL's host.
+    pub tls_name: Option<String>,
 }
 
 /// One version's counters: each change (when, ok, errors), oldest first.
@@ -180,10 +182,12 @@ impl OutcomeStreamer {
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
         if let Some(ca) = &self.access.ca_pem {
-            endpoint = endpoint.tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-            )?;
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            if let Some(name) = &self.access.tls_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(tls)?;
         }
         let channel = endpoint.connect().await?;
         let mut admin = AdminClient::new(channel);

@@ -646,13 +646,21 @@ async fn etcd_auth_gives_sidecars_read_only_access_to_their_namespace() -> Resul
             .as_deref(),
         Some(v1.as_str())
     );
-    // Its health record is published under its own user.
-    wait_until(DEADLINE, "the sidecar's health record", async || {
-        let shown = status(&sbctl, NS).await?;
-        Ok(shown["sidecars"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s["id"] == "least-privilege")))
-    })
+    // Its health record is published under its own user, and it finds the leader with it:
+    // the outcomes it takes reach the leader's judge.
+    let (code, body) = sidecar.report(NS, &v1, 5, 1).await?;
+    ensure!(code == 202, "the report answered {code}: {body}");
+    wait_until(
+        DEADLINE,
+        "the sidecar's record and its outcomes",
+        async || {
+            let shown = status(&sbctl, NS).await?;
+            Ok(shown["sidecars"].as_array().is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["id"] == "least-privilege" && s["reports"][0]["ok"] == 5)
+            }))
+        },
+    )
     .await?;
 
     // The sidecar's credentials, used directly.

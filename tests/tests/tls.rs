@@ -13,7 +13,7 @@ use common::*;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use switchboard_tests::{
-    ChildProcess, EtcdServer, SbctlRunner, bin_path, free_port, unique_prefix, wait_until,
+    ChildProcess, EtcdServer, SbctlRunner, Sidecar, bin_path, free_port, unique_prefix, wait_until,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -138,10 +138,20 @@ fn start_coordinator(
     etcd: &EtcdServer,
     client_ca: bool,
 ) -> Result<(ChildProcess, u16, u16)> {
+    start_coordinator_on(dir, etcd, client_ca, &unique_prefix())
+}
+
+/// [`start_coordinator`] under `prefix`.
+fn start_coordinator_on(
+    dir: &Path,
+    etcd: &EtcdServer,
+    client_ca: bool,
+    prefix: &str,
+) -> Result<(ChildProcess, u16, u16)> {
     let (grpc_port, http_port) = (free_port()?, free_port()?);
     let mut command = std::process::Command::new(bin_path("switchboard-coordinator")?);
     command
-        .args(["--etcd", &etcd.endpoint(), "--prefix", &unique_prefix()])
+        .args(["--etcd", &etcd.endpoint(), "--prefix", prefix])
         .args(["--listen", &format!("127.0.0.1:{grpc_port}")])
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .args([
@@ -389,6 +399,70 @@ async fn etcd_connections_use_tls_with_client_certificates() -> Result<()> {
     ensure!(
         !refused.success(),
         "a coordinator without a certificate read etcd:\n{refused}"
+    );
+    Ok(())
+}
+
+/// Issue 17: sidecars stream outcomes to a leader on https. The leader advertises its address
+/// (`https://127.0.0.1:PORT`); a sidecar given its CA, and the name its certificate gives
+/// (`--coordinator-tls-name localhost`), reaches the judge; a sidecar given another CA does
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_reach_a_leader_on_https_only_with_its_ca() -> Result<()> {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    ca(dir, "ca")?;
+    signed(dir, "ca", "server", "serverAuth")?;
+    ca(dir, "rogue-ca")?;
+    let etcd = EtcdServer::start().await?;
+    let prefix = unique_prefix();
+    let (coordinator, grpc_port, _) = start_coordinator_on(dir, &etcd, false, &prefix)?;
+    let sbctl = SbctlRunner::new(&format!("https://127.0.0.1:{grpc_port}"))
+        .timeout(Duration::from_secs(20))
+        .env("SWITCHBOARD_TLS_CA", &file(dir, "ca.pem"));
+    wait_until(DEADLINE, "the coordinator to answer over TLS", async || {
+        Ok(sbctl.run(&["status", NS]).await?.success())
+    })
+    .await
+    .with_context(|| coordinator.log_tail(40))?;
+    let v1 = release(&sbctl, NS, dir, "g1", (10, 10)).await?;
+    let start = async |id: &str, ca: &str, extra: &[&str]| {
+        let ca = file(dir, ca);
+        let mut args = vec!["--coordinator-ca", ca.as_str()];
+        args.extend_from_slice(extra);
+        Sidecar::start_with(&etcd.endpoint(), &prefix, id, &[NS], &args).await
+    };
+    let trusted = start(
+        "trusted",
+        "ca.pem",
+        &["--coordinator-tls-name", "localhost"],
+    )
+    .await?;
+    let rogue = start("rogue", "rogue-ca.pem", &[]).await?;
+    let epoch = epoch(&sbctl, NS).await?;
+    for sidecar in [&trusted, &rogue] {
+        sidecar.wait_for_epoch(NS, epoch, DEADLINE).await?;
+        let (code, body) = sidecar.report(NS, &v1, 5, 1).await?;
+        ensure!(code == 202, "the report answered {code}: {body}");
+    }
+    let reports_of = async |id: &str| -> Result<serde_json::Value> {
+        let shown = status(&sbctl, NS).await?;
+        Ok(shown["sidecars"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["id"] == id))
+            .map(|s| s["reports"].clone())
+            .unwrap_or_default())
+    };
+    wait_until(
+        DEADLINE,
+        "the trusted sidecar's outcomes at the leader",
+        async || Ok(reports_of("trusted").await?[0]["ok"] == 5),
+    )
+    .await?;
+    let rogue_reports = reports_of("rogue").await?;
+    ensure!(
+        rogue_reports.as_array().is_none_or(|r| r.is_empty()),
+        "a sidecar that trusts another CA streamed to the leader: {rogue_reports}"
     );
     Ok(())
 }
