@@ -11,7 +11,7 @@
 //! pass). Every action is a fenced routing transaction with the verdict and the policy in its
 //! audit record.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use switchboard_runtime::Every;
 
@@ -35,7 +35,12 @@ pub struct Judge {
     fence: Fence,
     /// The namespaces judged this term, whose gauges go down with it.
     judged: HashSet<String>,
+    /// When the convergence gauges of each namespace were last set (Unix ms).
+    convergence_sampled: HashMap<String, u64>,
 }
+
+/// How often the convergence gauges are set from the health records.
+const CONVERGENCE_EVERY_MS: u64 = 5_000;
 
 /// A judge that ends, by returning at the end of its term, by a panic or by being aborted,
 /// takes the gauges that only the leader keeps down to 0: a former leader must not go on
@@ -55,6 +60,7 @@ impl Judge {
             },
             fence,
             judged: HashSet::new(),
+            convergence_sampled: HashMap::new(),
         }
     }
 
@@ -95,7 +101,6 @@ impl Judge {
     async fn judge_namespace(&mut self, ns: &str) -> Result<(), CoordinatorError> {
         let store = self.releases.store();
         let state = store.read_namespace(ns).await?;
-        let records = store.health_records(ns).await?;
         let now = now_ms();
         if self.judged.insert(ns.to_string()) {
             telemetry::register_namespace(ns);
@@ -120,7 +125,17 @@ impl Judge {
             self.releases.withdraw_stale_preparation(request).await?;
             return Ok(());
         }
-        record_convergence(ns, &routing, &records);
+        // The convergence gauges read every health record: at 10,000 sidecars that is
+        // megabytes, too much for every tick, and nothing the verdict needs.
+        let due = self
+            .convergence_sampled
+            .get(ns)
+            .is_none_or(|at| now.saturating_sub(*at) >= CONVERGENCE_EVERY_MS);
+        if due {
+            let records = store.health_records(ns).await?;
+            record_convergence(ns, &routing, &records);
+            self.convergence_sampled.insert(ns.to_string(), now);
+        }
         let policy = state.policy();
         let since = now.saturating_sub(policy.window_seconds.saturating_mul(1000));
         metrics::gauge!(telemetry::JUDGE_MIN_REQUESTS, "namespace" => ns.to_string())

@@ -254,24 +254,29 @@ impl Outcomes {
         total
     }
 
-    /// The newest cumulative counts of each version `sidecar` reported in `ns`, for `status`.
-    pub fn reports_of(&self, ns: &str, sidecar: &str) -> Vec<VersionReports> {
+    /// The newest cumulative counts of each version each sidecar reported in `ns`, by sidecar,
+    /// for `status` and the dashboard: one pass over the namespace's series.
+    pub fn reports_by_sidecar(&self, ns: &str) -> HashMap<String, Vec<VersionReports>> {
         let inner = self.lock();
+        let mut reports: HashMap<String, Vec<VersionReports>> = HashMap::new();
         let Some(namespace) = inner.series.get(ns) else {
-            return Vec::new();
+            return reports;
         };
-        let mut reports: Vec<VersionReports> = namespace
-            .iter()
-            .filter(|((id, _), _)| id == sidecar)
-            .filter_map(|((_, version), entry)| {
-                entry.newest().map(|(_, ok, errors)| VersionReports {
-                    version: version.clone(),
-                    ok,
-                    errors,
-                })
-            })
-            .collect();
-        reports.sort_by(|a, b| a.version.cmp(&b.version));
+        for ((sidecar, version), entry) in namespace {
+            if let Some((_, ok, errors)) = entry.newest() {
+                reports
+                    .entry(sidecar.clone())
+                    .or_default()
+                    .push(VersionReports {
+                        version: version.clone(),
+                        ok,
+                        errors,
+                    });
+            }
+        }
+        for versions in reports.values_mut() {
+            versions.sort_by(|a, b| a.version.cmp(&b.version));
+        }
         reports
     }
 

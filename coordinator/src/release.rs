@@ -556,12 +556,13 @@ impl Releases {
         let state = self.store.read_namespace(ns).await?;
         let health = self.store.health_records(ns).await?;
         let routing = state.routing.value.as_ref();
+        // The leader holds the counts; a replica that does not lead has none.
+        let mut reports = self.outcomes.reports_by_sidecar(ns);
         let mut sidecars: Vec<StatusSidecar> = health
             .into_iter()
             .map(|h| StatusSidecar {
                 drift: routing.and_then(|r| drift(&state, r, h.epoch, &h.serving)),
-                // The leader holds the counts; a replica that does not lead has none.
-                reports: self.outcomes.reports_of(ns, &h.id),
+                reports: reports.remove(&h.id).unwrap_or_default(),
                 id: h.id,
                 epoch: h.epoch,
                 serving: h.serving,

@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod chart;
 pub mod feed;
+pub mod fleet;
 pub mod judge_sim;
 pub mod load;
 pub mod propagation;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use switchboard_loadtest::judge_sim::{self, NamedPolicy, SCENARIOS, TableConfig, Timing};
-use switchboard_loadtest::{feed, propagation, read, report, rollback, stage, sync_flip};
+use switchboard_loadtest::{feed, fleet, propagation, read, report, rollback, stage, sync_flip};
 
 /// Switchboard's load tests and simulations.
 #[derive(Parser)]
@@ -42,6 +42,9 @@ enum Scenario {
     Stage(StageArgs),
     /// Time from the first bad report to every sidecar back on the baseline.
     Rollback(RollbackArgs),
+    /// N sidecars in this process whose applications report at a fixed rate: etcd writes and
+    /// growth, the coordinator's CPU and memory, the judge's verdict time, `flip --wait`.
+    Fleet(FleetArgs),
     /// Collects the results in a directory into markdown with SVG charts.
     Report(ReportArgs),
 }
@@ -139,6 +142,27 @@ struct StageArgs {
     /// Percent of the items that the second and third versions change.
     #[arg(long, default_value_t = 1.0)]
     change_percent: f64,
+    #[command(flatten)]
+    output: Output,
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Numbers of sidecars; repeat or separate with commas.
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
+    sidecars: Vec<usize>,
+    /// Reports each sidecar's application makes a second.
+    #[arg(long, default_value_t = 20.0)]
+    reports_per_second: f64,
+    /// Seconds of steady state measured.
+    #[arg(long, default_value_t = 30)]
+    steady_seconds: u64,
+    /// The judge's window.
+    #[arg(long, default_value_t = 10)]
+    window_seconds: u64,
+    /// The judge's least number of the canary's outcomes in its window.
+    #[arg(long, default_value_t = 200)]
+    min_requests: u64,
     #[command(flatten)]
     output: Output,
 }
@@ -275,6 +299,20 @@ fn main() -> ExitCode {
                 };
                 let report = rollback::run(&config, work).await?;
                 Ok((rollback::render(&report), report))
+            }),
+        ),
+        Scenario::Fleet(args) => (
+            "fleet",
+            measured(&args.output, async |work| {
+                let config = fleet::FleetConfig {
+                    sidecar_counts: args.sidecars.clone(),
+                    reports_per_second: args.reports_per_second,
+                    steady_seconds: args.steady_seconds,
+                    window_seconds: args.window_seconds,
+                    min_requests: args.min_requests,
+                };
+                let report = fleet::run(&config, work).await?;
+                Ok((fleet::render(&report), report))
             }),
         ),
         Scenario::Report(args) => (

@@ -11,13 +11,14 @@ use crate::propagation::PropagationReport;
 use crate::read::ReadReport;
 
 /// The scenarios in the order the document shows them.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "read",
     "propagation",
     "sync",
     "feed",
     "stage",
     "rollback",
+    "fleet",
     "judge",
 ];
 

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use switchboard_loadtest::catalog::ChangePattern;
-use switchboard_loadtest::{feed, propagation, read, report, rollback, stage, sync_flip};
+use switchboard_loadtest::{feed, fleet, propagation, read, report, rollback, stage, sync_flip};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn propagation_counts_every_sidecar_on_every_flip() -> Result<()> {
@@ -192,5 +192,31 @@ async fn sync_measures_every_flip_across_every_sidecar() -> Result<()> {
         report.spread.max_us <= report.last_late.max_us,
         "the first switch is at or after the point: {report:?}"
     );
+    Ok(())
+}
+
+/// The fleet scenario at a small size: every row is measured, the applications' reports reach
+/// nothing in etcd, the canary that fails is rolled back, and `flip --wait` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_measures_a_small_fleet() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let config = fleet::FleetConfig {
+        sidecar_counts: vec![20],
+        reports_per_second: 20.0,
+        steady_seconds: 2,
+        window_seconds: 3,
+        // 20 sidecars send a 10% canary about 40 outcomes a second.
+        min_requests: 20,
+    };
+    let report = fleet::run(&config, work.path()).await?;
+    let row = report.rows.first().expect("a row");
+    assert_eq!(row.sidecars, 20);
+    assert!(row.reports_per_second > 100.0, "{row:?}");
+    assert!(row.etcd_writes_per_sidecar_per_second <= 0.05, "{row:?}");
+    assert!(
+        row.verdict_seconds > 0.0 && row.flip_wait_seconds > 0.0,
+        "{row:?}"
+    );
+    assert!(fleet::render(&report).contains("| 20 |"));
     Ok(())
 }

@@ -78,8 +78,10 @@ pub fn health_record(
 impl HealthPublisher {
     /// Runs until `shutdown`, then revokes the lease so that the records go at once.
     pub async fn run(self, shutdown: CancellationToken) {
+        // The lease outlives a failed attempt: the next one keeps it while it lives.
+        let mut lease_id = None;
+        let mut attempt: u64 = 0;
         loop {
-            let mut lease_id = None;
             let result = tokio::select! {
                 () = shutdown.cancelled() => Ok(()),
                 result = self.publish(&mut lease_id) => result,
@@ -95,36 +97,72 @@ impl HealthPublisher {
             if let Err(error) = result {
                 tracing::debug!(%error, "health record not published; retrying");
             }
+            // Spread over a second, so that a fleet that lost etcd at once does not come back
+            // at once.
+            attempt += 1;
+            let jitter = xxhash_rust::xxh3::xxh3_64_with_seed(self.id.as_bytes(), attempt) % 1000;
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(RETRY_AFTER) => {}
+                () = tokio::time::sleep(RETRY_AFTER + Duration::from_millis(jitter)) => {}
             }
         }
     }
 
+    /// One attempt: takes the lease (the one of the attempt before while it lives, else a new
+    /// one), writes every record, then keeps the lease alive and writes what changes. Ends
+    /// with an error when etcd fails it; a keep-alive without an answer is tried again until
+    /// the lease's time to live is over, for etcd under load answers late rather than never.
     async fn publish(&self, lease_id: &mut Option<i64>) -> anyhow::Result<()> {
         let mut client = self.client.clone();
-        let lease = with_timeout(client.lease_grant(LEASE_TTL_SECONDS, None)).await?;
-        *lease_id = Some(lease.id());
-        let (mut keeper, mut responses) = with_timeout(client.lease_keep_alive(lease.id())).await?;
+        let lease = match *lease_id {
+            Some(id) => id,
+            None => {
+                let granted = with_timeout(client.lease_grant(LEASE_TTL_SECONDS, None)).await?;
+                *lease_id = Some(granted.id());
+                granted.id()
+            }
+        };
+        let (mut keeper, mut responses) = with_timeout(client.lease_keep_alive(lease)).await?;
+        let ttl = Duration::from_secs(LEASE_TTL_SECONDS as u64);
+        let mut last_answer = tokio::time::Instant::now();
+        // The lease of an earlier attempt may have expired meanwhile.
+        keeper.keep_alive().await?;
+        match tokio::time::timeout(ttl, responses.message()).await {
+            Ok(Ok(Some(response))) if response.ttl() > 0 => {}
+            Ok(Ok(_)) => {
+                *lease_id = None;
+                anyhow::bail!("lease {lease} expired");
+            }
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => anyhow::bail!("lease {lease}: no answer to a keep-alive"),
+        }
         // What each record said when last written, so that a notification that changed nothing
         // writes nothing.
         let mut written = HashMap::new();
-        self.write_records(lease.id(), &mut written).await?;
+        self.write_records(lease, &mut written).await?;
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {
-                    self.write_records(lease.id(), &mut written).await?;
+                    self.write_records(lease, &mut written).await?;
                 }
                 _ = keep_alive.tick() => {
                     keeper.keep_alive().await?;
                     let answer = tokio::time::timeout(KEEP_ALIVE_EVERY, responses.message()).await;
                     match answer {
-                        Ok(Ok(Some(response))) if response.ttl() > 0 => {}
-                        Ok(Ok(_)) => anyhow::bail!("lease {} expired", lease.id()),
+                        Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                            last_answer = tokio::time::Instant::now();
+                        }
+                        Ok(Ok(_)) => {
+                            *lease_id = None;
+                            anyhow::bail!("lease {lease} expired");
+                        }
                         Ok(Err(error)) => return Err(error.into()),
-                        Err(_) => anyhow::bail!("lease keep-alive got no answer"),
+                        Err(_) if last_answer.elapsed() < ttl => {}
+                        Err(_) => {
+                            *lease_id = None;
+                            anyhow::bail!("lease {lease}: no keep-alive answered for its time to live");
+                        }
                     }
                 }
             }

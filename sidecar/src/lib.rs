@@ -284,6 +284,7 @@ pub async fn run(
                 started_at_ms,
                 access,
                 reports_changed,
+                channel: None,
             };
             let health = health::HealthPublisher {
                 client,

@@ -137,6 +137,9 @@ pub struct OutcomeStreamer {
     pub access: CoordinatorAccess,
     /// Told when an application's report changed a count.
     pub reports_changed: Arc<Notify>,
+    /// A connection to the leader to stream over, instead of one to the URL the leader
+    /// publishes: for simulated fleets, whose sidecars share connections (the loadtest).
+    pub channel: Option<tonic::transport::Channel>,
 }
 
 impl OutcomeStreamer {
@@ -174,22 +177,10 @@ impl OutcomeStreamer {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let url = self.leader_url().await?;
-        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            // A leader whose host vanished without a word is noticed within seconds.
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        if let Some(ca) = &self.access.ca_pem {
-            let mut tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
-            if let Some(name) = &self.access.tls_name {
-                tls = tls.domain_name(name.clone());
-            }
-            endpoint = endpoint.tls_config(tls)?;
-        }
-        let channel = endpoint.connect().await?;
+        let channel = match &self.channel {
+            Some(channel) => channel.clone(),
+            None => self.connect(&url).await?,
+        };
         let mut admin = AdminClient::new(channel);
         let (sender, receiver) = mpsc::channel(QUEUED_MESSAGES);
         let head = |now: Instant| pb::OutcomeReport {
@@ -231,15 +222,40 @@ impl OutcomeStreamer {
                 () = self.reports_changed.notified() => {
                     sampler.take(&self.namespaces).await;
                     let now = Instant::now();
-                    for message in sampler.history.messages(&head(now), Some(sent_up_to), now) {
-                        // A leader that does not keep up is left for another attempt, which
-                        // sends the history again: nothing is lost, and no queue grows.
+                    let messages = sampler.history.messages(&head(now), Some(sent_up_to), now);
+                    // A leader that does not keep up gets these samples with the next ones,
+                    // once its queue has room: nothing is lost, no queue grows, and a busy
+                    // leader is not sent the whole history again.
+                    if sender.capacity() < messages.len() {
+                        continue;
+                    }
+                    for message in messages {
                         sender.try_send(message)?;
                     }
                     sent_up_to = sampler.last;
                 }
             }
         }
+    }
+
+    /// A connection to the leader at `url`, over TLS when a CA is given.
+    async fn connect(&self, url: &str) -> anyhow::Result<tonic::transport::Channel> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            // A leader whose host vanished without a word is noticed within seconds.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        if let Some(ca) = &self.access.ca_pem {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            if let Some(name) = &self.access.tls_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint.connect().await?)
     }
 
     /// The leader's URL: the election names it, its replica key says where it is.

@@ -1,0 +1,424 @@
+//! The `fleet` scenario (issue 17): N sidecars in this process whose applications report at a
+//! fixed rate, against one etcd member and one coordinator. It measures what the fleet costs in
+//! steady state (etcd writes a second, etcd's growth, the coordinator's CPU and memory), how
+//! soon the judge rolls a failing canary back, and how long `flip --wait` takes.
+//!
+//! Each simulated sidecar runs the sidecar's own pieces: the sync loop (an etcd watch), the
+//! lease-bound health record, and the outcome stream to the leader. They share connections in
+//! groups of [`PER_CONNECTION`]: one etcd client per group (as an etcd gRPC proxy tier would
+//! coalesce their watches) and one HTTP/2 connection to the coordinator per group, over which
+//! each sidecar's outcome stream is a stream of its own. Everything shares this machine's two
+//! cores, the coordinator and etcd included, so the figures are an upper bound of the cost.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use switchboard_proto::Keys;
+use switchboard_proto::time::now_ms;
+use switchboard_sidecar::health::HealthPublisher;
+use switchboard_sidecar::namespace::Namespace;
+use switchboard_sidecar::outcomes::{CoordinatorAccess, OutcomeStreamer};
+use switchboard_sidecar::sync::NamespaceSync;
+use switchboard_tests::{TestEnv, wait_until};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog;
+
+pub const NAMESPACE: &str = "bench";
+/// Sidecars per etcd client and per connection to the coordinator (whose HTTP/2 connections
+/// take 64 streams each).
+pub const PER_CONNECTION: usize = 50;
+const DEADLINE: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    pub sidecar_counts: Vec<usize>,
+    /// Reports each sidecar's application makes a second.
+    pub reports_per_second: f64,
+    /// Seconds of steady state measured.
+    pub steady_seconds: u64,
+    /// The judge's window.
+    pub window_seconds: u64,
+    /// The judge's least number of the canary's outcomes in its window.
+    pub min_requests: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetReport {
+    pub reports_per_second: f64,
+    pub steady_seconds: u64,
+    pub window_seconds: u64,
+    pub rows: Vec<FleetRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetRow {
+    pub sidecars: usize,
+    /// Reports the applications made a second, all sidecars together, in steady state.
+    pub reports_per_second: f64,
+    pub etcd_writes_per_second: f64,
+    pub etcd_writes_per_sidecar_per_second: f64,
+    /// etcd's database growth in steady state, extrapolated to an hour.
+    pub etcd_growth_mb_per_hour: f64,
+    /// The coordinator's CPU in steady state, in percent of one core.
+    pub coordinator_cpu_percent: f64,
+    pub coordinator_rss_mb: f64,
+    /// From the first bad report of a failing canary to the judge's rollback committed.
+    pub verdict_seconds: f64,
+    /// `sbctl flip --wait`: from the command to every sidecar on the new epoch.
+    pub flip_wait_seconds: f64,
+    /// Seconds until every sidecar served and streamed.
+    pub start_seconds: f64,
+}
+
+pub async fn run(config: &FleetConfig, work: &std::path::Path) -> Result<FleetReport> {
+    let mut rows = Vec::new();
+    for &count in &config.sidecar_counts {
+        eprintln!("fleet: {count} sidecars");
+        rows.push(measure(config, count, work).await?);
+    }
+    Ok(FleetReport {
+        reports_per_second: config.reports_per_second,
+        steady_seconds: config.steady_seconds,
+        window_seconds: config.window_seconds,
+        rows,
+    })
+}
+
+/// One simulated sidecar: its namespace and the notification of its reports.
+struct Simulated {
+    namespace: Arc<Namespace>,
+    reports_changed: Arc<Notify>,
+}
+
+async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> Result<FleetRow> {
+    // Every simulated sidecar and sbctl come from one address here, which the per-address
+    // rate limit would count as one caller: off, as thousands of hosts would not share it.
+    let env = TestEnv::start_with_coordinator(&[NAMESPACE], &["--rate-limit-per-second", "0"], &[])
+        .await?;
+    let sbctl = env.sbctl().timeout(Duration::from_secs(120));
+    let window = config.window_seconds.to_string();
+    sbctl
+        .run(&[
+            "policy",
+            "set",
+            NAMESPACE,
+            "--bake",
+            "0",
+            "--window",
+            &window,
+            "--min-requests",
+            &config.min_requests.to_string(),
+            "--max-error-rate",
+            "0.05",
+        ])
+        .await?
+        .ensure_success()?;
+    let mut versions = Vec::new();
+    for generation in 0..2 {
+        let path = work.join(format!("fleet-{count}-{generation}.json"));
+        catalog::write_generation(&path, 20, generation)?;
+        let staged = catalog::stage(&sbctl, NAMESPACE, &path, "fleet benchmark").await?;
+        let version = staged["version"]
+            .as_str()
+            .with_context(|| format!("stage answered without a version: {staged}"))?;
+        versions.push(version.to_string());
+        if generation == 0 {
+            sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
+        }
+    }
+    let (v1, v2) = (versions[0].clone(), versions[1].clone());
+
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
+    let keys = Keys::new(env.prefix());
+    let started = Instant::now();
+    let mut fleet = Vec::with_capacity(count);
+    for group in 0..count.div_ceil(PER_CONNECTION) {
+        let client = etcd_client::Client::connect([env.etcd_endpoints().as_str()], None)
+            .await
+            .context("connecting a group of sidecars to etcd")?;
+        let channel = tonic::transport::Endpoint::from_shared(env.coordinator.grpc_url())?
+            .connect()
+            .await
+            .context("connecting a group of sidecars to the coordinator")?;
+        for index in group * PER_CONNECTION..count.min((group + 1) * PER_CONNECTION) {
+            fleet.push(start_sidecar(index, &client, &channel, &keys, &stop));
+        }
+    }
+    let epoch = catalog::epoch(&sbctl, NAMESPACE).await?;
+    wait_until(DEADLINE, "every sidecar serving", async || {
+        Ok(fleet.iter().all(|s| {
+            s.namespace
+                .current()
+                .is_some_and(|snapshot| snapshot.routing.epoch >= epoch)
+        }))
+    })
+    .await?;
+    let metrics_url = format!("{}/metrics", env.coordinator.http_url());
+    let streams = format!("switchboard_outcome_streams {count}");
+    wait_until(
+        DEADLINE,
+        "every sidecar streaming to the leader",
+        async || {
+            Ok(reqwest::get(&metrics_url)
+                .await?
+                .text()
+                .await?
+                .contains(&streams))
+        },
+    )
+    .await?;
+    let start_seconds = started.elapsed().as_secs_f64();
+
+    // Steady state: every application reports its version's outcomes, all fine.
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reports = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reporters = report_forever(
+        &fleet,
+        config.reports_per_second,
+        (v1.clone(), v2.clone()),
+        healthy.clone(),
+        reports.clone(),
+        &stop,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut etcd = env.etcd_client().await?;
+    let coordinator = env.coordinator.pid();
+    let before = (
+        revision(&mut etcd).await?,
+        db_size(&mut etcd).await?,
+        cpu_ticks(coordinator)?,
+        reports.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let steady = Instant::now();
+    tokio::time::sleep(Duration::from_secs(config.steady_seconds)).await;
+    let seconds = steady.elapsed().as_secs_f64();
+    let writes = (revision(&mut etcd).await? - before.0) as f64;
+    let growth = (db_size(&mut etcd).await? - before.1) as f64;
+    let cpu = (cpu_ticks(coordinator)? - before.2) as f64 / ticks_per_second() as f64;
+    let reported = (reports.load(std::sync::atomic::Ordering::Relaxed) - before.3) as f64;
+    let rss_mb = rss_kb(coordinator)? as f64 / 1024.0;
+
+    // A failing canary: the applications that get v2 see half their requests fail.
+    sbctl
+        .run(&["canary", NAMESPACE, "10"])
+        .await?
+        .ensure_success()?;
+    let canary_epoch = catalog::epoch(&sbctl, NAMESPACE).await?;
+    wait_until(DEADLINE, "every sidecar on the canary", async || {
+        Ok(fleet.iter().all(|s| {
+            s.namespace
+                .current()
+                .is_some_and(|snapshot| snapshot.routing.epoch >= canary_epoch)
+        }))
+    })
+    .await?;
+    let regression = Instant::now();
+    healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    // Routing read from etcd, not through `status`, which would read every health record.
+    let routing_key = keys.routing(NAMESPACE);
+    wait_until(DEADLINE, "the judge to roll the canary back", async || {
+        let response = etcd.get(routing_key.as_str(), None).await?;
+        let routing: serde_json::Value = response
+            .kvs()
+            .first()
+            .map(|kv| serde_json::from_slice(kv.value()))
+            .transpose()?
+            .unwrap_or_default();
+        let canary_gone = routing["canary"].is_null() || routing["canary"]["weight_bp"] == 0;
+        Ok(routing["epoch"].as_u64().unwrap_or(0) > canary_epoch && canary_gone)
+    })
+    .await?;
+    let verdict_seconds = regression.elapsed().as_secs_f64();
+    healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let flipping = Instant::now();
+    sbctl
+        .run(&["flip", NAMESPACE, "--wait", "--timeout", "120"])
+        .await?
+        .ensure_success()?;
+    let flip_wait_seconds = flipping.elapsed().as_secs_f64();
+    stop.cancel();
+    reporters.abort();
+    Ok(FleetRow {
+        sidecars: count,
+        reports_per_second: reported / seconds,
+        etcd_writes_per_second: writes / seconds,
+        etcd_writes_per_sidecar_per_second: writes / seconds / count as f64,
+        etcd_growth_mb_per_hour: growth / seconds * 3600.0 / 1e6,
+        coordinator_cpu_percent: cpu / seconds * 100.0,
+        coordinator_rss_mb: rss_mb,
+        verdict_seconds,
+        flip_wait_seconds,
+        start_seconds,
+    })
+}
+
+/// A sidecar's sync loop, health record and outcome stream, on its group's connections.
+fn start_sidecar(
+    index: usize,
+    client: &etcd_client::Client,
+    channel: &tonic::transport::Channel,
+    keys: &Keys,
+    stop: &CancellationToken,
+) -> Simulated {
+    let id = format!("fleet-{index:05}");
+    let namespace = Namespace::new(NAMESPACE);
+    let dirty = Arc::new(Notify::new());
+    let reports_changed = Arc::new(Notify::new());
+    let sync = NamespaceSync::new(
+        client.clone(),
+        keys.clone(),
+        namespace.clone(),
+        dirty.clone(),
+    );
+    tokio::spawn(sync.run(stop.clone()));
+    let health = HealthPublisher {
+        client: client.clone(),
+        keys: keys.clone(),
+        id: id.clone(),
+        namespaces: vec![namespace.clone()],
+        started_at_ms: now_ms(),
+        dirty,
+    };
+    tokio::spawn(health.run(stop.clone()));
+    let streamer = OutcomeStreamer {
+        client: client.clone(),
+        keys: keys.clone(),
+        id,
+        namespaces: vec![namespace.clone()],
+        started_at_ms: now_ms(),
+        access: CoordinatorAccess::default(),
+        reports_changed: reports_changed.clone(),
+        channel: Some(channel.clone()),
+    };
+    tokio::spawn(streamer.run(stop.clone()));
+    Simulated {
+        namespace,
+        reports_changed,
+    }
+}
+
+/// Every sidecar's application reports `rate` times a second: a success of the version it was
+/// served, or, while `healthy` is false, a failure every other time it was served the canary.
+fn report_forever(
+    fleet: &[Simulated],
+    rate: f64,
+    (active, canary): (String, String),
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+    reports: Arc<std::sync::atomic::AtomicU64>,
+    stop: &CancellationToken,
+) -> tokio::task::AbortHandle {
+    let targets: Vec<(Arc<Namespace>, Arc<Notify>)> = fleet
+        .iter()
+        .map(|s| (s.namespace.clone(), s.reports_changed.clone()))
+        .collect();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut round: u64 = 0;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            round += 1;
+            let failing = !healthy.load(std::sync::atomic::Ordering::Relaxed);
+            for (index, (namespace, changed)) in targets.iter().enumerate() {
+                // A tenth of the applications' requests go to the canary while there is one,
+                // as a 10% canary would send them.
+                let on_canary = (index as u64 + round).is_multiple_of(10)
+                    && namespace
+                        .current()
+                        .is_some_and(|s| s.routing.live_canary().is_some());
+                let (version, errors) = if on_canary {
+                    (&canary, u64::from(failing && round.is_multiple_of(2)))
+                } else {
+                    (&active, 0)
+                };
+                if namespace.report(version, 1 - errors, errors).is_ok() {
+                    reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    changed.notify_one();
+                }
+            }
+        }
+    })
+    .abort_handle()
+}
+
+async fn revision(client: &mut etcd_client::Client) -> Result<i64> {
+    let response = client.get("/", None).await?;
+    Ok(response.header().context("no header")?.revision())
+}
+
+async fn db_size(client: &mut etcd_client::Client) -> Result<i64> {
+    Ok(client.status().await?.db_size())
+}
+
+/// The process's user and system CPU time, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("an unexpected /proc/PID/stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n)
+            .context("a short /proc/PID/stat")?
+            .parse()
+            .context("a field of /proc/PID/stat")
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the command.
+    Ok(field(11)? + field(12)?)
+}
+
+fn ticks_per_second() -> u64 {
+    // Linux has reported 100 on every architecture Switchboard runs on.
+    100
+}
+
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no VmRSS in /proc/PID/status")?
+        .parse()
+        .context("VmRSS")
+}
+
+pub fn render(report: &FleetReport) -> String {
+    let mut out = format!(
+        "fleet: sidecars in one process (sharing etcd and coordinator connections by {PER_CONNECTION}), \
+         each application reporting {} times a second; judge window {} s; steady state measured over {} s\n\n\
+         | sidecars | reports/s | etcd writes/s | per sidecar/s | etcd growth MB/h | coordinator CPU | coordinator RSS | verdict | flip --wait | start |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        report.reports_per_second, report.window_seconds, report.steady_seconds
+    );
+    for row in &report.rows {
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {:.4} | {:.2} | {:.0}% | {:.0} MB | {:.1} s | {:.1} s | {:.0} s |\n",
+            row.sidecars,
+            row.reports_per_second,
+            row.etcd_writes_per_second,
+            row.etcd_writes_per_sidecar_per_second,
+            row.etcd_growth_mb_per_hour,
+            row.coordinator_cpu_percent,
+            row.coordinator_rss_mb,
+            row.verdict_seconds,
+            row.flip_wait_seconds,
+            row.start_seconds,
+        ));
+    }
+    out
+}
