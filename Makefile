@@ -40,7 +40,7 @@ test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --no-fail-fast
 
-# Every benchmark scenario at the sizes of BENCHMARKS.md, with release binaries: about 17 minutes
+# Every benchmark scenario at the sizes of BENCHMARKS.md, with release binaries: about 15 minutes
 # here. Each writes bench/<scenario>.json and its table; bench/RESULTS.md gathers the tables
 # with SVG charts, for BENCHMARKS.md.
 BENCH_DIR ?= bench

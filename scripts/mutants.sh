@@ -70,6 +70,9 @@ audit chain: head matches	coordinator/src/audit.rs	-	&& (head.seq != raw.len() a
 outcomes: only the leader takes them	coordinator/src/grpc.rs	async fn report_outcomes(	if !*leading.borrow_and_update() {	if false {	-p switchboard-tests --test judge -- --exact outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else
 outcomes: a reporter does nothing else	coordinator/src/auth.rs	-	Role::Reporter => rpc == ReportOutcomes,	Role::Reporter => true,	-p switchboard-tests --test judge -- --exact outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else
 judge: significance	proto/src/judge.rs	-	Some(z) if z <= Z_THRESHOLD => verdict(	Some(z) if false => verdict(	-p switchboard-proto --lib -- --exact judge::tests::a_healthy_canary_passes_even_when_noisy
+health: a lease etcd forgot is dropped	sidecar/src/health.rs	-	if lease_is_gone(&error) {	if false {	-p switchboard-tests --test sidecar -- --exact a_health_publisher_whose_lease_etcd_forgot_takes_a_new_one
+rate limit: outcome streams by address	coordinator/src/auth.rs	-	let caller = if rpc == Rpc::ReportOutcomes {	let caller = if false {	-p switchboard-coordinator --lib -- --exact grpc::tests::outcome_streams_are_rate_limited_by_address_and_the_rest_by_user
+convergence: the sidecars behind	coordinator/src/convergence.rs	fn update(	Some(record) if record.epoch < self.epoch =>	Some(_) =>	-p switchboard-tests --test judge -- --exact wait_for_epoch_follows_the_sidecars_and_names_those_behind
 EOF
 )
 

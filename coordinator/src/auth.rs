@@ -127,10 +127,11 @@ pub enum Rpc {
     SetContract,
     ApproveContract,
     ReportOutcomes,
+    WaitForEpoch,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 20] = [
+    pub const ALL: [Rpc; 21] = [
         Rpc::Status,
         Rpc::GetManifest,
         Rpc::GetChunks,
@@ -151,6 +152,7 @@ impl Rpc {
         Rpc::SetContract,
         Rpc::ApproveContract,
         Rpc::ReportOutcomes,
+        Rpc::WaitForEpoch,
     ];
 
     /// The RPC's name in `switchboard.proto`, as the audit trail records it.
@@ -176,6 +178,7 @@ impl Rpc {
             Rpc::SetContract => "SetContract",
             Rpc::ApproveContract => "ApproveContract",
             Rpc::ReportOutcomes => "ReportOutcomes",
+            Rpc::WaitForEpoch => "WaitForEpoch",
         }
     }
 
@@ -200,6 +203,7 @@ impl Rpc {
             Rpc::SetContract => format!("set the contract of {ns}"),
             Rpc::ApproveContract => format!("approve contracts of {ns}"),
             Rpc::ReportOutcomes => "report the outcomes of a sidecar's applications".into(),
+            Rpc::WaitForEpoch => format!("wait for the sidecars of {ns}"),
         }
     }
 }
@@ -209,7 +213,15 @@ pub fn role_permits(role: Role, rpc: Rpc) -> bool {
     use Rpc::*;
     let read = matches!(
         rpc,
-        Status | GetManifest | GetChunks | Audit | GetPolicy | History | CheckGates | GetContract
+        Status
+            | GetManifest
+            | GetChunks
+            | Audit
+            | GetPolicy
+            | History
+            | CheckGates
+            | GetContract
+            | WaitForEpoch
     );
     match role {
         Role::Viewer => read,
@@ -698,7 +710,15 @@ impl Gate {
         if !self.rate_limit.is_on() {
             return Ok(());
         }
-        let caller = self.caller(credentials);
+        // Every sidecar of a fleet streams its outcomes with the one reporter credential, and
+        // after a failover thousands open their streams to the new leader at once: counted by
+        // the credential they would be one caller, refused for minutes. Each sidecar's address
+        // is its own caller instead; the credential can do nothing else.
+        let caller = if rpc == Rpc::ReportOutcomes {
+            CallerKey::peer(credentials.peer)
+        } else {
+            self.caller(credentials)
+        };
         let now = Instant::now();
         let Err(limited) = self.rate_limit.check(&caller, now) else {
             return Ok(());
@@ -973,6 +993,11 @@ mod tests {
     }
 
     #[test]
+    fn wait_for_epoch_is_for_every_role() {
+        assert_eq!(allowed(Rpc::WaitForEpoch), [true, true, true, true]);
+    }
+
+    #[test]
     fn get_manifest_is_for_every_role() {
         assert_eq!(allowed(Rpc::GetManifest), [true, true, true, true]);
     }
@@ -1054,7 +1079,7 @@ mod tests {
 
     #[test]
     fn every_rpc_is_in_the_table_and_admins_may_do_everything() {
-        assert_eq!(Rpc::ALL.len(), 20);
+        assert_eq!(Rpc::ALL.len(), 21);
         for rpc in Rpc::ALL {
             assert!(role_permits(Role::Admin, rpc), "{rpc:?}");
             assert!(!roles_that_permit(rpc).is_empty());

@@ -51,6 +51,9 @@ pub enum CoordinatorError {
     Etcd(#[from] etcd_client::Error),
     #[error("etcd did not answer within {0:?}")]
     EtcdTimeout(std::time::Duration),
+    /// This replica is shutting down: ask another.
+    #[error("{0}")]
+    ShuttingDown(String),
 }
 
 pub type Result<T, E = CoordinatorError> = std::result::Result<T, E>;
@@ -81,7 +84,9 @@ impl CoordinatorError {
             {
                 Code::InvalidArgument
             }
-            CoordinatorError::Etcd(_) | CoordinatorError::EtcdTimeout(_) => Code::Unavailable,
+            CoordinatorError::Etcd(_)
+            | CoordinatorError::EtcdTimeout(_)
+            | CoordinatorError::ShuttingDown(_) => Code::Unavailable,
         }
     }
 
@@ -132,6 +137,9 @@ impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         // Errors are logged here, where they are handled, and not where they are passed up.
         match error.grpc_code() {
+            _ if matches!(error, CoordinatorError::ShuttingDown(_)) => {
+                tracing::info!(%error, "request ended by the shutdown")
+            }
             tonic::Code::Unavailable | tonic::Code::DataLoss | tonic::Code::Internal => {
                 tracing::error!(%error, "request failed")
             }

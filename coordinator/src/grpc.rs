@@ -402,6 +402,7 @@ fn parse_slot(slot: &str) -> Result<Slot, Status> {
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChunkData, Status>> + Send>>;
+type EpochWaitStream = Pin<Box<dyn Stream<Item = Result<pb::EpochWaitProgress, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -1021,6 +1022,51 @@ impl Admin for AdminService {
         }
         ended
     }
+
+    type WaitForEpochStream = EpochWaitStream;
+
+    async fn wait_for_epoch(
+        &self,
+        request: Request<pb::WaitForEpochRequest>,
+    ) -> Result<Response<Self::WaitForEpochStream>, Status> {
+        self.admit(&request, Rpc::WaitForEpoch, &request.get_ref().namespace)
+            .await?;
+        let request = request.into_inner();
+        let ns = request.namespace;
+        switchboard_proto::keys::validate_namespace(&ns).map_err(Status::invalid_argument)?;
+        let timeout = Duration::from_millis(request.timeout_ms);
+        if timeout > crate::convergence::MAX_EPOCH_WAIT {
+            return Err(Status::invalid_argument(format!(
+                "a wait of {timeout:?} is longer than the {:?} allowed",
+                crate::convergence::MAX_EPOCH_WAIT
+            )));
+        }
+        let (progress, progressed) = tokio::sync::mpsc::channel::<pb::EpochWaitProgress>(4);
+        let (failed, failure) = tokio::sync::oneshot::channel::<Status>();
+        let store = self.releases.store().clone();
+        let shutdown = self.shutdown.clone();
+        // The wait ends when every live sidecar is on the epoch, at the timeout, when the
+        // client goes away (the response stream drops `progressed`) or when the server shuts
+        // down; an error follows the progress as the stream's last item.
+        self.tasks.spawn(async move {
+            let waited = crate::convergence::wait_for_epoch(
+                &store,
+                &ns,
+                request.epoch,
+                timeout,
+                progress,
+                &shutdown,
+            )
+            .await;
+            if let Err(error) = waited {
+                let _ = failed.send(Status::from(error));
+            }
+        });
+        let messages = tokio_stream::wrappers::ReceiverStream::new(progressed).map(Ok);
+        let failure = futures::stream::once(failure)
+            .filter_map(|failure| async move { failure.ok().map(Err) });
+        Ok(Response::new(Box::pin(messages.chain(failure))))
+    }
 }
 
 /// Why a replica that does not lead refuses or ends an outcome stream: the sidecar looks up
@@ -1127,6 +1173,37 @@ mod tests {
             .expect("a lazy client");
         let store = crate::store::Store::new(client, switchboard_proto::Keys::new("/t"));
         Gate::new(Some(users), Releases::new(store))
+    }
+
+    /// Thousands of sidecars share one reporter credential: their outcome streams are counted
+    /// by each sidecar's address, so that a fleet that reconnects to a new leader at once is
+    /// not refused as one caller. Every other RPC is counted by the user, from wherever.
+    #[tokio::test]
+    async fn outcome_streams_are_rate_limited_by_address_and_the_rest_by_user() {
+        use crate::limits::{Rate, RateLimiter};
+        let gate = gate().await.with_rate_limit(RateLimiter::new(Rate {
+            per_second: 0.001,
+            burst: 1.0,
+        }));
+        let from = |host: u8| crate::auth::Credentials {
+            authorization: Some("Bearer bob-token".into()),
+            claimed_actor: None,
+            peer: Some(std::net::IpAddr::from([10, 0, 0, host])),
+        };
+        gate.limit(&from(1), Rpc::ReportOutcomes)
+            .expect("the first stream from 10.0.0.1");
+        gate.limit(&from(2), Rpc::ReportOutcomes)
+            .expect("a stream from another sidecar, with the same credential");
+        assert!(
+            gate.limit(&from(1), Rpc::ReportOutcomes).is_err(),
+            "a second stream from 10.0.0.1 within the allowance"
+        );
+        gate.limit(&from(3), Rpc::Status)
+            .expect("bob's first status");
+        assert!(
+            gate.limit(&from(4), Rpc::Status).is_err(),
+            "bob's second status, from another address"
+        );
     }
 
     /// The service behind the layer counts the requests that reach it; it never reads a body.

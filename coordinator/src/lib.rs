@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod capacity;
 pub mod contract;
+pub mod convergence;
 pub mod crash;
 pub mod dashboard;
 pub mod dev_etcd;
@@ -95,6 +96,11 @@ pub struct Args {
     /// Requests one caller may make at once above that rate (at least 1).
     #[arg(long, default_value_t = limits::DEFAULT_BURST, value_name = "N", value_parser = burst)]
     pub rate_limit_burst: f64,
+    /// The most connections each listener (gRPC, HTTP) holds at once; fewer when the
+    /// descriptor limit does not allow as many. The leader holds one per sidecar (its outcome
+    /// stream): raise it, with the descriptor limit, for a fleet of more than 4,096 sidecars.
+    #[arg(long, default_value_t = switchboard_runtime::connections::MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
     /// etcd's `--quota-backend-bytes`, against which stages are checked before anything is
     /// written (etcd 3.6 reports its quota itself, and then that wins).
     #[arg(long, env = "SWITCHBOARD_ETCD_QUOTA_BYTES", default_value_t = capacity::DEFAULT_QUOTA_BYTES, value_name = "BYTES")]
@@ -247,7 +253,7 @@ async fn serve(
         .with_context(|| format!("cannot listen on {} (--http)", args.http))?;
     tracing::info!(grpc = %args.listen, http = %args.http, etcd = %args.etcd.join(","), prefix = %args.prefix, "coordinator serving");
     // The two listeners share the descriptors that the process may open.
-    let limits = switchboard_runtime::connections::limits_for_this_process(2);
+    let limits = switchboard_runtime::connections::limits_for_this_process(2, args.max_connections);
     match (&users, &args.auth) {
         (Some(users), Some(path)) => tracing::info!(
             users = users.users().len(),

@@ -13,19 +13,20 @@ use switchboard_proto::bucket::percent;
 use switchboard_proto::judge::Verdict;
 use switchboard_proto::time::{now_ms, rfc3339_ms};
 use switchboard_proto::{
-    BUCKETS, Canary, Policy, Rollout, RolloutState, Routing, RoutingChange, Slot, SlotRef,
-    SlotState, SlotVersion, SyncPrepared,
+    BUCKETS, Canary, HealthRecord, Policy, Rollout, RolloutState, Routing, RoutingChange, Slot,
+    SlotRef, SlotState, SlotVersion, SyncPrepared,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::audit;
+use crate::convergence::HealthView;
 use crate::crash;
 use crate::error::{CoordinatorError, Result};
 use crate::release::{
     Actor, AuditedChange, BeginStage, MAX_ATTEMPTS, Releases, append_audit_record, busy,
     check_namespace, to_json, unique,
 };
-use crate::store::{NamespaceState, parse_health_records, parse_record, unchanged};
+use crate::store::{NamespaceState, parse_record, unchanged};
 
 /// The leader's claim: its key under the election name, and the revision that created it. A
 /// leader whose lease expired has lost that key, and every write fenced with it fails.
@@ -389,23 +390,20 @@ impl Releases {
         // Watched, not polled: each acknowledgement wakes the wait as etcd delivers it, and
         // etcd is not asked for every health record again and again while a fleet loads.
         let keys = self.store().keys();
-        let mut health = self
-            .store()
-            .watch_records(&keys.health_prefix(ns), true)
-            .await?;
+        let mut health = HealthView::open(self.store(), ns).await?;
         let mut routing_key = self.store().watch_records(&keys.routing(ns), false).await?;
+        let acknowledged = |record: &HealthRecord| {
+            record.epoch >= prepare_epoch
+                && record.prepared.as_deref() == Some(target.manifest.as_str())
+        };
         loop {
-            let records = parse_health_records(health.values());
-            let (mut done, mut waiting): (Vec<_>, Vec<_>) =
-                records.into_iter().partition(|record| {
-                    record.epoch >= prepare_epoch
-                        && record.prepared.as_deref() == Some(target.manifest.as_str())
-                });
-            if waiting.is_empty() {
-                let mut ids: Vec<String> = done.drain(..).map(|r| r.id).collect();
+            let waiting = health.records().filter(|r| !acknowledged(r)).count();
+            if waiting == 0 {
+                let mut ids: Vec<String> = health.records().map(|r| r.id.clone()).collect();
                 ids.sort();
                 return Ok(ids);
             }
+            let live = health.len();
             let routing: Option<Routing> = routing_key
                 .values()
                 .next()
@@ -421,25 +419,25 @@ impl Releases {
                 () = tokio::time::sleep_until(deadline) => true,
                 () = stop.cancelled() => {
                     return Err(CoordinatorError::Refused(format!(
-                        "the synchronized flip of {ns} to version {} is stopped: this coordinator is shutting down while {} of {} live sidecars have not acknowledged the prepared set; the preparation was withdrawn and nobody was moved; flip again through another coordinator",
+                        "the synchronized flip of {ns} to version {} is stopped: this coordinator is shutting down while {waiting} of {live} live sidecars have not acknowledged the prepared set; the preparation was withdrawn and nobody was moved; flip again through another coordinator",
                         target.version,
-                        waiting.len(),
-                        waiting.len() + done.len(),
                     )));
                 }
             };
             if timed_out {
-                waiting.sort_by(|a, b| a.id.cmp(&b.id));
-                let names: Vec<String> = waiting
+                let mut names: Vec<(&str, u64)> = health
+                    .records()
+                    .filter(|r| !acknowledged(r))
+                    .map(|r| (r.id.as_str(), r.epoch))
+                    .collect();
+                names.sort();
+                let names: Vec<String> = names
                     .iter()
-                    .map(|r| format!("{} (epoch {})", r.id, r.epoch))
+                    .map(|(id, epoch)| format!("{id} (epoch {epoch})"))
                     .collect();
                 return Err(CoordinatorError::Refused(format!(
-                    "the synchronized flip of {ns} to version {} is refused: {} of {} live sidecars did not acknowledge the prepared set within {:?}: {}; the preparation was withdrawn and nobody was moved",
+                    "the synchronized flip of {ns} to version {} is refused: {waiting} of {live} live sidecars did not acknowledge the prepared set within {timeout:?}: {}; the preparation was withdrawn and nobody was moved",
                     target.version,
-                    waiting.len(),
-                    waiting.len() + done.len(),
-                    timeout,
                     names.join(", ")
                 )));
             }

@@ -545,9 +545,9 @@ impl WatchedRecords {
         self.values.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
-    /// Waits for the next changes and applies them. A watch that etcd ends or cancels is an
-    /// error: the caller cannot know what it missed.
-    pub async fn changed(&mut self) -> Result<()> {
+    /// Waits for the next changes and applies them; returns the keys they put or deleted. A
+    /// watch that etcd ends or cancels is an error: the caller cannot know what it missed.
+    pub async fn changed(&mut self) -> Result<Vec<String>> {
         let message =
             self.stream.message().await?.ok_or_else(|| {
                 CoordinatorError::Conflict("etcd ended a watch; try again".into())
@@ -558,19 +558,26 @@ impl WatchedRecords {
                 message.cancel_reason()
             )));
         }
+        let mut changed = Vec::with_capacity(message.events().len());
         for event in message.events() {
             let Some(kv) = event.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             match event.event_type() {
                 EventType::Put => {
-                    self.values.insert(key, kv.value().to_vec());
+                    self.values.insert(key.clone(), kv.value().to_vec());
                 }
                 EventType::Delete => {
                     self.values.remove(&key);
                 }
             }
+            changed.push(key);
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// The value of `key` as of the last change applied.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.values.get(key).map(Vec::as_slice)
     }
 }
 

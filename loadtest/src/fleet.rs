@@ -21,7 +21,7 @@ use switchboard_sidecar::health::HealthPublisher;
 use switchboard_sidecar::namespace::Namespace;
 use switchboard_sidecar::outcomes::{CoordinatorAccess, OutcomeStreamer};
 use switchboard_sidecar::sync::NamespaceSync;
-use switchboard_tests::{TestEnv, wait_until};
+use switchboard_tests::{TestEnv, wait_for, wait_until};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,10 @@ pub const NAMESPACE: &str = "bench";
 /// take 64 streams each).
 pub const PER_CONNECTION: usize = 50;
 const DEADLINE: Duration = Duration::from_secs(300);
+/// Sidecars started a second, as a fleet rolls out: 10,000 started at one instant make one
+/// etcd member on this machine fall behind on lease renewals until leases expire (see
+/// BENCHMARKS.md, "fleet").
+pub const STARTS_PER_SECOND: usize = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
@@ -68,8 +72,30 @@ pub struct FleetRow {
     pub coordinator_rss_mb: f64,
     /// From the first bad report of a failing canary to the judge's rollback committed.
     pub verdict_seconds: f64,
-    /// `sbctl flip --wait`: from the command to every sidecar on the new epoch.
+    /// `sbctl flip --wait` after a canary, to the set every sidecar holds: from the command to
+    /// every sidecar on the new epoch.
     pub flip_wait_seconds: f64,
+    /// From the same command to every sidecar serving the new epoch, as seen in this process:
+    /// the part of `flip --wait` that is the data plane's.
+    #[serde(default)]
+    pub flip_applied_seconds: f64,
+    /// From the same command to every health record in etcd on the new epoch, as a watcher of
+    /// etcd sees them.
+    #[serde(default)]
+    pub flip_acknowledged_seconds: f64,
+    /// `sbctl flip --wait` to a set no sidecar holds (the canary rolled back), which each loads
+    /// from etcd.
+    #[serde(default)]
+    pub cold_flip_wait_seconds: f64,
+    #[serde(default)]
+    pub cold_flip_applied_seconds: f64,
+    /// Health records in etcd at the end of the steady state: every sidecar's, unless etcd
+    /// let leases expire.
+    #[serde(default)]
+    pub live_records: usize,
+    /// One `sbctl status --json`, which names every live sidecar.
+    #[serde(default)]
+    pub status_seconds: f64,
     /// Seconds until every sidecar served and streamed.
     pub start_seconds: f64,
 }
@@ -117,20 +143,15 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
         ])
         .await?
         .ensure_success()?;
-    let mut versions = Vec::new();
-    for generation in 0..2 {
+    let stage = async |generation: usize| -> Result<()> {
         let path = work.join(format!("fleet-{count}-{generation}.json"));
         catalog::write_generation(&path, 20, generation)?;
-        let staged = catalog::stage(&sbctl, NAMESPACE, &path, "fleet benchmark").await?;
-        let version = staged["version"]
-            .as_str()
-            .with_context(|| format!("stage answered without a version: {staged}"))?;
-        versions.push(version.to_string());
-        if generation == 0 {
-            sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
-        }
-    }
-    let (v1, v2) = (versions[0].clone(), versions[1].clone());
+        catalog::stage(&sbctl, NAMESPACE, &path, "fleet benchmark").await?;
+        Ok(())
+    };
+    stage(0).await?;
+    sbctl.run(&["flip", NAMESPACE]).await?.ensure_success()?;
+    stage(1).await?;
 
     let stop = CancellationToken::new();
     let _stop_on_return = stop.clone().drop_guard();
@@ -148,14 +169,15 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
         for index in group * PER_CONNECTION..count.min((group + 1) * PER_CONNECTION) {
             fleet.push(start_sidecar(index, &client, &channel, &keys, &stop));
         }
+        tokio::time::sleep(Duration::from_secs_f64(
+            PER_CONNECTION as f64 / STARTS_PER_SECOND as f64,
+        ))
+        .await;
     }
+    let namespaces: Vec<Arc<Namespace>> = fleet.iter().map(|s| s.namespace.clone()).collect();
     let epoch = catalog::epoch(&sbctl, NAMESPACE).await?;
     wait_until(DEADLINE, "every sidecar serving", async || {
-        Ok(fleet.iter().all(|s| {
-            s.namespace
-                .current()
-                .is_some_and(|snapshot| snapshot.routing.epoch >= epoch)
-        }))
+        Ok(all_on_epoch(&namespaces, epoch))
     })
     .await?;
     let metrics_url = format!("{}/metrics", env.coordinator.http_url());
@@ -172,6 +194,17 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
         },
     )
     .await?;
+    // Every sidecar's health record in etcd: `flip --wait` waits for the live ones only.
+    let mut etcd = env.etcd_client().await?;
+    let health_prefix = keys.health_prefix(NAMESPACE);
+    wait_until(DEADLINE, "every sidecar's health record", async || {
+        let options = etcd_client::GetOptions::new()
+            .with_prefix()
+            .with_count_only();
+        let response = etcd.get(health_prefix.as_str(), Some(options)).await?;
+        Ok(usize::try_from(response.count()).unwrap_or(0) >= count)
+    })
+    .await?;
     let start_seconds = started.elapsed().as_secs_f64();
 
     // Steady state: every application reports its version's outcomes, all fine.
@@ -180,13 +213,11 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
     let reporters = report_forever(
         &fleet,
         config.reports_per_second,
-        (v1.clone(), v2.clone()),
         healthy.clone(),
         reports.clone(),
         &stop,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut etcd = env.etcd_client().await?;
     let coordinator = env.coordinator.pid();
     let before = (
         revision(&mut etcd).await?,
@@ -202,26 +233,31 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
     let cpu = (cpu_ticks(coordinator)? - before.2) as f64 / ticks_per_second() as f64;
     let reported = (reports.load(std::sync::atomic::Ordering::Relaxed) - before.3) as f64;
     let rss_mb = rss_kb(coordinator)? as f64 / 1024.0;
-
-    // A failing canary: the applications that get v2 see half their requests fail.
-    sbctl
-        .run(&["canary", NAMESPACE, "10"])
+    // Sidecars whose lease etcd let expire under the load drop out of `status` until they
+    // write their record again.
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let live_records = etcd
+        .get(health_prefix.as_str(), Some(options))
         .await?
-        .ensure_success()?;
+        .count();
+
+    // A release as it is usually made: a healthy canary, then the flip to the set every
+    // sidecar holds already as the canary's.
+    canary(&sbctl, &namespaces).await?;
+    let warm = flip_and_wait(&sbctl, &namespaces, &mut etcd, &health_prefix).await?;
+
+    // A failing canary of the next version: the applications that get it see half their
+    // requests fail.
+    stage(2).await?;
+    canary(&sbctl, &namespaces).await?;
     let canary_epoch = catalog::epoch(&sbctl, NAMESPACE).await?;
-    wait_until(DEADLINE, "every sidecar on the canary", async || {
-        Ok(fleet.iter().all(|s| {
-            s.namespace
-                .current()
-                .is_some_and(|snapshot| snapshot.routing.epoch >= canary_epoch)
-        }))
-    })
-    .await?;
     let regression = Instant::now();
     healthy.store(false, std::sync::atomic::Ordering::Relaxed);
     // Routing read from etcd, not through `status`, which would read every health record.
     let routing_key = keys.routing(NAMESPACE);
-    wait_until(DEADLINE, "the judge to roll the canary back", async || {
+    let rolled_back_epoch = wait_for(DEADLINE, "the judge to roll the canary back", async || {
         let response = etcd.get(routing_key.as_str(), None).await?;
         let routing: serde_json::Value = response
             .kvs()
@@ -230,18 +266,28 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
             .transpose()?
             .unwrap_or_default();
         let canary_gone = routing["canary"].is_null() || routing["canary"]["weight_bp"] == 0;
-        Ok(routing["epoch"].as_u64().unwrap_or(0) > canary_epoch && canary_gone)
+        let epoch = routing["epoch"].as_u64().unwrap_or(0);
+        anyhow::ensure!(
+            epoch > canary_epoch && canary_gone,
+            "routing at epoch {epoch}"
+        );
+        Ok(epoch)
     })
     .await?;
     let verdict_seconds = regression.elapsed().as_secs_f64();
     healthy.store(true, std::sync::atomic::Ordering::Relaxed);
 
-    let flipping = Instant::now();
-    sbctl
-        .run(&["flip", NAMESPACE, "--wait", "--timeout", "120"])
-        .await?
-        .ensure_success()?;
-    let flip_wait_seconds = flipping.elapsed().as_secs_f64();
+    // What one `status` costs at this size: it names every live sidecar.
+    wait_until(DEADLINE, "every sidecar on the rollback", async || {
+        Ok(all_on_epoch(&namespaces, rolled_back_epoch))
+    })
+    .await?;
+    let reading = Instant::now();
+    sbctl.run_json(&["status", NAMESPACE]).await?;
+    let status_seconds = reading.elapsed().as_secs_f64();
+
+    // A flip to the set the rollback took away: every sidecar loads it from etcd again.
+    let cold = flip_and_wait(&sbctl, &namespaces, &mut etcd, &health_prefix).await?;
     stop.cancel();
     reporters.abort();
     Ok(FleetRow {
@@ -253,8 +299,110 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
         coordinator_cpu_percent: cpu / seconds * 100.0,
         coordinator_rss_mb: rss_mb,
         verdict_seconds,
-        flip_wait_seconds,
+        flip_wait_seconds: warm.waited,
+        flip_applied_seconds: warm.applied,
+        flip_acknowledged_seconds: warm.acknowledged,
+        cold_flip_wait_seconds: cold.waited,
+        cold_flip_applied_seconds: cold.applied,
+        status_seconds,
+        live_records: usize::try_from(live_records).unwrap_or(0),
         start_seconds,
+    })
+}
+
+/// Sets a 10% canary and waits until every sidecar serves it.
+async fn canary(
+    sbctl: &switchboard_tests::SbctlRunner,
+    namespaces: &[Arc<Namespace>],
+) -> Result<()> {
+    sbctl
+        .run(&["canary", NAMESPACE, "10"])
+        .await?
+        .ensure_success()?;
+    let epoch = catalog::epoch(sbctl, NAMESPACE).await?;
+    wait_until(DEADLINE, "every sidecar on the canary", async || {
+        Ok(all_on_epoch(namespaces, epoch))
+    })
+    .await
+}
+
+/// `sbctl flip --wait`, and beside it a watcher of this process's sidecars that tells when all
+/// of them have applied the flip, which is the least `flip --wait` can take: the seconds of
+/// both.
+async fn flip_and_wait(
+    sbctl: &switchboard_tests::SbctlRunner,
+    namespaces: &[Arc<Namespace>],
+    etcd: &mut etcd_client::Client,
+    health_prefix: &str,
+) -> Result<FlipTimes> {
+    let flip_epoch = catalog::epoch(sbctl, NAMESPACE).await? + 1;
+    // Every health record that acknowledges the flip, as etcd delivers them to a watcher: the
+    // part of the wait that is etcd's.
+    let mut records = etcd
+        .watch(
+            health_prefix,
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await?;
+    let flipping = Instant::now();
+    let acknowledged = async {
+        let mut on_epoch = std::collections::HashSet::new();
+        while on_epoch.len() < namespaces.len() {
+            let message = records
+                .message()
+                .await?
+                .context("etcd ended the watch of the health records")?;
+            // A record deleted meanwhile (its lease expired) is not an acknowledgement.
+            let puts = message
+                .events()
+                .iter()
+                .filter(|event| event.event_type() == etcd_client::EventType::Put);
+            for event in puts {
+                let Some(kv) = event.kv() else { continue };
+                let record: serde_json::Value = serde_json::from_slice(kv.value())?;
+                if record["epoch"].as_u64().unwrap_or(0) >= flip_epoch {
+                    on_epoch.insert(kv.key().to_vec());
+                }
+            }
+        }
+        anyhow::Ok(flipping.elapsed().as_secs_f64())
+    };
+    let applied = async {
+        wait_until(DEADLINE, "every sidecar on the flip", async || {
+            Ok(all_on_epoch(namespaces, flip_epoch))
+        })
+        .await
+        .map(|()| flipping.elapsed().as_secs_f64())
+    };
+    let flip = async {
+        sbctl
+            .run(&["flip", NAMESPACE, "--wait", "--timeout", "120"])
+            .await?
+            .ensure_success()?;
+        anyhow::Ok(flipping.elapsed().as_secs_f64())
+    };
+    let (waited, applied, acknowledged) = tokio::join!(flip, applied, acknowledged);
+    Ok(FlipTimes {
+        waited: waited?,
+        applied: applied?,
+        acknowledged: acknowledged?,
+    })
+}
+
+/// Seconds from `flip --wait`'s start to every sidecar serving the flip, to every health record
+/// in etcd saying so, and to the command's return.
+struct FlipTimes {
+    applied: f64,
+    acknowledged: f64,
+    waited: f64,
+}
+
+/// Whether every sidecar serves `epoch` or a later one.
+fn all_on_epoch(namespaces: &[Arc<Namespace>], epoch: u64) -> bool {
+    namespaces.iter().all(|namespace| {
+        namespace
+            .current()
+            .is_some_and(|snapshot| snapshot.routing.epoch >= epoch)
     })
 }
 
@@ -308,7 +456,6 @@ fn start_sidecar(
 fn report_forever(
     fleet: &[Simulated],
     rate: f64,
-    (active, canary): (String, String),
     healthy: Arc<std::sync::atomic::AtomicBool>,
     reports: Arc<std::sync::atomic::AtomicU64>,
     stop: &CancellationToken,
@@ -330,16 +477,21 @@ fn report_forever(
             round += 1;
             let failing = !healthy.load(std::sync::atomic::Ordering::Relaxed);
             for (index, (namespace, changed)) in targets.iter().enumerate() {
+                let Some(snapshot) = namespace.current() else {
+                    continue;
+                };
                 // A tenth of the applications' requests go to the canary while there is one,
                 // as a 10% canary would send them.
-                let on_canary = (index as u64 + round).is_multiple_of(10)
-                    && namespace
-                        .current()
-                        .is_some_and(|s| s.routing.live_canary().is_some());
-                let (version, errors) = if on_canary {
-                    (&canary, u64::from(failing && round.is_multiple_of(2)))
-                } else {
-                    (&active, 0)
+                let canary = snapshot
+                    .routing
+                    .live_canary()
+                    .filter(|_| (index as u64 + round).is_multiple_of(10));
+                let (version, errors) = match canary {
+                    Some(canary) => (
+                        &canary.version,
+                        u64::from(failing && round.is_multiple_of(2)),
+                    ),
+                    None => (&snapshot.routing.active.version, 0),
                 };
                 if namespace.report(version, 1 - errors, errors).is_ok() {
                     reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -401,13 +553,13 @@ pub fn render(report: &FleetReport) -> String {
     let mut out = format!(
         "fleet: sidecars in one process (sharing etcd and coordinator connections by {PER_CONNECTION}), \
          each application reporting {} times a second; judge window {} s; steady state measured over {} s\n\n\
-         | sidecars | reports/s | etcd writes/s | per sidecar/s | etcd growth MB/h | coordinator CPU | coordinator RSS | verdict | flip --wait | start |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | sidecars | reports/s | etcd writes/s | per sidecar/s | etcd growth MB/h | coordinator CPU | coordinator RSS | live records | verdict | flip --wait | flip applied | flip in etcd | cold flip --wait | cold applied | status | start |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         report.reports_per_second, report.window_seconds, report.steady_seconds
     );
     for row in &report.rows {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.4} | {:.2} | {:.0}% | {:.0} MB | {:.1} s | {:.1} s | {:.0} s |\n",
+            "| {} | {:.0} | {:.2} | {:.4} | {:.2} | {:.0}% | {:.0} MB | {} | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.1} s | {:.2} s | {:.0} s |\n",
             row.sidecars,
             row.reports_per_second,
             row.etcd_writes_per_second,
@@ -415,8 +567,14 @@ pub fn render(report: &FleetReport) -> String {
             row.etcd_growth_mb_per_hour,
             row.coordinator_cpu_percent,
             row.coordinator_rss_mb,
+            row.live_records,
             row.verdict_seconds,
             row.flip_wait_seconds,
+            row.flip_applied_seconds,
+            row.flip_acknowledged_seconds,
+            row.cold_flip_wait_seconds,
+            row.cold_flip_applied_seconds,
+            row.status_seconds,
             row.start_seconds,
         ));
     }

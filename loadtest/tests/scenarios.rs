@@ -217,6 +217,14 @@ async fn fleet_measures_a_small_fleet() -> Result<()> {
         row.verdict_seconds > 0.0 && row.flip_wait_seconds > 0.0,
         "{row:?}"
     );
+    // `flip --wait` cannot return before every sidecar has applied the flip.
+    assert!(
+        row.flip_applied_seconds > 0.0
+            && row.flip_wait_seconds >= row.flip_applied_seconds
+            && row.cold_flip_wait_seconds >= row.cold_flip_applied_seconds
+            && row.cold_flip_applied_seconds > 0.0,
+        "{row:?}"
+    );
     assert!(fleet::render(&report).contains("| 20 |"));
     Ok(())
 }

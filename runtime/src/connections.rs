@@ -38,7 +38,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Descriptors kept free of HTTP connections: etcd, the other listeners, logs, the rule
 /// worker's pipes.
 pub const DESCRIPTOR_HEADROOM: u64 = 256;
-/// The most HTTP connections of one listener, whatever the descriptor limit allows.
+/// The most HTTP connections of one listener by default, whatever the descriptor limit allows
+/// (the coordinator's `--max-connections` changes it).
 pub const MAX_CONNECTIONS: usize = 4096;
 
 /// Counted in `switchboard_http_connections_closed_total{listener, reason}`.
@@ -92,14 +93,14 @@ pub fn raise_descriptor_limit() -> io::Result<DescriptorLimit> {
 }
 
 impl ConnectionLimits {
-    /// The limits for a listener of a process whose descriptor limit is `descriptors`: the
-    /// cap leaves [`DESCRIPTOR_HEADROOM`] free, split between `listeners`.
-    pub fn for_descriptors(descriptors: u64, listeners: u64) -> Self {
+    /// The limits for a listener of a process whose descriptor limit is `descriptors`: at
+    /// most `most` connections, and fewer when the descriptors, less [`DESCRIPTOR_HEADROOM`]
+    /// and split between `listeners`, do not allow as many.
+    pub fn for_descriptors(descriptors: u64, listeners: u64, most: usize) -> Self {
         let usable = descriptors.saturating_sub(DESCRIPTOR_HEADROOM) / listeners.max(1);
+        let most = most.max(16);
         ConnectionLimits {
-            max_connections: usize::try_from(usable)
-                .unwrap_or(MAX_CONNECTIONS)
-                .clamp(16, MAX_CONNECTIONS),
+            max_connections: usize::try_from(usable).unwrap_or(most).clamp(16, most),
             listeners: listeners.max(1),
             header_timeout: HEADER_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
@@ -455,11 +456,11 @@ where
 }
 
 /// Raises the descriptor limit as far as it goes, logs it, and returns the limits of each of
-/// this process's `listeners`.
-pub fn limits_for_this_process(listeners: u64) -> ConnectionLimits {
+/// this process's `listeners`, with at most `most` connections each.
+pub fn limits_for_this_process(listeners: u64, most: usize) -> ConnectionLimits {
     match raise_descriptor_limit() {
         Ok(descriptors) => {
-            let limits = ConnectionLimits::for_descriptors(descriptors.now, listeners);
+            let limits = ConnectionLimits::for_descriptors(descriptors.now, listeners, most);
             tracing::info!(
                 descriptors_before = descriptors.before,
                 descriptors = descriptors.now,
@@ -470,7 +471,7 @@ pub fn limits_for_this_process(listeners: u64) -> ConnectionLimits {
         }
         Err(error) => {
             tracing::warn!(%error, "cannot read the file descriptor limit; assuming 1024");
-            ConnectionLimits::for_descriptors(1024, listeners)
+            ConnectionLimits::for_descriptors(1024, listeners, most)
         }
     }
 }
@@ -481,23 +482,18 @@ mod tests {
 
     #[test]
     fn the_cap_leaves_headroom_for_everything_else() {
-        assert_eq!(
-            ConnectionLimits::for_descriptors(1024, 1).max_connections,
-            768
-        );
-        assert_eq!(
-            ConnectionLimits::for_descriptors(1024, 2).max_connections,
-            384
-        );
-        assert_eq!(
-            ConnectionLimits::for_descriptors(1_048_576, 1).max_connections,
-            MAX_CONNECTIONS
-        );
+        let cap = |descriptors, listeners, most| {
+            ConnectionLimits::for_descriptors(descriptors, listeners, most).max_connections
+        };
+        assert_eq!(cap(1024, 1, MAX_CONNECTIONS), 768);
+        assert_eq!(cap(1024, 2, MAX_CONNECTIONS), 384);
+        assert_eq!(cap(1_048_576, 1, MAX_CONNECTIONS), MAX_CONNECTIONS);
+        // A fleet's leader may take more, as far as its descriptors allow.
+        assert_eq!(cap(1_048_576, 2, 20_000), 20_000);
+        assert_eq!(cap(30_256, 2, 20_000), 15_000);
         // A limit below the headroom still lets a few connections in.
-        assert_eq!(
-            ConnectionLimits::for_descriptors(100, 1).max_connections,
-            16
-        );
+        assert_eq!(cap(100, 1, MAX_CONNECTIONS), 16);
+        assert_eq!(cap(1_048_576, 1, 0), 16);
     }
 
     /// Feeds `bytes` to a new connection's reader in pieces of `piece` bytes; the offset just

@@ -9,8 +9,9 @@ use serde::de::DeserializeOwned;
 use switchboard_proto::pb::admin_client::AdminClient;
 use switchboard_proto::pb::{
     ApproveRequest, AuditRequest, BeginStageReply, BeginStageRequest, CheckGatesRequest, ChunkData,
-    FlipRequest, GetChunksRequest, GetManifestRequest, JsonReply, RollbackRequest, RolloutRequest,
-    SealRequest, SetCanaryRequest, SetPolicyRequest, StatusRequest, UploadChunksReply,
+    EpochWaitProgress, FlipRequest, GetChunksRequest, GetManifestRequest, JsonReply,
+    RollbackRequest, RolloutRequest, SealRequest, SetCanaryRequest, SetPolicyRequest,
+    StatusRequest, UploadChunksReply, WaitForEpochRequest,
 };
 use switchboard_proto::{
     Approval, AuditTrail, GateReport, History, Manifest, NamespaceStatus, Policy, Rollout,
@@ -205,6 +206,31 @@ impl Coordinator {
             .await
             .map_err(|s| self.error("Status", s))?;
         Reply::decode("Status", reply.into_inner())
+    }
+
+    /// `WaitForEpoch`: where the live sidecars of `namespace` are on the way to `epoch`, as
+    /// the coordinator sends it, until a message marked `done`.
+    pub async fn wait_for_epoch(
+        &mut self,
+        namespace: &str,
+        epoch: u64,
+        timeout: Duration,
+    ) -> Result<EpochWaitStream, CliError> {
+        let request = self.request(WaitForEpochRequest {
+            namespace: namespace.to_string(),
+            epoch,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        let stream = self
+            .client
+            .wait_for_epoch(request)
+            .await
+            .map_err(|s| self.error("WaitForEpoch", s))?
+            .into_inner();
+        Ok(EpochWaitStream {
+            stream,
+            url: self.url.clone(),
+        })
     }
 
     pub async fn begin_stage(
@@ -589,6 +615,22 @@ fn printable_ascii(text: &str) -> Result<AsciiMetadataValue, ()> {
 pub struct Reply<T> {
     pub document: T,
     pub json: serde_json::Value,
+}
+
+/// The messages of one `WaitForEpoch`.
+pub struct EpochWaitStream {
+    stream: tonic::Streaming<EpochWaitProgress>,
+    url: String,
+}
+
+impl EpochWaitStream {
+    /// The next progress; `None` when the coordinator ended the stream.
+    pub async fn next(&mut self) -> Result<Option<EpochWaitProgress>, CliError> {
+        self.stream
+            .message()
+            .await
+            .map_err(|status| CliError::rpc("WaitForEpoch", &self.url, status))
+    }
 }
 
 impl<T: DeserializeOwned> Reply<T> {

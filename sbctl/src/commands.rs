@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use switchboard_proto::pb::EpochWaitProgress;
 use switchboard_proto::pb::{
     BeginStageRequest, ChunkData, FlipRequest, RollbackRequest, RolloutRequest, SealRequest,
     SetCanaryRequest,
@@ -529,9 +530,10 @@ pub async fn sync_flip(
     waited
 }
 
-/// Polls the status until every live sidecar serves `epoch` or later, showing a progress bar
-/// on stderr (hidden, and silent, when stderr is not a terminal). Returns where the wait
-/// ended, and the error if it did not converge.
+/// Waits until every live sidecar serves `epoch` or later, showing a progress bar on stderr
+/// (hidden, and silent, when stderr is not a terminal). Returns where the wait ended, and the
+/// error if it did not converge. The coordinator watches the sidecars for us (`WaitForEpoch`);
+/// one that predates it is asked for its status every [`WAIT_POLL`] instead.
 async fn wait_for_epoch(
     coordinator: &mut Coordinator,
     namespace: &str,
@@ -547,6 +549,73 @@ async fn wait_for_epoch(
         behind: Vec::new(),
     };
     let result = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match follow_epoch_wait(coordinator, namespace, epoch, remaining, &bar, &mut report).await {
+            Ok(Some(last)) if last.converged => break Ok(()),
+            Ok(Some(last)) => {
+                let behind = last.behind.iter().map(|b| (b.id.as_str(), b.epoch));
+                break Err(timed_out(namespace, epoch, timeout, behind));
+            }
+            // The stream ended without its last message: the coordinator went away.
+            Ok(None) if Instant::now() < deadline => {}
+            Err(e) if e.grpc_code() == Some(Code::Unimplemented) => {
+                break poll_for_epoch(coordinator, namespace, epoch, timeout, &bar, &mut report)
+                    .await;
+            }
+            // The coordinator may be failing over; keep trying until the deadline.
+            Err(e) if e.grpc_code() == Some(Code::Unavailable) && Instant::now() < deadline => {}
+            Ok(None) => {
+                break Err(CliError::Failed(format!(
+                    "the coordinator ended the wait for the sidecars of {namespace} before \
+                     they served epoch {epoch}"
+                )));
+            }
+            Err(e) => break Err(e),
+        }
+        tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    };
+    bar.finish_and_clear();
+    (report, result)
+}
+
+/// Follows one `WaitForEpoch` stream into `report` and the bar: its last message, or `None` if
+/// it ended before that.
+async fn follow_epoch_wait(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    epoch: u64,
+    timeout: Duration,
+    bar: &ProgressBar,
+    report: &mut WaitReport,
+) -> Result<Option<EpochWaitProgress>, CliError> {
+    let mut stream = coordinator
+        .wait_for_epoch(namespace, epoch, timeout)
+        .await?;
+    while let Some(progress) = stream.next().await? {
+        report.sidecars = usize::try_from(progress.sidecars).unwrap_or(usize::MAX);
+        report.converged = progress.converged;
+        bar.set_length(progress.sidecars);
+        bar.set_position(progress.on_epoch);
+        if progress.done {
+            report.behind = progress.behind.iter().map(|b| b.id.clone()).collect();
+            return Ok(Some(progress));
+        }
+    }
+    Ok(None)
+}
+
+/// `wait_for_epoch` against a coordinator without `WaitForEpoch`: reads the status every
+/// [`WAIT_POLL`].
+async fn poll_for_epoch(
+    coordinator: &mut Coordinator,
+    namespace: &str,
+    epoch: u64,
+    timeout: Duration,
+    bar: &ProgressBar,
+    report: &mut WaitReport,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + timeout;
+    loop {
         match coordinator.status(namespace).await {
             Ok(reply) => {
                 let progress = epoch_progress(&reply.document, epoch);
@@ -557,30 +626,37 @@ async fn wait_for_epoch(
                 // With no live sidecars there is nothing to wait for: `render_wait` says so.
                 if progress.behind.is_empty() {
                     report.converged = true;
-                    break Ok(());
+                    return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    let behind: Vec<String> = progress
-                        .behind
-                        .iter()
-                        .map(|b| format!("{} (epoch {})", b.id, b.epoch))
-                        .collect();
-                    break Err(CliError::Failed(format!(
-                        "timed out after {} waiting for the sidecars of {namespace} to serve \
-                         epoch {epoch}; not yet: {}",
-                        seconds(timeout),
-                        behind.join(", ")
-                    )));
+                    let behind = progress.behind.iter().map(|b| (b.id.as_str(), b.epoch));
+                    return Err(timed_out(namespace, epoch, timeout, behind));
                 }
             }
             // The coordinator may be failing over; keep trying until the deadline.
             Err(e) if e.grpc_code() == Some(Code::Unavailable) && Instant::now() < deadline => {}
-            Err(e) => break Err(e),
+            Err(e) => return Err(e),
         }
         tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
-    };
-    bar.finish_and_clear();
-    (report, result)
+    }
+}
+
+/// The error of a wait that ended with live sidecars (`(id, epoch)`) not on `epoch` yet.
+fn timed_out<'a>(
+    namespace: &str,
+    epoch: u64,
+    timeout: Duration,
+    behind: impl Iterator<Item = (&'a str, u64)>,
+) -> CliError {
+    let behind: Vec<String> = behind
+        .map(|(id, epoch)| format!("{id} (epoch {epoch})"))
+        .collect();
+    CliError::Failed(format!(
+        "timed out after {} waiting for the sidecars of {namespace} to serve epoch {epoch}; \
+         not yet: {}",
+        seconds(timeout),
+        behind.join(", ")
+    ))
 }
 
 /// A `k/n` bar of the sidecars on `epoch`, on stderr; hidden when stderr is not a terminal.

@@ -193,6 +193,19 @@ impl Admin for Mock {
         Err(Status::unimplemented("not part of the mock"))
     }
 
+    type WaitForEpochStream = Pin<
+        Box<dyn Stream<Item = Result<switchboard_proto::pb::EpochWaitProgress, Status>> + Send>,
+    >;
+
+    /// As a coordinator from before `WaitForEpoch`: sbctl then polls the status, which is
+    /// what these tests script.
+    async fn wait_for_epoch(
+        &self,
+        _: Request<switchboard_proto::pb::WaitForEpochRequest>,
+    ) -> Result<Response<Self::WaitForEpochStream>, Status> {
+        unimplemented()
+    }
+
     async fn audit(&self, _: Request<AuditRequest>) -> Result<Response<JsonReply>, Status> {
         unimplemented()
     }

@@ -17,13 +17,17 @@ use switchboard_proto::{HealthRecord, Keys, ServedSet};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::loader::with_timeout;
+use crate::backoff::retry_delay;
+use crate::loader::{LoadError, with_timeout};
 use crate::namespace::Namespace;
 
 /// The lease's time to live: a dead sidecar leaves `status` after this long.
 pub const LEASE_TTL_SECONDS: i64 = 10;
 const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(3);
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// The pause after a first failure, 1 to 2 s, doubling with each failure in a row up to 4 to
+/// 8 s ([`retry_delay`]).
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MOST: Duration = Duration::from_secs(8);
 
 pub struct HealthPublisher {
     pub client: Client,
@@ -78,10 +82,18 @@ pub fn health_record(
 impl HealthPublisher {
     /// Runs until `shutdown`, then revokes the lease so that the records go at once.
     pub async fn run(self, shutdown: CancellationToken) {
+        self.run_from_lease(None, shutdown).await
+    }
+
+    /// As [`run`](Self::run), starting with the lease `lease_id` if it still lives: a
+    /// publisher restarted within its lease's time to live keeps its records, and tests give it
+    /// a lease etcd has forgotten.
+    pub async fn run_from_lease(self, lease_id: Option<i64>, shutdown: CancellationToken) {
         // The lease outlives a failed attempt: the next one keeps it while it lives.
-        let mut lease_id = None;
-        let mut attempt: u64 = 0;
+        let mut lease_id = lease_id;
+        let mut failures: u32 = 0;
         loop {
+            let attempted = tokio::time::Instant::now();
             let result = tokio::select! {
                 () = shutdown.cancelled() => Ok(()),
                 result = self.publish(&mut lease_id) => result,
@@ -97,13 +109,15 @@ impl HealthPublisher {
             if let Err(error) = result {
                 tracing::debug!(%error, "health record not published; retrying");
             }
-            // Spread over a second, so that a fleet that lost etcd at once does not come back
-            // at once.
-            attempt += 1;
-            let jitter = xxhash_rust::xxh3::xxh3_64_with_seed(self.id.as_bytes(), attempt) % 1000;
+            // An attempt that held for a while was a success that ended: start over.
+            if attempted.elapsed() >= RETRY_MOST * 2 {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            let pause = retry_delay(&self.id, failures, RETRY_FIRST, RETRY_MOST);
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(RETRY_AFTER + Duration::from_millis(jitter)) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
@@ -122,7 +136,18 @@ impl HealthPublisher {
                 granted.id()
             }
         };
-        let (mut keeper, mut responses) = with_timeout(client.lease_keep_alive(lease)).await?;
+        let (mut keeper, mut responses) = match with_timeout(client.lease_keep_alive(lease)).await {
+            Ok(keeping) => keeping,
+            Err(error) => {
+                // A lease kept from a failed attempt may have expired meanwhile (etcd under
+                // load answered the attempt too late): etcd then refuses to keep it alive,
+                // and every later attempt would be refused the same way.
+                if lease_is_gone(&error) {
+                    *lease_id = None;
+                }
+                return Err(error.into());
+            }
+        };
         let ttl = Duration::from_secs(LEASE_TTL_SECONDS as u64);
         let mut last_answer = tokio::time::Instant::now();
         // The lease of an earlier attempt may have expired meanwhile.
@@ -139,32 +164,37 @@ impl HealthPublisher {
         // What each record said when last written, so that a notification that changed nothing
         // writes nothing.
         let mut written = HashMap::new();
-        self.write_records(lease, &mut written).await?;
+        self.write_records(lease, &mut written)
+            .await
+            .map_err(|error| forget_gone_lease(lease_id, error))?;
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+        // Answers to keep-alives are awaited in the same loop as the writes, not after each
+        // keep-alive: under a flip to 10,000 sidecars etcd answers late, and a record that
+        // acknowledges the new epoch must not wait behind an answer about the lease.
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {
-                    self.write_records(lease, &mut written).await?;
+                    self.write_records(lease, &mut written)
+                        .await
+                        .map_err(|error| forget_gone_lease(lease_id, error))?;
                 }
                 _ = keep_alive.tick() => {
-                    keeper.keep_alive().await?;
-                    let answer = tokio::time::timeout(KEEP_ALIVE_EVERY, responses.message()).await;
-                    match answer {
-                        Ok(Ok(Some(response))) if response.ttl() > 0 => {
-                            last_answer = tokio::time::Instant::now();
-                        }
-                        Ok(Ok(_)) => {
-                            *lease_id = None;
-                            anyhow::bail!("lease {lease} expired");
-                        }
-                        Ok(Err(error)) => return Err(error.into()),
-                        Err(_) if last_answer.elapsed() < ttl => {}
-                        Err(_) => {
-                            *lease_id = None;
-                            anyhow::bail!("lease {lease}: no keep-alive answered for its time to live");
-                        }
+                    if last_answer.elapsed() >= ttl {
+                        *lease_id = None;
+                        anyhow::bail!("lease {lease}: no keep-alive answered for its time to live");
                     }
+                    keeper.keep_alive().await?;
                 }
+                answer = responses.message() => match answer? {
+                    Some(response) if response.ttl() > 0 => {
+                        last_answer = tokio::time::Instant::now();
+                    }
+                    Some(_) => {
+                        *lease_id = None;
+                        anyhow::bail!("lease {lease} expired");
+                    }
+                    None => anyhow::bail!("lease {lease}: etcd ended the keep-alive stream"),
+                },
             }
         }
     }
@@ -197,4 +227,24 @@ impl HealthPublisher {
         }
         Ok(())
     }
+}
+
+/// Whether etcd refused a request because it no longer knows the lease: it expired, or was
+/// revoked.
+fn lease_is_gone(error: &LoadError) -> bool {
+    match error {
+        LoadError::Etcd(etcd_client::Error::LeaseKeepAliveError(_)) => true,
+        LoadError::Etcd(etcd_client::Error::GRpcStatus(status)) => {
+            status.code() == tonic::Code::NotFound
+        }
+        _ => false,
+    }
+}
+
+/// Forgets the lease when `error` says etcd has, so that the next attempt takes a new one.
+fn forget_gone_lease(lease_id: &mut Option<i64>, error: anyhow::Error) -> anyhow::Error {
+    if error.downcast_ref::<LoadError>().is_some_and(lease_is_gone) {
+        *lease_id = None;
+    }
+    error
 }

@@ -7,6 +7,7 @@
 //! most `SHUTDOWN_GRACE`), then the sync loops stop with their scheduled switches, then the
 //! health publisher revokes its lease so that `status` drops this sidecar at once.
 
+pub mod backoff;
 pub mod cache;
 pub mod changes;
 pub mod grpc;
@@ -317,7 +318,10 @@ pub async fn run(
     let allowlist = args.hosts.allowlist();
     switchboard_runtime::connections::describe_metrics();
     // The two listeners share the descriptors that the process may open.
-    let limits = switchboard_runtime::connections::limits_for_this_process(2);
+    let limits = switchboard_runtime::connections::limits_for_this_process(
+        2,
+        switchboard_runtime::connections::MAX_CONNECTIONS,
+    );
     let http_listener = GuardedListener::new(http_listener, limits, "http");
     let http = axum::serve(http_listener, http::router(served.clone(), allowlist))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

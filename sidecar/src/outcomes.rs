@@ -7,7 +7,8 @@
 //! to the leader starts with that history, so that a new leader has the recent window whole,
 //! and then carries each new sample. The leader is found through etcd: the election names it,
 //! and its replica key gives its URL. When the stream ends (the leader died, or its term ended
-//! and it ended the stream), the sidecar looks the leader up again after [`RETRY_AFTER`].
+//! and it ended the stream), the sidecar looks the leader up again after [`RETRY_FIRST`], and later ones after longer
+//! pauses.
 //! Reads never wait for any of this: a sidecar without any coordinator serves as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -21,6 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::retry_delay;
 use crate::loader::with_timeout;
 use crate::namespace::Namespace;
 
@@ -29,8 +31,11 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 /// How long samples are kept for a new leader: the longest judge window a new leader sees
 /// whole. (A longer window is whole again this long after a failover.)
 pub const HISTORY: Duration = Duration::from_secs(300);
-/// Pause before looking the leader up again after a stream ended or could not start.
-pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Pause before looking the leader up again after a stream ended or could not start: 1 to 2 s
+/// the first time, doubling with each failure in a row up to 4 to 8 s, so that a fleet finds a
+/// new leader within seconds and does not ask etcd every second while there is none.
+pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+pub const RETRY_MOST: Duration = Duration::from_secs(8);
 /// Messages a stream may have queued before it is given up as too slow.
 const QUEUED_MESSAGES: usize = 8;
 /// Samples per series in one message: the history is split over messages this size.
@@ -150,14 +155,22 @@ impl OutcomeStreamer {
             history: History::default(),
             last: started,
         };
+        let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
+            let attempted = Instant::now();
             match self.stream_once(&mut sampler, started, &shutdown).await {
                 Ok(()) => {}
                 Err(error) => {
                     tracing::debug!(error = %format!("{error:#}"), "outcome stream ended; looking up the leader again")
                 }
             }
-            let pause = tokio::time::sleep(RETRY_AFTER);
+            // A stream that lasted was a success that ended (a failover): start over.
+            if attempted.elapsed() >= RETRY_MOST * 2 {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            let pause =
+                tokio::time::sleep(retry_delay(&self.id, failures, RETRY_FIRST, RETRY_MOST));
             tokio::pin!(pause);
             loop {
                 tokio::select! {

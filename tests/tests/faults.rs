@@ -161,15 +161,20 @@ async fn sidecars_serve_through_a_30_second_loss_of_every_etcd_member() -> Resul
         },
     )
     .await?;
-    let shown = status(&sbctl, NS).await?;
-    let sidecars = shown["sidecars"].as_array().context("sidecars")?;
-    ensure!(
-        sidecars
-            .iter()
-            .any(|s| s["id"] == "through-the-outage" && s["epoch"] == epoch2),
-        "{shown}"
-    );
-    Ok(())
+    // Its health record follows at its next attempt, which after 30 s of failures comes a few
+    // seconds later (the retries back off).
+    wait_until(
+        DEADLINE,
+        "the sidecar's record on the new epoch",
+        async || {
+            let shown = status(&sbctl, NS).await?;
+            let sidecars = shown["sidecars"].as_array().context("sidecars")?;
+            Ok(sidecars
+                .iter()
+                .any(|s| s["id"] == "through-the-outage" && s["epoch"] == epoch2))
+        },
+    )
+    .await
 }
 
 /// Acceptance 4, the write itself: a leader whose election key is gone (its lease lapsed while

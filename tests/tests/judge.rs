@@ -592,6 +592,85 @@ async fn flip_wait_converges_and_names_a_stopped_sidecar() -> Result<()> {
     Ok(())
 }
 
+/// `WaitForEpoch` as any client of the admin API sees it: a sidecar behind keeps the wait open
+/// and is named in the last message at the timeout, progress messages come before it, and once
+/// the sidecar catches up a wait ends converged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_epoch_follows_the_sidecars_and_names_those_behind() -> Result<()> {
+    use switchboard_proto::pb;
+    use switchboard_proto::pb::EpochWaitProgress;
+    use switchboard_proto::pb::admin_client::AdminClient;
+
+    async fn wait(
+        admin: &mut AdminClient<tonic::transport::Channel>,
+        epoch: u64,
+        timeout_ms: u64,
+    ) -> Result<Vec<EpochWaitProgress>> {
+        let mut stream = admin
+            .wait_for_epoch(pb::WaitForEpochRequest {
+                namespace: NS.into(),
+                epoch,
+                timeout_ms,
+            })
+            .await?
+            .into_inner();
+        let mut messages = Vec::new();
+        while let Some(progress) = stream.message().await? {
+            messages.push(progress);
+        }
+        Ok(messages)
+    }
+
+    let env = TestEnv::start(&[NS]).await?;
+    let sbctl = env.sbctl();
+    set_test_policy(&env, 0).await?;
+    let (_a, _b, sidecars, _dir) = two_versions(&env).await?;
+    let epoch = wait_all_on(&sidecars, &sbctl).await?;
+    let mut admin = AdminClient::connect(env.coordinator.grpc_url()).await?;
+
+    // The sidecars serve the epoch; their records may say so a moment later.
+    let served = wait(&mut admin, epoch, 10_000).await?;
+    let (last, before) = served.split_last().context("no message")?;
+    ensure!(
+        last.done
+            && last.converged
+            && (last.sidecars, last.on_epoch) == (2, 2)
+            && before.iter().all(|m| !m.done),
+        "a wait for the epoch served: {served:?}"
+    );
+
+    sidecars[1].pause()?;
+    sbctl.run(&["flip", NS]).await?.ensure_success()?;
+    let behind = wait(&mut admin, epoch + 1, 1_500).await;
+    sidecars[1].resume()?;
+    let behind = behind?;
+    let (last, before) = behind.split_last().context("no message")?;
+    ensure!(
+        last.done
+            && !last.converged
+            && last.sidecars == 2
+            && last.on_epoch == 1
+            && last.behind
+                == [pb::SidecarEpoch {
+                    id: "sidecar-2".into(),
+                    epoch,
+                }],
+        "the last message of a wait with sidecar-2 stopped: {behind:?}"
+    );
+    ensure!(
+        !before.is_empty() && before.iter().all(|m| !m.done && m.behind.is_empty()),
+        "the messages before the last: {behind:?}"
+    );
+
+    let caught_up = wait(&mut admin, epoch + 1, 20_000).await?;
+    let last = caught_up.last().context("no message")?;
+    ensure!(
+        last.done && last.converged && last.on_epoch == 2,
+        "a wait after sidecar-2 resumed: {caught_up:?}"
+    );
+    Ok(())
+}
+
 /// A paused rollout holds however healthy the data; resumed, it steps on; aborted, the canary
 /// goes to 0 and the rollout is recorded as aborted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1036,6 +1115,19 @@ async fn outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else() -> 
     match admin.status(request).await {
         Err(status) if status.code() == tonic::Code::PermissionDenied => {}
         other => anyhow::bail!("a reporter read the status: {other:?}"),
+    }
+    let mut request = tonic::Request::new(pb::WaitForEpochRequest {
+        namespace: NS.into(),
+        epoch: 1,
+        timeout_ms: 0,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", reporter.token).parse()?,
+    );
+    match admin.wait_for_epoch(request).await {
+        Err(status) if status.code() == tonic::Code::PermissionDenied => {}
+        other => anyhow::bail!("a reporter followed the sidecars: {other:?}"),
     }
     Ok(())
 }

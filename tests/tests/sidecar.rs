@@ -442,3 +442,47 @@ async fn each_version_sends_its_own_consumers_to_the_canary_first() -> Result<()
     );
     Ok(())
 }
+
+/// A health publisher whose lease etcd has forgotten (it expired while an attempt failed, as
+/// under a fleet's start when etcd answers late) takes a new lease and writes its record; one
+/// that kept asking etcd to keep the dead lease alive would never be seen again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_publisher_whose_lease_etcd_forgot_takes_a_new_one() -> Result<()> {
+    use std::sync::Arc;
+
+    use switchboard_proto::Keys;
+    use switchboard_sidecar::health::HealthPublisher;
+    use switchboard_sidecar::namespace::Namespace;
+    use tokio_util::sync::CancellationToken;
+
+    let etcd = switchboard_tests::EtcdServer::start().await?;
+    let mut client = switchboard_tests::etcd::connect(&[etcd.endpoint()]).await?;
+    let keys = Keys::new(&switchboard_tests::unique_prefix());
+    let forgotten = client.lease_grant(10, None).await?.id();
+    client.lease_revoke(forgotten).await?;
+
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
+    let publisher = HealthPublisher {
+        client: client.clone(),
+        keys: keys.clone(),
+        id: "sidecar-1".into(),
+        namespaces: vec![Namespace::new(NS)],
+        started_at_ms: switchboard_proto::time::now_ms(),
+        dirty: Arc::new(tokio::sync::Notify::new()),
+    };
+    tokio::spawn(publisher.run_from_lease(Some(forgotten), stop.clone()));
+    let key = keys.health(NS, "sidecar-1");
+    wait_until(
+        DEADLINE,
+        "the health record under a new lease",
+        async || {
+            let response = client.get(key.as_str(), None).await?;
+            Ok(response
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.lease() != 0 && kv.lease() != forgotten))
+        },
+    )
+    .await
+}
