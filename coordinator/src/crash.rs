@@ -110,8 +110,10 @@ pub async fn pause_point(name: &str) {
     while !resume.exists() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let _ = std::fs::remove_file(&resume);
+    // The marker goes first: a test that sees the resume file gone knows that this pause is
+    // over, and a marker it sees after that is the next pause's.
     let _ = std::fs::remove_file(&paused);
+    let _ = std::fs::remove_file(&resume);
 }
 
 #[cfg(not(feature = "failpoints"))]

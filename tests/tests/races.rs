@@ -104,7 +104,7 @@ impl Race {
     /// Lets the change held at `point` go on, and waits for its sbctl: how it exited, and
     /// what it printed.
     async fn finish(&self, point: &str, change: ChildProcess) -> Result<(ExitStatus, String)> {
-        self.resume(point)?;
+        self.resume(point).await?;
         let exit = change.wait(DEADLINE).await?;
         Ok((exit, change.log()))
     }
@@ -135,8 +135,17 @@ impl Race {
     }
 
     /// Lets the request held at `point` go on.
-    fn resume(&self, point: &str) -> Result<()> {
-        std::fs::write(self.dir.path().join(format!("{point}.resume")), b"").context("resuming")
+    async fn resume(&self, point: &str) -> Result<()> {
+        let resume = self.dir.path().join(format!("{point}.resume"));
+        std::fs::write(&resume, b"").context("resuming")?;
+        // The held change takes the file away once it has gone on (its pause marker first):
+        // until then the marker of this pause would pass for the next one.
+        wait_until(
+            DEADLINE,
+            &format!("the change held at {point} to go on"),
+            async || Ok(!resume.exists()),
+        )
+        .await
     }
 
     /// The path of a new set of ten items, all saying `generation`.
@@ -1105,7 +1114,7 @@ async fn a_version_brought_back_while_the_janitor_decides_stays_whole(
     }
     race.garbage_for_the_next_round().await?;
     race.arm(JANITOR_PAUSE)?;
-    race.resume(JANITOR_PAUSE)?;
+    race.resume(JANITOR_PAUSE).await?;
     race.paused(JANITOR_PAUSE).await?;
     let after = status(&sbctl, NS).await?;
     let held = match how {
@@ -1120,7 +1129,7 @@ async fn a_version_brought_back_while_the_janitor_decides_stays_whole(
         retained(&releases, doomed).await?,
         "{doomed}, brought back into {idle}, was collected: {after}"
     );
-    race.resume(JANITOR_PAUSE)?;
+    race.resume(JANITOR_PAUSE).await?;
     Ok(idle)
 }
 
@@ -1193,12 +1202,12 @@ async fn a_version_routing_starts_naming_while_the_janitor_decides_stays_whole()
     .await?;
     race.garbage_for_the_next_round().await?;
     race.arm(JANITOR_PAUSE)?;
-    race.resume(JANITOR_PAUSE)?;
+    race.resume(JANITOR_PAUSE).await?;
     race.paused(JANITOR_PAUSE).await?;
     ensure!(
         retained(&releases, doomed).await?,
         "{doomed}, which routing names, was collected"
     );
-    race.resume(JANITOR_PAUSE)?;
+    race.resume(JANITOR_PAUSE).await?;
     Ok(())
 }
