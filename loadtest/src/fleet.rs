@@ -48,11 +48,15 @@ pub struct FleetConfig {
     pub window_seconds: u64,
     /// The judge's least number of the canary's outcomes in its window.
     pub min_requests: u64,
+    /// Each sidecar's `--health-lease-seconds`.
+    pub health_lease_seconds: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FleetReport {
     pub reports_per_second: f64,
+    #[serde(default)]
+    pub health_lease_seconds: i64,
     pub steady_seconds: u64,
     pub window_seconds: u64,
     pub rows: Vec<FleetRow>,
@@ -108,6 +112,7 @@ pub async fn run(config: &FleetConfig, work: &std::path::Path) -> Result<FleetRe
     }
     Ok(FleetReport {
         reports_per_second: config.reports_per_second,
+        health_lease_seconds: config.health_lease_seconds,
         steady_seconds: config.steady_seconds,
         window_seconds: config.window_seconds,
         rows,
@@ -167,7 +172,14 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
             .await
             .context("connecting a group of sidecars to the coordinator")?;
         for index in group * PER_CONNECTION..count.min((group + 1) * PER_CONNECTION) {
-            fleet.push(start_sidecar(index, &client, &channel, &keys, &stop));
+            fleet.push(start_sidecar(
+                index,
+                &client,
+                &channel,
+                &keys,
+                config.health_lease_seconds,
+                &stop,
+            ));
         }
         tokio::time::sleep(Duration::from_secs_f64(
             PER_CONNECTION as f64 / STARTS_PER_SECOND as f64,
@@ -412,6 +424,7 @@ fn start_sidecar(
     client: &etcd_client::Client,
     channel: &tonic::transport::Channel,
     keys: &Keys,
+    lease_ttl_seconds: i64,
     stop: &CancellationToken,
 ) -> Simulated {
     let id = format!("fleet-{index:05}");
@@ -432,6 +445,7 @@ fn start_sidecar(
         namespaces: vec![namespace.clone()],
         started_at_ms: now_ms(),
         dirty,
+        lease_ttl_seconds,
     };
     tokio::spawn(health.run(stop.clone()));
     let streamer = OutcomeStreamer {
@@ -552,10 +566,13 @@ fn rss_kb(pid: u32) -> Result<u64> {
 pub fn render(report: &FleetReport) -> String {
     let mut out = format!(
         "fleet: sidecars in one process (sharing etcd and coordinator connections by {PER_CONNECTION}), \
-         each application reporting {} times a second; judge window {} s; steady state measured over {} s\n\n\
+         each application reporting {} times a second; health leases of {} s; judge window {} s; steady state measured over {} s\n\n\
          | sidecars | reports/s | etcd writes/s | per sidecar/s | etcd growth MB/h | coordinator CPU | coordinator RSS | live records | verdict | flip --wait | flip applied | flip in etcd | cold flip --wait | cold applied | status | start |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        report.reports_per_second, report.window_seconds, report.steady_seconds
+        report.reports_per_second,
+        report.health_lease_seconds,
+        report.window_seconds,
+        report.steady_seconds
     );
     for row in &report.rows {
         out.push_str(&format!(

@@ -164,6 +164,9 @@ struct FleetArgs {
     /// The judge's least number of the canary's outcomes in its window.
     #[arg(long, default_value_t = 200)]
     min_requests: u64,
+    /// Each sidecar's `--health-lease-seconds`.
+    #[arg(long, default_value_t = switchboard_sidecar::health::LEASE_TTL_SECONDS)]
+    health_lease_seconds: i64,
     #[command(flatten)]
     output: Output,
 }
@@ -311,6 +314,7 @@ fn main() -> ExitCode {
                     steady_seconds: args.steady_seconds,
                     window_seconds: args.window_seconds,
                     min_requests: args.min_requests,
+                    health_lease_seconds: args.health_lease_seconds,
                 };
                 let report = fleet::run(&config, work).await?;
                 Ok((fleet::render(&report), report))

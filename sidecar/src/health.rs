@@ -21,9 +21,9 @@ use crate::backoff::retry_delay;
 use crate::loader::{LoadError, with_timeout};
 use crate::namespace::Namespace;
 
-/// The lease's time to live: a dead sidecar leaves `status` after this long.
+/// The lease's time to live by default (`--health-lease-seconds`): a dead sidecar leaves
+/// `status` after this long. Keep-alives go every third of it.
 pub const LEASE_TTL_SECONDS: i64 = 10;
-const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(3);
 /// The pause after a first failure, 1 to 2 s, doubling with each failure in a row up to 4 to
 /// 8 s ([`retry_delay`]).
 const RETRY_FIRST: Duration = Duration::from_secs(2);
@@ -38,6 +38,8 @@ pub struct HealthPublisher {
     pub started_at_ms: u64,
     /// Told when what a namespace serves or its reachability changes: written at once.
     pub dirty: Arc<Notify>,
+    /// The lease's time to live, in seconds (at least 3).
+    pub lease_ttl_seconds: i64,
 }
 
 /// The health record of `namespace` as it stands: what it serves, and the report counts (which
@@ -131,7 +133,8 @@ impl HealthPublisher {
         let lease = match *lease_id {
             Some(id) => id,
             None => {
-                let granted = with_timeout(client.lease_grant(LEASE_TTL_SECONDS, None)).await?;
+                let granted =
+                    with_timeout(client.lease_grant(self.lease_ttl_seconds, None)).await?;
                 *lease_id = Some(granted.id());
                 granted.id()
             }
@@ -148,7 +151,7 @@ impl HealthPublisher {
                 return Err(error.into());
             }
         };
-        let ttl = Duration::from_secs(LEASE_TTL_SECONDS as u64);
+        let ttl = Duration::from_secs(self.lease_ttl_seconds.max(3).unsigned_abs());
         let mut last_answer = tokio::time::Instant::now();
         // The lease of an earlier attempt may have expired meanwhile.
         keeper.keep_alive().await?;
@@ -167,7 +170,7 @@ impl HealthPublisher {
         self.write_records(lease, &mut written)
             .await
             .map_err(|error| forget_gone_lease(lease_id, error))?;
-        let mut keep_alive = tokio::time::interval(KEEP_ALIVE_EVERY);
+        let mut keep_alive = tokio::time::interval(ttl / 3);
         // Answers to keep-alives are awaited in the same loop as the writes, not after each
         // keep-alive: under a flip to 10,000 sidecars etcd answers late, and a record that
         // acknowledges the new epoch must not wait behind an answer about the lease.

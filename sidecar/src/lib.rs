@@ -114,6 +114,11 @@ pub struct Args {
     /// version (X-Switchboard-Version) and for the keys a change feed reports.
     #[arg(long, default_value = "60", value_name = "SECONDS")]
     pub keep_replaced_seconds: u64,
+    /// The time to live of the health record's lease: how long a sidecar that died stays in
+    /// `status` and holds up `flip --wait`. Keep-alives go every third of it, so a longer
+    /// lease costs etcd less per sidecar (3 to 600).
+    #[arg(long, default_value_t = health::LEASE_TTL_SECONDS, value_name = "SECONDS", value_parser = clap::value_parser!(i64).range(3..=600))]
+    pub health_lease_seconds: i64,
 }
 
 impl Args {
@@ -294,6 +299,7 @@ pub async fn run(
                 namespaces,
                 started_at_ms,
                 dirty: health_dirty,
+                lease_ttl_seconds: args.health_lease_seconds,
             };
             // The outcome stream and the health record end together, last.
             tokio::join!(streamer.run(health_stop.clone()), health.run(health_stop));

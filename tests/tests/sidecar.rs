@@ -470,6 +470,7 @@ async fn a_health_publisher_whose_lease_etcd_forgot_takes_a_new_one() -> Result<
         namespaces: vec![Namespace::new(NS)],
         started_at_ms: switchboard_proto::time::now_ms(),
         dirty: Arc::new(tokio::sync::Notify::new()),
+        lease_ttl_seconds: switchboard_sidecar::health::LEASE_TTL_SECONDS,
     };
     tokio::spawn(publisher.run_from_lease(Some(forgotten), stop.clone()));
     let key = keys.health(NS, "sidecar-1");
