@@ -73,6 +73,7 @@ judge: significance	proto/src/judge.rs	-	Some(z) if z <= Z_THRESHOLD => verdict(
 health: a lease etcd forgot is dropped	sidecar/src/health.rs	-	if lease_is_gone(&error) {	if false {	-p switchboard-tests --test sidecar -- --exact a_health_publisher_whose_lease_etcd_forgot_takes_a_new_one
 rate limit: outcome streams by address	coordinator/src/auth.rs	-	let caller = if rpc == Rpc::ReportOutcomes {	let caller = if false {	-p switchboard-coordinator --lib -- --exact grpc::tests::outcome_streams_are_rate_limited_by_address_and_the_rest_by_user
 convergence: the sidecars behind	coordinator/src/convergence.rs	fn update(	Some(record) if record.epoch < self.epoch =>	Some(_) =>	-p switchboard-tests --test judge -- --exact wait_for_epoch_follows_the_sidecars_and_names_those_behind
+leader: the term ends before the lease may expire	coordinator/src/leader.rs	-	() = tokio::time::sleep_until(lives_until - EXPIRY_MARGIN) => {	() = std::future::pending::<()>() => {	-p switchboard-tests --test faults -- --exact a_leader_cut_off_from_etcd_stops_before_another_is_elected
 EOF
 )
 

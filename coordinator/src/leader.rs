@@ -9,7 +9,7 @@
 //! stopped, the lease is revoked so that another replica takes over automatic flip-back at
 //! once, and this replica campaigns again after a pause.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -28,6 +28,9 @@ use crate::routing::Fence;
 /// The election lease: a dead leader is replaced after at most about this long.
 pub const LEASE_TTL_SECONDS: i64 = 3;
 const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(1000);
+/// How long before the election lease might expire the leader stops acting, when no
+/// keep-alive was answered since: room for this process's timers and a busy machine.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long the leader's loops may take to stop once the term ends. Each of their etcd requests
 /// has a timeout of its own, so a loop that is still running after this is stuck, and it is
@@ -135,9 +138,23 @@ async fn term(
                 Box::pin(crate::capacity::sample(releases.clone(), term.clone())),
             ),
         ];
-        let failed = run_loops(loops, &term, LOOPS_STOP_GRACE).await;
-        releases.outcomes().set_leading(false);
-        metrics::gauge!(crate::telemetry::IS_LEADER).set(0.0);
+        let stepped_down = || {
+            releases.outcomes().set_leading(false);
+            metrics::gauge!(crate::telemetry::IS_LEADER).set(0.0);
+        };
+        let loops_done = run_loops(loops, &term, LOOPS_STOP_GRACE);
+        tokio::pin!(loops_done);
+        let failed = tokio::select! {
+            failed = &mut loops_done => failed,
+            () = term.cancelled() => {
+                // The term is over when it is cancelled, not when the last loop has stopped: a
+                // loop inside an etcd call to an unreachable etcd may take the whole grace,
+                // and meanwhile another replica may be elected.
+                stepped_down();
+                loops_done.await
+            }
+        };
+        stepped_down();
         if failed.is_empty() {
             tracing::info!(%id, "leadership ended");
         } else {
@@ -244,30 +261,51 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 
 /// Keeps the lease alive; cancels `term` as soon as that fails, so the leader stops acting
 /// before another can be elected.
+///
+/// A keep-alive answered late is not a lost lease: etcd under load answers in seconds, and a
+/// leader that gave up at the first late answer lost its term again and again (the fleet
+/// benchmark at 10,000 sidecars), ending every outcome stream each time. The term ends instead
+/// when the lease might expire: each answer proves the lease renewed no earlier than its
+/// keep-alive was sent, so it lives at least until that moment plus its time to live, and the
+/// term ends [`EXPIRY_MARGIN`] before that unless a later answer comes.
 async fn keep_lease_alive(mut client: Client, lease_id: i64, term: CancellationToken) {
     // However this ends (an error, a panic, an abort), the term ends with it: a term whose lease
     // is no longer kept alive must not go on.
     let _end_term = term.clone().drop_guard();
+    let ttl = Duration::from_secs(LEASE_TTL_SECONDS.unsigned_abs());
     let result = async {
+        // etcd-client sends a first keep-alive and waits for its answer before returning.
+        let asked = tokio::time::Instant::now();
         let (mut keeper, mut responses) = client.lease_keep_alive(lease_id).await?;
+        let mut lives_until = asked + ttl;
+        // When each keep-alive not answered yet was sent, oldest first: answers come in order.
+        let mut unanswered: VecDeque<tokio::time::Instant> = VecDeque::new();
         let mut tick = tokio::time::interval(KEEP_ALIVE_EVERY);
         loop {
             tokio::select! {
                 () = term.cancelled() => return Ok(()),
-                _ = tick.tick() => {}
-            }
-            keeper.keep_alive().await?;
-            match tokio::time::timeout(KEEP_ALIVE_EVERY, responses.message()).await {
-                Ok(Ok(Some(response))) if response.ttl() > 0 => {}
-                Ok(Ok(_)) => anyhow::bail!("the election lease expired"),
-                Ok(Err(error)) => return Err(error.into()),
-                Err(_) => anyhow::bail!("the election lease keep-alive got no answer"),
+                () = tokio::time::sleep_until(lives_until - EXPIRY_MARGIN) => {
+                    anyhow::bail!("no keep-alive of the election lease was answered in time");
+                }
+                _ = tick.tick() => {
+                    keeper.keep_alive().await?;
+                    unanswered.push_back(tokio::time::Instant::now());
+                }
+                answer = responses.message() => match answer? {
+                    Some(response) if response.ttl() > 0 => {
+                        let sent = unanswered.pop_front().unwrap_or(asked);
+                        lives_until = lives_until.max(sent + ttl);
+                    }
+                    Some(_) => anyhow::bail!("the election lease expired"),
+                    None => anyhow::bail!("etcd ended the election lease's keep-alive stream"),
+                },
             }
         }
     }
     .await;
     if let Err(error) = result {
         tracing::warn!(%error, "leadership lease lost");
+        metrics::counter!(crate::telemetry::LEADERSHIP_LOST).increment(1);
     }
 }
 

@@ -38,6 +38,8 @@ pub const OUTCOME_STREAMS: &str = "switchboard_outcome_streams";
 /// Loops of the leader that ended before their term, by returning or panicking: `loop`
 /// (`judge`, `janitor`, `capacity-sampler`). Each one ended the term and released the lease.
 pub const LEADER_LOOP_FAILURES: &str = "switchboard_leader_loop_failures_total";
+/// Terms that ended because the election lease could no longer be kept alive.
+pub const LEADERSHIP_LOST: &str = "switchboard_leadership_lost_total";
 /// etcd's database size, the part in use, and the quota it is checked against.
 pub const ETCD_DB_BYTES: &str = "switchboard_etcd_db_bytes";
 pub const ETCD_DB_IN_USE_BYTES: &str = "switchboard_etcd_db_in_use_bytes";
@@ -132,6 +134,10 @@ pub fn describe() {
     describe_gauge!(
         OUTCOME_STREAMS,
         "Sidecars' outcome streams open on this replica; the leader takes them, the others refuse them."
+    );
+    describe_counter!(
+        LEADERSHIP_LOST,
+        "Terms of this replica that ended because its election lease could no longer be kept alive (etcd unreachable, or too slow to answer before the lease might expire)."
     );
     describe_counter!(
         LEADER_LOOP_FAILURES,
@@ -234,6 +240,7 @@ pub fn register() {
     for leader_loop in crate::leader::LEADER_LOOPS {
         metrics::counter!(LEADER_LOOP_FAILURES, "loop" => leader_loop).absolute(0);
     }
+    metrics::counter!(LEADERSHIP_LOST).absolute(0);
 }
 
 /// Registers a namespace's counters with their zero values; the judge calls it when it first

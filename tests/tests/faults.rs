@@ -321,6 +321,36 @@ async fn a_leader_paused_past_its_lease_steps_down_when_it_resumes() -> Result<(
     Ok(())
 }
 
+/// A leader cut off from etcd (its connection blackholed: no error, no answer) stops acting
+/// before its election lease can expire, so that when another replica is elected it is the
+/// only leader. A keep-alive answered late is tolerated; one never answered ends the term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_stops_before_another_is_elected() -> Result<()> {
+    let cluster = EtcdCluster::start(1).await?;
+    let prefix = unique_prefix();
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.members()[0].client_port()));
+    let proxy = switchboard_tests::TcpProxy::start(upstream).await?;
+    let a = Coordinator::start_with(&proxy.url(), &prefix, &["--id", "replica-a"]).await?;
+    let is_leader = async |coordinator: &Coordinator| -> Result<bool> {
+        let url = format!("{}/metrics", coordinator.http_url());
+        let text = reqwest::get(&url).await?.text().await?;
+        Ok(text
+            .lines()
+            .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"))
+    };
+    wait_until(DEADLINE, "replica-a to lead", async || is_leader(&a).await).await?;
+    let b =
+        Coordinator::start_with(&cluster.endpoints_csv(), &prefix, &["--id", "replica-b"]).await?;
+    proxy.blackhole(true);
+    wait_until(DEADLINE, "replica-b to lead", async || is_leader(&b).await).await?;
+    ensure!(
+        !is_leader(&a).await?,
+        "replica-a, cut off from etcd, still acts as the leader beside replica-b"
+    );
+    proxy.blackhole(false);
+    Ok(())
+}
+
 /// A sidecar whose etcd connection goes through a proxy that blackholes it, then delays it:
 /// reads never fail, the sidecar reports etcd unreachable, and it catches up with the flips
 /// made meanwhile once traffic flows again.
