@@ -283,13 +283,6 @@ async fn a_leader_paused_past_its_lease_steps_down_when_it_resumes() -> Result<(
     let endpoints = cluster.endpoints_csv();
     let a = Coordinator::start_with(&endpoints, &prefix, &["--id", "replica-a"]).await?;
     let b = Coordinator::start_with(&endpoints, &prefix, &["--id", "replica-b"]).await?;
-    let is_leader = async |coordinator: &Coordinator| -> Result<bool> {
-        let url = format!("{}/metrics", coordinator.http_url());
-        let text = reqwest::get(&url).await?.text().await?;
-        Ok(text
-            .lines()
-            .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"))
-    };
     wait_until(DEADLINE, "exactly one leader", async || {
         Ok(is_leader(&a).await? != is_leader(&b).await?)
     })
@@ -331,13 +324,6 @@ async fn a_leader_cut_off_from_etcd_stops_before_another_is_elected() -> Result<
     let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.members()[0].client_port()));
     let proxy = switchboard_tests::TcpProxy::start(upstream).await?;
     let a = Coordinator::start_with(&proxy.url(), &prefix, &["--id", "replica-a"]).await?;
-    let is_leader = async |coordinator: &Coordinator| -> Result<bool> {
-        let url = format!("{}/metrics", coordinator.http_url());
-        let text = reqwest::get(&url).await?.text().await?;
-        Ok(text
-            .lines()
-            .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"))
-    };
     wait_until(DEADLINE, "replica-a to lead", async || is_leader(&a).await).await?;
     let b =
         Coordinator::start_with(&cluster.endpoints_csv(), &prefix, &["--id", "replica-b"]).await?;
@@ -767,4 +753,13 @@ async fn etcd_auth_gives_sidecars_read_only_access_to_their_namespace() -> Resul
         Some(v1.as_str())
     );
     Ok(())
+}
+
+/// Whether `coordinator` counts itself the leader, as its metrics say.
+async fn is_leader(coordinator: &Coordinator) -> Result<bool> {
+    let url = format!("{}/metrics", coordinator.http_url());
+    let text = reqwest::get(&url).await?.text().await?;
+    Ok(text
+        .lines()
+        .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"))
 }
