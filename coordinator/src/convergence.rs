@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{CoordinatorError, Result};
-use crate::store::{Store, WatchedRecords};
+use crate::store::{Store, WatchedRecords, parse_health_record};
 
 /// The longest `WaitForEpoch` a caller may ask for.
 pub const MAX_EPOCH_WAIT: Duration = Duration::from_secs(3600);
@@ -36,7 +36,7 @@ impl HealthView {
             .await?;
         let records = watched
             .values()
-            .filter_map(|(key, value)| Some((key.to_string(), parse(key, value)?)))
+            .filter_map(|(key, value)| Some((key.to_string(), parse_health_record(key, value)?)))
             .collect();
         Ok(Self { watched, records })
     }
@@ -57,7 +57,11 @@ impl HealthView {
     pub async fn changed(&mut self) -> Result<Vec<String>> {
         let keys = self.watched.changed().await?;
         for key in &keys {
-            match self.watched.get(key).and_then(|value| parse(key, value)) {
+            match self
+                .watched
+                .get(key)
+                .and_then(|value| parse_health_record(key, value))
+            {
                 Some(record) => {
                     self.records.insert(key.clone(), record);
                 }
@@ -68,12 +72,6 @@ impl HealthView {
         }
         Ok(keys)
     }
-}
-
-fn parse(key: &str, value: &[u8]) -> Option<HealthRecord> {
-    serde_json::from_slice(value)
-        .inspect_err(|error| tracing::warn!(%key, %error, "ignoring malformed health record"))
-        .ok()
 }
 
 /// The live sidecars behind an epoch, counted as changes arrive rather than over the whole
@@ -135,11 +133,22 @@ impl EpochTally {
     }
 }
 
+/// Refuses a wait longer than [`MAX_EPOCH_WAIT`], before anything is streamed.
+pub fn check_timeout(timeout: Duration) -> Result<()> {
+    if timeout > MAX_EPOCH_WAIT {
+        return Err(CoordinatorError::InvalidInput(format!(
+            "a wait of {timeout:?} is longer than the {MAX_EPOCH_WAIT:?} allowed"
+        )));
+    }
+    Ok(())
+}
+
 /// Sends where the live sidecars of `ns` are on the way to `epoch` until every one serves it
-/// or a later one, or until `timeout`: a message at once, one on progress at most every
-/// [`PROGRESS_EVERY`], and a last one marked `done`, after which `progress` is dropped.
-/// Returns early, without a last message, when the receiver goes away; `stop` (the coordinator's shutdown) ends the wait with an
-/// error, so that the caller asks another replica.
+/// or a later one, or until `timeout` (checked by [`check_timeout`]): a message at once, one
+/// on progress at most every [`PROGRESS_EVERY`], and a last one marked `done`, after which
+/// `progress` is dropped. Returns early, without a last message, when the receiver goes
+/// away; `stop` (the coordinator's shutdown) ends the wait with an error, so that the caller
+/// asks another replica.
 pub async fn wait_for_epoch(
     store: &Store,
     ns: &str,
@@ -148,11 +157,6 @@ pub async fn wait_for_epoch(
     progress: mpsc::Sender<EpochWaitProgress>,
     stop: &CancellationToken,
 ) -> Result<()> {
-    if timeout > MAX_EPOCH_WAIT {
-        return Err(CoordinatorError::InvalidInput(format!(
-            "a wait of {timeout:?} is longer than the {MAX_EPOCH_WAIT:?} allowed"
-        )));
-    }
     let deadline = Instant::now() + timeout;
     let mut view = HealthView::open(store, ns).await?;
     let mut tally = EpochTally::new(&view, epoch);

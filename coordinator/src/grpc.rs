@@ -1035,12 +1035,7 @@ impl Admin for AdminService {
         let ns = request.namespace;
         switchboard_proto::keys::validate_namespace(&ns).map_err(Status::invalid_argument)?;
         let timeout = Duration::from_millis(request.timeout_ms);
-        if timeout > crate::convergence::MAX_EPOCH_WAIT {
-            return Err(Status::invalid_argument(format!(
-                "a wait of {timeout:?} is longer than the {:?} allowed",
-                crate::convergence::MAX_EPOCH_WAIT
-            )));
-        }
+        crate::convergence::check_timeout(timeout)?;
         let (progress, progressed) = tokio::sync::mpsc::channel::<pb::EpochWaitProgress>(4);
         let (failed, failure) = tokio::sync::oneshot::channel::<Status>();
         let store = self.releases.store().clone();

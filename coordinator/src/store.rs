@@ -523,14 +523,16 @@ impl Store {
 pub fn parse_health_records<'a>(
     raw: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Vec<HealthRecord> {
-    let mut records = Vec::new();
-    for (key, value) in raw {
-        match serde_json::from_slice::<HealthRecord>(value) {
-            Ok(record) => records.push(record),
-            Err(error) => tracing::warn!(%key, %error, "ignoring malformed health record"),
-        }
-    }
-    records
+    raw.into_iter()
+        .filter_map(|(key, value)| parse_health_record(key, value))
+        .collect()
+}
+
+/// One health record; a malformed one is logged and `None`.
+pub fn parse_health_record(key: &str, value: &[u8]) -> Option<HealthRecord> {
+    serde_json::from_slice(value)
+        .inspect_err(|error| tracing::warn!(%key, %error, "ignoring malformed health record"))
+        .ok()
 }
 
 /// Records under a key or prefix as of the last change seen: see [`Store::watch_records`].

@@ -210,11 +210,7 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
     let mut etcd = env.etcd_client().await?;
     let health_prefix = keys.health_prefix(NAMESPACE);
     wait_until(DEADLINE, "every sidecar's health record", async || {
-        let options = etcd_client::GetOptions::new()
-            .with_prefix()
-            .with_count_only();
-        let response = etcd.get(health_prefix.as_str(), Some(options)).await?;
-        Ok(usize::try_from(response.count()).unwrap_or(0) >= count)
+        Ok(count_keys(&mut etcd, &health_prefix).await? >= count)
     })
     .await?;
     let start_seconds = started.elapsed().as_secs_f64();
@@ -244,16 +240,10 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
     let growth = (db_size(&mut etcd).await? - before.1) as f64;
     let cpu = (cpu_ticks(coordinator)? - before.2) as f64 / ticks_per_second() as f64;
     let reported = (reports.load(std::sync::atomic::Ordering::Relaxed) - before.3) as f64;
-    let rss_mb = rss_kb(coordinator)? as f64 / 1024.0;
+    let rss_mb = crate::stage::rss_bytes(coordinator)? as f64 / (1024.0 * 1024.0);
     // Sidecars whose lease etcd let expire under the load drop out of `status` until they
     // write their record again.
-    let options = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_count_only();
-    let live_records = etcd
-        .get(health_prefix.as_str(), Some(options))
-        .await?
-        .count();
+    let live_records = count_keys(&mut etcd, &health_prefix).await?;
 
     // A release as it is usually made: a healthy canary, then the flip to the set every
     // sidecar holds already as the canary's.
@@ -317,7 +307,7 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
         cold_flip_wait_seconds: cold.waited,
         cold_flip_applied_seconds: cold.applied,
         status_seconds,
-        live_records: usize::try_from(live_records).unwrap_or(0),
+        live_records,
         start_seconds,
     })
 }
@@ -522,6 +512,15 @@ async fn revision(client: &mut etcd_client::Client) -> Result<i64> {
     Ok(response.header().context("no header")?.revision())
 }
 
+/// How many keys etcd holds under `prefix`.
+async fn count_keys(client: &mut etcd_client::Client, prefix: &str) -> Result<usize> {
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let response = client.get(prefix, Some(options)).await?;
+    Ok(usize::try_from(response.count()).unwrap_or(0))
+}
+
 async fn db_size(client: &mut etcd_client::Client) -> Result<i64> {
     Ok(client.status().await?.db_size())
 }
@@ -550,17 +549,6 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 fn ticks_per_second() -> u64 {
     // Linux has reported 100 on every architecture Switchboard runs on.
     100
-}
-
-fn rss_kb(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .context("no VmRSS in /proc/PID/status")?
-        .parse()
-        .context("VmRSS")
 }
 
 pub fn render(report: &FleetReport) -> String {

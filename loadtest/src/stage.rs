@@ -369,7 +369,8 @@ async fn timed_puts(
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn rss_bytes(pid: u32) -> Result<u64> {
+/// A process's resident memory, from /proc.
+pub(crate) fn rss_bytes(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kb: u64 = status

@@ -6,9 +6,41 @@
 
 use std::time::Duration;
 
+/// The failures in a row of one retry loop, and the pause before its next attempt.
+pub struct Backoff {
+    id: String,
+    first: Duration,
+    most: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// The backoff of the sidecar `id`: pauses from `first` (spread over its second half) up to
+    /// `most`.
+    pub fn new(id: &str, first: Duration, most: Duration) -> Self {
+        Self {
+            id: id.to_string(),
+            first,
+            most,
+            failures: 0,
+        }
+    }
+
+    /// The pause after an attempt that ended having lasted `lasted`. One that held for twice
+    /// the longest pause was a success that ended (a failover, etcd restarted), and the count
+    /// of failures starts over.
+    pub fn after(&mut self, lasted: Duration) -> Duration {
+        if lasted >= self.most * 2 {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        retry_delay(&self.id, self.failures, self.first, self.most)
+    }
+}
+
 /// The pause after `failures` failures in a row (1 for the first): between half of and the
 /// whole of `first` doubled for each failure after the first, at most `most`.
-pub fn retry_delay(id: &str, failures: u32, first: Duration, most: Duration) -> Duration {
+fn retry_delay(id: &str, failures: u32, first: Duration, most: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
     let ceiling = first.saturating_mul(1 << doublings).min(most);
     let half = ceiling / 2;
@@ -34,6 +66,16 @@ mod tests {
                 "{failures}: {delay:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_attempt_that_held_starts_the_count_over() {
+        let mut backoff = Backoff::new("sidecar-1", FIRST, MOST);
+        let short = Duration::from_millis(10);
+        assert!(backoff.after(short) <= FIRST);
+        assert!(backoff.after(short) > FIRST);
+        assert!(backoff.after(short) >= MOST / 2);
+        assert!(backoff.after(MOST * 2) <= FIRST);
     }
 
     #[test]

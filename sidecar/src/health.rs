@@ -17,7 +17,7 @@ use switchboard_proto::{HealthRecord, Keys, ServedSet};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::retry_delay;
+use crate::backoff::Backoff;
 use crate::loader::{LoadError, with_timeout};
 use crate::namespace::Namespace;
 
@@ -25,7 +25,7 @@ use crate::namespace::Namespace;
 /// `status` after this long. Keep-alives go every third of it.
 pub const LEASE_TTL_SECONDS: i64 = 10;
 /// The pause after a first failure, 1 to 2 s, doubling with each failure in a row up to 4 to
-/// 8 s ([`retry_delay`]).
+/// 8 s ([`Backoff`]).
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MOST: Duration = Duration::from_secs(8);
 
@@ -93,7 +93,7 @@ impl HealthPublisher {
     pub async fn run_from_lease(self, lease_id: Option<i64>, shutdown: CancellationToken) {
         // The lease outlives a failed attempt: the next one keeps it while it lives.
         let mut lease_id = lease_id;
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(&self.id, RETRY_FIRST, RETRY_MOST);
         loop {
             let attempted = tokio::time::Instant::now();
             let result = tokio::select! {
@@ -111,12 +111,7 @@ impl HealthPublisher {
             if let Err(error) = result {
                 tracing::debug!(%error, "health record not published; retrying");
             }
-            // An attempt that held for a while was a success that ended: start over.
-            if attempted.elapsed() >= RETRY_MOST * 2 {
-                failures = 0;
-            }
-            failures = failures.saturating_add(1);
-            let pause = retry_delay(&self.id, failures, RETRY_FIRST, RETRY_MOST);
+            let pause = backoff.after(attempted.elapsed());
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
@@ -139,18 +134,12 @@ impl HealthPublisher {
                 granted.id()
             }
         };
-        let (mut keeper, mut responses) = match with_timeout(client.lease_keep_alive(lease)).await {
-            Ok(keeping) => keeping,
-            Err(error) => {
-                // A lease kept from a failed attempt may have expired meanwhile (etcd under
-                // load answered the attempt too late): etcd then refuses to keep it alive,
-                // and every later attempt would be refused the same way.
-                if lease_is_gone(&error) {
-                    *lease_id = None;
-                }
-                return Err(error.into());
-            }
-        };
+        // A lease kept from a failed attempt may have expired meanwhile (etcd under load
+        // answered the attempt too late): etcd then refuses to keep it alive, and every later
+        // attempt would be refused the same way.
+        let (mut keeper, mut responses) = with_timeout(client.lease_keep_alive(lease))
+            .await
+            .map_err(|error| forget_gone_lease(lease_id, error.into()))?;
         let ttl = Duration::from_secs(self.lease_ttl_seconds.max(3).unsigned_abs());
         let mut last_answer = tokio::time::Instant::now();
         // The lease of an earlier attempt may have expired meanwhile.

@@ -7,8 +7,8 @@
 //! to the leader starts with that history, so that a new leader has the recent window whole,
 //! and then carries each new sample. The leader is found through etcd: the election names it,
 //! and its replica key gives its URL. When the stream ends (the leader died, or its term ended
-//! and it ended the stream), the sidecar looks the leader up again after [`RETRY_FIRST`], and later ones after longer
-//! pauses.
+//! and it ended the stream), the sidecar looks the leader up again after [`RETRY_FIRST`],
+//! and after longer pauses while it fails.
 //! Reads never wait for any of this: a sidecar without any coordinator serves as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::retry_delay;
+use crate::backoff::Backoff;
 use crate::loader::with_timeout;
 use crate::namespace::Namespace;
 
@@ -155,7 +155,7 @@ impl OutcomeStreamer {
             history: History::default(),
             last: started,
         };
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::new(&self.id, RETRY_FIRST, RETRY_MOST);
         while !shutdown.is_cancelled() {
             let attempted = Instant::now();
             match self.stream_once(&mut sampler, started, &shutdown).await {
@@ -164,13 +164,7 @@ impl OutcomeStreamer {
                     tracing::debug!(error = %format!("{error:#}"), "outcome stream ended; looking up the leader again")
                 }
             }
-            // A stream that lasted was a success that ended (a failover): start over.
-            if attempted.elapsed() >= RETRY_MOST * 2 {
-                failures = 0;
-            }
-            failures = failures.saturating_add(1);
-            let pause =
-                tokio::time::sleep(retry_delay(&self.id, failures, RETRY_FIRST, RETRY_MOST));
+            let pause = tokio::time::sleep(backoff.after(attempted.elapsed()));
             tokio::pin!(pause);
             loop {
                 tokio::select! {

@@ -1105,27 +1105,30 @@ async fn outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else() -> 
     }
     stream(&leader, token).await??;
     let mut admin = AdminClient::connect(leader.grpc_url()).await?;
-    let mut request = tonic::Request::new(pb::StatusRequest {
+    // A request of any RPC carrying the reporter's token.
+    fn as_reporter<T>(token: &str, message: T) -> Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        Ok(request)
+    }
+    let status = pb::StatusRequest {
         namespace: NS.into(),
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", reporter.token).parse()?,
-    );
-    match admin.status(request).await {
+    };
+    match admin.status(as_reporter(&reporter.token, status)?).await {
         Err(status) if status.code() == tonic::Code::PermissionDenied => {}
         other => anyhow::bail!("a reporter read the status: {other:?}"),
     }
-    let mut request = tonic::Request::new(pb::WaitForEpochRequest {
+    let wait = pb::WaitForEpochRequest {
         namespace: NS.into(),
         epoch: 1,
         timeout_ms: 0,
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", reporter.token).parse()?,
-    );
-    match admin.wait_for_epoch(request).await {
+    };
+    match admin
+        .wait_for_epoch(as_reporter(&reporter.token, wait)?)
+        .await
+    {
         Err(status) if status.code() == tonic::Code::PermissionDenied => {}
         other => anyhow::bail!("a reporter followed the sidecars: {other:?}"),
     }
