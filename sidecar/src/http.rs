@@ -25,9 +25,6 @@ pub const VERSION_HEADER: &str = "x-switchboard-version";
 /// The longest a long poll (`?wait=`) waits: below the listener's idle timeout (60 s), which
 /// would otherwise close the connection of a poll that waits silently.
 pub const MAX_WAIT: Duration = Duration::from_secs(50);
-/// How often a change feed with nothing to say sends a comment, so that the connection is not
-/// idle (the listener closes connections idle for 60 s) and a client notices a dead one.
-pub const FEED_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Largest report body accepted.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 
@@ -439,17 +436,9 @@ async fn events(
     // The stream is the response itself: it ends when the client goes away or at shutdown.
     let stream = futures::stream::unfold(feed, |mut feed| async move {
         let change = feed.next().await?;
-        let event = axum::response::sse::Event::default()
-            .id(change.id())
-            .data(change.to_json());
-        Some((Ok::<_, std::convert::Infallible>(event), feed))
+        Some((change.to_sse(), feed))
     });
-    let sse = axum::response::sse::Sse::new(stream).keep_alive(
-        axum::response::sse::KeepAlive::new()
-            .interval(FEED_KEEP_ALIVE)
-            .text("keep-alive"),
-    );
-    Ok(sse.into_response())
+    Ok(crate::sse::response(stream))
 }
 
 /// Unknown fields are refused: `{"error": 5}` for `errors` would otherwise count nothing, and

@@ -21,6 +21,7 @@ pub mod preview;
 pub mod reports;
 pub mod serve;
 pub mod snapshot;
+pub mod sse;
 pub mod sync;
 pub mod telemetry;
 

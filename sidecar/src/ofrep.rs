@@ -377,15 +377,7 @@ pub async fn events(
                 "etag": bulk_etag(&served, &consumer),
                 "lastModified": switchboard_proto::time::now_ms() / 1000,
             });
-            Ok::<_, std::convert::Infallible>(
-                axum::response::sse::Event::default().data(data.to_string()),
-            )
+            crate::sse::event(None, &data.to_string())
         });
-    Ok(axum::response::sse::Sse::new(stream)
-        .keep_alive(
-            axum::response::sse::KeepAlive::new()
-                .interval(crate::http::FEED_KEEP_ALIVE)
-                .text("keep-alive"),
-        )
-        .into_response())
+    Ok(crate::sse::response(stream))
 }
