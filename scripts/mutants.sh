@@ -74,6 +74,7 @@ health: a lease etcd forgot is dropped	sidecar/src/health.rs	-	if error.downcast
 rate limit: outcome streams by address	coordinator/src/auth.rs	-	let caller = if rpc == Rpc::ReportOutcomes {	let caller = if false {	-p switchboard-coordinator --lib -- --exact grpc::tests::outcome_streams_are_rate_limited_by_address_and_the_rest_by_user
 convergence: the sidecars behind	coordinator/src/convergence.rs	fn update(	Some(record) if record.epoch < self.epoch =>	Some(_) =>	-p switchboard-tests --test judge -- --exact wait_for_epoch_follows_the_sidecars_and_names_those_behind
 leader: the term ends before the lease may expire	coordinator/src/leader.rs	-	() = tokio::time::sleep_until(lives_until - EXPIRY_MARGIN) => {	() = std::future::pending::<()>() => {	-p switchboard-tests --test faults -- --exact a_leader_cut_off_from_etcd_stops_before_another_is_elected
+pinned reads: the snapshot looked at again	sidecar/src/namespace.rs	-	        replaced.or_else(in_snapshot)	        replaced	-p switchboard-sidecar --lib -- --exact tests::feed::a_held_set_is_found_at_every_instant_of_flips_and_rollbacks
 EOF
 )
 

@@ -244,17 +244,28 @@ impl Namespace {
 
     /// The set of `version` if this sidecar holds it: served now, held for the bake time, or
     /// replaced lately. With its slot.
+    ///
+    /// It looks in the snapshot, then among the replaced sets, then in the snapshot again,
+    /// because [`Self::publish`] keeps the outgoing sets before the swap and lets go of the
+    /// incoming ones after it. A set on its way out is in the first snapshot or, once the swap
+    /// is done, among the replaced; a set on its way back in (a rollback to it) is among the
+    /// replaced until after the swap, so a look that misses it there finds it in the snapshot
+    /// read after. Looking only once in each let a read that straddled a rollback answer 409.
     pub fn held_set(&self, version: &str) -> Option<(Slot, Arc<LoadedSet>)> {
-        if let Some(snapshot) = self.current()
-            && let Some((slot, set)) = snapshot.held(version)
-        {
-            return Some((slot, set.clone()));
+        let in_snapshot = || {
+            let snapshot = self.current()?;
+            let (slot, set) = snapshot.held(version)?;
+            Some((slot, set.clone()))
+        };
+        if let Some(held) = in_snapshot() {
+            return Some(held);
         }
         let now = Instant::now();
-        lock(&self.replaced)
+        let replaced = lock(&self.replaced)
             .iter()
             .find(|r| r.set.version == version && r.until > now)
-            .map(|r| (r.slot, r.set.clone()))
+            .map(|r| (r.slot, r.set.clone()));
+        replaced.or_else(in_snapshot)
     }
 
     /// The keys that differ from version `from` to version `to`, if both sets are held now or
