@@ -2,8 +2,13 @@
 //! watch: for waits on the fleet (`flip --wait`, a synchronized flip's acknowledgements) that
 //! would otherwise read and parse every record again on each change, megabytes at 10,000
 //! sidecars.
+//!
+//! Which sidecars live is etcd's to say (a record lives with its sidecar's lease). Whether one
+//! serves an epoch, its record says, and on the leader so does its outcome stream, which a
+//! sidecar writes to as soon as it applies a routing: ten thousand records take seconds to
+//! reach etcd on a small cluster, the stream's word a fraction of one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use switchboard_proto::HealthRecord;
@@ -13,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{CoordinatorError, Result};
+use crate::outcomes::Outcomes;
 use crate::store::{Store, WatchedRecords, parse_health_record};
 
 /// The longest `WaitForEpoch` a caller may ask for.
@@ -83,20 +89,32 @@ struct EpochTally {
 }
 
 impl EpochTally {
-    fn new(view: &HealthView, epoch: u64) -> Self {
-        let behind = view
-            .records
-            .iter()
-            .filter(|(_, record)| record.epoch < epoch)
-            .map(|(key, _)| key.clone())
-            .collect();
-        Self { epoch, behind }
+    fn new(view: &HealthView, epoch: u64, streamed: Option<&HashMap<String, u64>>) -> Self {
+        let mut tally = Self {
+            epoch,
+            behind: BTreeSet::new(),
+        };
+        let keys: Vec<String> = view.records.keys().cloned().collect();
+        tally.update(view, &keys, streamed);
+        tally
     }
 
-    fn update(&mut self, view: &HealthView, keys: &[String]) {
+    /// The epoch `record`'s sidecar serves, by its record or, when later, its stream.
+    fn epoch_of(record: &HealthRecord, streamed: Option<&HashMap<String, u64>>) -> u64 {
+        let said = streamed.and_then(|epochs| epochs.get(&record.id)).copied();
+        record.epoch.max(said.unwrap_or(0))
+    }
+
+    /// Takes the records under `keys` as they are now.
+    fn update(
+        &mut self,
+        view: &HealthView,
+        keys: &[String],
+        streamed: Option<&HashMap<String, u64>>,
+    ) {
         for key in keys {
             match view.records.get(key) {
-                Some(record) if record.epoch < self.epoch => {
+                Some(record) if Self::epoch_of(record, streamed) < self.epoch => {
                     self.behind.insert(key.clone());
                 }
                 _ => {
@@ -106,7 +124,23 @@ impl EpochTally {
         }
     }
 
-    fn progress(&self, ns: &str, view: &HealthView, done: bool) -> EpochWaitProgress {
+    /// Takes what the streams say now, for the sidecars still behind.
+    fn update_streamed(&mut self, view: &HealthView, streamed: Option<&HashMap<String, u64>>) {
+        let epoch = self.epoch;
+        self.behind.retain(|key| {
+            view.records
+                .get(key)
+                .is_some_and(|record| Self::epoch_of(record, streamed) < epoch)
+        });
+    }
+
+    fn progress(
+        &self,
+        ns: &str,
+        view: &HealthView,
+        done: bool,
+        streamed: Option<&HashMap<String, u64>>,
+    ) -> EpochWaitProgress {
         let converged = self.behind.is_empty();
         let mut behind: Vec<SidecarEpoch> = if done {
             self.behind
@@ -114,7 +148,7 @@ impl EpochTally {
                 .filter_map(|key| view.records.get(key))
                 .map(|record| SidecarEpoch {
                     id: record.id.clone(),
-                    epoch: record.epoch,
+                    epoch: Self::epoch_of(record, streamed),
                 })
                 .collect()
         } else {
@@ -144,13 +178,15 @@ pub fn check_timeout(timeout: Duration) -> Result<()> {
 }
 
 /// Sends where the live sidecars of `ns` are on the way to `epoch` until every one serves it
-/// or a later one, or until `timeout` (checked by [`check_timeout`]): a message at once, one
+/// or a later one, by its health record or by its stream to this coordinator (`outcomes`,
+/// empty unless it leads), or until `timeout` (checked by [`check_timeout`]): a message at once, one
 /// on progress at most every [`PROGRESS_EVERY`], and a last one marked `done`, after which
 /// `progress` is dropped. Returns early, without a last message, when the receiver goes
 /// away; `stop` (the coordinator's shutdown) ends the wait with an error, so that the caller
 /// asks another replica.
 pub async fn wait_for_epoch(
     store: &Store,
+    outcomes: &Outcomes,
     ns: &str,
     epoch: u64,
     timeout: Duration,
@@ -158,13 +194,18 @@ pub async fn wait_for_epoch(
     stop: &CancellationToken,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
+    // Subscribed before the first look, so that an epoch streamed meanwhile wakes the wait.
+    let mut streamed_changed = outcomes.epochs_changed();
     let mut view = HealthView::open(store, ns).await?;
-    let mut tally = EpochTally::new(&view, epoch);
+    let mut tally =
+        outcomes.with_streamed_epochs(ns, |streamed| EpochTally::new(&view, epoch, streamed));
     let mut last_sent: Option<(u64, u64)> = None;
     let mut next_progress = Instant::now();
     loop {
         let timed_out = Instant::now() >= deadline;
-        let message = tally.progress(ns, &view, timed_out);
+        let message = outcomes.with_streamed_epochs(ns, |streamed| {
+            tally.progress(ns, &view, timed_out, streamed)
+        });
         let counts = (message.sidecars, message.on_epoch);
         if message.done {
             // The receiver may have gone; there is nothing left to do either way.
@@ -185,7 +226,13 @@ pub async fn wait_for_epoch(
             deadline
         };
         tokio::select! {
-            keys = view.changed() => tally.update(&view, &keys?),
+            keys = view.changed() => {
+                let keys = keys?;
+                outcomes.with_streamed_epochs(ns, |streamed| tally.update(&view, &keys, streamed));
+            }
+            Ok(()) = streamed_changed.changed() => {
+                outcomes.with_streamed_epochs(ns, |streamed| tally.update_streamed(&view, streamed));
+            }
             () = tokio::time::sleep_until(wake) => {}
             () = progress.closed() => return Ok(()),
             () = stop.cancelled() => {

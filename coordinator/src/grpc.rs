@@ -1039,6 +1039,7 @@ impl Admin for AdminService {
         let (progress, progressed) = tokio::sync::mpsc::channel::<pb::EpochWaitProgress>(4);
         let (failed, failure) = tokio::sync::oneshot::channel::<Status>();
         let store = self.releases.store().clone();
+        let outcomes = self.releases.outcomes().clone();
         let shutdown = self.shutdown.clone();
         // The wait ends when every live sidecar is on the epoch, at the timeout, when the
         // client goes away (the response stream drops `progressed`) or when the server shuts
@@ -1046,6 +1047,7 @@ impl Admin for AdminService {
         self.tasks.spawn(async move {
             let waited = crate::convergence::wait_for_epoch(
                 &store,
+                &outcomes,
                 &ns,
                 request.epoch,
                 timeout,

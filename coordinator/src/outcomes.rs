@@ -7,6 +7,11 @@
 //! when the sidecar reconnects to it: the counters are cumulative, so nothing is lost and
 //! nothing is counted twice. A sample carries its age when it was sent, not a time by the
 //! sidecar's clock, so the two clocks need not agree.
+//!
+//! Each message also says which epoch each namespace of the sidecar is served from, and a
+//! sidecar sends one as soon as it applies a routing: the leader's `WaitForEpoch` counts a
+//! sidecar as on the epoch when either its stream or its health record says so, so a fleet's
+//! flip is seen applied before ten thousand records reach etcd.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -108,6 +113,8 @@ struct Inner {
     series: HashMap<String, HashMap<(String, String), Series>>,
     sidecars: HashMap<String, Sidecar>,
     series_count: usize,
+    /// Per namespace, the epoch each sidecar with an open stream says it is served from.
+    epochs: HashMap<String, HashMap<String, u64>>,
 }
 
 /// The outcomes this coordinator received, shared by the `ReportOutcomes` handler, the judge,
@@ -116,6 +123,8 @@ struct Inner {
 pub struct Outcomes {
     inner: Arc<Mutex<Inner>>,
     leading: watch::Sender<bool>,
+    /// Bumped each time a sidecar's streamed epoch changes, for the waits that count them.
+    epochs_changed: watch::Sender<u64>,
 }
 
 impl Default for Outcomes {
@@ -129,6 +138,7 @@ impl Outcomes {
         Self {
             inner: Arc::default(),
             leading: watch::Sender::new(false),
+            epochs_changed: watch::Sender::new(0),
         }
     }
 
@@ -140,6 +150,7 @@ impl Outcomes {
             let mut inner = self.lock();
             inner.series.clear();
             inner.series_count = 0;
+            inner.epochs.clear();
         }
         self.leading.send_replace(leading);
     }
@@ -162,13 +173,37 @@ impl Outcomes {
             .open_streams += 1;
     }
 
-    /// A stream of `sidecar` ended at `now_ms`.
+    /// A stream of `sidecar` ended at `now_ms`. Once none is open, what the sidecar said of
+    /// its epochs is forgotten: it might move on without telling anyone here.
     pub fn closed(&self, sidecar: &str, now_ms: u64) {
         let mut inner = self.lock();
+        let mut silent = false;
         if let Some(entry) = inner.sidecars.get_mut(sidecar) {
             entry.open_streams = entry.open_streams.saturating_sub(1);
             entry.ended_ms = now_ms;
+            silent = entry.open_streams == 0;
         }
+        if silent {
+            for epochs in inner.epochs.values_mut() {
+                epochs.remove(sidecar);
+            }
+        }
+    }
+
+    /// Told each time a sidecar's streamed epoch changes.
+    pub fn epochs_changed(&self) -> watch::Receiver<u64> {
+        self.epochs_changed.subscribe()
+    }
+
+    /// Calls `f` with the epoch each streaming sidecar of `ns` says it is served from, by
+    /// sidecar id (`None` when none has said), under the lock: a wait over 10,000 sidecars
+    /// looks up the ones it waits for without copying the others.
+    pub fn with_streamed_epochs<R>(
+        &self,
+        ns: &str,
+        f: impl FnOnce(Option<&HashMap<String, u64>>) -> R,
+    ) -> R {
+        f(self.lock().epochs.get(ns))
     }
 
     /// Takes one message of a stream, received at `now_ms`. Refuses it whole, naming what is
@@ -197,6 +232,20 @@ impl Outcomes {
                 report.sidecar
             ));
         }
+        let mut epochs_changed = false;
+        for said in &report.epochs {
+            let previous = inner
+                .epochs
+                .entry(said.namespace.clone())
+                .or_default()
+                .insert(report.sidecar.clone(), said.epoch);
+            epochs_changed |= previous != Some(said.epoch);
+        }
+        let Inner {
+            series,
+            series_count,
+            ..
+        } = &mut *inner;
         for reported in &report.series {
             let entry = series
                 .entry(reported.namespace.clone())
@@ -217,6 +266,10 @@ impl Outcomes {
                 );
             }
         }
+        drop(inner);
+        if epochs_changed {
+            self.epochs_changed.send_modify(|count| *count += 1);
+        }
         Ok(())
     }
 
@@ -229,6 +282,7 @@ impl Outcomes {
             series,
             sidecars,
             series_count,
+            ..
         } = &mut *inner;
         let Some(namespace) = series.get_mut(ns) else {
             return Counts::default();
@@ -329,6 +383,15 @@ fn check(report: &pb::OutcomeReport) -> Result<(), String> {
             ));
         }
     }
+    if report.epochs.len() > MAX_SERIES_PER_MESSAGE {
+        return Err(format!(
+            "epochs of {} namespaces in one message; at most {MAX_SERIES_PER_MESSAGE}",
+            report.epochs.len()
+        ));
+    }
+    for said in &report.epochs {
+        switchboard_proto::keys::validate_namespace(&said.namespace)?;
+    }
     Ok(())
 }
 
@@ -358,6 +421,7 @@ mod tests {
                     samples: samples.clone(),
                 })
                 .collect(),
+            epochs: Vec::new(),
         }
     }
 
@@ -509,5 +573,43 @@ mod tests {
         let later = outcomes.window("ns", "v2", 0, 100_001 + KEEP_ENDED_MS);
         assert_eq!(later, Counts::default());
         assert_eq!(outcomes.series_count(), 0);
+    }
+
+    #[test]
+    fn a_streamed_epoch_lasts_while_a_stream_of_its_sidecar_is_open() {
+        let outcomes = Outcomes::new();
+        let said = |sidecar: &str| {
+            outcomes
+                .with_streamed_epochs("ns", |epochs| epochs.and_then(|e| e.get(sidecar)).copied())
+        };
+        let mut changed = outcomes.epochs_changed();
+        let mut message = report("s1", 1, 1, &[]);
+        message.epochs = vec![pb::NamespaceEpoch {
+            namespace: "ns".into(),
+            epoch: 7,
+        }];
+        outcomes.opened("s1");
+        outcomes.opened("s1");
+        outcomes.observe(&message, 1_000).expect("accepted");
+        assert_eq!(said("s1"), Some(7));
+        assert!(changed.has_changed().expect("open"), "the waits are told");
+        changed.borrow_and_update();
+        // The same epoch again tells nobody.
+        outcomes.observe(&message, 1_500).expect("accepted");
+        assert!(!changed.has_changed().expect("open"));
+        // One of two overlapping streams ends: the other still speaks for the sidecar.
+        outcomes.closed("s1", 2_000);
+        assert_eq!(said("s1"), Some(7));
+        outcomes.closed("s1", 2_000);
+        assert_eq!(said("s1"), None, "forgotten once no stream is open");
+
+        outcomes.opened("s1");
+        outcomes.observe(&message, 3_000).expect("accepted");
+        outcomes.set_leading(false);
+        assert_eq!(said("s1"), None, "forgotten at the end of the term");
+
+        message.epochs[0].namespace = "../ns".into();
+        assert!(outcomes.observe(&message, 4_000).is_err());
+        assert_eq!(said("s1"), None, "a refused message says nothing");
     }
 }

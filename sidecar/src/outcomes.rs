@@ -9,6 +9,10 @@
 //! and its replica key gives its URL. When the stream ends (the leader died, or its term ended
 //! and it ended the stream), the sidecar looks the leader up again after [`RETRY_FIRST`],
 //! and after longer pauses while it fails.
+//! Every message also names the epoch each namespace is served from, and a routing applied
+//! sends one at once: the leader's `flip --wait` then sees the flip applied without waiting
+//! for this sidecar's health record to reach etcd (it still does; the record is the durable
+//! acknowledgement, the stream the fast one).
 //! Reads never wait for any of this: a sidecar without any coordinator serves as before.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -40,6 +44,10 @@ pub const RETRY_MOST: Duration = Duration::from_secs(8);
 const QUEUED_MESSAGES: usize = 8;
 /// Samples per series in one message: the history is split over messages this size.
 const SAMPLES_PER_MESSAGE: usize = 1_024;
+/// How long a new epoch waits for room in a full queue before the stream is given up (the
+/// next stream's first message carries it): unlike samples, it has no later message to ride
+/// on when applications report nothing.
+const EPOCH_SEND_WAIT: Duration = Duration::from_secs(2);
 
 /// How the sidecar reaches the leader: the bearer token of a user with the `reporter` role when
 /// the coordinator runs with `--auth`, and the CA that signed its certificate for https.
@@ -190,11 +198,17 @@ impl OutcomeStreamer {
         };
         let mut admin = AdminClient::new(channel);
         let (sender, receiver) = mpsc::channel(QUEUED_MESSAGES);
+        // Subscribed before the first message is built, so that a routing applied meanwhile
+        // is sent after it.
+        let mut routings = futures::stream::select_all(self.namespaces.iter().map(|namespace| {
+            tokio_stream::wrappers::WatchStream::from_changes(namespace.subscribe())
+        }));
         let head = |now: Instant| pb::OutcomeReport {
             sidecar: self.id.clone(),
             started_at_ms: self.started_at_ms,
             uptime_ms: now.saturating_duration_since(started).as_millis() as u64,
             series: Vec::new(),
+            epochs: self.epochs(),
         };
         // The whole history first (at least one message, so that the leader knows the stream
         // at once), then what each sample adds.
@@ -204,6 +218,7 @@ impl OutcomeStreamer {
         if first.is_empty() {
             first.push(head(now));
         }
+        let mut epochs_sent = first.last().map(|m| m.epochs.clone()).unwrap_or_default();
         for message in first {
             sender.try_send(message)?;
         }
@@ -220,6 +235,16 @@ impl OutcomeStreamer {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                Some(_) = futures::StreamExt::next(&mut routings) => {
+                    let message = head(Instant::now());
+                    if message.epochs == epochs_sent {
+                        continue;
+                    }
+                    epochs_sent = message.epochs.clone();
+                    tokio::time::timeout(EPOCH_SEND_WAIT, sender.send(message))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("the leader took no message for {EPOCH_SEND_WAIT:?}"))??;
+                }
                 ended = &mut call => {
                     return match ended {
                         Ok(_) => Ok(()),
@@ -236,6 +261,9 @@ impl OutcomeStreamer {
                     if sender.capacity() < messages.len() {
                         continue;
                     }
+                    if let Some(last) = messages.last() {
+                        epochs_sent = last.epochs.clone();
+                    }
                     for message in messages {
                         sender.try_send(message)?;
                     }
@@ -243,6 +271,19 @@ impl OutcomeStreamer {
                 }
             }
         }
+    }
+
+    /// The epoch of the routing each namespace is served from now.
+    fn epochs(&self) -> Vec<pb::NamespaceEpoch> {
+        self.namespaces
+            .iter()
+            .filter_map(|namespace| {
+                Some(pb::NamespaceEpoch {
+                    namespace: namespace.name.clone(),
+                    epoch: namespace.current()?.routing.epoch,
+                })
+            })
+            .collect()
     }
 
     /// A connection to the leader at `url`, over TLS when a CA is given.

@@ -754,12 +754,3 @@ async fn etcd_auth_gives_sidecars_read_only_access_to_their_namespace() -> Resul
     );
     Ok(())
 }
-
-/// Whether `coordinator` counts itself the leader, as its metrics say.
-async fn is_leader(coordinator: &Coordinator) -> Result<bool> {
-    let url = format!("{}/metrics", coordinator.http_url());
-    let text = reqwest::get(&url).await?.text().await?;
-    Ok(text
-        .lines()
-        .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"))
-}

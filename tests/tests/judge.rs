@@ -671,6 +671,139 @@ async fn wait_for_epoch_follows_the_sidecars_and_names_those_behind() -> Result<
     Ok(())
 }
 
+/// Issue 17: on the leader, `WaitForEpoch` counts a sidecar as on the epoch as soon as its
+/// outcome stream says so, before its health record does (ten thousand records take seconds
+/// to reach a small etcd; a stream's word a fraction of one). The sidecar here runs in the
+/// test's process, its sync loop and outcome stream as a sidecar runs them, but without its
+/// health publisher: its record in etcd, written by the test, stays on the epoch before the
+/// flip, and only its stream can tell the leader that it applied the flip. Once the stream
+/// ends, the leader forgets what it said, and the record decides again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_whose_stream_names_the_epoch_counts_before_its_record_does() -> Result<()> {
+    use switchboard_proto::pb;
+    use switchboard_proto::pb::admin_client::AdminClient;
+    use switchboard_sidecar::namespace::Namespace;
+    use switchboard_sidecar::outcomes::{CoordinatorAccess, OutcomeStreamer};
+    use switchboard_sidecar::sync::NamespaceSync;
+
+    let env = TestEnv::start(&[NS]).await?;
+    let dir = tempfile::tempdir()?;
+    for generation in ["a", "b"] {
+        let set = write_set(dir.path(), generation, 5, 10)?;
+        stage(&env.sbctl(), NS, &set.display().to_string()).await?;
+        if generation == "a" {
+            env.sbctl().run(&["flip", NS]).await?.ensure_success()?;
+        }
+    }
+    let before_flip = epoch(&env.sbctl(), NS).await?;
+
+    // The record of the sidecar, on the epoch before the flip, alive while the test's lease
+    // lives: nothing else writes it.
+    let mut client = env.etcd_client().await?;
+    let lease = client.lease_grant(120, None).await?.id();
+    let record = serde_json::json!({
+        "id": "streamer",
+        "namespace": NS,
+        "epoch": before_flip,
+        "serving": [],
+        "etcd_reachable": true,
+        "at_ms": 0,
+    });
+    client
+        .put(
+            env.keys().health(NS, "streamer"),
+            record.to_string(),
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+
+    // The sidecar: its sync loop and its outcome stream to the leader.
+    wait_until(DEADLINE, "the coordinator to lead", async || {
+        is_leader(&env.coordinator).await
+    })
+    .await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let namespace = Namespace::new(NS);
+    let sync = NamespaceSync::new(
+        client.clone(),
+        env.keys(),
+        namespace.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let syncing = tokio::spawn(sync.run(stop.clone()));
+    let streamer = OutcomeStreamer {
+        client: client.clone(),
+        keys: env.keys(),
+        id: "streamer".into(),
+        namespaces: vec![namespace.clone()],
+        started_at_ms: 1,
+        access: CoordinatorAccess::default(),
+        reports_changed: Arc::new(tokio::sync::Notify::new()),
+        channel: None,
+    };
+    let streaming = tokio::spawn(streamer.run(stop.clone()));
+
+    let mut admin = AdminClient::connect(env.coordinator.grpc_url()).await?;
+    let flipped = before_flip + 1;
+    let last_of_wait = async |admin: &mut AdminClient<tonic::transport::Channel>| {
+        let mut stream = admin
+            .wait_for_epoch(pb::WaitForEpochRequest {
+                namespace: NS.into(),
+                epoch: flipped,
+                timeout_ms: 300,
+            })
+            .await?
+            .into_inner();
+        let mut last = None;
+        while let Some(progress) = stream.message().await? {
+            last = Some(progress);
+        }
+        last.context("a wait without a last message")
+    };
+    let before = last_of_wait(&mut admin).await?;
+    ensure!(
+        !before.converged
+            && before.behind
+                == [pb::SidecarEpoch {
+                    id: "streamer".into(),
+                    epoch: before_flip,
+                }],
+        "before the flip: {before:?}"
+    );
+
+    env.sbctl().run(&["flip", NS]).await?.ensure_success()?;
+    wait_until(
+        DEADLINE,
+        "the wait to count the streamed epoch",
+        async || {
+            let last = last_of_wait(&mut admin).await?;
+            Ok(last.converged && (last.sidecars, last.on_epoch) == (1, 1))
+        },
+    )
+    .await?;
+    let record = client.get(env.keys().health(NS, "streamer"), None).await?;
+    let record: Value = serde_json::from_slice(record.kvs().first().context("no record")?.value())?;
+    ensure!(
+        record["epoch"] == before_flip,
+        "the record moved on: {record}"
+    );
+
+    // The stream ends: what it said is forgotten, and the record decides.
+    stop.cancel();
+    streaming.await?;
+    syncing.await?;
+    wait_until(
+        DEADLINE,
+        "the wait to forget the ended stream",
+        async || {
+            let last = last_of_wait(&mut admin).await?;
+            Ok(!last.converged && last.behind.len() == 1)
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// A paused rollout holds however healthy the data; resumed, it steps on; aborted, the canary
 /// goes to 0 and the rollout is recorded as aborted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1083,6 +1216,7 @@ async fn outcomes_go_only_to_the_leader_and_a_reporter_may_do_nothing_else() -> 
                 errors: 1,
             }],
         }],
+        epochs: Vec::new(),
     };
     let stream = async |coordinator: &Coordinator, token: Option<&str>| {
         let mut admin = AdminClient::connect(coordinator.grpc_url()).await?;

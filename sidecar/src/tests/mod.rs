@@ -2028,6 +2028,7 @@ mod outcomes {
             started_at_ms: 1,
             uptime_ms: 0,
             series: Vec::new(),
+            epochs: Vec::new(),
         }
     }
 

@@ -268,3 +268,12 @@ pub async fn set_judge_policy(
     sbctl.run(&args).await?.ensure_success()?;
     Ok(())
 }
+
+/// Whether `coordinator` counts itself the leader, as its metrics say.
+pub async fn is_leader(coordinator: &switchboard_tests::Coordinator) -> Result<bool> {
+    let url = format!("{}/metrics", coordinator.http_url());
+    let text = reqwest::get(&url).await?.text().await?;
+    Ok(text
+        .lines()
+        .any(|l| l.trim() == "switchboard_coordinator_is_leader 1"))
+}
