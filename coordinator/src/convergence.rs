@@ -26,6 +26,11 @@ pub const MAX_EPOCH_WAIT: Duration = Duration::from_secs(3600);
 /// The least time between two progress messages of one wait: a bar on a terminal needs no
 /// more, and 10,000 acknowledgements arriving in a burst must not become 10,000 messages.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// The least time between two looks at what the streams say of the sidecars still behind: a
+/// fleet's flip brings thousands of streamed epochs within a second, and a look for each would
+/// go over the whole set behind, under the lock that every stream's messages take, thousands of
+/// times (which held a fleet of 5,000 back by seconds).
+const STREAMED_EVERY: Duration = Duration::from_millis(50);
 
 /// The health records of one namespace, parsed once each as etcd delivers them.
 pub struct HealthView {
@@ -201,7 +206,15 @@ pub async fn wait_for_epoch(
         outcomes.with_streamed_epochs(ns, |streamed| EpochTally::new(&view, epoch, streamed));
     let mut last_sent: Option<(u64, u64)> = None;
     let mut next_progress = Instant::now();
+    // Streamed epochs not yet looked at, and when they may be.
+    let mut streamed_unseen = false;
+    let mut next_streamed_look = Instant::now();
     loop {
+        if streamed_unseen && Instant::now() >= next_streamed_look {
+            outcomes.with_streamed_epochs(ns, |streamed| tally.update_streamed(&view, streamed));
+            streamed_unseen = false;
+            next_streamed_look = Instant::now() + STREAMED_EVERY;
+        }
         let timed_out = Instant::now() >= deadline;
         let message = outcomes.with_streamed_epochs(ns, |streamed| {
             tally.progress(ns, &view, timed_out, streamed)
@@ -219,20 +232,21 @@ pub async fn wait_for_epoch(
             last_sent = Some(counts);
             next_progress = Instant::now() + PROGRESS_EVERY;
         }
-        // Wake for the deadline, for changes, and for progress held back by the cadence.
-        let wake = if last_sent != Some(counts) {
-            next_progress.min(deadline)
-        } else {
-            deadline
-        };
+        // Wake for the deadline, for changes, and for progress and streamed epochs held back
+        // by their cadences.
+        let mut wake = deadline;
+        if last_sent != Some(counts) {
+            wake = wake.min(next_progress);
+        }
+        if streamed_unseen {
+            wake = wake.min(next_streamed_look);
+        }
         tokio::select! {
             keys = view.changed() => {
                 let keys = keys?;
                 outcomes.with_streamed_epochs(ns, |streamed| tally.update(&view, &keys, streamed));
             }
-            Ok(()) = streamed_changed.changed() => {
-                outcomes.with_streamed_epochs(ns, |streamed| tally.update_streamed(&view, streamed));
-            }
+            Ok(()) = streamed_changed.changed(), if !streamed_unseen => streamed_unseen = true,
             () = tokio::time::sleep_until(wake) => {}
             () = progress.closed() => return Ok(()),
             () = stop.cancelled() => {

@@ -44,10 +44,6 @@ pub const RETRY_MOST: Duration = Duration::from_secs(8);
 const QUEUED_MESSAGES: usize = 8;
 /// Samples per series in one message: the history is split over messages this size.
 const SAMPLES_PER_MESSAGE: usize = 1_024;
-/// How long a new epoch waits for room in a full queue before the stream is given up (the
-/// next stream's first message carries it): unlike samples, it has no later message to ride
-/// on when applications report nothing.
-const EPOCH_SEND_WAIT: Duration = Duration::from_secs(2);
 
 /// How the sidecar reaches the leader: the bearer token of a user with the `reporter` role when
 /// the coordinator runs with `--auth`, and the CA that signed its certificate for https.
@@ -219,6 +215,7 @@ impl OutcomeStreamer {
             first.push(head(now));
         }
         let mut epochs_sent = first.last().map(|m| m.epochs.clone()).unwrap_or_default();
+        let mut epochs_owed = false;
         for message in first {
             sender.try_send(message)?;
         }
@@ -236,14 +233,16 @@ impl OutcomeStreamer {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 Some(_) = futures::StreamExt::next(&mut routings) => {
+                    epochs_owed = self.epochs() != epochs_sent;
+                }
+                // A new epoch goes as soon as the queue has room. Unlike samples it has no
+                // later message to ride on when applications report nothing, and a leader
+                // busy with a fleet's flip is not a reason to give up the stream.
+                Ok(permit) = sender.reserve(), if epochs_owed => {
                     let message = head(Instant::now());
-                    if message.epochs == epochs_sent {
-                        continue;
-                    }
                     epochs_sent = message.epochs.clone();
-                    tokio::time::timeout(EPOCH_SEND_WAIT, sender.send(message))
-                        .await
-                        .map_err(|_| anyhow::anyhow!("the leader took no message for {EPOCH_SEND_WAIT:?}"))??;
+                    epochs_owed = false;
+                    permit.send(message);
                 }
                 ended = &mut call => {
                     return match ended {
@@ -261,8 +260,11 @@ impl OutcomeStreamer {
                     if sender.capacity() < messages.len() {
                         continue;
                     }
+                    // These carry the epochs as they are now (a routing applied since wakes
+                    // the routings branch again).
                     if let Some(last) = messages.last() {
                         epochs_sent = last.epochs.clone();
+                        epochs_owed = false;
                     }
                     for message in messages {
                         sender.try_send(message)?;
