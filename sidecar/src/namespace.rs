@@ -245,27 +245,23 @@ impl Namespace {
     /// The set of `version` if this sidecar holds it: served now, held for the bake time, or
     /// replaced lately. With its slot.
     ///
-    /// It looks in the snapshot, then among the replaced sets, then in the snapshot again,
-    /// because [`Self::publish`] keeps the outgoing sets before the swap and lets go of the
-    /// incoming ones after it. A set on its way out is in the first snapshot or, once the swap
-    /// is done, among the replaced; a set on its way back in (a rollback to it) is among the
-    /// replaced until after the swap, so a look that misses it there finds it in the snapshot
-    /// read after. Looking only once in each let a read that straddled a rollback answer 409.
+    /// The snapshot is read under the lock of the replaced sets, and both looks are made before
+    /// it is let go. [`Self::publish`] keeps the outgoing sets (under that lock) before the swap
+    /// and lets go of the incoming ones (under it again) after, so a look made under the lock
+    /// finds a set on its way out in the snapshot or among the replaced, and a set on its way
+    /// back in (a rollback to it) likewise. Two looks each on its own, with swaps between them,
+    /// could miss it in both: a pinned read answered 409 during a rollback.
     pub fn held_set(&self, version: &str) -> Option<(Slot, Arc<LoadedSet>)> {
-        let in_snapshot = || {
-            let snapshot = self.current()?;
-            let (slot, set) = snapshot.held(version)?;
-            Some((slot, set.clone()))
-        };
-        if let Some(held) = in_snapshot() {
-            return Some(held);
+        let replaced = lock(&self.replaced);
+        let snapshot = self.current();
+        if let Some((slot, set)) = snapshot.as_deref().and_then(|s| s.held(version)) {
+            return Some((slot, set.clone()));
         }
         let now = Instant::now();
-        let replaced = lock(&self.replaced)
+        replaced
             .iter()
             .find(|r| r.set.version == version && r.until > now)
-            .map(|r| (r.slot, r.set.clone()));
-        replaced.or_else(in_snapshot)
+            .map(|r| (r.slot, r.set.clone()))
     }
 
     /// The keys that differ from version `from` to version `to`, if both sets are held now or

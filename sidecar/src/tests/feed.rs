@@ -400,7 +400,9 @@ async fn a_pinned_read_is_served_from_its_version_while_it_is_held_then_409() {
 /// set on its way back into the snapshot leaves the replaced sets right after the swap, and a
 /// look at the old snapshot, then at the replaced sets, could miss it in both (a 409 seen once
 /// in the end-to-end test during a rollback). Many swaps against many looks, on two threads:
-/// with a single look in each place this fails within a few thousand swaps here.
+/// with the snapshot read outside the lock of the replaced sets this fails within a few
+/// thousand looks here (and a second look at the snapshot, tried first, still failed once
+/// under load, when two swaps fell between the looks).
 #[test]
 fn a_held_set_is_found_at_every_instant_of_flips_and_rollbacks() {
     let ns = serving_v1();
