@@ -95,13 +95,13 @@ struct EpochTally {
 
 impl EpochTally {
     fn new(view: &HealthView, epoch: u64, streamed: Option<&HashMap<String, u64>>) -> Self {
-        let mut tally = Self {
-            epoch,
-            behind: BTreeSet::new(),
-        };
-        let keys: Vec<String> = view.records.keys().cloned().collect();
-        tally.update(view, &keys, streamed);
-        tally
+        let behind = view
+            .records
+            .iter()
+            .filter(|(_, record)| Self::epoch_of(record, streamed) < epoch)
+            .map(|(key, _)| key.clone())
+            .collect();
+        Self { epoch, behind }
     }
 
     /// The epoch `record`'s sidecar serves, by its record or, when later, its stream.
@@ -139,6 +139,8 @@ impl EpochTally {
         });
     }
 
+    /// Where the wait stands; when `done`, with the sidecars behind and the epoch each serves
+    /// by its record or by `streamed` (read only then).
     fn progress(
         &self,
         ns: &str,
@@ -216,9 +218,13 @@ pub async fn wait_for_epoch(
             next_streamed_look = Instant::now() + STREAMED_EVERY;
         }
         let timed_out = Instant::now() >= deadline;
-        let message = outcomes.with_streamed_epochs(ns, |streamed| {
-            tally.progress(ns, &view, timed_out, streamed)
-        });
+        // Only the last message of a wait that timed out names the sidecars behind, with the
+        // epochs the streams say; the others take no lock that the streams' messages take.
+        let message = if timed_out {
+            outcomes.with_streamed_epochs(ns, |streamed| tally.progress(ns, &view, true, streamed))
+        } else {
+            tally.progress(ns, &view, false, None)
+        };
         let counts = (message.sidecars, message.on_epoch);
         if message.done {
             // The receiver may have gone; there is nothing left to do either way.

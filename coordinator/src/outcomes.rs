@@ -215,6 +215,7 @@ impl Outcomes {
         let Inner {
             series,
             series_count,
+            epochs,
             ..
         } = &mut *inner;
         let new = report
@@ -234,18 +235,12 @@ impl Outcomes {
         }
         let mut epochs_changed = false;
         for said in &report.epochs {
-            let previous = inner
-                .epochs
+            let previous = epochs
                 .entry(said.namespace.clone())
                 .or_default()
                 .insert(report.sidecar.clone(), said.epoch);
             epochs_changed |= previous != Some(said.epoch);
         }
-        let Inner {
-            series,
-            series_count,
-            ..
-        } = &mut *inner;
         for reported in &report.series {
             let entry = series
                 .entry(reported.namespace.clone())

@@ -173,7 +173,7 @@ impl Change {
     /// The event as one line of JSON (an SSE event's data).
     pub fn to_json(&self) -> String {
         let mut json = Vec::new();
-        self.write_json(&mut json);
+        self.write_json(&mut json, &self.id());
         // serde_json writes UTF-8, and the members are its output too.
         String::from_utf8(json).unwrap_or_default()
     }
@@ -191,16 +191,15 @@ impl Change {
         frame.extend_from_slice(b"data: ");
         // Compact JSON holds no line break (serde_json escapes them in strings), so the
         // event's data is this one line.
-        self.write_json(&mut frame);
+        self.write_json(&mut frame, &id);
         frame.extend_from_slice(b"\n\n");
         bytes::Bytes::from(frame)
     }
 
-    /// Appends the event's JSON object to `out`.
-    fn write_json(&self, out: &mut Vec<u8>) {
-        let id = self.id();
+    /// Appends the event's JSON object, whose id is `id` ([`Self::id`]), to `out`.
+    fn write_json(&self, out: &mut Vec<u8>, id: &str) {
         let envelope = Envelope {
-            id: &id,
+            id,
             namespace: &self.namespace,
             consumer: &self.consumer,
             epoch: self.epoch,
