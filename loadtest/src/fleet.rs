@@ -369,12 +369,26 @@ async fn flip_and_wait(
         }
         anyhow::Ok(flipping.elapsed().as_secs_f64())
     };
+    // Woken by each sidecar's snapshot as it is swapped, not polled: a poll every 25 ms read
+    // up to 25 ms late, and `flip --wait`, which hears the sidecars' streams, can return sooner.
     let applied = async {
-        wait_until(DEADLINE, "every sidecar on the flip", async || {
-            Ok(all_on_epoch(namespaces, flip_epoch))
-        })
-        .await
-        .map(|()| flipping.elapsed().as_secs_f64())
+        let each = namespaces.iter().map(|namespace| {
+            let mut snapshots = namespace.subscribe();
+            async move {
+                snapshots
+                    .wait_for(|snapshot| {
+                        snapshot
+                            .as_ref()
+                            .is_some_and(|snapshot| snapshot.routing.epoch >= flip_epoch)
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        });
+        tokio::time::timeout(DEADLINE, futures::future::try_join_all(each))
+            .await
+            .context("every sidecar on the flip: timed out")??;
+        anyhow::Ok(flipping.elapsed().as_secs_f64())
     };
     let flip = async {
         sbctl
