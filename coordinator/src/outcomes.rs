@@ -190,6 +190,11 @@ impl Outcomes {
         }
     }
 
+    /// How many sidecars with an open stream have said which epoch of `ns` they serve.
+    pub fn streaming_sidecars(&self, ns: &str) -> usize {
+        self.lock().epochs.get(ns).map_or(0, HashMap::len)
+    }
+
     /// Told each time a sidecar's streamed epoch changes.
     pub fn epochs_changed(&self) -> watch::Receiver<u64> {
         self.epochs_changed.subscribe()

@@ -161,6 +161,29 @@ fn canary_of(target: &SlotRef, slot: Slot, weight_bp: u32) -> Option<Canary> {
     })
 }
 
+/// The acknowledgements of a routing change a second that a fleet is asked to keep to: each
+/// sidecar writes its health record when what it serves changes, and 10,000 of them writing
+/// within the same second put etcd (one member on two cores) seconds behind on applying
+/// writes, during which etcd 3.4 renews no lease, and the leader's 3 s election lease expired
+/// (BENCHMARKS.md, "fleet"). A fleet of up to this many acknowledges at once, as before.
+pub const ACKNOWLEDGEMENTS_PER_SECOND: u64 = 1_000;
+
+/// The longest spread asked for, whatever the fleet: `status` shows a record's epoch this late
+/// at most.
+const MOST_ACKNOWLEDGEMENT_SPREAD_MS: u64 = 30_000;
+
+/// Over how long (ms) the `streaming` sidecars of a namespace should spread their
+/// acknowledgements of a routing change: none up to [`ACKNOWLEDGEMENTS_PER_SECOND`], then a
+/// second for each as many. Only the leader counts the streams; a change made elsewhere asks
+/// for no spread.
+fn acknowledgement_spread_ms(streaming: usize) -> Option<u64> {
+    let streaming = u64::try_from(streaming).unwrap_or(u64::MAX);
+    (streaming > ACKNOWLEDGEMENTS_PER_SECOND).then(|| {
+        (streaming.saturating_mul(1000) / ACKNOWLEDGEMENTS_PER_SECOND)
+            .min(MOST_ACKNOWLEDGEMENT_SPREAD_MS)
+    })
+}
+
 /// Everyone to `slot`; the old active set stays hot for the bake time.
 fn flipped(routing: &Routing, target: &SlotRef, slot: Slot, policy: &Policy) -> Routing {
     let active = SlotVersion {
@@ -1114,8 +1137,10 @@ impl Releases {
             // Stamped after the checks and reads above, right before the transaction, so that
             // `at_ms` is the commit time to within the transaction's own latency: sidecars and
             // the propagation benchmark measure from it.
+            let streaming = self.outcomes().streaming_sidecars(ns);
             let routing = Routing {
                 at_ms: now_ms(),
+                acknowledge_within_ms: acknowledgement_spread_ms(streaming),
                 ..routing
             };
             let mut operations = vec![TxnOp::put(keys.routing(ns), to_json(&routing), None)];
@@ -1341,6 +1366,7 @@ fn first_flip(ns: &str, state: &NamespaceState, expected_version: &str) -> Resul
             bake_until_ms: None,
             prepare: None,
             activate_at_ms: None,
+            acknowledge_within_ms: None,
             action: String::new(),
             by: String::new(),
             reason: String::new(),
@@ -1469,4 +1495,21 @@ fn conflict(ns: &str, expected_epoch: u64, routing: Option<&Routing>) -> Coordin
     CoordinatorError::Conflict(format!(
         "routing of {ns} changed underneath: expected epoch {expected_epoch}, now {now}; read `sbctl status {ns}` and retry"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_acknowledges_at_once_up_to_the_rate_and_spreads_beyond_it() {
+        assert_eq!(acknowledgement_spread_ms(0), None);
+        assert_eq!(acknowledgement_spread_ms(1_000), None);
+        assert_eq!(acknowledgement_spread_ms(1_001), Some(1_001));
+        assert_eq!(acknowledgement_spread_ms(10_000), Some(10_000));
+        assert_eq!(
+            acknowledgement_spread_ms(1_000_000),
+            Some(MOST_ACKNOWLEDGEMENT_SPREAD_MS)
+        );
+    }
 }

@@ -164,7 +164,8 @@ async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> 
     let started = Instant::now();
     let mut fleet = Vec::with_capacity(count);
     for group in 0..count.div_ceil(PER_CONNECTION) {
-        let client = etcd_client::Client::connect([env.etcd_endpoints().as_str()], None)
+        // As a sidecar connects: HTTP/2 keep-alive pings and `require_leader`.
+        let client = switchboard_sidecar::connect_etcd(&[env.etcd_endpoints()])
             .await
             .context("connecting a group of sidecars to etcd")?;
         let channel = tonic::transport::Endpoint::from_shared(env.coordinator.grpc_url())?

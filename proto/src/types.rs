@@ -98,6 +98,13 @@ pub struct Routing {
     /// the routing it had.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activate_at_ms: Option<u64>,
+    /// Over how long (ms) sidecars spread the health-record writes that acknowledge this
+    /// routing, each waiting a random part of it. Set by the leader for a fleet larger than
+    /// etcd should take acknowledgements from at one instant (a second of them for each 1,000
+    /// sidecars streaming to it); absent means at once. The leader hears each sidecar's epoch
+    /// through its outcome stream at once either way: only the record in etcd waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledge_within_ms: Option<u64>,
     /// The action that made this routing: flip, canary, rollback.
     pub action: String,
     pub by: String,

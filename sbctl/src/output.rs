@@ -1602,6 +1602,7 @@ mod tests {
                 bake_until_ms: None,
                 prepare: None,
                 activate_at_ms: None,
+                acknowledge_within_ms: None,
                 action: "canary".into(),
                 by: "alice".into(),
                 reason: "".into(),

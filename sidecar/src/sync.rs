@@ -48,22 +48,56 @@ pub(crate) fn settle_delay(routing: &Routing) -> Option<Duration> {
     (wait_us > 0).then(|| Duration::from_micros(wait_us).min(SETTLE_AFTER_ACTIVATION))
 }
 
+/// The longest a sidecar puts off the health record that acknowledges a routing, whatever
+/// routing asks: routing comes from etcd, and a record that never came would hold `flip
+/// --wait` and `status` back for good.
+const MOST_ACKNOWLEDGEMENT_DELAY: Duration = Duration::from_secs(60);
+
+/// How much longer than the rest of a switch the health record that acknowledges `routing`
+/// waits: a random part of `acknowledge_within_ms`, so that a large fleet's records reach etcd
+/// spread out rather than at one instant. `None` when routing asks for no spread, or asks
+/// sidecars to prepare, which the coordinator waits for.
+fn acknowledgement_delay(routing: &Routing) -> Option<Duration> {
+    let within_ms = routing
+        .acknowledge_within_ms
+        .filter(|&ms| ms > 0 && routing.prepare.is_none())?;
+    let within = Duration::from_millis(within_ms).min(MOST_ACKNOWLEDGEMENT_DELAY);
+    Some(within.mul_f64(rand::random::<f64>()))
+}
+
 /// How much of the wait for an activation point is a blocking, precise sleep (see
 /// `NamespaceSync::schedule`).
 const FINAL_SLEEP: Duration = Duration::from_millis(2);
 
-/// After this long without a watch message, the sync loop asks etcd for a progress report.
-/// etcd's own progress notifications come every 10 minutes by default, so without asking, a
-/// quiet routing key would leave the sidecar unable to tell a healthy watch from a dead
-/// connection, and its staleness gauge (`telemetry::LAST_ETCD_EVENT_AGE`) would climb on
-/// every healthy sidecar.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// After this long without a watch message although progress was asked for, the sync loop
-/// reads the routing key's count instead. etcd's gRPC proxy (3.4) does not answer progress
-/// requests, so behind the proxy tier this read is what shows etcd still answers: one small
-/// read per namespace every 15 s. A read that fails ends the connected period, as a broken
-/// watch does, and the loop reconnects with back-off while the last snapshot keeps serving.
-pub const READ_AFTER_QUIET: Duration = Duration::from_secs(15);
+/// After about this long without a watch message, the sync loop asks etcd for a progress
+/// report (`--etcd-progress-seconds`). etcd's own progress notifications come every 10 minutes
+/// by default, so without asking, a quiet routing key would leave the sidecar unable to tell a
+/// healthy watch from one that stopped, and its staleness gauge
+/// (`telemetry::LAST_ETCD_EVENT_AGE`) would climb on every healthy sidecar. A dead connection
+/// needs no request to be found: the HTTP/2 keep-alive pings of the etcd connection (every
+/// 5 s, one per connection, not per watch) close it within 8 s, and `require_leader` cancels
+/// the watch of a member cut off from its leader. So the requests bound only the gauge, which
+/// alerts at 60 s, and 20 s is plenty. Every 5 s, as before, they were two thirds of what a
+/// fleet of 10,000 asked of etcd in steady state (2,000 a second beside 1,000 lease
+/// keep-alives; BENCHMARKS.md, "fleet").
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(20);
+
+/// The quiet period before a progress request, spread between three quarters of `every` and
+/// all of it: after a flip every sidecar of a fleet hears its watch at the same instant, and
+/// without the spread all of them would ask etcd at the same instant again, at every period.
+fn next_progress_after(every: Duration) -> Duration {
+    every.mul_f64(rand::random_range(0.75..=1.0))
+}
+
+/// After this many progress periods without a watch message although progress was asked for,
+/// the sync loop reads the routing key's count instead. etcd's gRPC proxy (3.4) does not answer
+/// progress requests, so behind the proxy tier this read is what shows etcd still answers: one
+/// small read per namespace every 30 s by default, which keeps the staleness gauge under 40 s,
+/// below the alert's 60 s. A read that fails ends the connected period, as a broken watch does,
+/// and the loop reconnects with back-off while the last snapshot keeps serving.
+fn read_after_quiet(every: Duration) -> Duration {
+    every.mul_f64(1.5)
+}
 
 /// The furthest ahead an activation point is waited for; the coordinator sets at most 60 s.
 const MAX_ACTIVATION_WAIT: Duration = Duration::from_secs(120);
@@ -89,6 +123,8 @@ pub struct NamespaceSync {
     pub namespace: Arc<Namespace>,
     /// Told whenever what this sidecar serves or its reachability changes.
     pub health_dirty: Arc<Notify>,
+    /// The quiet period after which the loop asks etcd for progress ([`PROGRESS_EVERY`]).
+    progress_every: Duration,
     /// The tasks this loop starts: switches scheduled for an activation point, and the reports
     /// that follow a switch. They end when the loop does.
     switches: SwitchTasks,
@@ -145,8 +181,17 @@ impl NamespaceSync {
             keys,
             namespace,
             health_dirty,
+            progress_every: PROGRESS_EVERY,
             switches: SwitchTasks::default(),
         }
+    }
+
+    /// The same loop, asking etcd for progress after `every` of quiet instead of
+    /// [`PROGRESS_EVERY`].
+    #[must_use]
+    pub fn with_progress_every(mut self, every: Duration) -> Self {
+        self.progress_every = every;
+        self
     }
 
     /// Runs until `shutdown`. Never returns an error: every failure is logged here, where it
@@ -231,12 +276,12 @@ impl NamespaceSync {
             // the timer may win without losing anything.
             let received = tokio::select! {
                 received = stream.message() => received?,
-                () = tokio::time::sleep(PROGRESS_EVERY) => {
-                    if heard_at.elapsed() < READ_AFTER_QUIET {
+                () = tokio::time::sleep(next_progress_after(self.progress_every)) => {
+                    if heard_at.elapsed() < read_after_quiet(self.progress_every) {
                         // The answer arrives as a watch message without events, which marks
                         // the namespace synced below. Sending must not block the loop: a
                         // connection that does not answer is caught by the read that follows.
-                        let _ = tokio::time::timeout(PROGRESS_EVERY, stream.request_progress()).await;
+                        let _ = tokio::time::timeout(self.progress_every, stream.request_progress()).await;
                     } else {
                         let count_only = etcd_client::GetOptions::new().with_count_only();
                         with_timeout(client.get(key.as_str(), Some(count_only))).await?;
@@ -520,7 +565,7 @@ impl NamespaceSync {
                 });
                 report = Some((
                     settle_delay(&snapshot.routing),
-                    switch(&namespace, &health_dirty, snapshot),
+                    switch(&namespace, Some(&health_dirty), snapshot),
                 ));
             });
             match report {
@@ -542,9 +587,24 @@ impl NamespaceSync {
     /// rest of what a switch causes (the health record, the metric, the log line) follows once
     /// the other sidecars of this host have switched too (`settle_delay`), from a task of this
     /// loop's.
+    ///
+    /// In a fleet large enough that the leader asks for its acknowledgements to be spread
+    /// (`Routing::acknowledge_within_ms`), the health record waits a random part of that
+    /// longer: the leader has heard the new epoch through the outcome stream already.
     fn swap(&self, snapshot: Snapshot) {
         let settle = settle_delay(&snapshot.routing);
-        let report = switch(&self.namespace, &self.health_dirty, snapshot);
+        if let Some(spread) = acknowledgement_delay(&snapshot.routing) {
+            let report = switch(&self.namespace, None, snapshot);
+            let health_dirty = self.health_dirty.clone();
+            self.switches.spawn(async move {
+                tokio::time::sleep(settle.unwrap_or_default()).await;
+                report();
+                tokio::time::sleep(spread).await;
+                health_dirty.notify_one();
+            });
+            return;
+        }
+        let report = switch(&self.namespace, Some(&self.health_dirty), snapshot);
         match settle {
             Some(delay) => {
                 self.switches.spawn(async move {
@@ -612,7 +672,7 @@ fn retain(cache: &mut SetCache, keep: &[&Arc<LoadedSet>]) {
 /// when it suits.
 fn switch(
     namespace: &Arc<Namespace>,
-    health_dirty: &Arc<Notify>,
+    health_dirty: Option<&Arc<Notify>>,
     snapshot: Snapshot,
 ) -> impl FnOnce() + Send + 'static {
     let epoch = snapshot.routing.epoch;
@@ -627,10 +687,12 @@ fn switch(
         s.activated_epoch = Some(epoch);
         s.activated_at_us = Some(switched_at_us);
     });
-    let (namespace, health_dirty) = (namespace.clone(), health_dirty.clone());
+    let (namespace, health_dirty) = (namespace.clone(), health_dirty.cloned());
     move || {
         let ns = &namespace.name;
-        health_dirty.notify_one();
+        if let Some(health_dirty) = health_dirty {
+            health_dirty.notify_one();
+        }
         metrics::gauge!(telemetry::EPOCH, "namespace" => ns.clone()).set(epoch as f64);
         match activate_at_ms {
             Some(point) => {
@@ -641,5 +703,61 @@ fn switch(
                 tracing::info!(ns, epoch, holding_previous = ?baking, "serving new routing")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routing(acknowledge_within_ms: Option<u64>, preparing: bool) -> Routing {
+        let set = switchboard_proto::SlotVersion {
+            slot: switchboard_proto::Slot::Blue,
+            version: "v1".into(),
+            manifest: "m".into(),
+        };
+        Routing {
+            epoch: 2,
+            active: set.clone(),
+            canary: None,
+            previous: None,
+            bake_until_ms: None,
+            prepare: preparing.then_some(set),
+            activate_at_ms: None,
+            acknowledge_within_ms,
+            action: "flip".into(),
+            by: "test".into(),
+            reason: String::new(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_waits_a_part_of_the_spread_routing_asks_for() {
+        assert_eq!(acknowledgement_delay(&routing(None, false)), None);
+        assert_eq!(acknowledgement_delay(&routing(Some(0), false)), None);
+        // A preparation is waited for by the coordinator: acknowledged at once.
+        assert_eq!(acknowledgement_delay(&routing(Some(10_000), true)), None);
+        let delays: Vec<Duration> = (0..200)
+            .map(|_| acknowledgement_delay(&routing(Some(10_000), false)).unwrap_or_default())
+            .collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)));
+        // Spread, not one delay for all: over 200 draws, some in each half.
+        assert!(delays.iter().any(|d| *d < Duration::from_secs(5)));
+        assert!(delays.iter().any(|d| *d > Duration::from_secs(5)));
+        // Routing from etcd that asks for an hour gets the most a sidecar waits.
+        let capped = acknowledgement_delay(&routing(Some(3_600_000), false)).unwrap_or_default();
+        assert!(capped <= MOST_ACKNOWLEDGEMENT_DELAY);
+    }
+
+    #[test]
+    fn progress_is_asked_between_three_quarters_of_the_period_and_all_of_it() {
+        for _ in 0..200 {
+            let after = next_progress_after(PROGRESS_EVERY);
+            assert!(after >= PROGRESS_EVERY.mul_f64(0.75) && after <= PROGRESS_EVERY);
+        }
+        // Behind the gRPC proxy the read comes after the first unanswered request, well before
+        // the staleness alert's 60 s.
+        assert!(read_after_quiet(PROGRESS_EVERY) + PROGRESS_EVERY < Duration::from_secs(60));
     }
 }

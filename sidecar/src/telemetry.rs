@@ -28,11 +28,11 @@ pub const REPORTS_ERRORS: &str = "switchboard_sidecar_reports_errors_total";
 pub const EPOCH: &str = "switchboard_sidecar_epoch";
 /// Seconds since the sync loop last heard from etcd about the namespace (a read of routing or
 /// any watch message, progress notifications included); since the sidecar started if never.
-/// The sync loop asks for progress when its watch has been quiet for a few seconds
-/// (`sync::PROGRESS_EVERY`), and reads the routing key when that brings no answer
-/// (`sync::READ_AFTER_QUIET`, behind etcd's gRPC proxy), so on a healthy connection this stays
-/// below about 5 s (15 s behind the proxy); it grows without bound while etcd does not answer,
-/// which is what the staleness alert watches.
+/// The sync loop asks for progress when its watch has been quiet for 15 to 20 s
+/// (`sync::PROGRESS_EVERY`, `--etcd-progress-seconds`), and reads the routing key when that
+/// brings no answer (after one and a half periods, behind etcd's gRPC proxy), so on a healthy
+/// connection this stays below about 20 s (40 s behind the proxy); it grows without bound while
+/// etcd does not answer, which is what the staleness alert (60 s) watches.
 pub const LAST_ETCD_EVENT_AGE: &str = "switchboard_sidecar_last_etcd_event_age_seconds";
 /// 1 while the namespace is served from the last-known-good copy on disk, else 0.
 pub const SERVING_FROM_DISK: &str = "switchboard_sidecar_serving_from_disk";

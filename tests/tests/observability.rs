@@ -29,8 +29,9 @@ use switchboard_tests::{Coordinator, EtcdServer, Sidecar, TcpProxy, unique_prefi
 const NS: &str = "catalog";
 /// The judge's window in this test: short, so the rollback comes quickly.
 const WINDOW_SECONDS: u64 = 4;
-/// The sidecar's `sync::PROGRESS_EVERY`: after this long without a watch message it asks etcd
-/// for progress, which bounds its staleness gauge on a healthy connection.
+/// The sidecar's `--etcd-progress-seconds` in this test (20 s by default, shorter here so that
+/// the quiet period observed stays short): after at most this long without a watch message it
+/// asks etcd for progress, which bounds its staleness gauge on a healthy connection.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 fn observability_dir() -> PathBuf {
@@ -943,7 +944,10 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() -> Result<
         &prefix,
         "sidecar-1",
         &[NS],
-        &[],
+        &[
+            "--etcd-progress-seconds",
+            &PROGRESS_EVERY.as_secs().to_string(),
+        ],
         &[("SWITCHBOARD_REPORT_TOKEN", reporter.token.as_str())],
     )
     .await?;

@@ -98,6 +98,7 @@ fn routing(epoch: u64, active: (Slot, &str), canary: Option<(Slot, &str, u32)>) 
         bake_until_ms: None,
         prepare: None,
         activate_at_ms: None,
+        acknowledge_within_ms: None,
         action: "canary".to_string(),
         by: "test".to_string(),
         reason: "unit test".to_string(),
@@ -139,6 +140,7 @@ fn baking_routing(epoch: u64) -> Routing {
         bake_until_ms: Some(BAKE_UNTIL_MS),
         prepare: None,
         activate_at_ms: None,
+        acknowledge_within_ms: None,
         action: "flip".to_string(),
         ..routing(epoch, (Slot::Green, V2), None)
     }
@@ -1646,6 +1648,7 @@ mod bake {
             bake_until_ms: None,
             prepare: None,
             activate_at_ms: None,
+            acknowledge_within_ms: None,
             ..baking_routing(3)
         };
         assert!(routing.baking().is_none());
@@ -1724,6 +1727,7 @@ mod bake {
             bake_until_ms: None,
             prepare: None,
             activate_at_ms: None,
+            acknowledge_within_ms: None,
             action: "rollback".to_string(),
             ..routing(3, (Slot::Blue, V1), None)
         };
@@ -1755,6 +1759,7 @@ mod bake {
             bake_until_ms: None,
             prepare: None,
             activate_at_ms: None,
+            acknowledge_within_ms: None,
             ..baking_routing(3)
         };
         sync.apply(&mut cache, &raw(&baked))
