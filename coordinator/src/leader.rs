@@ -25,7 +25,8 @@ use crate::judge::Judge;
 use crate::release::Releases;
 use crate::routing::Fence;
 
-/// The election lease: a dead leader is replaced after at most about this long.
+/// The election lease by default (`--election-lease-seconds`): a dead leader is replaced after
+/// at most about this long.
 pub const LEASE_TTL_SECONDS: i64 = 3;
 const KEEP_ALIVE_EVERY: Duration = Duration::from_millis(1000);
 /// How long before the election lease might expire the leader stops acting, when no
@@ -48,6 +49,8 @@ pub const LEADER_LOOPS: [&str; 3] = [JUDGE_LOOP, JANITOR_LOOP, CAPACITY_LOOP];
 pub struct Replica {
     pub id: String,
     pub advertise: String,
+    /// The time to live of its election lease, in seconds.
+    pub lease_ttl_seconds: i64,
 }
 
 /// Campaigns, leads and campaigns again until `shutdown`.
@@ -87,7 +90,7 @@ async fn term(
     let mut client = client.clone();
     let lease = tokio::time::timeout(
         Duration::from_secs(5),
-        client.lease_grant(LEASE_TTL_SECONDS, None),
+        client.lease_grant(replica.lease_ttl_seconds, None),
     )
     .await??;
     let lease_id = lease.id();
@@ -97,6 +100,7 @@ async fn term(
     let keeper_task = AbortOnDropHandle::new(tokio::spawn(keep_lease_alive(
         client.clone(),
         lease_id,
+        Duration::from_secs(replica.lease_ttl_seconds.unsigned_abs()),
         term.clone(),
     )));
 
@@ -268,11 +272,15 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 /// when the lease might expire: each answer proves the lease renewed no earlier than its
 /// keep-alive was sent, so it lives at least until that moment plus its time to live, and the
 /// term ends [`EXPIRY_MARGIN`] before that unless a later answer comes.
-async fn keep_lease_alive(mut client: Client, lease_id: i64, term: CancellationToken) {
+async fn keep_lease_alive(
+    mut client: Client,
+    lease_id: i64,
+    ttl: Duration,
+    term: CancellationToken,
+) {
     // However this ends (an error, a panic, an abort), the term ends with it: a term whose lease
     // is no longer kept alive must not go on.
     let _end_term = term.clone().drop_guard();
-    let ttl = Duration::from_secs(LEASE_TTL_SECONDS.unsigned_abs());
     let result = async {
         // etcd-client sends a first keep-alive and waits for its answer before returning.
         let asked = tokio::time::Instant::now();
@@ -414,7 +422,12 @@ mod tests {
             .await
             .expect("the client connects lazily");
         let term = CancellationToken::new();
-        let keeper = tokio::spawn(keep_lease_alive(client, 1, term.clone()));
+        let keeper = tokio::spawn(keep_lease_alive(
+            client,
+            1,
+            Duration::from_secs(3),
+            term.clone(),
+        ));
         tokio::time::timeout(Duration::from_secs(10), term.cancelled())
             .await
             .expect("the failed keeper ends the term");

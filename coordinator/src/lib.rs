@@ -101,6 +101,13 @@ pub struct Args {
     /// stream): raise it, with the descriptor limit, for a fleet of more than 4,096 sidecars.
     #[arg(long, default_value_t = switchboard_runtime::connections::MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
+    /// The time to live of the leader's election lease: a leader that dies is replaced after
+    /// at most this long, and a leader whose keep-alives etcd does not answer for this long
+    /// (less half a second) stops acting. An etcd that stalls for seconds under a large fleet's
+    /// bursts (a cold flip of 10,000 sidecars on a small etcd) ends short terms, and each new
+    /// term waits for every outcome stream to find it: lengthen it there (2 to 60).
+    #[arg(long, default_value_t = leader::LEASE_TTL_SECONDS, value_name = "SECONDS", value_parser = clap::value_parser!(i64).range(2..=60))]
+    pub election_lease_seconds: i64,
     /// etcd's `--quota-backend-bytes`, against which stages are checked before anything is
     /// written (etcd 3.6 reports its quota itself, and then that wins).
     #[arg(long, env = "SWITCHBOARD_ETCD_QUOTA_BYTES", default_value_t = capacity::DEFAULT_QUOTA_BYTES, value_name = "BYTES")]
@@ -328,6 +335,7 @@ async fn serve(
         leader::Replica {
             id: id.clone(),
             advertise,
+            lease_ttl_seconds: args.election_lease_seconds,
         },
         releases.clone(),
         janitor,

@@ -209,7 +209,7 @@ impl Store {
         prefix: &str,
         per_read: i64,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        self.range_in_pages(prefix, per_read, false).await
+        Ok(self.range_in_pages(prefix, per_read, false).await?.0)
     }
 
     /// The keys under a prefix, without their values, in key order.
@@ -219,20 +219,21 @@ impl Store {
 
     /// `keys_under`, reading at most `per_read` keys per request.
     pub async fn keys_under_in_pages(&self, prefix: &str, per_read: i64) -> Result<Vec<String>> {
-        let pairs = self.range_in_pages(prefix, per_read, true).await?;
+        let (pairs, _) = self.range_in_pages(prefix, per_read, true).await?;
         Ok(pairs.into_iter().map(|(key, _)| key).collect())
     }
 
     /// The keys (and values, unless `keys_only`) under a prefix, at most `per_read` per
     /// request, every request at the revision of the first: one consistent answer, however
     /// large. One answer for all could pass gRPC's 4 MiB message limit: the keys of a large
-    /// set's chunks alone (about 100 bytes each), or a long audit trail.
+    /// set's chunks alone (about 100 bytes each), a long audit trail, or the health records of
+    /// 10,000 sidecars. Returns the pairs and the revision they were read at.
     async fn range_in_pages(
         &self,
         prefix: &str,
         per_read: i64,
         keys_only: bool,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64)> {
         let mut client = self.client.clone();
         let mut end = prefix.as_bytes().to_vec();
         // The end of the prefix range: its last byte incremented ("a/" ends before "a0").
@@ -265,7 +266,7 @@ impl Store {
                     from = last.key().to_vec();
                     from.push(0);
                 }
-                _ => return Ok(pairs),
+                _ => return Ok((pairs, revision)),
             }
         }
     }
@@ -320,28 +321,32 @@ impl Store {
 
     /// The values under `key` (or under the prefix `key`) now, kept current by a watch from
     /// the revision they were read at: for waits that would otherwise poll etcd.
+    /// A prefix is read in pages (`range_in_pages`): the health records of 10,000 sidecars are
+    /// about 5 MB, past what one gRPC answer may hold.
     pub async fn watch_records(&self, key: &str, prefix: bool) -> Result<WatchedRecords> {
         let mut client = self.client.clone();
-        let mut get_options = GetOptions::new();
         // A watch on a member cut off from the others may stay silent; the caller bounds its
         // wait with a deadline.
         let mut watch_options = WatchOptions::new();
-        if prefix {
-            get_options = get_options.with_prefix();
+        let (values, revision): (BTreeMap<String, Vec<u8>>, i64) = if prefix {
             watch_options = watch_options.with_prefix();
-        }
-        let response = with_timeout(client.get(key, Some(get_options))).await?;
-        let revision = response.header().map_or(0, |h| h.revision());
-        let values = response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                )
-            })
-            .collect();
+            let (pairs, revision) = self.range_in_pages(key, VALUES_PER_READ, false).await?;
+            (pairs.into_iter().collect(), revision)
+        } else {
+            let response = with_timeout(client.get(key, None)).await?;
+            let revision = response.header().map_or(0, |h| h.revision());
+            let values = response
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        String::from_utf8_lossy(kv.key()).into_owned(),
+                        kv.value().to_vec(),
+                    )
+                })
+                .collect();
+            (values, revision)
+        };
         let stream =
             with_timeout(client.watch(key, Some(watch_options.with_start_revision(revision + 1))))
                 .await?;

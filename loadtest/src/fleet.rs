@@ -35,7 +35,7 @@ const DEADLINE: Duration = Duration::from_secs(300);
 /// Sidecars started a second, as a fleet rolls out: 10,000 started at one instant make one
 /// etcd member on this machine fall behind on lease renewals until leases expire (see
 /// BENCHMARKS.md, "fleet").
-pub const STARTS_PER_SECOND: usize = 1_000;
+pub const STARTS_PER_SECOND: usize = 500;
 
 #[derive(Clone, Debug)]
 pub struct FleetConfig {
@@ -50,6 +50,8 @@ pub struct FleetConfig {
     pub min_requests: u64,
     /// Each sidecar's `--health-lease-seconds`.
     pub health_lease_seconds: i64,
+    /// The coordinator's `--election-lease-seconds`.
+    pub election_lease_seconds: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,6 +59,8 @@ pub struct FleetReport {
     pub reports_per_second: f64,
     #[serde(default)]
     pub health_lease_seconds: i64,
+    #[serde(default)]
+    pub election_lease_seconds: i64,
     pub steady_seconds: u64,
     pub window_seconds: u64,
     pub rows: Vec<FleetRow>,
@@ -113,6 +117,7 @@ pub async fn run(config: &FleetConfig, work: &std::path::Path) -> Result<FleetRe
     Ok(FleetReport {
         reports_per_second: config.reports_per_second,
         health_lease_seconds: config.health_lease_seconds,
+        election_lease_seconds: config.election_lease_seconds,
         steady_seconds: config.steady_seconds,
         window_seconds: config.window_seconds,
         rows,
@@ -128,8 +133,18 @@ struct Simulated {
 async fn measure(config: &FleetConfig, count: usize, work: &std::path::Path) -> Result<FleetRow> {
     // Every simulated sidecar and sbctl come from one address here, which the per-address
     // rate limit would count as one caller: off, as thousands of hosts would not share it.
-    let env = TestEnv::start_with_coordinator(&[NAMESPACE], &["--rate-limit-per-second", "0"], &[])
-        .await?;
+    let election_lease = config.election_lease_seconds.to_string();
+    let env = TestEnv::start_with_coordinator(
+        &[NAMESPACE],
+        &[
+            "--rate-limit-per-second",
+            "0",
+            "--election-lease-seconds",
+            &election_lease,
+        ],
+        &[],
+    )
+    .await?;
     let sbctl = env.sbctl().timeout(Duration::from_secs(120));
     let window = config.window_seconds.to_string();
     sbctl
@@ -569,11 +584,12 @@ fn ticks_per_second() -> u64 {
 pub fn render(report: &FleetReport) -> String {
     let mut out = format!(
         "fleet: sidecars in one process (sharing etcd and coordinator connections by {PER_CONNECTION}), \
-         each application reporting {} times a second; health leases of {} s; judge window {} s; steady state measured over {} s\n\n\
+         each application reporting {} times a second; health leases of {} s; election lease of {} s; judge window {} s; steady state measured over {} s\n\n\
          | sidecars | reports/s | etcd writes/s | per sidecar/s | etcd growth MB/h | coordinator CPU | coordinator RSS | live records | verdict | flip --wait | flip applied | flip in etcd | cold flip --wait | cold applied | status | start |\n\
          |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         report.reports_per_second,
         report.health_lease_seconds,
+        report.election_lease_seconds,
         report.window_seconds,
         report.steady_seconds
     );

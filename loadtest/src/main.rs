@@ -167,6 +167,9 @@ struct FleetArgs {
     /// Each sidecar's `--health-lease-seconds`.
     #[arg(long, default_value_t = switchboard_sidecar::health::LEASE_TTL_SECONDS)]
     health_lease_seconds: i64,
+    /// The coordinator's `--election-lease-seconds`.
+    #[arg(long, default_value_t = switchboard_coordinator::leader::LEASE_TTL_SECONDS)]
+    election_lease_seconds: i64,
     #[command(flatten)]
     output: Output,
 }
@@ -315,6 +318,7 @@ fn main() -> ExitCode {
                     window_seconds: args.window_seconds,
                     min_requests: args.min_requests,
                     health_lease_seconds: args.health_lease_seconds,
+                    election_lease_seconds: args.election_lease_seconds,
                 };
                 let report = fleet::run(&config, work).await?;
                 Ok((fleet::render(&report), report))

@@ -208,6 +208,7 @@ async fn fleet_measures_a_small_fleet() -> Result<()> {
         // 20 sidecars send a 10% canary about 40 outcomes a second.
         min_requests: 20,
         health_lease_seconds: 10,
+        election_lease_seconds: 3,
     };
     let report = fleet::run(&config, work.path()).await?;
     let row = report.rows.first().expect("a row");

@@ -190,6 +190,53 @@ async fn the_leader_collects_what_nothing_needs_and_compacts() -> Result<()> {
     Ok(())
 }
 
+/// The waits of `flip --wait` read every health record of a namespace before they watch them:
+/// 10,000 sidecars' records are about 5 MB, past gRPC's 4 MiB answer. Read in one answer, this
+/// failed with "decoded message length too large"; read in pages at one revision, every record
+/// is there, and the watch follows from that revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_records_under_a_prefix_are_read_past_one_answers_limit() -> Result<()> {
+    let env = TestEnv::start(&[NS]).await?;
+    let mut client = env.etcd_client().await?;
+    let prefix = format!("{}/records/", env.prefix());
+    // 8,000 records of 600 bytes, as many sidecars' health records: 4.8 MB in all.
+    const RECORDS: usize = 8_000;
+    let value = vec![b'x'; 600];
+    let keys: Vec<String> = (0..RECORDS).map(|i| format!("{prefix}r{i:05}")).collect();
+    // etcd takes at most 128 operations in one transaction.
+    for batch in keys.chunks(128) {
+        let puts: Vec<etcd_client::TxnOp> = batch
+            .iter()
+            .map(|key| etcd_client::TxnOp::put(key.as_str(), value.clone(), None))
+            .collect();
+        client.txn(etcd_client::Txn::new().and_then(puts)).await?;
+    }
+    let store = switchboard_coordinator::store::Store::new(client.clone(), env.keys().clone());
+    let mut records = store.watch_records(&prefix, true).await?;
+    let read: Vec<&str> = records.values().map(|(key, _)| key).collect();
+    assert_eq!(read, keys);
+    ensure!(records.values().all(|(_, read)| read == value.as_slice()));
+    // The watch starts right after the revision the pages were read at: the next put is the
+    // next change, nothing before it is seen twice.
+    let next = format!("{prefix}r{RECORDS:05}");
+    client.put(next.as_str(), "new", None).await?;
+    // The first message of a watch may be etcd's confirmation that it was created, which
+    // changes nothing.
+    let changed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let changed = records.changed().await?;
+            if !changed.is_empty() {
+                return anyhow::Ok(changed);
+            }
+        }
+    })
+    .await
+    .context("the watch of the records")??;
+    assert_eq!(changed, vec![next]);
+    assert_eq!(records.values().count(), RECORDS + 1);
+    Ok(())
+}
+
 /// The janitor and the stage list a namespace's chunk keys, and status and audit read records
 /// under a prefix, which can be more than one gRPC answer holds: both read in pages, in order,
 /// and stop at the end of the prefix.
