@@ -148,9 +148,9 @@ struct StageArgs {
 
 #[derive(Args)]
 struct FleetArgs {
-    /// Numbers of sidecars; repeat or separate with commas. 10,000 do not fit a 2-core machine
-    /// that runs etcd beside them (BENCHMARKS.md, "fleet").
-    #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000])]
+    /// Numbers of sidecars; repeat or separate with commas. 10,000 on a 2-core machine that
+    /// runs etcd beside them need `--health-lease-seconds 30` (BENCHMARKS.md, "fleet").
+    #[arg(long, value_delimiter = ',', default_values_t = [1000, 10000])]
     sidecars: Vec<usize>,
     /// Reports each sidecar's application makes a second.
     #[arg(long, default_value_t = 20.0)]
