@@ -78,6 +78,8 @@ pinned reads: the snapshot read under the lock of the replaced sets	sidecar/src/
 convergence: a streamed epoch counts	coordinator/src/convergence.rs	-	        record.epoch.max(said.unwrap_or(0))	        record.epoch	-p switchboard-tests --test judge -- --exact a_sidecar_whose_stream_names_the_epoch_counts_before_its_record_does
 convergence: a routing applied is streamed at once	sidecar/src/outcomes.rs	-	                    epochs_owed = self.epochs() != epochs_sent;	                    epochs_owed = false;	-p switchboard-tests --test judge -- --exact a_sidecar_whose_stream_names_the_epoch_counts_before_its_record_does
 outcomes: a silent sidecar's epochs are forgotten	coordinator/src/outcomes.rs	-	            silent = entry.open_streams == 0;	            silent = false;	-p switchboard-coordinator --lib -- --exact outcomes::tests::a_streamed_epoch_lasts_while_a_stream_of_its_sidecar_is_open
+acknowledgements: a sidecar spreads its health record as routing asks	sidecar/src/sync.rs	-	        if let Some(spread) = acknowledgement_delay(&snapshot.routing) {	        if let Some(spread) = None::<Duration> {	-p switchboard-tests --test judge -- --exact a_fleet_larger_than_the_acknowledgement_rate_spreads_its_records
+health records: read in pages before they are watched	coordinator/src/store.rs	-	            let (pairs, revision) = self.range_in_pages(key, VALUES_PER_READ, false).await?;	            let (pairs, revision) = self.range_in_pages(key, 0, false).await?;	-p switchboard-tests --test capacity -- --exact watched_records_under_a_prefix_are_read_past_one_answers_limit
 EOF
 )
 

@@ -108,6 +108,13 @@ pub struct Args {
     /// term waits for every outcome stream to find it: lengthen it there (2 to 60).
     #[arg(long, default_value_t = leader::LEASE_TTL_SECONDS, value_name = "SECONDS", value_parser = clap::value_parser!(i64).range(2..=60))]
     pub election_lease_seconds: i64,
+    /// The health-record writes a second that acknowledge a routing change, which the leader
+    /// asks a fleet to keep etcd to: with more sidecars streaming to it than this, they spread
+    /// their writes over a second per this many (at most 30 s). `flip --wait` hears the
+    /// sidecars through their streams at once; `status`, which reads the records, shows a new
+    /// epoch up to that late.
+    #[arg(long, default_value_t = routing::ACKNOWLEDGEMENTS_PER_SECOND, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub acknowledgements_per_second: u64,
     /// etcd's `--quota-backend-bytes`, against which stages are checked before anything is
     /// written (etcd 3.6 reports its quota itself, and then that wins).
     #[arg(long, env = "SWITCHBOARD_ETCD_QUOTA_BYTES", default_value_t = capacity::DEFAULT_QUOTA_BYTES, value_name = "BYTES")]
@@ -225,6 +232,7 @@ async fn serve(
         .with_capacity(capacity::Capacity {
             quota_bytes: args.etcd_quota_bytes,
         })
+        .with_acknowledgements_per_second(args.acknowledgements_per_second)
         .with_rule_runner(
             rule_worker::RuleRunner::worker(
                 Duration::from_millis(args.rule_time_limit_ms),

@@ -106,6 +106,9 @@ pub struct Releases {
     rule_runner: crate::rule_worker::RuleRunner,
     denials: Arc<DenialAudits>,
     outcomes: crate::outcomes::Outcomes,
+    /// The acknowledgements of a routing change a second a fleet is asked to keep to
+    /// (`routing::acknowledgement_spread_ms`).
+    acknowledgements_per_second: u64,
 }
 
 impl Releases {
@@ -117,6 +120,7 @@ impl Releases {
             compiled_contracts: Default::default(),
             rule_runner: Default::default(),
             outcomes: crate::outcomes::Outcomes::new(),
+            acknowledgements_per_second: crate::routing::ACKNOWLEDGEMENTS_PER_SECOND,
             denials: Arc::new(DenialAudits {
                 allowance: KeyedBuckets::new(
                     Rate::per(AUDITED_DENIALS_PER_USER_PER_MINUTE, Duration::from_secs(60)),
@@ -141,6 +145,19 @@ impl Releases {
 
     pub(crate) fn rule_runner(&self) -> &crate::rule_worker::RuleRunner {
         &self.rule_runner
+    }
+
+    /// The same, asking a fleet to spread the acknowledgements of a routing change to `rate` a
+    /// second (at least 1).
+    pub fn with_acknowledgements_per_second(self, rate: u64) -> Self {
+        Self {
+            acknowledgements_per_second: rate.max(1),
+            ..self
+        }
+    }
+
+    pub(crate) fn acknowledgements_per_second(&self) -> u64 {
+        self.acknowledgements_per_second
     }
 
     /// The same, checking stages against `capacity` instead of etcd's default quota.

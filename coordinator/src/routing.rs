@@ -161,11 +161,12 @@ fn canary_of(target: &SlotRef, slot: Slot, weight_bp: u32) -> Option<Canary> {
     })
 }
 
-/// The acknowledgements of a routing change a second that a fleet is asked to keep to: each
-/// sidecar writes its health record when what it serves changes, and 10,000 of them writing
-/// within the same second put etcd (one member on two cores) seconds behind on applying
-/// writes, during which etcd 3.4 renews no lease, and the leader's 3 s election lease expired
-/// (BENCHMARKS.md, "fleet"). A fleet of up to this many acknowledges at once, as before.
+/// The acknowledgements of a routing change a second that a fleet is asked to keep to, by
+/// default (`--acknowledgements-per-second`): each sidecar writes its health record when what
+/// it serves changes, and 10,000 of them writing within the same second put etcd (one member
+/// on two cores) seconds behind on applying writes, during which etcd 3.4 renews no lease, and
+/// the leader's 3 s election lease expired (BENCHMARKS.md, "fleet"). A fleet of up to this many
+/// acknowledges at once, as before.
 pub const ACKNOWLEDGEMENTS_PER_SECOND: u64 = 1_000;
 
 /// The longest spread asked for, whatever the fleet: `status` shows a record's epoch this late
@@ -173,15 +174,14 @@ pub const ACKNOWLEDGEMENTS_PER_SECOND: u64 = 1_000;
 const MOST_ACKNOWLEDGEMENT_SPREAD_MS: u64 = 30_000;
 
 /// Over how long (ms) the `streaming` sidecars of a namespace should spread their
-/// acknowledgements of a routing change: none up to [`ACKNOWLEDGEMENTS_PER_SECOND`], then a
-/// second for each as many. Only the leader counts the streams; a change made elsewhere asks
-/// for no spread.
-fn acknowledgement_spread_ms(streaming: usize) -> Option<u64> {
+/// acknowledgements of a routing change to keep etcd to `per_second` of them: none up to that
+/// many sidecars, then a second for each as many. Only the leader counts the streams; a change
+/// made elsewhere asks for no spread.
+fn acknowledgement_spread_ms(streaming: usize, per_second: u64) -> Option<u64> {
     let streaming = u64::try_from(streaming).unwrap_or(u64::MAX);
-    (streaming > ACKNOWLEDGEMENTS_PER_SECOND).then(|| {
-        (streaming.saturating_mul(1000) / ACKNOWLEDGEMENTS_PER_SECOND)
-            .min(MOST_ACKNOWLEDGEMENT_SPREAD_MS)
-    })
+    let per_second = per_second.max(1);
+    (streaming > per_second)
+        .then(|| (streaming.saturating_mul(1000) / per_second).min(MOST_ACKNOWLEDGEMENT_SPREAD_MS))
 }
 
 /// Everyone to `slot`; the old active set stays hot for the bake time.
@@ -1140,7 +1140,10 @@ impl Releases {
             let streaming = self.outcomes().streaming_sidecars(ns);
             let routing = Routing {
                 at_ms: now_ms(),
-                acknowledge_within_ms: acknowledgement_spread_ms(streaming),
+                acknowledge_within_ms: acknowledgement_spread_ms(
+                    streaming,
+                    self.acknowledgements_per_second(),
+                ),
                 ..routing
             };
             let mut operations = vec![TxnOp::put(keys.routing(ns), to_json(&routing), None)];
@@ -1503,13 +1506,17 @@ mod tests {
 
     #[test]
     fn a_fleet_acknowledges_at_once_up_to_the_rate_and_spreads_beyond_it() {
-        assert_eq!(acknowledgement_spread_ms(0), None);
-        assert_eq!(acknowledgement_spread_ms(1_000), None);
-        assert_eq!(acknowledgement_spread_ms(1_001), Some(1_001));
-        assert_eq!(acknowledgement_spread_ms(10_000), Some(10_000));
+        let rate = ACKNOWLEDGEMENTS_PER_SECOND;
+        assert_eq!(acknowledgement_spread_ms(0, rate), None);
+        assert_eq!(acknowledgement_spread_ms(1_000, rate), None);
+        assert_eq!(acknowledgement_spread_ms(1_001, rate), Some(1_001));
+        assert_eq!(acknowledgement_spread_ms(10_000, rate), Some(10_000));
         assert_eq!(
-            acknowledgement_spread_ms(1_000_000),
+            acknowledgement_spread_ms(1_000_000, rate),
             Some(MOST_ACKNOWLEDGEMENT_SPREAD_MS)
         );
+        assert_eq!(acknowledgement_spread_ms(3, 1), Some(3_000));
+        // A rate of 0 is taken as 1, not divided by.
+        assert_eq!(acknowledgement_spread_ms(3, 0), Some(3_000));
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use common::*;
 use serde_json::Value;
-use switchboard_tests::{Coordinator, Sidecar, TestEnv, wait_until};
+use switchboard_tests::{Coordinator, Sidecar, TestEnv, wait_for, wait_until};
 
 const NS: &str = "catalog";
 /// The policy of these tests: a short window and few requests, so that they run quickly.
@@ -588,6 +588,99 @@ async fn flip_wait_converges_and_names_a_stopped_sidecar() -> Result<()> {
     assert!(
         output.stderr.contains("sidecar-2") && !output.stderr.contains("sidecar-1,"),
         "{output}"
+    );
+    Ok(())
+}
+
+/// A fleet larger than the coordinator's `--acknowledgements-per-second` is asked to spread the
+/// health records that acknowledge a routing change, and does: five sidecars against a rate of
+/// one a second are asked for 5 s. `flip --wait` does not wait for the records (the streams tell
+/// the leader), and each record comes within the spread. Without the spread every record comes
+/// within about 100 ms of the flip; with it, the chance that all five random delays fall within
+/// the first 500 ms is 1 in 100,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_larger_than_the_acknowledgement_rate_spreads_its_records() -> Result<()> {
+    const SIDECARS: usize = 5;
+    let env = TestEnv::start_with_coordinator(&[NS], &["--acknowledgements-per-second", "1"], &[])
+        .await?;
+    let sbctl = env.sbctl();
+    set_test_policy(&env, 0).await?;
+    let dir = tempfile::tempdir()?;
+    let mut sidecars = Vec::new();
+    for index in 0..SIDECARS {
+        sidecars.push(Arc::new(
+            env.start_sidecar(&format!("sidecar-{index}")).await?,
+        ));
+    }
+    stage_and_flip(
+        &env,
+        NS,
+        &write_set(dir.path(), "a", 20, 10)?.display().to_string(),
+    )
+    .await?;
+    stage(
+        &sbctl,
+        NS,
+        &write_set(dir.path(), "b", 20, 10)?.display().to_string(),
+    )
+    .await?;
+    let before = wait_all_on(&sidecars, &sbctl).await?;
+    // Every sidecar streams to the leader and has told it its epoch: its record says the same
+    // epoch, and a record is written after the stream is told.
+    wait_until(DEADLINE, "every stream and record", async || {
+        let metrics = reqwest::get(format!("{}/metrics", env.coordinator.http_url()))
+            .await?
+            .text()
+            .await?;
+        let records = status(&sbctl, NS).await?;
+        let on_epoch = records["sidecars"]
+            .as_array()
+            .map_or(0, |all| all.iter().filter(|s| s["epoch"] == before).count());
+        Ok(
+            metrics.contains(&format!("switchboard_outcome_streams {SIDECARS}"))
+                && on_epoch == SIDECARS,
+        )
+    })
+    .await?;
+
+    sbctl
+        .run(&["flip", NS, "--wait", "--timeout", "20"])
+        .await?
+        .ensure_success()?;
+    let mut client = env.etcd_client().await?;
+    let routing = client.get(env.keys().routing(NS), None).await?;
+    let routing: Value =
+        serde_json::from_slice(routing.kvs().first().context("no routing")?.value())?;
+    assert_eq!(routing["acknowledge_within_ms"], 5_000, "{routing}");
+    let flipped = routing["epoch"].as_u64().context("no epoch")?;
+    let committed_ms = routing["at_ms"].as_u64().context("no at_ms")?;
+    for sidecar in &sidecars {
+        assert_eq!(sidecar.epoch(NS).await?, flipped);
+    }
+
+    // Every record comes, each within the spread (and the settling after a switch).
+    let written_after_ms = wait_for(DEADLINE, "every record on the flip", async || {
+        let records = status(&sbctl, NS).await?;
+        let after: Vec<u64> = records["sidecars"]
+            .as_array()
+            .context("no sidecars")?
+            .iter()
+            .filter(|s| s["epoch"] == flipped)
+            .filter_map(|s| s["at_ms"].as_u64())
+            .map(|at_ms| at_ms.saturating_sub(committed_ms))
+            .collect();
+        ensure!(after.len() == SIDECARS, "{after:?}");
+        Ok(after)
+    })
+    .await?;
+    let latest = written_after_ms.iter().copied().max().unwrap_or(0);
+    assert!(
+        written_after_ms.iter().all(|&ms| ms <= 5_000 + 1_000),
+        "a record came later than the spread: {written_after_ms:?} ms after the flip"
+    );
+    assert!(
+        latest > 500,
+        "the records were not spread: {written_after_ms:?} ms after the flip"
     );
     Ok(())
 }
