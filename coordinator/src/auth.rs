@@ -1,4 +1,4 @@
-//! Identities and roles: the `--auth` file, the permission table, and the [`Gate`] every admin
+//! Identities and roles: the `--auth` file, the permission table, and the [`Admission`] every admin
 //! request passes before it does anything.
 //!
 //! The file names users, each with roles and the SHA-256 of a bearer token (never the token):
@@ -9,7 +9,7 @@
 //!   - {name: "bob", roles: [viewer, approver], token_sha256: "<64 hex digits>"}
 //! ```
 //!
-//! A request presents `authorization: Bearer <token>`. The gate hashes the token and compares
+//! A request presents `authorization: Bearer <token>`. Admission hashes the token and compares
 //! the hash with every user's in constant time. No token, or one that names nobody, is
 //! `Unauthenticated`; a user whose roles do not allow the request is `PermissionDenied` (sbctl
 //! exits 5 for both). A request without a known token writes nothing: it is counted in
@@ -19,11 +19,11 @@
 //! are counted. The actor recorded for an allowed request is the user's name from the file:
 //! what the caller claims is ignored.
 //!
-//! Before any of that, the gate counts the request against its caller's rate limit
+//! Before any of that, admission counts the request against its caller's rate limit
 //! ([`crate::limits`]). The file is read again on SIGHUP ([`reload_on_hangup`]): a file that
 //! checks replaces the users whole, and one that does not changes nothing.
 //!
-//! Without `--auth` the gate is open: every caller acts as an anonymous admin, and the name it
+//! Without `--auth` admission is open: every caller acts as an anonymous admin, and the name it
 //! claims (`x-switchboard-actor`) is recorded as given.
 
 use std::fmt;
@@ -501,7 +501,7 @@ fn shown_namespace(ns: &str) -> String {
     format!("{:?}", ns.chars().take(64).collect::<String>())
 }
 
-/// A request refused by the gate.
+/// A request refused by admission.
 #[derive(Debug)]
 pub struct Denial {
     /// The user, or [`UNAUTHENTICATED`].
@@ -530,7 +530,7 @@ impl Denial {
     }
 }
 
-/// The gate's decision for `rpc` on `ns`, which touches nothing.
+/// Admission's decision for `rpc` on `ns`, which touches nothing.
 pub fn check(
     users: &Users,
     credentials: &Credentials,
@@ -577,9 +577,9 @@ pub fn check(
 /// A known user's refusal is audited in the namespace it names, if that exists, within the
 /// user's allowance of audited denials ([`Releases::audit_denial`]).
 #[derive(Clone)]
-pub struct Gate {
+pub struct Admission {
     /// The users in force, replaced whole by a reload of the `--auth` file; `None` while the
-    /// gate is open (no `--auth`), which a reload never changes.
+    /// admission is open (no `--auth`), which a reload never changes.
     users: Option<Arc<RwLock<Arc<Users>>>>,
     releases: Releases,
     rate_limit: Arc<RateLimiter>,
@@ -587,8 +587,8 @@ pub struct Gate {
     rate_limited_log: Arc<QuietLog>,
 }
 
-impl Gate {
-    /// A gate for `users`, with the default rate limit; without users (no `--auth`) it is
+impl Admission {
+    /// An admission for `users`, with the default rate limit; without users (no `--auth`) it is
     /// open: every caller is an anonymous admin, named as it claims.
     pub fn new(users: Option<Users>, releases: Releases) -> Self {
         if let Some(users) = &users {
@@ -606,7 +606,7 @@ impl Gate {
         }
     }
 
-    /// The same gate with another rate limit.
+    /// The same admission with another rate limit.
     pub fn with_rate_limit(self, rate_limit: RateLimiter) -> Self {
         Self {
             rate_limit: Arc::new(rate_limit),
@@ -614,7 +614,7 @@ impl Gate {
         }
     }
 
-    /// Whether the gate admits everyone (no `--auth`).
+    /// Whether admission admits everyone (no `--auth`).
     pub fn is_open(&self) -> bool {
         self.users.is_none()
     }
@@ -630,7 +630,7 @@ impl Gate {
     }
 
     /// Puts `users` in force for every request from now on, and returns the users they
-    /// replace. An open gate stays open: it returns `None` and changes nothing.
+    /// replace. An open admission stays open: it returns `None` and changes nothing.
     pub fn replace_users(&self, users: Users) -> Option<Arc<Users>> {
         let lock = self.users.as_ref()?;
         let mut current = lock.write().unwrap_or_else(PoisonError::into_inner);
@@ -673,7 +673,7 @@ impl Gate {
         }
     }
 
-    /// The gate's decision for `rpc` on `ns`, which touches nothing. While the gate is open
+    /// Admission's decision for `rpc` on `ns`, which touches nothing. While admission is open
     /// every caller is admitted, named as it claims.
     pub fn check(&self, credentials: &Credentials, rpc: Rpc, ns: &str) -> Result<Actor, Denial> {
         match self.users() {
@@ -744,7 +744,7 @@ impl Gate {
         })
     }
 
-    /// Records a denial (see [`Gate`]) and returns its error. The denial is answered whatever
+    /// Records a denial (see [`Admission`]) and returns its error. The denial is answered whatever
     /// becomes of its record.
     pub async fn refuse(
         &self,
@@ -757,7 +757,7 @@ impl Gate {
         denial.error
     }
 
-    /// The gate's first look at a request, from its headers alone, before its body is read:
+    /// Admission's first look at a request, from its headers alone, before its body is read:
     /// with `--auth`, a caller without a known token is refused here (rate limit first, as in
     /// [`Self::admit`]), counted, and its message never read, however large it says it is.
     /// A known caller goes on to [`Self::admit`], which knows the namespace. Returns whether the
@@ -845,7 +845,7 @@ impl Gate {
     }
 }
 
-/// How often the gate's quiet log lines may be written at most.
+/// How often admission's quiet log lines may be written at most.
 const QUIET_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// The most user names a reload's log line lists in each of added, removed and changed.
 const NAMES_LISTED: usize = 20;
@@ -903,12 +903,12 @@ fn describe_change(before: &Users, after: &Users) -> String {
     }
 }
 
-/// Reloads the `--auth` file on every SIGHUP until `shutdown` (see [`Gate::reload`]). A
+/// Reloads the `--auth` file on every SIGHUP until `shutdown` (see [`Admission::reload`]). A
 /// coordinator without `--auth` has no file to reload; it logs that and carries on, rather
 /// than ending as a process does on a SIGHUP it does not handle. `hangups` is set up by the
 /// caller before the listeners open, so that no SIGHUP arrives before it is handled.
 pub async fn reload_on_hangup(
-    gate: Gate,
+    admission: Admission,
     file: Option<PathBuf>,
     mut hangups: tokio::signal::unix::Signal,
     shutdown: CancellationToken,
@@ -924,7 +924,7 @@ pub async fn reload_on_hangup(
         }
         match &file {
             Some(file) => {
-                gate.reload(file).await;
+                admission.reload(file).await;
             }
             None => tracing::warn!(
                 "SIGHUP ignored: the coordinator runs without --auth, so there is no auth file to reload"

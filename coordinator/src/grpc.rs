@@ -1,4 +1,4 @@
-//! The admin gRPC service: decodes requests, passes each through the [`Gate`] (which names the
+//! The admin gRPC service: decodes requests, passes each through the [`Admission`] (which names the
 //! actor or refuses), delegates to `release`.
 
 use std::pin::Pin;
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Credentials, Gate, Rpc};
+use crate::auth::{Admission, Credentials, Rpc};
 use crate::release::{Actor, BeginStage, Releases};
 use crate::routing::ChangeRequest;
 use crate::store::MAX_TXN_BYTES;
@@ -37,7 +37,7 @@ const DENIED_UPLOAD_READ: Duration = Duration::from_secs(2);
 
 pub struct AdminService {
     releases: Releases,
-    gate: Gate,
+    admission: Admission,
     /// The tasks that handlers start (a synchronized flip, a chunk stream's reader): the
     /// server owns them, and shutdown waits for them.
     tasks: TaskTracker,
@@ -47,10 +47,10 @@ pub struct AdminService {
 
 impl AdminService {
     /// The service of a server that stops on `shutdown`.
-    pub fn new(releases: Releases, gate: Gate, shutdown: CancellationToken) -> Self {
+    pub fn new(releases: Releases, admission: Admission, shutdown: CancellationToken) -> Self {
         Self {
             releases,
-            gate,
+            admission,
             tasks: TaskTracker::new(),
             shutdown,
         }
@@ -117,7 +117,7 @@ pub fn message_limit(rpc: Rpc, may_call: bool) -> usize {
 }
 
 /// A layer in front of the admin service that authenticates each request from its headers
-/// before its body is read ([`Gate::authenticate_first`]): a caller without a known token
+/// before its body is read ([`Admission::authenticate_first`]): a caller without a known token
 /// gets `UNAUTHENTICATED` at once, and the message it announced, however large, is never
 /// buffered. The body of an admitted request is read under its RPC's [`message_limit`]: a
 /// message that announces more is refused by its announced length, before any of it is
@@ -128,13 +128,16 @@ pub fn message_limit(rpc: Rpc, may_call: bool) -> usize {
 /// connections (a stopped client's connection would hold HTTP/2's graceful close forever).
 #[derive(Clone)]
 pub struct AuthenticateFirstLayer {
-    gate: Gate,
+    admission: Admission,
     in_flight: InFlight,
 }
 
 impl AuthenticateFirstLayer {
-    pub fn new(gate: Gate, in_flight: InFlight) -> Self {
-        Self { gate, in_flight }
+    pub fn new(admission: Admission, in_flight: InFlight) -> Self {
+        Self {
+            admission,
+            in_flight,
+        }
     }
 }
 
@@ -144,7 +147,7 @@ impl<S> tower::Layer<S> for AuthenticateFirstLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthenticateFirst {
             inner,
-            gate: self.gate.clone(),
+            admission: self.admission.clone(),
             in_flight: self.in_flight.clone(),
         }
     }
@@ -153,7 +156,7 @@ impl<S> tower::Layer<S> for AuthenticateFirstLayer {
 #[derive(Clone)]
 pub struct AuthenticateFirst<S> {
     inner: S,
-    gate: Gate,
+    admission: Admission,
     in_flight: InFlight,
 }
 
@@ -259,7 +262,7 @@ where
                 |name| request.headers().get(name).and_then(|v| v.to_str().ok()),
                 peer,
             );
-            let may_call = match self.gate.authenticate_first(&credentials, rpc) {
+            let may_call = match self.admission.authenticate_first(&credentials, rpc) {
                 Ok(may_call) => may_call,
                 Err(error) => {
                     let status = Status::from(error);
@@ -386,7 +389,7 @@ impl AdminService {
     /// limit; a denial is recorded and answered.
     async fn admit<T>(&self, request: &Request<T>, rpc: Rpc, ns: &str) -> Result<Actor, Status> {
         let credentials = credentials(request);
-        Ok(self.gate.admit(&credentials, rpc, ns).await?)
+        Ok(self.admission.admit(&credentials, rpc, ns).await?)
     }
 }
 
@@ -481,11 +484,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::UploadChunksReply>, Status> {
         let credentials = credentials(&request);
         let mut stream = request.into_inner();
-        self.gate.limit(&credentials, Rpc::UploadChunks)?;
-        // The namespace comes with the chunks, so the gate decides before reading any. A known
+        self.admission.limit(&credentials, Rpc::UploadChunks)?;
+        // The namespace comes with the chunks, so admission decides before reading any. A known
         // user's denial is audited in the namespace of the first chunk, if one arrives soon;
         // nothing of an unknown caller's stream is read at all.
-        if let Err(denial) = self.gate.check(&credentials, Rpc::UploadChunks, "") {
+        if let Err(denial) = self.admission.check(&credentials, Rpc::UploadChunks, "") {
             let ns = if denial.is_unauthenticated() {
                 String::new()
             } else {
@@ -495,12 +498,12 @@ impl Admin for AdminService {
                 }
             };
             let denial = self
-                .gate
+                .admission
                 .check(&credentials, Rpc::UploadChunks, &ns)
                 .err()
                 .unwrap_or(denial);
             return Err(self
-                .gate
+                .admission
                 .refuse(denial, &credentials, Rpc::UploadChunks, &ns)
                 .await
                 .into());
@@ -968,10 +971,10 @@ impl Admin for AdminService {
         request: Request<Streaming<pb::OutcomeReport>>,
     ) -> Result<Response<pb::OutcomeReportReply>, Status> {
         let credentials = credentials(&request);
-        self.gate.limit(&credentials, Rpc::ReportOutcomes)?;
-        if let Err(denial) = self.gate.check(&credentials, Rpc::ReportOutcomes, "") {
+        self.admission.limit(&credentials, Rpc::ReportOutcomes)?;
+        if let Err(denial) = self.admission.check(&credentials, Rpc::ReportOutcomes, "") {
             return Err(self
-                .gate
+                .admission
                 .refuse(denial, &credentials, Rpc::ReportOutcomes, "")
                 .await
                 .into());
@@ -1157,9 +1160,9 @@ mod tests {
         }
     }
 
-    /// A gate with `--auth` and one operator, bob, whose token is "bob-token". Its store
+    /// An admission with `--auth` and one operator, bob, whose token is "bob-token". Its store
     /// points at no etcd: the first look at a request touches none.
-    async fn gate() -> Gate {
+    async fn admission() -> Admission {
         let text = format!(
             "users:\n  - {{name: bob, roles: [operator], token_sha256: \"{}\"}}\n",
             switchboard_proto::set::sha256_hex(b"bob-token")
@@ -1169,7 +1172,7 @@ mod tests {
             .await
             .expect("a lazy client");
         let store = crate::store::Store::new(client, switchboard_proto::Keys::new("/t"));
-        Gate::new(Some(users), Releases::new(store))
+        Admission::new(Some(users), Releases::new(store))
     }
 
     /// Thousands of sidecars share one reporter credential: their outcome streams are counted
@@ -1178,7 +1181,7 @@ mod tests {
     #[tokio::test]
     async fn outcome_streams_are_rate_limited_by_address_and_the_rest_by_user() {
         use crate::limits::{Rate, RateLimiter};
-        let gate = gate().await.with_rate_limit(RateLimiter::new(Rate {
+        let admission = admission().await.with_rate_limit(RateLimiter::new(Rate {
             per_second: 0.001,
             burst: 1.0,
         }));
@@ -1187,18 +1190,21 @@ mod tests {
             claimed_actor: None,
             peer: Some(std::net::IpAddr::from([10, 0, 0, host])),
         };
-        gate.limit(&from(1), Rpc::ReportOutcomes)
+        admission
+            .limit(&from(1), Rpc::ReportOutcomes)
             .expect("the first stream from 10.0.0.1");
-        gate.limit(&from(2), Rpc::ReportOutcomes)
+        admission
+            .limit(&from(2), Rpc::ReportOutcomes)
             .expect("a stream from another sidecar, with the same credential");
         assert!(
-            gate.limit(&from(1), Rpc::ReportOutcomes).is_err(),
+            admission.limit(&from(1), Rpc::ReportOutcomes).is_err(),
             "a second stream from 10.0.0.1 within the allowance"
         );
-        gate.limit(&from(3), Rpc::Status)
+        admission
+            .limit(&from(3), Rpc::Status)
             .expect("bob's first status");
         assert!(
-            gate.limit(&from(4), Rpc::Status).is_err(),
+            admission.limit(&from(4), Rpc::Status).is_err(),
             "bob's second status, from another address"
         );
     }
@@ -1231,7 +1237,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_without_a_known_token_never_reaches_the_service() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let mut service = AuthenticateFirstLayer::new(gate().await, InFlight::default())
+        let mut service = AuthenticateFirstLayer::new(admission().await, InFlight::default())
             .layer(counted(calls.clone()));
         for token in [None, Some("made-up"), Some("BOB-TOKEN")] {
             let answer = ServiceExt::<axum::http::Request<tonic::body::Body>>::ready(&mut service)

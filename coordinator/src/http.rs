@@ -7,7 +7,7 @@
 //! gRPC API's per-caller rate limit: over it, 429 with `Retry-After` (whole seconds).
 //!
 //! The routing changes (`POST /v1/ns/{ns}/canary`, `/flip`, `/rollback`) are the gRPC service's
-//! operations over JSON: the same [`Gate`] with the same [`Rpc`] kinds, then the same
+//! operations over JSON: the same [`Admission`] with the same [`Rpc`] kinds, then the same
 //! `Releases` functions, so the policy, approvals, gates, compare-and-swap and audit record are
 //! exactly sbctl's. Each body must name the epoch it was decided on (`expected_epoch`), so a
 //! change is never applied to a state its caller did not see; `canary` and `flip` may also
@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use switchboard_proto::BUCKETS;
 use switchboard_proto::keys::validate_namespace;
 
-use crate::auth::{Credentials, Gate, Rpc};
+use crate::auth::{Admission, Credentials, Rpc};
 use crate::dashboard::{self, ErrorSamples};
 use crate::error::{CoordinatorError, Result};
 use crate::release::{Actor, Releases};
@@ -45,14 +45,14 @@ pub const MAX_AUDIT_LIMIT: usize = 10_000;
 #[derive(Clone)]
 struct AppState {
     releases: Releases,
-    gate: Gate,
+    admission: Admission,
     metrics: PrometheusHandle,
     samples: ErrorSamples,
 }
 
 pub fn router(
     releases: Releases,
-    gate: Gate,
+    admission: Admission,
     metrics: PrometheusHandle,
     samples: ErrorSamples,
 ) -> Router {
@@ -69,7 +69,7 @@ pub fn router(
         .merge(dashboard::router())
         .with_state(AppState {
             releases,
-            gate,
+            admission,
             metrics,
             samples,
         })
@@ -113,7 +113,7 @@ impl Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>> for Pee
     }
 }
 
-/// What an HTTP request presents to the gate: its bearer token, the name it claims, and the
+/// What an HTTP request presents to admission: its bearer token, the name it claims, and the
 /// address it came from (unknown when the router is served without connect info).
 struct Caller(Credentials);
 
@@ -149,7 +149,7 @@ fn answer<T: serde::Serialize>(result: Result<T>) -> Response {
 }
 
 async fn admit(state: &AppState, caller: &Caller, rpc: Rpc, ns: &str) -> Result<Actor> {
-    state.gate.admit(&caller.0, rpc, ns).await
+    state.admission.admit(&caller.0, rpc, ns).await
 }
 
 /// A namespace that was never staged into is unknown: 404, rather than the "nothing is

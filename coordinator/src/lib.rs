@@ -292,13 +292,13 @@ async fn serve(
     } else {
         tracing::warn!("--rate-limit-per-second 0: no rate limit on the admin APIs");
     }
-    let gate = auth::Gate::new(users, releases.clone()).with_rate_limit(rate_limit);
+    let admission = auth::Admission::new(users, releases.clone()).with_rate_limit(rate_limit);
     // SIGHUP is handled from here on, before the listeners serve: a SIGHUP that found no
     // handler would end the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
     let reloader = tokio::spawn(auth::reload_on_hangup(
-        gate.clone(),
+        admission.clone(),
         args.auth.clone(),
         hangups,
         shutdown.clone(),
@@ -362,10 +362,10 @@ async fn serve(
         tls_config.clone(),
         limits,
         releases.clone(),
-        gate.clone(),
+        admission.clone(),
         shutdown.clone(),
     );
-    let router = http::router(releases, gate, metrics, samples)
+    let router = http::router(releases, admission, metrics, samples)
         .layer(axum::middleware::from_fn(
             switchboard_runtime::json_errors::json_errors,
         ))
@@ -411,7 +411,7 @@ pub async fn serve_grpc(
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     limits: ConnectionLimits,
     releases: release::Releases,
-    gate: auth::Gate,
+    admission: auth::Admission,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
@@ -420,7 +420,7 @@ pub async fn serve_grpc(
         Some(config) => {
             let listener = tls::TlsListener::new(listener, config, "gRPC");
             let connections = incoming(GuardedListener::new(listener, limits, "grpc"));
-            serve_grpc_connections(connections, releases, gate, shutdown).await
+            serve_grpc_connections(connections, releases, admission, shutdown).await
         }
         None => {
             // Without TCP_NODELAY, a reply written in two segments waits for the client's
@@ -429,7 +429,7 @@ pub async fn serve_grpc(
                 let _ = tcp.set_nodelay(true);
             });
             let connections = incoming(GuardedListener::new(listener, limits, "grpc"));
-            serve_grpc_connections(connections, releases, gate, shutdown).await
+            serve_grpc_connections(connections, releases, admission, shutdown).await
         }
     }
 }
@@ -438,7 +438,7 @@ pub async fn serve_grpc(
 async fn serve_grpc_connections<IO>(
     connections: impl futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
     releases: release::Releases,
-    gate: auth::Gate,
+    admission: auth::Admission,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
@@ -451,7 +451,7 @@ where
     IO::ConnectInfo: Clone + Send + Sync + 'static,
 {
     let builder = tonic::transport::Server::builder();
-    let service = grpc::AdminService::new(releases, gate.clone(), shutdown.clone());
+    let service = grpc::AdminService::new(releases, admission.clone(), shutdown.clone());
     let tasks = service.tasks();
     let in_flight = grpc::InFlight::default();
     // Streams per connection are bounded (h2 would allow hundreds), and a caller without a
@@ -460,7 +460,10 @@ where
         .max_concurrent_streams(Some(grpc::MAX_CONCURRENT_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(grpc::AuthenticateFirstLayer::new(gate, in_flight.clone()))
+        .layer(grpc::AuthenticateFirstLayer::new(
+            admission,
+            in_flight.clone(),
+        ))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(connections, shutdown.clone().cancelled_owned());
     let result = drain_requests(server, shutdown, in_flight).await;
