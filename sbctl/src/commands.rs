@@ -12,7 +12,7 @@ use switchboard_proto::pb::{
 };
 use switchboard_proto::set::{Chunk, MAX_WHOLE_MANIFEST_BYTES};
 use switchboard_proto::time::now_ms;
-use switchboard_proto::{AuditTrail, Manifest, NamespaceStatus, Policy, RoutingChange, Slot};
+use switchboard_proto::{AuditTrail, Manifest, Policy, RoutingChange, Slot};
 use tonic::Code;
 
 use crate::cli::{ChangeArgs, POLICY_FLAGS, PolicySettings, RolloutAction};
@@ -532,8 +532,10 @@ pub async fn sync_flip(
 
 /// Waits until every live sidecar serves `epoch` or later, showing a progress bar on stderr
 /// (hidden, and silent, when stderr is not a terminal). Returns where the wait ended, and the
-/// error if it did not converge. The coordinator watches the sidecars for us (`WaitForEpoch`);
-/// one that predates it is asked for its status every [`WAIT_POLL`] instead.
+/// error if it did not converge. The coordinator watches the sidecars for us and streams what
+/// it sees (`WaitForEpoch`): sbctl computes no convergence of its own and reads no status. A
+/// coordinator that predates the stream is refused as older than this sbctl (exit.rs); a
+/// stream cut short (a failover) is followed again after [`WAIT_POLL`], until the deadline.
 async fn wait_for_epoch(
     coordinator: &mut Coordinator,
     namespace: &str,
@@ -558,10 +560,6 @@ async fn wait_for_epoch(
             }
             // The stream ended without its last message: the coordinator went away.
             Ok(None) if Instant::now() < deadline => {}
-            Err(e) if e.grpc_code() == Some(Code::Unimplemented) => {
-                break poll_for_epoch(coordinator, namespace, epoch, timeout, &bar, &mut report)
-                    .await;
-            }
             // The coordinator may be failing over; keep trying until the deadline.
             Err(e) if e.grpc_code() == Some(Code::Unavailable) && Instant::now() < deadline => {}
             Ok(None) => {
@@ -604,43 +602,6 @@ async fn follow_epoch_wait(
     Ok(None)
 }
 
-/// `wait_for_epoch` against a coordinator without `WaitForEpoch`: reads the status every
-/// [`WAIT_POLL`].
-async fn poll_for_epoch(
-    coordinator: &mut Coordinator,
-    namespace: &str,
-    epoch: u64,
-    timeout: Duration,
-    bar: &ProgressBar,
-    report: &mut WaitReport,
-) -> Result<(), CliError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match coordinator.status(namespace).await {
-            Ok(reply) => {
-                let progress = epoch_progress(&reply.document, epoch);
-                report.sidecars = progress.total;
-                report.behind = progress.behind.iter().map(|b| b.id.clone()).collect();
-                bar.set_length(progress.total as u64);
-                bar.set_position(progress.on_epoch as u64);
-                // With no live sidecars there is nothing to wait for: `render_wait` says so.
-                if progress.behind.is_empty() {
-                    report.converged = true;
-                    return Ok(());
-                }
-                if Instant::now() >= deadline {
-                    let behind = progress.behind.iter().map(|b| (b.id.as_str(), b.epoch));
-                    return Err(timed_out(namespace, epoch, timeout, behind));
-                }
-            }
-            // The coordinator may be failing over; keep trying until the deadline.
-            Err(e) if e.grpc_code() == Some(Code::Unavailable) && Instant::now() < deadline => {}
-            Err(e) => return Err(e),
-        }
-        tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
-    }
-}
-
 /// The error of a wait that ended with live sidecars (`(id, epoch)`) not on `epoch` yet.
 fn timed_out<'a>(
     namespace: &str,
@@ -677,40 +638,6 @@ fn seconds(d: Duration) -> String {
         format!("{s:.0}s")
     } else {
         format!("{s}s")
-    }
-}
-
-/// A live sidecar that does not serve the awaited epoch yet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Behind {
-    pub id: String,
-    pub epoch: u64,
-}
-
-/// How far the live sidecars are from serving an epoch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EpochProgress {
-    pub on_epoch: usize,
-    pub total: usize,
-    /// The sidecars not there yet, with the epoch each serves.
-    pub behind: Vec<Behind>,
-}
-
-/// Which live sidecars of a status serve `epoch` or a later one.
-pub fn epoch_progress(status: &NamespaceStatus, epoch: u64) -> EpochProgress {
-    let behind: Vec<Behind> = status
-        .sidecars
-        .iter()
-        .filter(|s| s.epoch < epoch)
-        .map(|s| Behind {
-            id: s.id.clone(),
-            epoch: s.epoch,
-        })
-        .collect();
-    EpochProgress {
-        on_epoch: status.sidecars.len() - behind.len(),
-        total: status.sidecars.len(),
-        behind,
     }
 }
 
@@ -1034,60 +961,7 @@ pub fn verdict(trail: &AuditTrail) -> Result<Result<usize, String>, CliError> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use switchboard_proto::{AuditRecord, AuditVerification, StatusSidecar, StatusSlots};
-
-    fn status_with(epochs: &[(&str, u64)]) -> NamespaceStatus {
-        NamespaceStatus {
-            namespace: "cat".into(),
-            epoch: 5,
-            active: None,
-            canary: None,
-            previous: None,
-            slots: StatusSlots {
-                blue: None,
-                green: None,
-            },
-            sidecars: epochs
-                .iter()
-                .map(|(id, epoch)| StatusSidecar {
-                    id: id.to_string(),
-                    epoch: *epoch,
-                    serving: vec![],
-                    etcd_reachable: true,
-                    at_ms: 0,
-                    reports: vec![],
-                    drift: None,
-                    prepared: None,
-                    activated_epoch: None,
-                    activated_at_us: None,
-                })
-                .collect(),
-            last_change: None,
-            bake_until_ms: None,
-            policy: Policy::default(),
-            rollout: None,
-            leader: None,
-            approvals: vec![],
-        }
-    }
-
-    #[test]
-    fn epoch_progress_names_the_sidecars_behind() {
-        let p = epoch_progress(&status_with(&[("a", 5), ("b", 4), ("c", 6)]), 5);
-        assert_eq!(
-            p,
-            EpochProgress {
-                on_epoch: 2,
-                total: 3,
-                behind: vec![Behind {
-                    id: "b".into(),
-                    epoch: 4
-                }]
-            }
-        );
-        let none = epoch_progress(&status_with(&[]), 5);
-        assert_eq!(none.total, 0);
-    }
+    use switchboard_proto::{AuditRecord, AuditVerification};
 
     fn settings() -> PolicySettings {
         PolicySettings::default()

@@ -26,6 +26,8 @@ struct State {
     /// The epoch each sidecar serves, per `Status` call: the last entry repeats.
     sidecar_epochs: Vec<Vec<(&'static str, u64)>>,
     status_calls: usize,
+    /// Answer `WaitForEpoch` as a coordinator from before it did.
+    wait_unimplemented: bool,
     /// The error `Rollout` answers with, if any.
     rollout_error: Option<Status>,
     set_policy: Vec<SetPolicyRequest>,
@@ -197,13 +199,57 @@ impl Admin for Mock {
         Box<dyn Stream<Item = Result<switchboard_proto::pb::EpochWaitProgress, Status>> + Send>,
     >;
 
-    /// As a coordinator from before `WaitForEpoch`: sbctl then polls the status, which is
-    /// what these tests script.
+    /// Streams the scripted sidecar epochs as the coordinator sees them change, one message
+    /// for each, and a last one: converged at the first state where every sidecar serves the
+    /// epoch, else at the request's timeout, naming the sidecars behind in the last state.
     async fn wait_for_epoch(
         &self,
-        _: Request<switchboard_proto::pb::WaitForEpochRequest>,
+        request: Request<switchboard_proto::pb::WaitForEpochRequest>,
     ) -> Result<Response<Self::WaitForEpochStream>, Status> {
-        unimplemented()
+        use switchboard_proto::pb::{EpochWaitProgress, SidecarEpoch};
+        let request = request.into_inner();
+        if self.state().wait_unimplemented {
+            return unimplemented();
+        }
+        let states = self.state().sidecar_epochs.clone();
+        let progress = |sidecars: &[(&str, u64)], done: bool| {
+            let behind: Vec<SidecarEpoch> = sidecars
+                .iter()
+                .filter(|(_, epoch)| *epoch < request.epoch)
+                .map(|(id, epoch)| SidecarEpoch {
+                    id: id.to_string(),
+                    epoch: *epoch,
+                })
+                .collect();
+            EpochWaitProgress {
+                namespace: request.namespace.clone(),
+                epoch: request.epoch,
+                sidecars: sidecars.len() as u64,
+                on_epoch: (sidecars.len() - behind.len()) as u64,
+                done: done || behind.is_empty(),
+                converged: behind.is_empty(),
+                behind: if done { behind } else { Vec::new() },
+            }
+        };
+        let mut messages = Vec::new();
+        for sidecars in &states {
+            let message = progress(sidecars, false);
+            let converged = message.converged;
+            messages.push(Ok(message));
+            if converged {
+                return Ok(Response::new(Box::pin(futures::stream::iter(messages))));
+            }
+        }
+        let last = progress(states.last().map_or(&[][..], Vec::as_slice), true);
+        let timeout = std::time::Duration::from_millis(request.timeout_ms);
+        let at_the_timeout = futures::stream::once(async move {
+            tokio::time::sleep(timeout).await;
+            Ok(last)
+        });
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(
+            futures::stream::iter(messages),
+            at_the_timeout,
+        ))))
     }
 
     async fn audit(&self, _: Request<AuditRequest>) -> Result<Response<JsonReply>, Status> {
@@ -494,6 +540,28 @@ async fn flip_wait_json_prints_one_document_at_the_end() {
     );
     // Not a terminal: no progress on stderr.
     assert_eq!(stderr(&out), "");
+}
+
+/// sbctl computes no convergence of its own: against a coordinator that does not stream it,
+/// `flip --wait` says the coordinator is older than sbctl, and reads no status after the flip.
+#[tokio::test(flavor = "multi_thread")]
+async fn flip_wait_against_a_coordinator_without_the_stream_says_so_and_polls_nothing() {
+    let mock = Mock::default();
+    mock.state().sidecar_epochs = vec![vec![("host-a", 8)]];
+    mock.state().wait_unimplemented = true;
+    let url = serve(mock.clone()).await;
+    let out = sbctl(&url, &["flip", NS, "--wait", "--timeout", "2"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not implement WaitForEpoch")
+            && stderr(&out).contains("older than this sbctl"),
+        "{}",
+        stderr(&out)
+    );
+    let state = mock.state();
+    assert_eq!(state.flips.len(), 1);
+    // The one status read is the flip's own, for the epoch it expects.
+    assert_eq!(state.status_calls, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
