@@ -30,6 +30,7 @@ pub mod rule_worker;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
