@@ -149,7 +149,7 @@ impl Admission {
         // after a failover thousands open their streams to the new leader at once: counted by
         // the credential they would be one caller, refused for minutes. Each sidecar's address
         // is its own caller instead; the credential can do nothing else.
-        let caller = if false {
+        let caller = if rpc == Rpc::ReportOutcomes {
             CallerKey::peer(credentials.peer)
         } else {
             self.caller(credentials)

@@ -244,7 +244,7 @@ pub fn role_permits(role: Role, rpc: Rpc) -> bool {
         Role::Approver => read || matches!(rpc, Approve | ApproveContract),
         Role::Admin => true,
         // A sidecar's credential: it feeds the judge and nothing else, and reads nothing.
-        Role::Reporter => true,
+        Role::Reporter => rpc == ReportOutcomes,
     }
 }
 
