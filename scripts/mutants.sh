@@ -86,8 +86,14 @@ EOF
 rows() { printf '%s\n' "$TABLE" | awk -F'\t' -v f="$FILTER" 'f == "" || index($1, f)'; }
 
 # Every file the table mutates must be as committed, so that restoring it is always possible.
+# A file not committed at all shows no difference to `git diff`, and restoring it from HEAD
+# fails: a run on a moved file once left its mutant in place, and the mutant got committed.
 files=$(rows | cut -f2 | sort -u)
 for file in $files; do
+    if ! git cat-file -e "HEAD:$file" 2>/dev/null; then
+        echo "mutants: $file is not committed; commit it first" >&2
+        exit 2
+    fi
     if ! git diff --quiet HEAD -- "$file"; then
         echo "mutants: $file has uncommitted changes; commit or stash them first" >&2
         exit 2
