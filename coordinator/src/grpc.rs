@@ -200,7 +200,6 @@ impl Admin for AdminService {
             Ok(uploaded) => Ok(Response::new(pb::UploadChunksReply {
                 chunks_written: uploaded.chunks_written,
                 bytes_written: uploaded.bytes_written,
-                ..Default::default()
             })),
             Err(UploadError::Stream(status)) => Err(status),
             Err(UploadError::Refused(error)) => Err(error.into()),
