@@ -51,94 +51,44 @@ fn the_reporter_may_only_report_outcomes() {
     assert_eq!(allowed(Rpc::ReportOutcomes), [false, false, false, true]);
 }
 
+/// The permission table, row by row: for each RPC, whether a viewer, an operator, an approver
+/// and an admin may call it. Every RPC has its row, so a new RPC cannot pass unexamined.
 #[test]
-fn status_is_for_every_role() {
-    assert_eq!(allowed(Rpc::Status), [true, true, true, true]);
-}
-
-#[test]
-fn wait_for_epoch_is_for_every_role() {
-    assert_eq!(allowed(Rpc::WaitForEpoch), [true, true, true, true]);
-}
-
-#[test]
-fn get_manifest_is_for_every_role() {
-    assert_eq!(allowed(Rpc::GetManifest), [true, true, true, true]);
-}
-
-#[test]
-fn get_chunks_is_for_every_role() {
-    assert_eq!(allowed(Rpc::GetChunks), [true, true, true, true]);
-}
-
-#[test]
-fn audit_is_for_every_role() {
-    assert_eq!(allowed(Rpc::Audit), [true, true, true, true]);
-}
-
-#[test]
-fn get_policy_is_for_every_role() {
-    assert_eq!(allowed(Rpc::GetPolicy), [true, true, true, true]);
-}
-
-#[test]
-fn begin_stage_is_for_operators_and_admins() {
-    assert_eq!(allowed(Rpc::BeginStage), [false, true, false, true]);
-}
-
-#[test]
-fn upload_chunks_is_for_operators_and_admins() {
-    assert_eq!(allowed(Rpc::UploadChunks), [false, true, false, true]);
-}
-
-#[test]
-fn seal_is_for_operators_and_admins() {
-    assert_eq!(allowed(Rpc::Seal), [false, true, false, true]);
-}
-
-#[test]
-fn set_canary_is_for_operators_and_admins() {
-    assert_eq!(allowed(Rpc::SetCanary), [false, true, false, true]);
-}
-
-#[test]
-fn flip_is_for_operators_and_admins() {
-    assert_eq!(allowed(Rpc::Flip), [false, true, false, true]);
-}
-
-#[test]
-fn rollback_is_for_operators_and_admins() {
-    assert_eq!(allowed(Rpc::Rollback), [false, true, false, true]);
-}
-
-#[test]
-fn rollout_is_for_operators_and_admins() {
-    assert_eq!(allowed(Rpc::Rollout), [false, true, false, true]);
-}
-
-#[test]
-fn set_policy_is_for_admins_only() {
-    assert_eq!(allowed(Rpc::SetPolicy), [false, false, false, true]);
-}
-
-#[test]
-fn reading_the_contract_is_for_every_role() {
-    assert_eq!(allowed(Rpc::GetContract), [true, true, true, true]);
-}
-
-#[test]
-fn setting_the_contract_is_for_admins_only() {
-    assert_eq!(allowed(Rpc::SetContract), [false, false, false, true]);
-}
-
-#[test]
-fn approving_a_contract_is_for_approvers_and_admins() {
-    assert_eq!(allowed(Rpc::ApproveContract), [false, false, true, true]);
-}
-
-#[test]
-fn approve_is_for_approvers_and_admins() {
-    assert_eq!(allowed(Rpc::Approve), [false, false, true, true]);
+fn the_permission_table_row_by_row() {
+    const EVERY_ROLE: [bool; 4] = [true, true, true, true];
+    const OPERATORS: [bool; 4] = [false, true, false, true];
+    const APPROVERS: [bool; 4] = [false, false, true, true];
+    const ADMINS: [bool; 4] = [false, false, false, true];
+    let table = [
+        (Rpc::Status, EVERY_ROLE),
+        (Rpc::WaitForEpoch, EVERY_ROLE),
+        (Rpc::GetManifest, EVERY_ROLE),
+        (Rpc::GetChunks, EVERY_ROLE),
+        (Rpc::Audit, EVERY_ROLE),
+        (Rpc::GetPolicy, EVERY_ROLE),
+        (Rpc::History, EVERY_ROLE),
+        (Rpc::CheckGates, EVERY_ROLE),
+        (Rpc::GetContract, EVERY_ROLE),
+        (Rpc::BeginStage, OPERATORS),
+        (Rpc::UploadChunks, OPERATORS),
+        (Rpc::Seal, OPERATORS),
+        (Rpc::SetCanary, OPERATORS),
+        (Rpc::Flip, OPERATORS),
+        (Rpc::Rollback, OPERATORS),
+        (Rpc::Rollout, OPERATORS),
+        (Rpc::Approve, APPROVERS),
+        (Rpc::ApproveContract, APPROVERS),
+        (Rpc::SetPolicy, ADMINS),
+        (Rpc::SetContract, ADMINS),
+        (Rpc::ReportOutcomes, ADMINS),
+    ];
+    for (rpc, roles) in table {
+        assert_eq!(allowed(rpc), roles, "{rpc:?}");
+    }
+    let rows: std::collections::HashSet<Rpc> = table.iter().map(|(rpc, _)| *rpc).collect();
+    for rpc in Rpc::ALL {
+        assert!(rows.contains(&rpc), "{rpc:?} has no row in the table");
+    }
 }
 
 #[test]
