@@ -255,12 +255,7 @@ impl Store {
             if revision == 0 {
                 revision = response.header().map_or(0, |h| h.revision());
             }
-            pairs.extend(response.kvs().iter().map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                )
-            }));
+            pairs.extend(response.kvs().iter().map(owned_pair));
             match response.kvs().last() {
                 Some(last) if response.more() => {
                     from = last.key().to_vec();
@@ -335,16 +330,7 @@ impl Store {
         } else {
             let response = with_timeout(client.get(key, None)).await?;
             let revision = response.header().map_or(0, |h| h.revision());
-            let values = response
-                .kvs()
-                .iter()
-                .map(|kv| {
-                    (
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        kv.value().to_vec(),
-                    )
-                })
-                .collect();
+            let values = response.kvs().iter().map(owned_pair).collect();
             (values, revision)
         };
         let stream =
@@ -586,6 +572,14 @@ impl WatchedRecords {
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         self.values.get(key).map(Vec::as_slice)
     }
+}
+
+/// A key and value as read, owned.
+fn owned_pair(kv: &etcd_client::KeyValue) -> (String, Vec<u8>) {
+    (
+        String::from_utf8_lossy(kv.key()).into_owned(),
+        kv.value().to_vec(),
+    )
 }
 
 /// Compares that a key does not exist: records that must never be overwritten.

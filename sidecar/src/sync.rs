@@ -565,7 +565,7 @@ impl NamespaceSync {
                 });
                 report = Some((
                     settle_delay(&snapshot.routing),
-                    switch(&namespace, Some(&health_dirty), snapshot),
+                    switch(&namespace, snapshot),
                 ));
             });
             match report {
@@ -573,6 +573,7 @@ impl NamespaceSync {
                     if let Some(settle) = settle {
                         tokio::time::sleep(settle).await;
                     }
+                    health_dirty.notify_one();
                     report();
                 }
                 None if !published => {
@@ -593,27 +594,20 @@ impl NamespaceSync {
     /// longer: the leader has heard the new epoch through the outcome stream already.
     fn swap(&self, snapshot: Snapshot) {
         let settle = settle_delay(&snapshot.routing);
-        if let Some(spread) = acknowledgement_delay(&snapshot.routing) {
-            let report = switch(&self.namespace, None, snapshot);
-            let health_dirty = self.health_dirty.clone();
-            self.switches.spawn(async move {
-                tokio::time::sleep(settle.unwrap_or_default()).await;
-                report();
-                tokio::time::sleep(spread).await;
-                health_dirty.notify_one();
-            });
+        let spread = acknowledgement_delay(&snapshot.routing);
+        let report = switch(&self.namespace, snapshot);
+        let health_dirty = self.health_dirty.clone();
+        if settle.is_none() && spread.is_none() {
+            health_dirty.notify_one();
+            report();
             return;
         }
-        let report = switch(&self.namespace, Some(&self.health_dirty), snapshot);
-        match settle {
-            Some(delay) => {
-                self.switches.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    report();
-                });
-            }
-            None => report(),
-        }
+        self.switches.spawn(async move {
+            tokio::time::sleep(settle.unwrap_or_default()).await;
+            report();
+            tokio::time::sleep(spread.unwrap_or_default()).await;
+            health_dirty.notify_one();
+        });
     }
 
     /// Loads the previous set while routing names a bake.
@@ -668,13 +662,10 @@ fn retain(cache: &mut SetCache, keep: &[&Arc<LoadedSet>]) {
     cache.retain(&keep);
 }
 
-/// Publishes `snapshot` and records the switch; returns what reports it, for the caller to run
-/// when it suits.
-fn switch(
-    namespace: &Arc<Namespace>,
-    health_dirty: Option<&Arc<Notify>>,
-    snapshot: Snapshot,
-) -> impl FnOnce() + Send + 'static {
+/// Publishes `snapshot` and records the switch; returns what reports it (the metric and the log
+/// line), for the caller to run when it suits. The caller tells the health publisher, whose
+/// record may wait longer (`acknowledgement_delay`).
+fn switch(namespace: &Arc<Namespace>, snapshot: Snapshot) -> impl FnOnce() + Send + 'static {
     let epoch = snapshot.routing.epoch;
     let baking = snapshot.previous.as_ref().map(|p| p.version.clone());
     let activate_at_ms = snapshot.routing.activate_at_ms;
@@ -687,12 +678,9 @@ fn switch(
         s.activated_epoch = Some(epoch);
         s.activated_at_us = Some(switched_at_us);
     });
-    let (namespace, health_dirty) = (namespace.clone(), health_dirty.cloned());
+    let namespace = namespace.clone();
     move || {
         let ns = &namespace.name;
-        if let Some(health_dirty) = health_dirty {
-            health_dirty.notify_one();
-        }
         metrics::gauge!(telemetry::EPOCH, "namespace" => ns.clone()).set(epoch as f64);
         match activate_at_ms {
             Some(point) => {
