@@ -38,8 +38,9 @@ pub use policy::*;
 pub use stage::*;
 use wait::*;
 
-/// How often `flip --wait` reads the status.
-pub const WAIT_POLL: Duration = Duration::from_millis(200);
+/// The pause before the epoch wait follows the coordinator's stream again after it ended
+/// early (a failover).
+pub const WAIT_RETRY: Duration = Duration::from_millis(200);
 
 /// How often `flip --sync` reads the status while the sidecars switch: the activation point is
 /// usually a fraction of a second away.

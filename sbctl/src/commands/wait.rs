@@ -8,7 +8,7 @@ use super::*;
 /// error if it did not converge. The coordinator watches the sidecars for us and streams what
 /// it sees (`WaitForEpoch`): sbctl computes no convergence of its own and reads no status. A
 /// coordinator that predates the stream is refused as older than this sbctl (exit.rs); a
-/// stream cut short (a failover) is followed again after [`WAIT_POLL`], until the deadline.
+/// stream cut short (a failover) is followed again after [`WAIT_RETRY`], until the deadline.
 pub(super) async fn wait_for_epoch(
     coordinator: &mut Coordinator,
     namespace: &str,
@@ -43,7 +43,8 @@ pub(super) async fn wait_for_epoch(
             }
             Err(e) => break Err(e),
         }
-        tokio::time::sleep(WAIT_POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        tokio::time::sleep(WAIT_RETRY.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
     };
     bar.finish_and_clear();
     (report, result)
